@@ -1,0 +1,321 @@
+"""Raw MedDialog-CN → cleaned, de-duplicated, leak-free split, tokenized Parquet shards + manifest.
+
+Layout of a prepared directory::
+
+    DIR/manifest.json                    counts, shards, tokenizer, sources, skipped items, key
+    DIR/tokenizer/                       the HF tokenizer the ids were made with
+    DIR/{train,validation,test}/part-NNNNN.parquet   (zstd) one row per QA pair
+
+Writes go to a temporary sibling directory that is renamed into place at the end, so an interrupted
+run never leaves a shard set that looks complete. The same inputs and settings reuse the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raykd import __version__
+from raykd.data import meddialog, tokenizer as tokenization
+from raykd.errors import RaykdError
+
+FORMAT = "raykd.prepared/1"
+SPLITS = ("train", "validation", "test")
+COLUMNS = ("pair_id", "dialogue_id", "department", "question", "answer", "q_input_ids", "a_input_ids")
+SPLIT_RULE = "int(sha256(dialogue_id)[:16], 16) % 10: 0-7 train, 8 validation, 9 test"
+MAX_SKIPPED_LISTED = 10000
+
+
+@dataclass
+class PrepareSettings:
+    """Everything that determines a prepared directory's content (``out`` and ``strict`` aside)."""
+
+    raw: list[str]
+    out: str
+    tokenizer: str = "train:8000"
+    max_length: int = 512
+    shard_rows: int = 50000
+    strict: bool = False
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Progress:
+    """Prints progress lines to stderr, at most one per ``every`` seconds unless forced."""
+
+    def __init__(self, stage: str, quiet: bool = False, every: float = 2.0):
+        self.stage, self.quiet, self.every, self.last = stage, quiet, every, 0.0
+
+    def __call__(self, msg: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.quiet and (force or now - self.last >= self.every):
+            self.last = now
+            print(f"[{self.stage}] {msg}", file=sys.stderr, flush=True)
+
+
+def split_of(dialogue_id: str) -> str:
+    """The split of a dialogue: a stable hash of its key, 8:1:1 (see ``SPLIT_RULE``)."""
+    bucket = int(hashlib.sha256(dialogue_id.encode("utf-8")).hexdigest()[:16], 16) % 10
+    return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
+
+
+def _content_key(settings: PrepareSettings, sources: list[tuple[str, str]], hashes: list[str]) -> str:
+    kind, spec = tokenization.parse_spec(settings.tokenizer)
+    tok_id = settings.tokenizer
+    if kind == "hf" and os.path.isdir(str(spec)):
+        tok_id = "dir:" + tokenization.tokenizer_sha256(spec)
+    payload = {"format": FORMAT, "sources": [[fmt, h] for (_, fmt), h in zip(sources, hashes)], "tokenizer": tok_id,
+               "max_length": settings.max_length, "shard_rows": settings.shard_rows}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RaykdError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise RaykdError(f"--out {out}: a non-empty directory that is not a raykd prepared directory; "
+                         "choose an empty or new path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise RaykdError(f"--out {out}: cannot write there: {e.strerror}") from None
+
+
+def prepare(settings: PrepareSettings) -> dict:
+    """Prepare ``settings.raw`` into ``settings.out``; returns the manifest (dict).
+
+    Raises RaykdError for a missing path, an empty input, an unwritable output, a bad tokenizer, or
+    (with ``strict``) any skipped item; nothing is written in those cases.
+    """
+    t0 = time.monotonic()
+    if settings.max_length < 8:
+        raise RaykdError(f"--max-length {settings.max_length}: must be at least 8")
+    if settings.shard_rows < 1:
+        raise RaykdError(f"--shard-rows {settings.shard_rows}: must be at least 1")
+    out = Path(settings.out).absolute()
+    progress = Progress("prepare", settings.quiet)
+    sources = meddialog.list_sources(settings.raw)
+    _check_output(out)
+    hashes = [meddialog.hf_sha256(p) if fmt == "hf" else meddialog.file_sha256(Path(p)) for p, fmt in sources]
+    key = _content_key(settings, sources, hashes)
+    existing = out / "manifest.json"
+    if existing.exists():
+        try:
+            manifest = load_manifest(out)
+            if manifest.get("key") == key:
+                progress(f"reusing {out} (same inputs and settings, key {key[:12]})", force=True)
+                return manifest
+        except RaykdError:
+            pass  # stale or damaged: rebuild it
+
+    # 1. read every source, in order
+    infos, dialogues = [], []
+    for i, (path, fmt) in enumerate(sources, 1):
+        info, dlgs = meddialog.read_source(path, fmt)
+        infos.append(info)
+        dialogues.extend(dlgs)
+        progress(f"read {i}/{len(sources)} sources · {len(dialogues):,} dialogues", force=i == len(sources))
+    skipped = [s for info in infos for s in info.skipped]
+    for s in skipped[:20]:
+        print(f"[prepare] skipped {s.file}:{s.line}: {s.reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"[prepare] … and {len(skipped) - 20} more skipped items (listed in the manifest)", file=sys.stderr)
+    if settings.strict and skipped:
+        raise RaykdError(f"--strict: {len(skipped)} bad item(s) in the input, first: "
+                         f"{skipped[0].file}:{skipped[0].line}: {skipped[0].reason}")
+
+    # 2. pairs: build, clean, de-duplicate (first in source order kept), split by dialogue
+    rows = {s: {c: [] for c in COLUMNS[:5]} for s in SPLITS}
+    seen: set[tuple[str, str]] = set()
+    built = dups = 0
+    info_of = {info.file: info for info in infos}
+    for dlg in dialogues:
+        pairs = meddialog.dialogue_pairs(dlg.turns)
+        built += len(pairs)
+        split = split_of(dlg.key)
+        cols = rows[split]
+        kept = 0
+        for k, (q, a) in enumerate(pairs):
+            if (q, a) in seen:
+                dups += 1
+                continue
+            seen.add((q, a))
+            cols["pair_id"].append(f"{dlg.key}#{k}")
+            cols["dialogue_id"].append(dlg.key)
+            cols["department"].append(dlg.department)
+            cols["question"].append(q)
+            cols["answer"].append(a)
+            kept += 1
+        info_of[dlg.source].pairs += kept
+    total = sum(len(rows[s]["pair_id"]) for s in SPLITS)
+    progress(f"{built:,} pairs built · {dups:,} exact duplicates removed · {total:,} kept", force=True)
+    if total == 0:
+        raise RaykdError(f"--raw {' '.join(settings.raw)}: no QA pairs found in the input "
+                         f"({len(skipped)} item(s) skipped)")
+    if not rows["train"]["pair_id"]:
+        raise RaykdError("the train split is empty: too few dialogues to split 8:1:1")
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _write(tmp, settings, rows, progress)
+        manifest.update({
+            "key": key,
+            "sources": [info.as_dict() for info in infos],
+            "skipped_total": len(skipped),
+            "skipped": [s.as_dict() for s in skipped[:MAX_SKIPPED_LISTED]],
+            "counts": {"dialogues": len(dialogues), "pairs_built": built, "duplicates_removed": dups, "pairs": total},
+        })
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dt = time.monotonic() - t0
+    manifest["seconds"] = dt
+    progress(f"wrote {out}: " + ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in SPLITS)
+             + f" pairs · {len(skipped)} skipped · {dt:.1f} s ({total / dt:,.0f} pairs/s)", force=True)
+    return manifest
+
+
+def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress) -> dict:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp.mkdir(parents=True)
+    kind, spec = tokenization.parse_spec(settings.tokenizer)
+    if kind == "train":
+        texts = rows["train"]["question"] + rows["train"]["answer"]
+        progress(f"training a WordPiece tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
+        tok = tokenization.train_wordpiece(texts, int(spec))
+    else:
+        tok = tokenization.load_tokenizer(str(spec))
+    tok.model_max_length = settings.max_length
+    tok.save_pretrained(str(tmp / "tokenizer"))
+
+    def id_column(lists: list[list[int]]) -> pa.Array:
+        lengths = np.fromiter((len(x) for x in lists), dtype=np.int32, count=len(lists))
+        offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(offsets[-1]))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+    schema = pa.schema([("pair_id", pa.string()), ("dialogue_id", pa.string()), ("department", pa.string()),
+                        ("question", pa.string()), ("answer", pa.string()),
+                        ("q_input_ids", pa.list_(pa.int32())), ("a_input_ids", pa.list_(pa.int32()))])
+    splits: dict = {}
+    departments: dict[str, int] = {}
+    done = 0
+    total = sum(len(rows[s]["pair_id"]) for s in SPLITS)
+    for split in SPLITS:
+        cols = rows[split]
+        n = len(cols["pair_id"])
+        (tmp / split).mkdir()
+        shards = []
+        for start in range(0, max(n, 1), settings.shard_rows):
+            end = min(n, start + settings.shard_rows)
+            q_ids = tokenization.encode_ids(tok, cols["question"][start:end], settings.max_length)
+            a_ids = tokenization.encode_ids(tok, cols["answer"][start:end], settings.max_length)
+            table = pa.Table.from_arrays(
+                [pa.array(cols[c][start:end], pa.string()) for c in COLUMNS[:5]] + [id_column(q_ids), id_column(a_ids)],
+                schema=schema)
+            rel = f"{split}/part-{len(shards):05d}.parquet"
+            pq.write_table(table, tmp / rel, compression="zstd")
+            shards.append({"file": rel, "rows": end - start, "bytes": (tmp / rel).stat().st_size,
+                           "sha256": meddialog.file_sha256(tmp / rel)})
+            done += end - start
+            progress(f"tokenized and wrote {done:,}/{total:,} rows")
+        for d in cols["department"]:
+            departments[d] = departments.get(d, 0) + 1
+        splits[split] = {"rows": n, "dialogues": len(set(cols["dialogue_id"])), "shards": shards}
+    return {
+        "format": FORMAT,
+        "created_by": f"raykd {__version__}",
+        "columns": list(COLUMNS),
+        "split_rule": SPLIT_RULE,
+        "splits": splits,
+        "departments": dict(sorted(departments.items(), key=lambda kv: -kv[1])),
+        "tokenizer": {"spec": settings.tokenizer, "path": "tokenizer", "vocab_size": len(tok),
+                      "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
+                      "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id,
+                      "sha256": tokenization.tokenizer_sha256(tmp / "tokenizer")},
+        "max_length": settings.max_length,
+        "shard_rows": settings.shard_rows,
+    }
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def load_manifest(prepared_dir: str | Path, deep: bool = False) -> dict:
+    """Read and verify a prepared directory's manifest; returns it as a dict.
+
+    Every shard must exist with the recorded size and row count (``deep`` also checks sha256), and
+    the tokenizer must match its recorded hash. Raises RaykdError naming the first mismatch, so a
+    tampered or partial directory is refused by every reader.
+    """
+    d = Path(prepared_dir)
+    mpath = d / "manifest.json"
+    if not mpath.exists():
+        raise RaykdError(f"{d}: not a prepared directory (no manifest.json); run `python -m raykd.data prepare`")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RaykdError(f"{mpath}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise RaykdError(f"{mpath}: not a {FORMAT} manifest")
+    import pyarrow.parquet as pq
+
+    for split in SPLITS:
+        info = manifest.get("splits", {}).get(split)
+        if info is None:
+            raise RaykdError(f"{mpath}: split {split!r} missing")
+        if sum(s["rows"] for s in info["shards"]) != info["rows"]:
+            raise RaykdError(f"{mpath}: split {split} row count does not add up over its shards")
+        for shard in info["shards"]:
+            p = d / shard["file"]
+            if not p.exists():
+                raise RaykdError(f"{p}: shard listed in the manifest is missing (partial or tampered directory)")
+            if p.stat().st_size != shard["bytes"]:
+                raise RaykdError(f"{p}: size differs from the manifest (tampered or partial shard)")
+            try:
+                rows = pq.ParquetFile(p).metadata.num_rows
+            except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a damaged file
+                raise RaykdError(f"{p}: unreadable Parquet shard: {e}") from None
+            if rows != shard["rows"]:
+                raise RaykdError(f"{p}: holds {rows} rows, the manifest says {shard['rows']}")
+            if deep and meddialog.file_sha256(p) != shard["sha256"]:
+                raise RaykdError(f"{p}: content hash differs from the manifest (tampered shard)")
+        extra = sorted(set(p.name for p in (d / split).glob("*.parquet")) -
+                       set(Path(s["file"]).name for s in info["shards"]))
+        if extra:
+            raise RaykdError(f"{d / split}: shard(s) not in the manifest: {', '.join(extra)}")
+    tok_dir = d / manifest["tokenizer"]["path"]
+    if not tok_dir.is_dir() or tokenization.tokenizer_sha256(tok_dir) != manifest["tokenizer"]["sha256"]:
+        raise RaykdError(f"{tok_dir}: tokenizer missing or differs from the manifest")
+    return manifest
+
+
+def shard_paths(prepared_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:
+    """Absolute paths of a split's Parquet shards, in order (verifies the directory first)."""
+    manifest = manifest or load_manifest(prepared_dir)
+    if split not in SPLITS:
+        raise RaykdError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    return [str(Path(prepared_dir).absolute() / s["file"]) for s in manifest["splits"][split]["shards"]]

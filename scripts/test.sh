@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: sets up .venv (pinned torch, raykd[dev]) and runs the whole suite — fast unit
+# tests first, then the integration tests (real Ray, real training at tiny size) — printing each
+# test's duration. Extra arguments go to pytest (e.g. scripts/test.sh -m unit).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+source scripts/setup_env.sh
+export PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false
+PYTEST=("$VENV/bin/python" -m pytest -p no:cacheprovider --durations=0 --durations-min=0.5 --timeout=1200)
+if [ $# -gt 0 ]; then
+  exec "${PYTEST[@]}" "$@"
+fi
+start=$(date +%s)
+"${PYTEST[@]}" -m unit tests
+"${PYTEST[@]}" -m integration tests
+echo "[test] all tests passed in $(( $(date +%s) - start )) s"
