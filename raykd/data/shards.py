@@ -13,6 +13,7 @@ run never leaves a shard set that looks complete. The same inputs and settings r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ SPLITS = ("train", "validation", "test")
 COLUMNS = ("pair_id", "dialogue_id", "department", "question", "answer", "q_input_ids", "a_input_ids")
 SPLIT_RULE = "int(sha256(dialogue_id)[:16], 16) % 10: 0-7 train, 8 validation, 9 test"
 MAX_SKIPPED_LISTED = 10000
+TOKENIZER_TRAIN_TEXTS = 100_000  # train:VOCAB learns from at most this many evenly spaced train texts
 
 
 @dataclass
@@ -117,13 +119,8 @@ def prepare(settings: PrepareSettings) -> dict:
         except RaykdError:
             pass  # stale or damaged: rebuild it
 
-    # 1. read every source, in order
-    infos, dialogues = [], []
-    for i, (path, fmt) in enumerate(sources, 1):
-        info, dlgs = meddialog.read_source(path, fmt)
-        infos.append(info)
-        dialogues.extend(dlgs)
-        progress(f"read {i}/{len(sources)} sources · {len(dialogues):,} dialogues", force=i == len(sources))
+    # 1. read every source (in parallel processes for large inputs), keeping source order
+    infos, records = _read_all(sources, progress)
     skipped = [s for info in infos for s in info.skipped]
     for s in skipped[:20]:
         print(f"[prepare] skipped {s.file}:{s.line}: {s.reason}", file=sys.stderr)
@@ -133,29 +130,26 @@ def prepare(settings: PrepareSettings) -> dict:
         raise RaykdError(f"--strict: {len(skipped)} bad item(s) in the input, first: "
                          f"{skipped[0].file}:{skipped[0].line}: {skipped[0].reason}")
 
-    # 2. pairs: build, clean, de-duplicate (first in source order kept), split by dialogue
+    # 2. de-duplicate exact pairs (the first in source order is kept), split by dialogue
     rows = {s: {c: [] for c in COLUMNS[:5]} for s in SPLITS}
     seen: set[tuple[str, str]] = set()
     built = dups = 0
-    info_of = {info.file: info for info in infos}
-    for dlg in dialogues:
-        pairs = meddialog.dialogue_pairs(dlg.turns)
-        built += len(pairs)
-        split = split_of(dlg.key)
-        cols = rows[split]
-        kept = 0
-        for k, (q, a) in enumerate(pairs):
-            if (q, a) in seen:
-                dups += 1
-                continue
-            seen.add((q, a))
-            cols["pair_id"].append(f"{dlg.key}#{k}")
-            cols["dialogue_id"].append(dlg.key)
-            cols["department"].append(dlg.department)
-            cols["question"].append(q)
-            cols["answer"].append(a)
-            kept += 1
-        info_of[dlg.source].pairs += kept
+    for info, recs in zip(infos, records):
+        for dialogue_id, department, pairs in recs:
+            built += len(pairs)
+            cols = rows[split_of(dialogue_id)]
+            for k, (q, a) in enumerate(pairs):
+                if (q, a) in seen:
+                    dups += 1
+                    continue
+                seen.add((q, a))
+                cols["pair_id"].append(f"{dialogue_id}#{k}")
+                cols["dialogue_id"].append(dialogue_id)
+                cols["department"].append(department)
+                cols["question"].append(q)
+                cols["answer"].append(a)
+                info.pairs += 1
+    dialogues = sum(len(r) for r in records)
     total = sum(len(rows[s]["pair_id"]) for s in SPLITS)
     progress(f"{built:,} pairs built · {dups:,} exact duplicates removed · {total:,} kept", force=True)
     if total == 0:
@@ -173,7 +167,7 @@ def prepare(settings: PrepareSettings) -> dict:
             "sources": [info.as_dict() for info in infos],
             "skipped_total": len(skipped),
             "skipped": [s.as_dict() for s in skipped[:MAX_SKIPPED_LISTED]],
-            "counts": {"dialogues": len(dialogues), "pairs_built": built, "duplicates_removed": dups, "pairs": total},
+            "counts": {"dialogues": dialogues, "pairs_built": built, "duplicates_removed": dups, "pairs": total},
         })
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
         _swap_into_place(tmp, out)
@@ -187,6 +181,37 @@ def prepare(settings: PrepareSettings) -> dict:
     return manifest
 
 
+PARALLEL_MIN_BYTES = 8 << 20
+
+
+def _source_pairs(source: tuple[str, str]) -> tuple[meddialog.SourceInfo, list]:
+    """Read one source and build its cleaned pairs: (info, [(dialogue key, department, pairs)])."""
+    info, dialogues = meddialog.read_source(*source)
+    return info, [(d.key, d.department, meddialog.dialogue_pairs(d.turns)) for d in dialogues]
+
+
+def _read_all(sources: list[tuple[str, str]], progress: Progress) -> tuple[list, list]:
+    """Infos and per-source records, in source order; files are parsed in parallel processes when the
+    input is large enough to repay their start-up."""
+    size = sum(os.path.getsize(p) for p, fmt in sources if fmt != "hf" and os.path.isfile(p))
+    workers = min(os.cpu_count() or 1, len(sources))
+    results = []
+    if workers > 1 and size >= PARALLEL_MIN_BYTES:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for r in pool.map(_source_pairs, sources):
+                results.append(r)
+                progress(f"read {len(results)}/{len(sources)} sources ({workers} processes)")
+    else:
+        for src in sources:
+            results.append(_source_pairs(src))
+            progress(f"read {len(results)}/{len(sources)} sources")
+    progress(f"read {len(sources)} sources · {sum(len(r) for _, r in results):,} dialogues", force=True)
+    return [i for i, _ in results], [r for _, r in results]
+
+
 def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress) -> dict:
     import numpy as np
     import pyarrow as pa
@@ -196,6 +221,7 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
     kind, spec = tokenization.parse_spec(settings.tokenizer)
     if kind == "train":
         texts = rows["train"]["question"] + rows["train"]["answer"]
+        texts = texts[:: -(-len(texts) // TOKENIZER_TRAIN_TEXTS)]  # evenly spaced, at most the cap
         progress(f"training a WordPiece tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
         tok = tokenization.train_wordpiece(texts, int(spec))
     else:
@@ -204,10 +230,10 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
     tok.save_pretrained(str(tmp / "tokenizer"))
 
     def id_column(lists: list[list[int]]) -> pa.Array:
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int32, count=len(lists))
+        lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
         offsets = np.zeros(len(lists) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        values = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(offsets[-1]))
+        values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
     schema = pa.schema([("pair_id", pa.string()), ("dialogue_id", pa.string()), ("department", pa.string()),

@@ -196,3 +196,12 @@ def test_synth_is_deterministic_and_has_the_format_quirks(tmp_path):
         assert marker in text, marker
     assert (tmp_path / "a" / "2013.txt").read_bytes().startswith(b"\xef\xbb\xbf")
     assert text.count("\nDialogue") > 300  # second Dialogue blocks
+
+
+def test_parallel_parsing_gives_identical_shards(corpus, tmp_path, monkeypatch):
+    base, m = corpus
+    monkeypatch.setattr(shards, "PARALLEL_MIN_BYTES", 0)
+    par = prepare(PrepareSettings(raw=[str(base / "raw")], out=str(tmp_path / "par"), max_length=64, shard_rows=500,
+                                  quiet=True))
+    assert par["key"] == m["key"] and par["counts"] == m["counts"]
+    assert [s["sha256"] for s in par["splits"]["train"]["shards"]] == [s["sha256"] for s in m["splits"]["train"]["shards"]]
