@@ -1,0 +1,114 @@
+"""Distillation losses: pure functions on tensors (no state, no Ray). ``mask`` is [b, t] with 1 on
+tokens that count; hidden states are [b, t, d]; logits are [..., V]. Every loss returns a scalar."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_mean_over_tokens(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-token values [b, t] over tokens where mask is 1 (all tokens when mask is None)."""
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
+
+
+def hidden_mse(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected hidden-state MSE: mean over counted tokens of (1/d)·‖h_s − h_t‖² (both already in one space)."""
+    return _masked_mean_over_tokens((h_s - h_t).pow(2).mean(-1), mask)
+
+
+def hidden_cosine(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Projected hidden-state cosine loss: mean over counted tokens of 1 − cos(h_s, h_t)."""
+    return _masked_mean_over_tokens(1.0 - F.cosine_similarity(h_s, h_t, dim=-1, eps=1e-8), mask)
+
+
+def token_similarity(h: torch.Tensor) -> torch.Tensor:
+    """Token×token cosine-similarity matrices [b, t, t] of hidden states [b, t, d]."""
+    hn = F.normalize(h, dim=-1, eps=1e-8)
+    return hn @ hn.transpose(1, 2)
+
+
+def relation_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Structural relation loss: mean over counted token pairs (i, j) of (S_s[i,j] − S_t[i,j])², where
+    S = token_similarity; widths of h_s and h_t may differ."""
+    diff = (token_similarity(h_s) - token_similarity(h_t)).pow(2)
+    if mask is None:
+        return diff.mean()
+    m = mask.to(diff.dtype)
+    pair = m.unsqueeze(2) * m.unsqueeze(1)
+    return (diff * pair).sum() / pair.sum().clamp_min(1.0)
+
+
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
+             temperature: float = 0.1) -> torch.Tensor:
+    """InfoNCE: −mean_i log softmax_j(cos(a_i, c_j)/τ)[i], candidates c = positives of the batch
+    (in-batch negatives) followed by ``negatives`` [m, d] when given (e.g. hard negatives)."""
+    a = F.normalize(anchor, dim=-1, eps=1e-8)
+    c = F.normalize(positive if negatives is None else torch.cat([positive, negatives]), dim=-1, eps=1e-8)
+    logits = a @ c.T / temperature
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+
+
+def attention_relation_kl(x_s: torch.Tensor, x_t: torch.Tensor, heads: int,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM self-attention relation KL: split x [b, t, d] into ``heads`` relation heads of width
+    d_h, R = softmax(x_h x_hᵀ/√d_h) over keys (padding keys excluded); returns the mean over heads
+    and counted query tokens of KL(R_t ‖ R_s). Student and teacher widths may differ."""
+    def relations(x):
+        b, t, d = x.shape
+        if d % heads:
+            raise ValueError(f"attention_relation_kl: width {d} is not divisible by {heads} relation heads")
+        xh = x.view(b, t, heads, d // heads).transpose(1, 2)
+        scores = xh @ xh.transpose(-1, -2) / math.sqrt(d // heads)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+        return F.log_softmax(scores, dim=-1)
+
+    ls, lt = relations(x_s), relations(x_t)
+    kl = (lt.exp() * (lt - ls)).sum(-1).mean(1)  # [b, t]
+    return _masked_mean_over_tokens(kl, mask)
+
+
+def temperature_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward KD: T² · mean over counted positions of KL(softmax(z_t/T) ‖ softmax(z_s/T))."""
+    lt = F.log_softmax(logits_t / temperature, -1)
+    ls = F.log_softmax(logits_s / temperature, -1)
+    return temperature ** 2 * _masked_mean_over_tokens((lt.exp() * (lt - ls)).sum(-1), mask)
+
+
+def reverse_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reverse KL (MiniLLM): mean over counted positions of KL(q_s ‖ p_t) = Σ q_s (log q_s − log p_t)."""
+    ls, lt = F.log_softmax(logits_s, -1), F.log_softmax(logits_t, -1)
+    return _masked_mean_over_tokens((ls.exp() * (ls - lt)).sum(-1), mask)
+
+
+def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, beta: float = 0.5,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Generalized JSD (GKD): with M = β·p_t + (1−β)·q_s, JSD_β = β·KL(p_t‖M) + (1−β)·KL(q_s‖M);
+    β = 0 → 0 and β = 1 → 0 by this definition's limits, so β is taken in (0, 1)."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"generalized_jsd: beta must be in (0, 1), got {beta}")
+    ls, lt = F.log_softmax(logits_s, -1), F.log_softmax(logits_t, -1)
+    lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
+    kl_t = (lt.exp() * (lt - lm)).sum(-1)
+    kl_s = (ls.exp() * (ls - lm)).sum(-1)
+    return _masked_mean_over_tokens(beta * kl_t + (1 - beta) * kl_s, mask)
+
+
+def soft_cross_entropy(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """TinyBERT prediction-layer loss: mean over counted positions of −Σ softmax(z_t/T)·log_softmax(z_s/T)."""
+    pt = F.softmax(logits_t / temperature, -1)
+    return _masked_mean_over_tokens(-(pt * F.log_softmax(logits_s / temperature, -1)).sum(-1), mask)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of h [b, t, d] over tokens where mask [b, t] is 1 → [b, d]."""
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
