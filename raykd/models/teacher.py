@@ -1,0 +1,260 @@
+"""The teacher: load an HF masked-LM (directory or hub id; safetensors, no remote code), build one
+from a config, and domain-adapt it (continued MLM + question↔answer contrastive training).
+
+``python -m raykd.models.teacher adapt --data PREPARED_DIR --out DIR [--from SPEC] [--steps N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from raykd.errors import RaykdError
+
+
+@dataclass
+class TeacherShape:
+    """Size of a teacher built from a config (a BERT encoder with an MLM head)."""
+
+    layers: int = 6
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int = 512
+    max_position: int = 512
+
+
+def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0):
+    """A randomly initialised ``BertForMaskedLM`` of ``shape`` (seeded)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    if shape.hidden % shape.heads:
+        raise RaykdError(f"teacher: hidden {shape.hidden} is not divisible by heads {shape.heads}")
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                     num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                     max_position_embeddings=shape.max_position, pad_token_id=pad_token_id)
+    torch.manual_seed(seed)
+    return BertForMaskedLM(cfg)
+
+
+def load_teacher(spec: str):
+    """Load a masked-LM teacher from an HF directory or hub id with ``trust_remote_code=False`` and
+    safetensors weights only; raises RaykdError with the reason when it cannot."""
+    from transformers import AutoModelForMaskedLM
+
+    if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+        raise RaykdError(f"teacher {spec}: no such directory")
+    try:
+        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=False, use_safetensors=True)
+    except Exception as e:  # transformers raises OSError/ValueError/hub errors
+        raise RaykdError(f"teacher {spec}: cannot load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+# ------------------------------------------------------------------------------------------ adaptation
+@dataclass
+class AdaptSettings:
+    """Domain adaptation: continued MLM + in-batch question↔answer InfoNCE on the train split."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: int = 50
+    mlm_prob: float = 0.15
+    contrastive_weight: float = 1.0
+    temperature: float = 0.05
+    max_length: int = 128
+    seed: int = 0
+    threads: int = 0
+
+
+def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, vocab_size: int, prob: float,
+                generator: torch.Generator, special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)):
+    """BERT MLM corruption: choose ``prob`` of the real, non-special tokens; 80 % → [MASK], 10 % →
+    random token, 10 % kept. Returns (corrupted ids, chosen-position mask)."""
+    eligible = attention_mask.bool()
+    for s in special_ids:
+        eligible &= ids != s
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & eligible
+    roll = torch.rand(ids.shape, generator=generator)
+    out = ids.clone()
+    out[chosen & (roll < 0.8)] = mask_id
+    rand = chosen & (roll >= 0.8) & (roll < 0.9)
+    out[rand] = torch.randint(len(special_ids), vocab_size, (int(rand.sum()),), generator=generator)
+    return out, chosen
+
+
+def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [list(s)[:max_length] for s in seqs]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict, settings: AdaptSettings,
+                  log=print) -> dict:
+    """Train ``model`` in place on QA pairs of token ids: MLM on both sides + in-batch InfoNCE between
+    the masked-mean representations of each question and its answer. Returns loss history (dict)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    g = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)) * max(0.0, 1 - s / max(1, settings.steps)))
+    vocab = model.config.vocab_size
+    model.train()
+    history, t0 = [], time.monotonic()
+    order = torch.randperm(len(pairs), generator=g)
+    pos = 0
+    for step in range(settings.steps):
+        if pos + settings.batch_size > len(order):
+            order, pos = torch.randperm(len(pairs), generator=g), 0
+        idx = order[pos: pos + settings.batch_size].tolist()
+        pos += settings.batch_size
+        q_ids, q_mask = _pad([pairs[i][0] for i in idx], tok_ids["pad"], settings.max_length)
+        a_ids, a_mask = _pad([pairs[i][1] for i in idx], tok_ids["pad"], settings.max_length)
+        width = max(q_ids.shape[1], a_ids.shape[1])
+        ids = torch.cat([F.pad(q_ids, (0, width - q_ids.shape[1]), value=tok_ids["pad"]),
+                         F.pad(a_ids, (0, width - a_ids.shape[1]), value=tok_ids["pad"])])
+        mask = torch.cat([F.pad(q_mask, (0, width - q_mask.shape[1])), F.pad(a_mask, (0, width - a_mask.shape[1]))])
+        corrupted, chosen = mask_tokens(ids, mask, tok_ids["mask"], vocab, settings.mlm_prob, g, tok_ids["special"])
+        out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
+        mlm = F.cross_entropy(out.logits[chosen], ids[chosen]) if chosen.any() else out.logits.sum() * 0
+        clean = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        y = F.normalize(_mean(clean, mask), dim=-1)
+        b = len(idx)
+        sim = y[:b] @ y[b:].T / settings.temperature
+        target = torch.arange(b)
+        con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+        loss = mlm + settings.contrastive_weight * con
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.append((float(mlm.detach()), float(con.detach())))
+        if (step + 1) % 50 == 0 or step + 1 == settings.steps:
+            m = history[-50:]
+            log(f"[adapt] step {step + 1}/{settings.steps} · mlm {sum(x for x, _ in m) / len(m):.3f} · "
+                f"qa-contrastive {sum(y for _, y in m) / len(m):.3f} · {time.monotonic() - t0:.0f} s")
+    model.eval()
+    return {"mlm": [h[0] for h in history], "contrastive": [h[1] for h in history]}
+
+
+def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
+    """Content hash of an adaptation's inputs and settings (the reuse key)."""
+    payload = {"data": manifest_key, "from": source, "shape": asdict(shape) if shape else None,
+               "settings": asdict(settings), "version": 1}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape: TeacherShape | None = None,
+                   settings: AdaptSettings | None = None, log=print) -> Path:
+    """Domain-adapt a teacher on a prepared directory's train split and save it (safetensors + tokenizer)
+    to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None to build from ``shape``.
+    Reuses ``out`` when it holds the result of the same inputs and settings; writes atomically."""
+    from raykd.data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
+
+    settings = settings or AdaptSettings()
+    shape = None if source else (shape or TeacherShape())
+    manifest = load_manifest(prepared_dir)
+    key = adapt_key(manifest["key"], source or "config", shape, settings)
+    out_p = Path(out).absolute()
+    stamp = out_p / "raykd_adapt.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key and (out_p / "model.safetensors").exists():
+        log(f"[adapt] reusing {out_p} (same data, teacher and settings)")
+        return out_p
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(Path(prepared_dir) / manifest["tokenizer"]["path"]))
+    t = manifest["tokenizer"]
+    tok_ids = {"pad": t["pad_token_id"], "mask": t["mask_token_id"],
+               "special": tuple(i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
+                                            t["mask_token_id"], tok.unk_token_id) if i is not None)}
+    if source:
+        model = load_teacher(source)
+        if model.config.vocab_size < t["vocab_size"]:
+            raise RaykdError(f"teacher {source}: vocabulary ({model.config.vocab_size}) is smaller than the prepared "
+                             f"tokenizer's ({t['vocab_size']}): the tokenizer does not match this teacher")
+    else:
+        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed)
+    table = pq.read_table(shard_paths(prepared_dir, "train", manifest), columns=["q_input_ids", "a_input_ids"])
+    pairs = list(zip(table.column("q_input_ids").to_pylist(), table.column("a_input_ids").to_pylist()))
+    log(f"[adapt] {len(pairs):,} train pairs · {settings.steps} steps · batch {settings.batch_size}")
+    t0 = time.monotonic()
+    history = adapt_teacher(model, pairs, tok_ids, settings, log)
+    tmp = out_p.parent / f".{out_p.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "raykd_adapt.json").write_text(json.dumps({
+            "key": key, "data": str(Path(prepared_dir).absolute()), "data_key": manifest["key"],
+            "from": source or "config", "shape": asdict(shape) if shape else None, "settings": asdict(settings),
+            "seconds": time.monotonic() - t0, "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
+            "final_contrastive": sum(history["contrastive"][-50:]) / len(history["contrastive"][-50:])}, indent=1))
+        if out_p.exists():
+            old = out_p.parent / f".{out_p.name}.old-{os.getpid()}"
+            os.replace(out_p, old)
+            os.replace(tmp, out_p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"[adapt] saved {out_p} in {time.monotonic() - t0:.0f} s")
+    return out_p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m raykd.models.teacher adapt …``; returns the exit code (2 for bad input)."""
+    ap = argparse.ArgumentParser(prog="python -m raykd.models.teacher")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("adapt", help="domain-adapt a teacher on a prepared directory")
+    a.add_argument("--data", required=True, help="prepared directory (python -m raykd.data prepare)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--from", dest="source", default=None, help="HF dir or hub id (default: build from --layers …)")
+    a.add_argument("--steps", type=int, default=AdaptSettings.steps)
+    a.add_argument("--batch-size", type=int, default=AdaptSettings.batch_size)
+    a.add_argument("--lr", type=float, default=AdaptSettings.lr)
+    a.add_argument("--layers", type=int, default=TeacherShape.layers)
+    a.add_argument("--hidden", type=int, default=TeacherShape.hidden)
+    a.add_argument("--heads", type=int, default=TeacherShape.heads)
+    a.add_argument("--intermediate", type=int, default=TeacherShape.intermediate)
+    a.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        if args.steps < 1:
+            raise RaykdError(f"--steps {args.steps}: must be at least 1")
+        adapt_prepared(args.data, args.out, args.source,
+                       TeacherShape(args.layers, args.hidden, args.heads, args.intermediate),
+                       AdaptSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                     threads=os.cpu_count() or 1),
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    except RaykdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
