@@ -1,0 +1,477 @@
+"""Distillation objectives (registry ``methods``): ours plus the paper's baselines, one interface.
+
+Every method is an ``nn.Module`` holding the student and its own trainable extras (projections,
+adapters), so one ``prepare_model``/DDP wrap covers everything trained. A step is::
+
+    inputs  = make_inputs(batch, tokens, generator, corrupt=method.uses_mlm)
+    targets = method.teacher_targets(teacher, inputs)      # no grad; a cache can supply these instead
+    out     = method(inputs, targets)                      # {"loss": total, "<term>": value, ...}
+    out["loss"].backward()
+
+``method.encode(ids, mask)`` is the student alone (fusion never runs outside training).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from raykd.distill import losses as L
+from raykd.distill.weighting import FixedWeights, GradNormWeights
+from raykd.models.mapping import layer_map
+from raykd.models.modules import DomainAwareFusion, StructuralProjection
+from raykd.models.student import Student
+from raykd.models.teacher import mask_tokens
+from raykd.registry import METHODS
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Special token ids of the prepared tokenizer."""
+
+    pad: int
+    cls: int
+    sep: int
+    mask: int
+    unk: int | None = None
+
+    @property
+    def special(self) -> tuple[int, ...]:
+        return tuple(i for i in (self.pad, self.cls, self.sep, self.mask, self.unk) if i is not None)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, unk: int | None = 1) -> "TokenIds":
+        t = manifest["tokenizer"]
+        return cls(t["pad_token_id"], t["cls_token_id"], t["sep_token_id"], t["mask_token_id"], unk)
+
+
+def make_inputs(batch: dict, tokens: TokenIds, generator: torch.Generator | None = None, corrupt: bool = False,
+                mlm_prob: float = 0.15, vocab_size: int | None = None) -> dict:
+    """Stack a batch's questions and answers into one set of 2b sequences.
+
+    Returns ``ids, mask`` [2b, t], ``content`` (real non-special tokens), ``department`` [2b], and with
+    ``corrupt`` the MLM-corrupted ``input_ids`` and ``chosen`` positions (else ``input_ids`` = ids).
+    """
+    q, a = batch["q_input_ids"], batch["a_input_ids"]
+    width = max(q.shape[1], a.shape[1])
+    ids = torch.cat([F.pad(q, (0, width - q.shape[1]), value=tokens.pad), F.pad(a, (0, width - a.shape[1]), value=tokens.pad)])
+    mask = torch.cat([F.pad(batch["q_attention_mask"], (0, width - q.shape[1])),
+                      F.pad(batch["a_attention_mask"], (0, width - a.shape[1]))])
+    dept = batch.get("department")
+    dept = torch.full((q.shape[0],), -1, dtype=torch.long) if dept is None else dept
+    content = mask.bool()
+    for s in tokens.special:
+        content &= ids != s
+    out = {"ids": ids, "mask": mask, "content": content, "department": torch.cat([dept, dept]).to(ids.device),
+           "input_ids": ids, "chosen": None}
+    if corrupt:
+        if vocab_size is None:
+            raise ValueError("make_inputs: corrupt=True needs vocab_size")
+        gen = generator or torch.Generator().manual_seed(0)
+        corrupted, chosen = mask_tokens(ids.cpu(), mask.cpu(), tokens.mask, vocab_size, mlm_prob, gen, tokens.special)
+        out["input_ids"], out["chosen"] = corrupted.to(ids.device), chosen.to(ids.device)
+    return out
+
+
+def _linear_or_identity(d_in: int, d_out: int) -> nn.Module:
+    return nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out)
+
+
+def attention_inputs(model, hidden_in: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value vectors [b, t, d] of BERT layer ``layer`` (1-based) for its input states."""
+    attn = model.base_model.encoder.layer[layer - 1].attention.self
+    return attn.query(hidden_in), attn.key(hidden_in), attn.value(hidden_in)
+
+
+def _heads(model) -> int:
+    return model.config.num_attention_heads
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Pre-softmax attention scores [b, heads, t, t] = q_h k_hᵀ / √d_h."""
+    b, t, d = q.shape
+    qh = q.view(b, t, heads, d // heads).transpose(1, 2)
+    kh = k.view(b, t, heads, d // heads).transpose(1, 2)
+    return qh @ kh.transpose(-1, -2) / math.sqrt(d // heads)
+
+
+class DistillMethod(nn.Module):
+    """Base: a student, its trainable extras, a weighting of loss terms. Subclasses define
+    ``teacher_layers`` (teacher hidden states needed), ``uses_mlm`` (MLM logits on corrupted inputs)
+    and ``losses``. The docstring of each subclass names its source paper."""
+
+    uses_mlm = False
+    needs_qkv = False
+
+    def __init__(self, student: Student, teacher_config, weights: dict | None = None, dynamic_weights: bool = False,
+                 **_ignored):
+        super().__init__()
+        self.student = student
+        self.t_layers = teacher_config.num_hidden_layers
+        self.t_hidden = teacher_config.hidden_size
+        self.t_heads = teacher_config.num_attention_heads
+        self.s_layers = student.config.num_hidden_layers
+        self.s_hidden = student.config.hidden_size
+        self.weighting = GradNormWeights(weights) if dynamic_weights else FixedWeights(weights)
+        self.progress = 0.0
+
+    # -- teacher side ------------------------------------------------------------------------------------
+    def teacher_layers(self) -> list[int]:
+        """Indices into the teacher's ``hidden_states`` this method needs (0 = embeddings)."""
+        return [self.t_layers]
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs: dict) -> dict:
+        """What the objective needs from the teacher for these inputs (no gradients)."""
+        out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=True)
+        hs = out.hidden_states
+        targets = {"hidden": {i: hs[i] for i in sorted(set(self.teacher_layers()) | {self.t_layers})}}
+        if self.uses_mlm:
+            targets["logits"] = out.logits[inputs["chosen"]]
+        if self.needs_qkv:
+            targets["qkv"] = {i: attention_inputs(teacher, hs[i - 1], i) for i in self.qkv_layers()}
+        return targets
+
+    def qkv_layers(self) -> list[int]:
+        return []
+
+    # -- student side ------------------------------------------------------------------------------------
+    def student_forward(self, inputs: dict, targets: dict):
+        return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+
+    def losses(self, inputs: dict, targets: dict, out) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every loss term depends on (for gradient-aware weights): the word embeddings."""
+        return [self.student.mlm.get_input_embeddings().weight]
+
+    def forward(self, inputs: dict, targets: dict) -> dict[str, torch.Tensor]:
+        """{"loss": weighted total, each term: its value} for one batch."""
+        out = self.student_forward(inputs, targets)
+        terms = self.losses(inputs, targets, out)
+        total = self.weighting.combine(terms, self.shared_parameters())
+        return {"loss": total, **terms}
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1] (annealing schedules use it)."""
+        self.progress = float(fraction)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The student alone: (last hidden [b, t, d], output representation [b, d])."""
+        return self.student.encode(input_ids, attention_mask)
+
+    def _teacher_sentence(self, targets: dict, inputs: dict) -> torch.Tensor:
+        return L.masked_mean(targets["hidden"][self.t_layers], inputs["mask"])
+
+
+@METHODS.register("structural")
+class Structural(DistillMethod):
+    """Ours: layer-wise structural mapping. For the first ``depth`` mapped pairs (i, g(i)), student and
+    teacher states are projected into a shared ``projection_dim`` space and aligned (MSE, term
+    ``align``); token-token similarity structure is matched (``relation``); the output
+    representation Y (multi-granularity aggregation when the student has it) is aligned with the
+    teacher's Y_T in the shared space (``sentence``) and optionally by InfoNCE over in-batch
+    negatives (``contrastive``). A domain-aware fusion adapter feeds the projected teacher states to
+    the student's input embeddings during the first ``anneal_until`` of training, gated per
+    department and annealed to zero. Loss weights fixed or gradient-aware (``dynamic_weights``).
+    Modules can be switched off one at a time for ablations."""
+
+    def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
+                 projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,
+                 n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.5,
+                 weights: dict | None = None, dynamic_weights: bool = False, **_ignored):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.pairs = layer_map(self.t_layers, self.s_layers, depth)
+        d = projection_dim if projection else self.t_hidden
+        if projection:
+            self.proj = nn.ModuleList(StructuralProjection(self.s_hidden, self.t_hidden, d) for _ in self.pairs)
+            self.sentence_proj = StructuralProjection(self.s_hidden, self.t_hidden, d)
+        else:  # ablation: align in the teacher's own space (a plain map only when the widths differ)
+            self.proj = nn.ModuleList(_linear_or_identity(self.s_hidden, self.t_hidden) for _ in self.pairs)
+            self.sentence_proj = _linear_or_identity(self.s_hidden, self.t_hidden)
+        self.use_projection, self.use_relation, self.use_contrastive = projection, relation, contrastive
+        self.fusion = DomainAwareFusion(self.s_hidden, d, n_departments) if fusion else None
+        self.temperature, self.anneal_until = temperature, anneal_until
+
+    def teacher_layers(self):
+        return [g for _, g in self.pairs]
+
+    def _project(self, module, h_s, h_t):
+        return module(h_s, h_t) if self.use_projection else (module(h_s), h_t)
+
+    def set_progress(self, fraction):
+        super().set_progress(fraction)
+        if self.fusion is not None:
+            self.fusion.anneal.fill_(max(0.0, 1.0 - fraction / self.anneal_until) if self.anneal_until > 0 else 0.0)
+
+    def student_forward(self, inputs, targets):
+        if self.fusion is None or not self.training or float(self.fusion.anneal) == 0.0:
+            return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+        h_t = targets["hidden"][self.t_layers]
+        z = self.sentence_proj.teacher(h_t) if self.use_projection else h_t
+        e = self.student.word_embeddings(inputs["input_ids"])
+        return self.student(inputs_embeds=self.fusion(e, z, inputs["mask"], inputs["department"]),
+                            attention_mask=inputs["mask"])
+
+    def losses(self, inputs, targets, out):
+        hs, content = out.hidden_states, inputs["content"]
+        align, rel = [], []
+        for (i, g), proj in zip(self.pairs, self.proj):
+            ps, pt = self._project(proj, hs[i], targets["hidden"][g])
+            align.append(L.hidden_mse(ps, pt, content))
+            if self.use_relation:
+                rel.append(L.relation_loss(hs[i], targets["hidden"][g], content))
+        terms = {"align": torch.stack(align).mean()}
+        if rel:
+            terms["relation"] = torch.stack(rel).mean()
+        y_s = self.student.represent(hs[-1], inputs["mask"])
+        zs, zt = self._project(self.sentence_proj, y_s, self._teacher_sentence(targets, inputs))
+        terms["sentence"] = L.hidden_mse(zs, zt)
+        if self.use_contrastive:
+            terms["contrastive"] = L.info_nce(zs, zt, temperature=self.temperature)
+        return terms
+
+
+@METHODS.register("no_distill")
+class NoDistill(DistillMethod):
+    """Reference point, not a distillation method: the same student trained on the same data with its
+    own masked-LM loss only (labels are the true tokens; the teacher is not consulted)."""
+
+    uses_mlm = True
+
+    def teacher_layers(self):
+        return []
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs):
+        return {}
+
+    def losses(self, inputs, targets, out):
+        chosen = inputs["chosen"]
+        return {"mlm": F.cross_entropy(out.logits[chosen], inputs["ids"][chosen])}
+
+
+@METHODS.register("tinybert")
+class TinyBERT(DistillMethod):
+    """TinyBERT (Jiao et al., 2020): embedding-layer MSE (``embedding``), hidden-state MSE through a
+    learned W_h at every mapped layer (``hidden``), attention-score MSE at every mapped layer
+    (``attention``; scores averaged over heads when head counts differ) and prediction-layer soft
+    cross-entropy at temperature T on the masked positions (``prediction``)."""
+
+    uses_mlm = True
+    needs_qkv = True
+
+    def __init__(self, student, teacher_config, temperature: float = 1.0, weights=None, dynamic_weights=False, **_):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.pairs = layer_map(self.t_layers, self.s_layers)
+        self.w_embed = _linear_or_identity(self.s_hidden, self.t_hidden)
+        self.w_hidden = nn.ModuleList(_linear_or_identity(self.s_hidden, self.t_hidden) for _ in self.pairs)
+        self.temperature = temperature
+
+    def teacher_layers(self):
+        return [0] + [g for _, g in self.pairs]
+
+    def qkv_layers(self):
+        return [g for _, g in self.pairs]
+
+    def losses(self, inputs, targets, out):
+        hs, m = out.hidden_states, inputs["mask"]
+        hid = [L.hidden_mse(w(hs[i]), targets["hidden"][g], m) for (i, g), w in zip(self.pairs, self.w_hidden)]
+        att = []
+        pair_mask = (m[:, :, None] * m[:, None, :]).bool()
+        for i, g in self.pairs:
+            qs, ks, _ = attention_inputs(self.student.mlm, hs[i - 1], i)
+            qt, kt, _ = targets["qkv"][g]
+            a_s, a_t = attention_scores(qs, ks, _heads(self.student.mlm)), attention_scores(qt, kt, self.t_heads)
+            if a_s.shape[1] != a_t.shape[1]:
+                a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+            diff = (a_s - a_t).pow(2).mean(1)
+            att.append((diff * pair_mask).sum() / pair_mask.sum().clamp_min(1))
+        logits_s = out.logits[inputs["chosen"]]
+        return {"embedding": L.hidden_mse(self.w_embed(hs[0]), targets["hidden"][0], m),
+                "hidden": torch.stack(hid).mean(), "attention": torch.stack(att).mean(),
+                "prediction": L.soft_cross_entropy(logits_s, targets["logits"], self.temperature)}
+
+
+@METHODS.register("minilm")
+class MiniLM(DistillMethod):
+    """MiniLM (Wang et al., 2020; v2 relations, 2021): the KL between teacher and student multi-head
+    self-attention relations — query-query (``qq``), key-key (``kk``) and value-value (``vv``) — of the
+    last layers, with ``relation_heads`` heads so that different widths can be compared."""
+
+    needs_qkv = True
+
+    def __init__(self, student, teacher_config, relation_heads: int | None = None, weights=None,
+                 dynamic_weights=False, **_):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.relation_heads = relation_heads or math.gcd(self.t_heads, _heads(student.mlm))
+
+    def teacher_layers(self):
+        return [self.t_layers - 1, self.t_layers]
+
+    def qkv_layers(self):
+        return [self.t_layers]
+
+    def losses(self, inputs, targets, out):
+        hs, m = out.hidden_states, inputs["mask"]
+        s = attention_inputs(self.student.mlm, hs[self.s_layers - 1], self.s_layers)
+        t = targets["qkv"][self.t_layers]
+        return {name: L.attention_relation_kl(xs, xt, self.relation_heads, m)
+                for name, xs, xt in zip(("qq", "kk", "vv"), s, t)}
+
+
+@METHODS.register("minillm")
+class MiniLLM(DistillMethod):
+    """MiniLLM (Gu et al., 2024), token-level form: reverse KL(q_student ‖ p_teacher) of the masked-LM
+    head's distributions at the masked positions (``reverse_kl``), mode-seeking rather than
+    mode-covering."""
+
+    uses_mlm = True
+
+    def losses(self, inputs, targets, out):
+        return {"reverse_kl": L.reverse_kl(out.logits[inputs["chosen"]], targets["logits"])}
+
+
+@METHODS.register("gkd")
+class GKD(DistillMethod):
+    """GKD (Agarwal et al., 2024): generalized Jensen-Shannon divergence JSD(β) between teacher and
+    student masked-LM distributions at the masked positions (``jsd``); β interpolates between
+    forward- and reverse-KL-like behaviour."""
+
+    uses_mlm = True
+
+    def __init__(self, student, teacher_config, beta: float = 0.5, weights=None, dynamic_weights=False, **_):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.beta = beta
+
+    def losses(self, inputs, targets, out):
+        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], self.beta)}
+
+
+@METHODS.register("ddk")
+class DDK(DistillMethod):
+    """DDK (Liu et al., 2024): distillation with domain-discrepancy-driven data mixing. The
+    per-department discrepancy (student CE − teacher CE on the masked tokens, exponentially
+    averaged) sets department weights w = softmax(discrepancy / τ), refreshed every
+    ``update_every`` steps with smoothing w ← (1 − s)·w + s·w_new; examples are weighted by their
+    department's w in the KD loss (``kd``, temperature KL) and last-layer alignment (``hidden``).
+    ``domain_weights()`` exposes w for a sampler."""
+
+    uses_mlm = True
+
+    def __init__(self, student, teacher_config, n_departments: int = 1, update_every: int = 20,
+                 smoothing: float = 0.5, tau: float = 1.0, temperature: float = 1.0, weights=None,
+                 dynamic_weights=False, **_):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        n = max(1, n_departments) + 1  # last slot: unknown department
+        self.register_buffer("dept_weight", torch.ones(n))
+        self.register_buffer("discrepancy", torch.zeros(n))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.update_every, self.smoothing, self.tau, self.temperature = update_every, smoothing, tau, temperature
+        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden)
+
+    def domain_weights(self) -> torch.Tensor:
+        """Current department weights (mean 1; last entry = unknown department)."""
+        return self.dept_weight.clone()
+
+    def losses(self, inputs, targets, out):
+        chosen = inputs["chosen"]
+        n = self.dept_weight.numel()
+        dept = inputs["department"].clone()
+        dept[dept < 0] = n - 1
+        dept = dept.clamp_max(n - 1)
+        row = torch.arange(chosen.shape[0], device=chosen.device)[:, None].expand_as(chosen)[chosen]
+        tok_dept = dept[row]
+        logits_s, logits_t = out.logits[chosen], targets["logits"]
+        labels = inputs["ids"][chosen]
+        if self.training:
+            with torch.no_grad():
+                gap = F.cross_entropy(logits_s, labels, reduction="none") - F.cross_entropy(logits_t, labels, reduction="none")
+                sums = torch.zeros(n, device=gap.device).index_add_(0, tok_dept, gap)
+                counts = torch.zeros(n, device=gap.device).index_add_(0, tok_dept, torch.ones_like(gap))
+                seen = counts > 0
+                self.discrepancy[seen] = 0.9 * self.discrepancy[seen] + 0.1 * (sums[seen] / counts[seen])
+                self.steps += 1
+                if int(self.steps) % self.update_every == 0:
+                    new = torch.softmax(self.discrepancy / self.tau, 0) * n
+                    self.dept_weight.mul_(1 - self.smoothing).add_(self.smoothing * new)
+        w_tok = self.dept_weight[tok_dept]
+        lt = F.log_softmax(logits_t / self.temperature, -1)
+        ls = F.log_softmax(logits_s / self.temperature, -1)
+        kd = self.temperature ** 2 * ((lt.exp() * (lt - ls)).sum(-1) * w_tok).sum() / w_tok.sum().clamp_min(1e-8)
+        w_seq = self.dept_weight[dept][:, None] * inputs["mask"]
+        per_tok = (self.w_hidden(out.hidden_states[-1]) - targets["hidden"][self.t_layers]).pow(2).mean(-1)
+        hidden = (per_tok * w_seq).sum() / w_seq.sum().clamp_min(1e-8)
+        return {"kd": kd, "hidden": hidden}
+
+
+@METHODS.register("mixkd")
+class MixKD(DistillMethod):
+    """MixKD (Liang et al., 2021): mixup of input embedding sequences, E_mix = λ·E_i + (1−λ)·E_π(i) with
+    λ ~ Beta(α, α) and a random pairing π, given to teacher and student alike; KD on the mixed
+    inputs: temperature KL of the masked-LM distributions (``kd``) and last-layer MSE (``hidden``).
+    Needs the online teacher (mixed inputs cannot come from a cache)."""
+
+    def __init__(self, student, teacher_config, alpha: float = 0.4, temperature: float = 1.0, seed: int = 0,
+                 weights=None, dynamic_weights=False, **_):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.alpha, self.temperature = alpha, temperature
+        self.generator = torch.Generator().manual_seed(seed)
+        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden)
+
+    def _mix(self, inputs):
+        if "mix" not in inputs:
+            lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample()) if self.alpha > 0 else 1.0
+            perm = torch.randperm(inputs["ids"].shape[0], generator=self.generator).to(inputs["ids"].device)
+            inputs["mix"] = (lam, perm)
+        return inputs["mix"]
+
+    def _mixed_embeddings(self, model, inputs):
+        lam, perm = self._mix(inputs)
+        e = model.get_input_embeddings()(inputs["ids"])
+        return lam * e + (1 - lam) * e[perm], (inputs["mask"].bool() | inputs["mask"].bool()[perm]).long()
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs):
+        e, m = self._mixed_embeddings(teacher, inputs)
+        out = teacher(inputs_embeds=e, attention_mask=m, output_hidden_states=True)
+        return {"logits": out.logits, "hidden": {self.t_layers: out.hidden_states[-1]}, "mix_mask": m}
+
+    def student_forward(self, inputs, targets):
+        e, m = self._mixed_embeddings(self.student.mlm, inputs)
+        return self.student(inputs_embeds=e, attention_mask=m)
+
+    def losses(self, inputs, targets, out):
+        m = targets["mix_mask"]
+        return {"kd": L.temperature_kl(out.logits, targets["logits"], self.temperature, m),
+                "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
+
+
+@METHODS.register("distillseq")
+class DistillSeq(DistillMethod):
+    """Black-box label distillation (DistillSeq-style, Yang et al., 2024): the student sees only the
+    teacher's outputs on the inputs — its predicted tokens at the masked positions — and learns them
+    with cross-entropy (``label_ce``); no hidden states, attentions or probabilities are used."""
+
+    uses_mlm = True
+
+    def teacher_layers(self):
+        return []
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs):
+        out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+        return {"labels": out.logits[inputs["chosen"]].argmax(-1)}
+
+    def losses(self, inputs, targets, out):
+        return {"label_ce": F.cross_entropy(out.logits[inputs["chosen"]], targets["labels"])}
+
+
+def build_method(name: str, student: Student, teacher_config, **params) -> DistillMethod:
+    """The registered method ``name`` around ``student`` (params are the method's keyword settings)."""
+    return METHODS.get(name)(student, teacher_config, **params)
