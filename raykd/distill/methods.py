@@ -173,7 +173,8 @@ class DistillMethod(nn.Module):
 class Structural(DistillMethod):
     """Ours: layer-wise structural mapping. For the first ``depth`` mapped pairs (i, g(i)), student and
     teacher states are projected into a shared ``projection_dim`` space and aligned (MSE, term
-    ``align``); token-token similarity structure is matched (``relation``); the output
+    ``align``); token-token similarity structure of every mapped pair and the example-example
+    similarity structure of the batch's representations are matched (``relation``); the output
     representation Y (multi-granularity aggregation when the student has it) is aligned with the
     teacher's Y_T in the shared space (``sentence``) and optionally by InfoNCE over in-batch
     negatives (``contrastive``). A domain-aware fusion adapter feeds the projected teacher states to
@@ -183,7 +184,7 @@ class Structural(DistillMethod):
 
     def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
                  projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,
-                 n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.5,
+                 n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.3,
                  weights: dict | None = None, dynamic_weights: bool = False, **_ignored):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.pairs = layer_map(self.t_layers, self.s_layers, depth)
@@ -230,7 +231,10 @@ class Structural(DistillMethod):
         if rel:
             terms["relation"] = torch.stack(rel).mean()
         y_s = self.student.represent(hs[-1], inputs["mask"])
-        zs, zt = self._project(self.sentence_proj, y_s, self._teacher_sentence(targets, inputs))
+        y_t = self._teacher_sentence(targets, inputs)
+        if self.use_relation:  # the batch's example×example similarity structure, in the raw spaces
+            terms["relation"] = terms["relation"] + L.relation_loss(y_s[None], y_t[None])
+        zs, zt = self._project(self.sentence_proj, y_s, y_t)
         terms["sentence"] = L.hidden_mse(zs, zt)
         if self.use_contrastive:
             terms["contrastive"] = L.info_nce(zs, zt, temperature=self.temperature)

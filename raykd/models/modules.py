@@ -34,11 +34,11 @@ class DomainAwareFusion(nn.Module):
     objective); at g = 0 — and always in eval mode — the output is E: the student runs alone.
     """
 
-    def __init__(self, d_model: int, d_z: int, n_departments: int, heads: int = 4):
+    def __init__(self, d_model: int, d_z: int, n_departments: int, heads: int = 4, gate_init: float = -3.0):
         super().__init__()
         heads = heads if d_model % heads == 0 else 1
         self.dept = nn.Embedding(n_departments + 1, d_model)
-        self.gate = nn.Parameter(torch.zeros(n_departments + 1))
+        self.gate = nn.Parameter(torch.full((n_departments + 1,), gate_init))
         self.attn = nn.MultiheadAttention(d_model, heads, kdim=d_z, vdim=d_z, batch_first=True)
         self.n_departments = n_departments
         self.register_buffer("anneal", torch.tensor(1.0))

@@ -1,0 +1,51 @@
+"""Single-process training and evaluation on a prepared directory, for the integration tests (no Ray)."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import torch
+
+from raykd import metrics
+from raykd.data.shards import load_manifest, shard_paths
+from raykd.data.stream import PairCollator, department_index
+from raykd.distill.methods import TokenIds, make_inputs
+
+
+def load_batches(prepared, split: str, batch_size: int, limit: int | None = None) -> list[dict]:
+    """The split as padded torch batches (in shard order)."""
+    m = load_manifest(prepared)
+    t = pq.read_table(shard_paths(prepared, split, m), columns=["pair_id", "department", "q_input_ids", "a_input_ids"])
+    if limit:
+        t = t.slice(0, limit)
+    collate = PairCollator(m["tokenizer"]["pad_token_id"], department_index(m))
+    cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+    return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
+
+
+def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr: float = 5e-4, seed: int = 0) -> list[float]:
+    """Train ``method`` for ``steps`` AdamW steps cycling over ``batches``; returns the loss per step."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    vocab = teacher.config.vocab_size
+    teacher.eval()
+    method.train()
+    history = []
+    for step in range(steps):
+        method.set_progress(step / steps)
+        inputs = make_inputs(batches[step % len(batches)], tokens, g, corrupt=method.uses_mlm, vocab_size=vocab)
+        out = method(inputs, method.teacher_targets(teacher, inputs))
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
+        opt.step()
+        history.append(float(out["loss"].detach()))
+    method.eval()
+    return history
+
+
+def evaluate(student, teacher, prepared, batch_size: int = 64) -> dict:
+    """raykd.metrics.evaluate on validation (first half fits compactness, second half is scored)."""
+    val = load_batches(prepared, "validation", batch_size)
+    half = max(1, len(val) // 2)
+    return metrics.evaluate(student, teacher, val[:half], val[half:])
