@@ -29,7 +29,7 @@ def split_datasets(prepared_dir: str | Path, splits: tuple[str, ...] = SPLITS,
     import ray.data
 
     manifest = load_manifest(prepared_dir)
-    return {s: ray.data.read_parquet(shard_paths(prepared_dir, s, manifest), columns=list(columns))
+    return {s: ray.data.read_parquet(shard_paths(prepared_dir, s, manifest)).select_columns(list(columns))
             for s in splits}
 
 
