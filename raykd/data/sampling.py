@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from raykd.atomic import atomic_directory
 from raykd.errors import RaykdError
 from raykd.registry import SAMPLERS
 
@@ -98,17 +97,10 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
                       "relevance": relevance,
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).ravel()),
                                                                      emb.shape[1])})
-    tmp = out.parent / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         pq.write_table(table, tmp / "scores.parquet", compression="zstd")
         (tmp / "scores.json").write_text(json.dumps({"key": key, "teacher": teacher_id, "data_key": manifest["key"],
                                                      "rows": table.num_rows, "mlm_prob": mlm_prob, "seed": seed}))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"[scores] wrote {out}")
     return out
 

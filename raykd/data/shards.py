@@ -16,13 +16,13 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raykd import __version__
+from raykd.atomic import atomic_directory
 from raykd.data import meddialog, tokenizer as tokenization
 from raykd.errors import RaykdError
 
@@ -158,9 +158,7 @@ def prepare(settings: PrepareSettings) -> dict:
     if not rows["train"]["pair_id"]:
         raise RaykdError("the train split is empty: too few dialogues to split 8:1:1")
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out) as tmp:
         manifest = _write(tmp, settings, rows, progress)
         manifest.update({
             "key": key,
@@ -170,10 +168,6 @@ def prepare(settings: PrepareSettings) -> dict:
             "counts": {"dialogues": dialogues, "pairs_built": built, "duplicates_removed": dups, "pairs": total},
         })
         (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
-        _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     dt = time.monotonic() - t0
     manifest["seconds"] = dt
     progress(f"wrote {out}: " + ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in SPLITS)
@@ -217,7 +211,6 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp.mkdir(parents=True)
     kind, spec = tokenization.parse_spec(settings.tokenizer)
     if kind == "train":
         texts = rows["train"]["question"] + rows["train"]["answer"]
@@ -278,16 +271,6 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
         "max_length": settings.max_length,
         "shard_rows": settings.shard_rows,
     }
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def load_manifest(prepared_dir: str | Path, deep: bool = False) -> dict:

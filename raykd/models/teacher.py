@@ -10,7 +10,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from raykd.atomic import atomic_directory
 from raykd.errors import RaykdError
 
 
@@ -201,9 +201,7 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     log(f"[adapt] {len(pairs):,} train pairs · {settings.steps} steps · batch {settings.batch_size}")
     t0 = time.monotonic()
     history = adapt_teacher(model, pairs, tok_ids, settings, log)
-    tmp = out_p.parent / f".{out_p.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out_p) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / "raykd_adapt.json").write_text(json.dumps({
@@ -211,16 +209,6 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
             "from": source or "config", "shape": asdict(shape) if shape else None, "settings": asdict(settings),
             "seconds": time.monotonic() - t0, "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
             "final_contrastive": sum(history["contrastive"][-50:]) / len(history["contrastive"][-50:])}, indent=1))
-        if out_p.exists():
-            old = out_p.parent / f".{out_p.name}.old-{os.getpid()}"
-            os.replace(out_p, old)
-            os.replace(tmp, out_p)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"[adapt] saved {out_p} in {time.monotonic() - t0:.0f} s")
     return out_p
 

@@ -179,7 +179,9 @@ def test_interrupted_prepare_leaves_no_complete_looking_output(tmp_path, monkeyp
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "_swap_into_place", boom)
+    import raykd.atomic
+
+    monkeypatch.setattr(raykd.atomic, "replace_directory", boom)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareSettings(raw=[str(tmp_path / "raw")], out=str(tmp_path / "o"), quiet=True))
     assert not (tmp_path / "o").exists()
