@@ -1,0 +1,406 @@
+"""Every setting as a dataclass; YAML (``yaml.safe_load``) → validated config; search-space parsing.
+
+Config flows one way: YAML → ``load_config`` (unknown keys, wrong types and impossible values fail
+here, naming the file, the key and the allowed values) → dataclasses → code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raykd.errors import RaykdError
+
+METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq")
+SAMPLER_NAMES = ("uniform", "entropy", "random_masked", "hard_negative", "domain_aware")
+DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
+# Short names for the parameters people search most, → their dotted path in the config.
+ALIASES = {"depth": "method.depth", "projection_dim": "method.projection_dim", "method": "method.name",
+           "sampler": "sampler.name", "lr": "train.lr", "weight_decay": "train.weight_decay"}
+
+
+class ConfigError(RaykdError):
+    """A configuration problem, located by file and key."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "smoke"
+    storage: str = ".raykd/experiments"
+    seeds: list = field(default_factory=lambda: [0])
+    metric: str = "val/semantic_alignment"
+    mode: str = "max"
+
+
+@dataclass
+class SynthConfig:
+    dialogs: int = 1500
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    prepared: str | None = None
+    synth: SynthConfig | None = field(default_factory=SynthConfig)
+    max_length: int = 64
+    tokenizer: str = "train:8000"
+    work_dir: str = ".raykd/data"
+
+
+@dataclass
+class ShapeConfig:
+    layers: int = 6
+    hidden: int = 64
+    heads: int = 4
+    intermediate: int = 256
+
+
+@dataclass
+class AdaptConfig:
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+
+
+@dataclass
+class TeacherConfig:
+    spec: str | None = None
+    shape: ShapeConfig = field(default_factory=ShapeConfig)
+    adapt: AdaptConfig | None = field(default_factory=AdaptConfig)
+    cache: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class StudentConfig:
+    layers: int = 3
+    hidden: int | None = None
+    init_from_teacher: bool = True
+
+
+@dataclass
+class MethodConfig:
+    name: str = "structural"
+    depth: int | None = None
+    projection_dim: int = 64
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "uniform"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    grad_accum: int = 1
+    precision: str = "auto"
+    eval_every: int = 50
+    eval_pairs: int = 256
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0
+    checkpoint_keep: int = 2
+    max_failures: int = 1
+
+
+@dataclass
+class SchedulerConfig:
+    type: str = "asha"
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass
+class ConfirmConfig:
+    top_k: int = 0
+    seeds: list = field(default_factory=list)
+
+
+@dataclass
+class SearchConfig:
+    algorithm: str = "optuna"
+    num_samples: int = 6
+    max_trials: int = 100
+    time_budget_s: float | None = None
+    max_concurrent: int | None = None
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    space: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(value, tp, where: str, src: str):
+    """Check ``value`` against the annotation ``tp``; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where, src)
+            except ConfigError as e:
+                last = e
+        raise last
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            raise ConfigError(f"{src}: {where}: expected a mapping, got null")
+        return _build(tp, value, where, src)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{src}: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{src}: {where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string: accept numeric text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{src}: {where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{src}: {where}: expected a string, got {value!r}")
+        return value
+    if tp is list or origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: {where}: expected a list, got {value!r}")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: {where}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data, where: str, src: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{src}: unknown key {path!r}{hint} (allowed: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], path, src)
+    return cls(**kwargs)
+
+
+def _check(cond: bool, src: str, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{src}: {key}: {msg}")
+
+
+def validate(cfg: Config, src: str = "<config>") -> Config:
+    """Check values that types alone cannot; returns ``cfg``. Raises ConfigError naming file and key."""
+    e, t, s = cfg.experiment, cfg.train, cfg.search
+    _check(e.mode in ("min", "max"), src, "experiment.mode", f"{e.mode!r} is not one of min, max")
+    _check(len(e.seeds) > 0 and all(isinstance(x, int) and not isinstance(x, bool) for x in e.seeds), src,
+           "experiment.seeds", "must be a non-empty list of integers")
+    _check(cfg.data.prepared is not None or cfg.data.synth is not None, src, "data",
+           "set data.prepared (a prepared directory) or data.synth (the generated corpus)")
+    _check(cfg.data.max_length >= 8, src, "data.max_length", "must be at least 8")
+    sh = cfg.teacher.shape
+    _check(min(sh.layers, sh.hidden, sh.heads, sh.intermediate) > 0, src, "teacher.shape", "sizes must be positive")
+    _check(sh.hidden % sh.heads == 0, src, "teacher.shape.hidden", f"{sh.hidden} is not divisible by heads {sh.heads}")
+    _check(not cfg.teacher.trust_remote_code or cfg.teacher.revision, src, "teacher.trust_remote_code",
+           "true only together with a pinned teacher.revision")
+    _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
+    teacher_layers = sh.layers if cfg.teacher.spec is None else None
+    if teacher_layers is not None:
+        _check(teacher_layers % cfg.student.layers == 0, src, "student.layers",
+               f"{cfg.student.layers} must divide the teacher's {teacher_layers} layers (uniform layer map)")
+    _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method")
+    _check(cfg.sampler.name in SAMPLER_NAMES, src, "sampler.name",
+           f"unknown sampler {cfg.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+    for key, lo in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_every", 1), ("num_workers", 1),
+                    ("eval_pairs", 8), ("checkpoint_keep", 1)):
+        _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
+    _check(t.lr > 0, src, "train.lr", "must be positive")
+    _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",
+           f"{t.precision!r} is not one of auto, fp32, fp16, bf16")
+    _check(s.algorithm in ("optuna", "grid", "random"), src, "search.algorithm",
+           f"{s.algorithm!r} is not one of optuna, grid, random")
+    _check(s.scheduler.type in ("asha", "none"), src, "search.scheduler.type",
+           f"{s.scheduler.type!r} is not one of asha, none")
+    _check(s.num_samples >= 1, src, "search.num_samples", "must be at least 1")
+    _check(s.max_trials >= 1, src, "search.max_trials", "must be at least 1")
+    for name, spec in cfg.space.items():
+        _check_domain(cfg, name, spec, src)
+    n = planned_trials(cfg)
+    _check(n <= s.max_trials, src, "search.max_trials",
+           f"the search plans {n} trials (grid × seeds or num_samples), more than max_trials={s.max_trials}")
+    return cfg
+
+
+def _check_method(name, depth, projection_dim, student_layers, src, where) -> None:
+    _check(name in METHOD_NAMES, src, f"{where}.name", f"unknown method {name!r}; allowed: {', '.join(METHOD_NAMES)}")
+    if depth is not None:
+        _check(isinstance(depth, int) and 1 <= depth <= student_layers, src, f"{where}.depth",
+               f"{depth} must be between 1 and the student's {student_layers} layers")
+    _check(isinstance(projection_dim, int) and projection_dim > 0, src, f"{where}.projection_dim",
+           f"must be a positive integer, got {projection_dim!r}")
+
+
+def resolve_key(name: str) -> str:
+    """The dotted config path of a search-space key (aliases expanded)."""
+    return ALIASES.get(name, name)
+
+
+def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
+    key = f"space.{name}"
+    path = resolve_key(name)
+    try:
+        get_path(cfg, path)
+    except KeyError:
+        raise ConfigError(f"{src}: {key}: {path!r} is not a setting (aliases: {', '.join(ALIASES)})") from None
+    _check(isinstance(spec, dict) and len(spec) == 1, src, key,
+           f"expected one of {', '.join(DOMAINS)} with its values, e.g. {{choice: [1, 2]}}")
+    kind, values = next(iter(spec.items()))
+    _check(kind in DOMAINS, src, key, f"unknown domain {kind!r}; allowed: {', '.join(DOMAINS)}")
+    if kind in ("choice", "grid"):
+        _check(isinstance(values, list) and len(values) > 0, src, key, f"{kind} needs a non-empty list")
+        for v in values:
+            probe = apply_overrides(to_dict(cfg), {path: v})
+            try:
+                c = _build(Config, probe, "", src)
+                _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method")
+                _check(c.sampler.name in SAMPLER_NAMES, src, "sampler.name",
+                       f"unknown sampler {c.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+            except ConfigError as e:
+                raise ConfigError(f"{src}: {key}: value {v!r} is invalid: {str(e).split(': ', 1)[1]}") from None
+    else:
+        _check(isinstance(values, list) and len(values) in (2, 3) and all(isinstance(x, (int, float)) for x in values),
+               src, key, f"{kind} needs [low, high] (qrandint: [low, high, q])")
+        _check(values[0] < values[1], src, key, f"low {values[0]} must be below high {values[1]}")
+        if kind == "loguniform":
+            _check(values[0] > 0, src, key, "loguniform bounds must be positive")
+
+
+def planned_trials(cfg: Config) -> int:
+    """Trials the search runs before any confirm phase: grid size × seeds (grid), or num_samples."""
+    if cfg.search.algorithm == "grid":
+        size = 1
+        for spec in cfg.space.values():
+            kind, values = next(iter(spec.items()))
+            if kind not in ("choice", "grid"):
+                raise ConfigError(f"search.algorithm grid: space entry with {kind!r} cannot be enumerated")
+            size *= len(values)
+        return size * len(cfg.experiment.seeds)
+    return cfg.search.num_samples
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def to_dict(cfg) -> dict:
+    """The config as plain nested dicts (YAML-serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def get_path(cfg, path: str):
+    """Value at a dotted path of a config (dataclasses or dicts); KeyError if absent."""
+    node = cfg
+    for part in path.split("."):
+        if dataclasses.is_dataclass(node):
+            if part not in {f.name for f in dataclasses.fields(node)}:
+                raise KeyError(path)
+            node = getattr(node, part)
+        elif isinstance(node, dict):
+            if part not in node:
+                if path.startswith(("method.params.", "sampler.params.")):
+                    return None
+                raise KeyError(path)
+            node = node[part]
+        else:
+            raise KeyError(path)
+    return node
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of nested ``data`` with dotted-key overrides applied (missing mappings are created)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for path, value in overrides.items():
+        node = out
+        parts = path.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", "search.num_samples=4"]`` → {dotted key: YAML-typed value}."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config with ``yaml.safe_load`` (a Python tag is refused), apply dotted overrides
+    (the command line wins), build and validate the dataclasses. Raises ConfigError on any problem."""
+    src = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{src}: not valid YAML (Python tags are refused): {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: top level must be a mapping of sections")
+    if overrides:
+        data = apply_overrides(data, {resolve_key(k) if k in ALIASES else k: v for k, v in overrides.items()})
+    return validate(_build(Config, data, "", src), src)

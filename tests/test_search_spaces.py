@@ -1,0 +1,65 @@
+"""Every search-space file loads and validates; bad YAML fails at load time naming file, key and allowed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raykd.config import ConfigError, load_config, parse_set, planned_trials
+
+pytestmark = pytest.mark.unit
+SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+
+
+def test_the_design_files_exist():
+    assert {p.stem for p in SPACES} >= {"smoke", "depth", "projection", "sampling", "baselines", "ablation", "paper"}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_every_search_space_loads(path):
+    cfg = load_config(path)
+    assert planned_trials(cfg) <= cfg.search.max_trials
+
+
+def test_paper_setting_is_the_papers():
+    c = load_config(SPACES[[p.stem for p in SPACES].index("paper")])
+    assert (c.teacher.shape.layers, c.student.layers, c.teacher.shape.hidden, c.data.max_length) == (24, 6, 768, 512)
+    assert (c.train.batch_size, c.train.lr, c.train.precision, c.train.grad_accum, c.train.num_workers) == \
+        (64, 2e-4, "fp16", 2, 4)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "x.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("train: {stepz: 3}", "unknown key 'train.stepz'; did you mean 'steps'?"),
+    ("train: {steps: many}", "train.steps: expected an integer"),
+    ("space: {depth: {choice: []}}", "space.depth: choice needs a non-empty list"),
+    ("student: {layers: 3}\nspace: {depth: {choice: [1, 4]}}", "value 4 is invalid"),
+    ("method: {depth: 7}\nstudent: {layers: 6}", "method.depth: 7 must be between 1 and the student's 6 layers"),
+    ("method: {projection_dim: 0}", "method.projection_dim: must be a positive integer"),
+    ("method: {name: tinybrt}", "unknown method 'tinybrt'; allowed: structural"),
+    ("sampler: {name: random}", "unknown sampler 'random'; allowed: uniform"),
+    ("search: {algorithm: grid, max_trials: 3}\nexperiment: {seeds: [0, 1]}\nspace: {depth: {grid: [1, 2, 3]}}",
+     "plans 6 trials"),
+    ("space: {lr: {loguniform: [0, 1]}}", "loguniform bounds must be positive"),
+    ("space: {nonsense: {choice: [1]}}", "'nonsense' is not a setting"),
+    ("teacher: {trust_remote_code: true}", "pinned teacher.revision"),
+    ("experiment: !!python/object/apply:os.system ['true']", "Python tags are refused"),
+])
+def test_bad_config_fails_at_load_with_file_and_key(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert needle in str(e.value) and str(tmp_path / "x.yaml") in str(e.value)
+
+
+def test_set_overrides_win_and_are_yaml_typed(tmp_path):
+    p = write(tmp_path, "train: {lr: 1.0e-3}\nsearch: {num_samples: 2}")
+    c = load_config(p, parse_set(["train.lr=1e-4", "search.num_samples=4", "depth=2"]))
+    assert (c.train.lr, c.search.num_samples, c.method.depth) == (1e-4, 4, 2)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set(["train.lr"])
