@@ -22,15 +22,25 @@ TOKEN_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids")
 
 
 def split_datasets(prepared_dir: str | Path, splits: tuple[str, ...] = SPLITS,
-                   columns: tuple[str, ...] = TOKEN_COLUMNS) -> dict:
+                   columns: tuple[str, ...] = TOKEN_COLUMNS, num_cpus: float | None = None) -> dict:
     """Return ``{split: ray.data.Dataset}`` reading the split's Parquet shards (verified against the
     manifest first; a tampered or partial directory raises RaykdError). Only ``columns`` are read:
-    the raw text columns stay on disk unless asked for."""
+    the raw text columns stay on disk unless asked for. ``num_cpus`` is what each read task reserves
+    (a fraction lets data flow while training workers hold whole CPUs)."""
     import ray.data
 
     manifest = load_manifest(prepared_dir)
-    return {s: ray.data.read_parquet(shard_paths(prepared_dir, s, manifest)).select_columns(list(columns))
-            for s in splits}
+    ctx = ray.data.DataContext.get_current()
+    v2 = ctx.use_datasource_v2
+    # Ray 2.60's datasource-v2 Parquet read adds a ListFiles task that always reserves a whole CPU:
+    # with every CPU but a fraction held by training workers it never runs (the read hangs). The v1
+    # read honours num_cpus for every task.
+    ctx.use_datasource_v2 = v2 if num_cpus is None else False
+    try:
+        return {s: ray.data.read_parquet(shard_paths(prepared_dir, s, manifest), num_cpus=num_cpus)
+                .select_columns(list(columns)) for s in splits}
+    finally:
+        ctx.use_datasource_v2 = v2
 
 
 def department_index(manifest: dict) -> dict[str, int]:
@@ -54,7 +64,8 @@ class PairCollator(NumpyBatchCollateFn):
     """Ray Data ``collate_fn``: numpy batch of prepared rows → padded torch tensors.
 
     Returns ``q_input_ids, q_attention_mask, a_input_ids, a_attention_mask`` (int64 [b, t], each
-    padded to the batch's own longest sequence) and ``department`` (int64 [b]; unknown names → -1).
+    padded to the batch's own longest sequence), ``department`` (int64 [b]; unknown names → -1) and
+    ``pair_id`` (a list of str, when the batch has it).
     """
 
     def __init__(self, pad_id: int, departments: dict[str, int] | None = None):
@@ -73,4 +84,6 @@ class PairCollator(NumpyBatchCollateFn):
         if "department" in batch:
             out["department"] = torch.tensor([self.departments.get(str(d), -1) for d in batch["department"]],
                                              dtype=torch.long)
+        if "pair_id" in batch:
+            out["pair_id"] = [str(p) for p in batch["pair_id"]]
         return out

@@ -1,0 +1,44 @@
+"""The device / precision policy, in one place (DESIGN.md §6): CUDA → fp16 autocast with a
+GradScaler (bf16 autocast, no scaler, when asked); CPU → fp32 (CPU autocast is ~15× slower here)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a step runs: autocast dtype (None = full fp32) and whether a GradScaler is needed."""
+
+    device_type: str
+    dtype: torch.dtype | None
+    scaler: bool
+
+    def autocast(self):
+        """Context manager for the forward pass."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler (enabled only for fp16 on CUDA)."""
+        return torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu", enabled=self.scaler)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
+
+def precision_policy(device: torch.device, requested: str = "auto") -> Precision:
+    """The precision for ``device``: ``auto`` → fp16 + scaler on CUDA, fp32 on CPU; ``fp16``/``bf16``
+    on CPU fall back to fp32 (autocast there is far slower than fp32)."""
+    if requested not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"precision {requested!r}: expected auto, fp32, fp16 or bf16")
+    if device.type != "cuda" or requested == "fp32":
+        return Precision(device.type, None, False)
+    if requested == "bf16":
+        return Precision("cuda", torch.bfloat16, False)
+    return Precision("cuda", torch.float16, True)

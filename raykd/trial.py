@@ -1,0 +1,296 @@
+"""R: one trial = one Ray Train ``TorchTrainer`` run inside a Tune function trainable.
+
+``train_fn_per_worker`` is plain PyTorch with a few marked Ray touchpoints (# RAY): the dataset
+shard, ``prepare_model`` (DDP when num_workers > 1), ``report`` with checkpoints, and resume from
+``get_checkpoint``. ``run_trial`` is the Tune function trainable that builds and fits the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.train import Checkpoint
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raykd import config as C
+from raykd import metrics
+from raykd.data.sampling import ScoreTable, build_sampler
+from raykd.data.shards import load_manifest, shard_paths
+from raykd.data.stream import PairCollator, department_index, split_datasets
+from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.distill.weighting import GradNormWeights
+from raykd.models.student import build_student
+from raykd.models.teacher import load_teacher
+from raykd.precision import precision_policy
+
+DATA_CPUS = 0.25  # what each Ray Data read / map task reserves: never a whole CPU, so data always runs
+TRIAL_DRIVER_CPUS = 0.05
+ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
+METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
+               "retained_mrr")
+
+
+# ------------------------------------------------------------------------------------------ trial config
+def trial_config(base: dict, params: dict) -> C.Config:
+    """The resolved config of one trial: ``base`` (a Config as dict) with the searched ``params``
+    (aliases or dotted keys; ``seed`` sets the trial seed) applied."""
+    overrides = {C.resolve_key(k): v for k, v in params.items() if k != "seed"}
+    data = C.apply_overrides(base, overrides)
+    if "seed" in params:
+        data["experiment"]["seeds"] = [int(params["seed"])]
+    return C._build(C.Config, data, "", "<trial>")
+
+
+def method_kwargs(cfg: C.Config, n_departments: int) -> tuple[dict, bool]:
+    """(keyword settings for ``build_method``, whether the student gets the aggregation module)."""
+    params = dict(cfg.method.params)
+    ablate = params.pop("ablate", None)
+    kwargs = {"depth": cfg.method.depth, "projection_dim": cfg.method.projection_dim, "n_departments": n_departments,
+              "seed": cfg.experiment.seeds[0], **params}
+    aggregation = cfg.method.name == "structural"
+    if ablate is not None:
+        if ablate not in ABLATIONS:
+            raise C.ConfigError(f"method.params.ablate: {ablate!r} is not one of {', '.join(ABLATIONS)}")
+        kwargs.setdefault("dynamic_weights", True)  # the full method carries every module
+        if ablate == "aggregation":
+            aggregation = False
+        elif ablate != "none":
+            kwargs[ablate] = False
+    return kwargs, aggregation
+
+
+def _lr_lambda(warmup: int, total: int):
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (total - s) / max(1, total - warmup))
+    return factor
+
+
+def _eval_batches(prepared: str, manifest: dict, split: str, pairs: int, batch_size: int = 64) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(shard_paths(prepared, split, manifest), columns=["pair_id", "department", "q_input_ids",
+                                                                       "a_input_ids"]).slice(0, pairs)
+    collate = PairCollator(manifest["tokenizer"]["pad_token_id"], department_index(manifest))
+    cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+    return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
+
+
+def evaluate_split(core, teacher, fit: list, ev: list, prefix: str) -> dict:
+    """Metrics of the student alone, named ``<prefix>/<metric>``."""
+    m = metrics.evaluate(core, teacher, fit, ev)
+    return {f"{prefix}/{k}": float(m[k]) for k in METRIC_KEYS + ("teacher_mrr@10",)}
+
+
+# ------------------------------------------------------------------------------------------ per worker
+def train_fn_per_worker(config: dict) -> None:
+    """Distil a student for ``train.steps`` optimizer steps on this worker's shard, evaluating every
+    ``train.eval_every`` steps (reported to Tune with a checkpoint) and on test once at the end."""
+    cfg = C._build(C.Config, config["cfg"], "", "<trial>")
+    t = cfg.train
+    ctx = ray.train.get_context()  # RAY
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, t.threads_per_worker or int(t.cpus_per_worker)))  # Ray sets OMP_NUM_THREADS=1
+    device = ray.train.torch.get_device()  # RAY
+    precision = precision_policy(device, t.precision)
+    seed = cfg.experiment.seeds[0]
+    torch.manual_seed(seed)
+
+    manifest = load_manifest(config["prepared"])
+    tokens = TokenIds.from_manifest(manifest)
+    teacher = load_teacher(config["teacher"]).to(device).eval()
+    teacher.requires_grad_(False)
+    kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
+    student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
+                            init_from_teacher=cfg.student.init_from_teacher)
+    method = build_method(cfg.method.name, student, teacher.config, **kwargs)
+    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
+    core = model.module if hasattr(model, "module") else model
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
+    scaler = precision.grad_scaler()
+    gen = torch.Generator().manual_seed(seed * 1000 + rank)
+    step, best = 0, [None]  # best: the best validation metric so far, boxed for _report
+
+    checkpoint = ray.train.get_checkpoint()  # RAY: resume after a failure
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            from safetensors.torch import load_model
+
+            load_model(core, os.path.join(d, "model.safetensors"), device=str(device))
+            state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["mask_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best[0] = int(state["step"]), state.get("best")
+        if isinstance(core.weighting, GradNormWeights) and state.get("weighting"):
+            core.weighting.load_state_dict(state["weighting"])
+
+    val_fit = val_ev = None
+    if rank == 0:
+        val = _eval_batches(config["prepared"], manifest, "validation", t.eval_pairs)
+        half = max(1, len(val) // 2)
+        val_fit, val_ev = val[:half], val[half:] or val[:half]
+    shard = ray.train.get_dataset_shard("train")  # RAY
+    collate = PairCollator(tokens.pad, department_index(manifest))
+    sums: dict[str, float] = {}
+    n_terms, tokens_seen, t_window = 0, 0, None
+    micro = 0
+    seen_pairs: set[str] = set()
+    while step < t.steps:
+        for batch in shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,  # RAY
+                                              local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=seed + step):
+            if t_window is None:
+                t_window = time.perf_counter()
+            seen_pairs.update(batch.pop("pair_id", ()))
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            core.set_progress(step / t.steps)
+            inputs = make_inputs(batch, tokens, gen, corrupt=core.uses_mlm, vocab_size=teacher.config.vocab_size)
+            last_micro = (micro + 1) % t.grad_accum == 0
+            sync = model.no_sync() if (world > 1 and not last_micro and hasattr(model, "no_sync")) else nullcontext()
+            with sync:
+                with precision.autocast():
+                    targets = core.teacher_targets(teacher, inputs)
+                    out = model(inputs, targets)
+                scaler.scale(out["loss"] / t.grad_accum).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_terms += 1
+            tokens_seen += int(inputs["mask"].sum())
+            micro += 1
+            if not last_micro:
+                continue
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            step += 1
+            if step % t.eval_every == 0 or step == t.steps:
+                elapsed = time.perf_counter() - t_window
+                result = {"step": step, "world_size": world, "train/loss": sums.pop("loss") / n_terms,
+                          "lr": sched.get_last_lr()[0],
+                          "tokens_per_s": tokens_seen * world / max(elapsed, 1e-9), "precision": precision.name}
+                result.update({f"train/{k}": v / n_terms for k, v in sums.items()})
+                sums, n_terms, tokens_seen = {}, 0, 0
+                final = step == t.steps
+                if final:
+                    result.update(_data_coverage(seen_pairs, world))
+                _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest,
+                        t, final, best)
+                t_window = None
+            if step >= t.steps:
+                break
+
+
+def _data_coverage(seen: set, world: int) -> dict:
+    """Distinct training pairs this trial saw and how many were seen by more than one worker (0 when
+    the workers' shards are disjoint, as Ray Data's equal split promises)."""
+    if world == 1:
+        return {"data/pairs_seen": len(seen), "data/pairs_on_several_workers": 0}
+    import torch.distributed as dist
+
+    sets: list = [None] * world
+    dist.all_gather_object(sets, seen)
+    union = set().union(*sets)
+    return {"data/pairs_seen": len(union), "data/pairs_on_several_workers": sum(len(s) for s in sets) - len(union),
+            "world_size": world}
+
+
+def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest, t, final,
+            best_box) -> None:
+    """Evaluate (rank 0), checkpoint (rank 0) and report (every rank)."""
+    cfg_metric = config["metric"]
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = None
+        if rank == 0:
+            result.update(evaluate_split(core, teacher, val_fit, val_ev, "val"))
+            v = result.get(cfg_metric)
+            if v is not None and v == v:
+                better = best_box[0] is None or (v > best_box[0] if config["mode"] == "max" else v < best_box[0])
+                best_box[0] = v if better else best_box[0]
+            result["best_metric"] = best_box[0]
+            if final:
+                test = _eval_batches(config["prepared"], manifest, "test", t.eval_pairs)
+                fit = val_fit + val_ev
+                result.update(evaluate_split(core, teacher, fit, test, "test"))
+            from safetensors.torch import save_model
+
+            save_model(core, os.path.join(d, "model.safetensors"))
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                        "mask_generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                        "best": best_box[0],
+                        "weighting": core.weighting.state_dict() if isinstance(core.weighting, GradNormWeights)
+                        else None}, os.path.join(d, "state.pt"))
+            ckpt = Checkpoint.from_directory(d)
+        ray.train.report(result, checkpoint=ckpt)  # RAY
+
+
+# ------------------------------------------------------------------------------------------ Tune side
+def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
+    """What produced a trial: versions, git SHA, the resolved config, hashes of data / teacher / scores."""
+    import transformers
+
+    sha = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parents[1]).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from raykd import __version__
+
+    return {"trial_id": trial_id, "raykd": __version__, "git_sha": sha, "python": platform.python_version(),
+            "torch": torch.__version__, "ray": ray.__version__, "transformers": transformers.__version__,
+            "config": C.to_dict(cfg), "seed": cfg.experiment.seeds[0], "data_key": plan["data_key"],
+            "teacher_key": plan["teacher_key"], "scores": plan.get("scores")}
+
+
+def run_trial(params: dict, plan: dict) -> None:
+    """Tune function trainable: resolve this trial's config, build its datasets and fit its TorchTrainer.
+    Metrics reach Tune at every evaluation through ``TuneReportCallback``."""
+    ctx = tune.get_context()
+    trial_id, trial_dir = ctx.get_trial_id(), ctx.get_trial_dir()
+    cfg = trial_config(plan["base"], params)
+    Path(trial_dir, "provenance.json").write_text(json.dumps(provenance(cfg, plan, trial_id), indent=1))
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]
+    if cfg.sampler.name != "uniform":
+        scores = ScoreTable(plan["scores"]) if plan.get("scores") else None
+        manifest = load_manifest(plan["prepared"])
+        params_s = {"mask_id": manifest["tokenizer"]["mask_token_id"], "batch_size": cfg.train.batch_size,
+                    **cfg.sampler.params}
+        ds = ds.map_batches(build_sampler(cfg.sampler.name, scores, cfg.experiment.seeds[0], **params_s),
+                            batch_format="numpy", batch_size=4096, num_cpus=DATA_CPUS)
+    t = cfg.train
+    trainer = ray.train.torch.TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
+                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+        datasets={"train": ds},
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint_keep)),
+    )
+    trainer.fit()

@@ -1,0 +1,275 @@
+"""R: ``python -m raykd.tune`` — a distillation study: Ray Tune (Optuna TPE + ASHA, or a grid) over
+trials that are Ray Train runs. With no arguments it runs ``search_spaces/smoke.yaml`` on a local Ray.
+
+    python -m raykd.tune [--config FILE] [--address auto|HOST:PORT] [--storage PATH] [--name NAME]
+                         [--resume] [--dry-run] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from raykd import config as C
+from raykd.errors import RaykdError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
+SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")
+DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def prepare_inputs(cfg: C.Config) -> dict:
+    """Driver-side, content-addressed inputs shared by every trial: the prepared data (synth → prepare),
+    the (domain-adapted) teacher, and sampler scores when a scored sampler may run. Returns the plan."""
+    from raykd.data.shards import PrepareSettings, load_manifest, prepare
+    from raykd.models.teacher import AdaptSettings, TeacherShape, adapt_key, adapt_prepared, load_teacher
+
+    work = Path(cfg.data.work_dir).absolute()
+    if cfg.data.prepared:
+        prepared = str(Path(cfg.data.prepared).absolute())
+        manifest = load_manifest(prepared)
+    else:
+        from raykd.data.synth import write_corpus
+
+        s = cfg.data.synth
+        raw = work / f"synth-{s.dialogs}-{s.seed}"
+        write_corpus(raw, s.dialogs, s.seed)
+        prepared = str(work / f"prepared-{s.dialogs}-{s.seed}-{cfg.data.max_length}")
+        manifest = prepare(PrepareSettings(raw=[str(raw)], out=prepared, tokenizer=cfg.data.tokenizer,
+                                           max_length=cfg.data.max_length))
+    sh = cfg.teacher.shape
+    shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate, max_position=max(cfg.data.max_length, 64))
+    if cfg.teacher.adapt is not None:
+        a = cfg.teacher.adapt
+        settings = AdaptSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=cfg.data.max_length,
+                                 threads=os.cpu_count() or 1)
+        key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings)
+        teacher = str(work / "teachers" / key[:16])
+        adapt_prepared(prepared, teacher, cfg.teacher.spec, shape, settings, log=log)
+    elif cfg.teacher.spec:
+        teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
+    else:
+        raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
+    samplers = {cfg.sampler.name} | set(_space_values(cfg, "sampler.name"))
+    scores = None
+    if samplers & set(SCORED_SAMPLERS):
+        from raykd.data.sampling import compute_scores
+
+        scores = str(compute_scores(prepared, load_teacher(teacher), key, log=log))
+    return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_key": key,
+            "data_key": manifest["key"], "scores": scores}
+
+
+def _space_values(cfg: C.Config, path: str) -> list:
+    out = []
+    for name, spec in cfg.space.items():
+        if C.resolve_key(name) == path:
+            kind, values = next(iter(spec.items()))
+            if kind in ("choice", "grid"):
+                out.extend(values)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ search
+def param_space(cfg: C.Config) -> dict:
+    """Tune's param space from ``space`` (+ ``seed``: a grid over the seeds for grid/random searches,
+    the first seed for Optuna — one seed per configuration)."""
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v),
+            "qrandint": lambda v: tune.qrandint(*v)}
+    space = {}
+    for name, spec in cfg.space.items():
+        kind, values = next(iter(spec.items()))
+        if cfg.search.algorithm == "grid" and kind == "choice":
+            kind = "grid"
+        space[name] = make[kind](values)
+    seeds = cfg.experiment.seeds
+    if cfg.search.algorithm == "optuna" or len(seeds) == 1:
+        space["seed"] = seeds[0]
+    else:
+        space["seed"] = tune.grid_search(list(seeds))
+    return space
+
+
+def evaluations_per_trial(cfg: C.Config) -> int:
+    """How many times a full trial reports (ASHA's max_t)."""
+    t = cfg.train
+    return math.ceil(t.steps / t.eval_every)
+
+
+def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
+    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + 0.05
+    fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
+    if cfg.search.max_concurrent:
+        fit = min(fit, cfg.search.max_concurrent)
+    return max(1, fit)
+
+
+def plan_text(cfg: C.Config, storage: Path, name: str) -> str:
+    """The --dry-run plan: trials × steps, resources per trial, compute, directories."""
+    n = C.planned_trials(cfg)
+    t = cfg.train
+    lines = [
+        f"experiment {name}: {n} trials ({cfg.search.algorithm}"
+        f"{', ASHA early stopping' if cfg.search.scheduler.type == 'asha' and cfg.search.algorithm != 'grid' else ''})"
+        f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
+        f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}, "
+        f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
+        f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
+        + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
+           if cfg.search.confirm.top_k else ""),
+        f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
+        f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers",
+        f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
+        f"{Path(cfg.data.work_dir).absolute()}",
+        f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
+        f"results: {storage / name}",
+    ]
+    return "\n".join(lines)
+
+
+def _init_ray(address: str | None):
+    """Connect to Ray; returns (ray module, whether this call started it). An already initialised
+    Ray in this process (library use, tests) is used as it is."""
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    if address:
+        ctx = ray.init(address=address, log_to_driver=False)
+    else:
+        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                       log_to_driver=False)
+    log(f"[tune] Ray {ray.__version__} · dashboard http://{ctx.dashboard_url or '127.0.0.1:8265'} (token auth on: "
+        "send 'Authorization: Bearer $(cat ~/.ray/auth_token)')")
+    return ray, True
+
+
+def build_tuner(cfg: C.Config, plan: dict, storage: Path, name: str, cluster_cpus: float, resume: bool):
+    """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
+    path = storage / name
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise RaykdError(f"--resume: {path} holds no experiment to resume")
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, restart_errored=False)
+    metric, mode = cfg.experiment.metric, cfg.experiment.mode
+    search_alg = None
+    if cfg.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=metric, mode=mode, seed=cfg.experiment.seeds[0])
+    early = cfg.search.scheduler.type == "asha" and cfg.search.algorithm != "grid"
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=evaluations_per_trial(cfg),
+                              grace_period=cfg.search.scheduler.grace_period,
+                              reduction_factor=cfg.search.scheduler.reduction_factor) if early else FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
+            max_concurrent_trials=max_concurrent(cfg, cluster_cpus), time_budget_s=cfg.search.time_budget_s,
+            trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  verbose=1),
+    )
+
+
+def summarize(results, cfg: C.Config) -> tuple[str, list]:
+    """A compact results table (text) and the list of (trial id, error) of failed trials."""
+    metric = cfg.experiment.metric
+    keys = list(cfg.space) + ["seed"]
+    rows, failed = [], []
+    for r in results:
+        trial_id = Path(r.path).name.replace("trial_", "")
+        if r.error:
+            failed.append((trial_id, str(r.error).strip().splitlines()[-1][:300]))
+        m = r.metrics or {}
+        params = r.config or {}
+        rows.append((trial_id, "ERROR" if r.error else ("done" if m.get("step") == cfg.train.steps else "stopped"),
+                     [params.get(k) for k in keys], m.get(metric), m.get("val/mrr@10"), m.get("test/semantic_alignment"),
+                     m.get("step")))
+    sign = -1 if cfg.experiment.mode == "max" else 1
+    rows.sort(key=lambda r: (r[3] is None, sign * (r[3] or 0)))
+    head = ["trial", "status"] + keys + [metric, "val/mrr@10", "test/semantic_alignment", "steps"]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = [head] + [[r[0], r[1]] + [fmt(v) for v in r[2]] + [fmt(r[3]), fmt(r[4]), fmt(r[5]), fmt(r[6])] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+    return text, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a study; returns the exit code (0 all trials fine, 1 some trial failed, 2 bad input)."""
+    ap = argparse.ArgumentParser(prog="python -m raykd.tune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space YAML (default: smoke.yaml)")
+    ap.add_argument("--address", default=None, help="connect to an existing Ray cluster (auto or HOST:PORT)")
+    ap.add_argument("--storage", default=None, help="experiment storage (path or URI); default experiment.storage")
+    ap.add_argument("--name", default=None, help="experiment name; default experiment.name")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        cfg = C.load_config(args.config, C.parse_set(args.set))
+        storage_s = args.storage or cfg.experiment.storage
+        storage = Path(storage_s).absolute() if "://" not in storage_s else storage_s
+        name = args.name or cfg.experiment.name
+        print(plan_text(cfg, Path(storage) if not isinstance(storage, str) else Path("/"), name))
+        if args.dry_run:
+            return 0
+        plan = prepare_inputs(cfg)
+        ray, started = _init_ray(args.address)
+        try:
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+            tuner = build_tuner(cfg, plan, Path(storage), name, cpus, args.resume)
+            results = tuner.fit()
+        finally:
+            if started:
+                ray.shutdown()
+    except RaykdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    table, failed = summarize(results, cfg)
+    best = None
+    try:
+        best = results.get_best_result(cfg.experiment.metric, cfg.experiment.mode, scope="all")
+    except RuntimeError:
+        pass
+    print(f"\n{table}\n")
+    if best is not None and best.metrics:
+        print(f"best trial: {Path(best.path).name} · {cfg.experiment.metric} = "
+              f"{best.metrics.get(cfg.experiment.metric)} · params {json.dumps(best.config)}")
+    print(f"results: {Path(str(storage)) / name}   ·   tensorboard --logdir {Path(str(storage)) / name} --host 127.0.0.1")
+    print(f"wall time {time.monotonic() - t0:.0f} s")
+    if failed:
+        for trial_id, err in failed:
+            print(f"trial {trial_id} failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
