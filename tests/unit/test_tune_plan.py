@@ -1,0 +1,79 @@
+"""The tune command's plan (dry run), param space and resource sizing, and gradient-accumulation equivalence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from raykd import config as C
+from raykd.distill.methods import build_method, make_inputs
+from raykd.models.student import build_student
+from raykd.trial import method_kwargs, trial_config
+from raykd.tune import main, max_concurrent, param_space
+from tests.unit.test_models_methods import TOK, tiny_teacher
+
+pytestmark = pytest.mark.unit
+SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    assert main(["--config", str(SMOKE), "--dry-run", "--storage", str(tmp_path / "s"),
+                 "--set", f"data.work_dir={tmp_path / 'w'}"]) == 0
+    out = capsys.readouterr().out
+    assert "6 trials (optuna, ASHA early stopping) × 120 steps" in out and str(tmp_path / "s" / "smoke") in out
+    assert not (tmp_path / "s").exists() and not (tmp_path / "w").exists()
+
+
+def test_bad_config_exits_2(tmp_path, capsys):
+    assert main(["--config", str(SMOKE), "--dry-run", "--set", "method.depth=9"]) == 2
+    assert "method.depth" in capsys.readouterr().err
+
+
+def test_param_space_seeds_and_concurrency():
+    cfg = C.load_config(SMOKE)
+    space = param_space(cfg)
+    assert set(space) == {"depth", "projection_dim", "sampler", "seed"} and space["seed"] == 0
+    grid = C.load_config(SMOKE, {"search.algorithm": "grid", "experiment.seeds": [0, 1], "search.max_trials": 60})
+    assert param_space(grid)["seed"] == {"grid_search": [0, 1]}
+    assert max_concurrent(cfg, 2.0) == 1  # one CPU stays free for Ray Data
+    assert max_concurrent(cfg, 16.0) == 14
+
+
+def test_trial_config_applies_searched_params_and_ablations():
+    base = C.to_dict(C.load_config(SMOKE))
+    cfg = trial_config(base, {"depth": 2, "sampler": "entropy", "seed": 3, "method.params.ablate": "fusion"})
+    assert (cfg.method.depth, cfg.sampler.name, cfg.experiment.seeds) == (2, "entropy", [3])
+    kwargs, aggregation = method_kwargs(cfg, 12)
+    assert kwargs["fusion"] is False and kwargs["dynamic_weights"] is True and aggregation
+    kwargs, aggregation = method_kwargs(trial_config(base, {"method.params.ablate": "aggregation"}), 12)
+    assert aggregation is False
+
+
+def test_gradient_accumulation_matches_the_full_batch_for_a_per_token_objective():
+    torch.manual_seed(0)
+    teacher = tiny_teacher().eval()
+    student = build_student(teacher, 2)
+    method = build_method("structural", student, teacher.config, depth=2, projection_dim=16, relation=False,
+                          contrastive=False, fusion=False, weights={"sentence": 0.0})
+    method.eval()  # no dropout: the two updates must be comparable exactly
+    g = torch.Generator().manual_seed(0)
+    batch = {}
+    for side in ("q", "a"):  # equal lengths, no padding: every sequence has the same number of counted tokens
+        ids = torch.randint(5, 60, (4, 8), generator=g)
+        ids[:, 0], ids[:, -1] = TOK.cls, TOK.sep
+        batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = ids, torch.ones_like(ids)
+    batch["department"] = torch.tensor([0, 1, 2, -1])
+    full = make_inputs(batch, TOK)
+    loss = method(full, method.teacher_targets(teacher, full))["align"]
+    g_full = torch.autograd.grad(loss, [p for p in method.parameters() if p.requires_grad], allow_unused=True)
+    grads = None
+    for half in (slice(0, 2), slice(2, 4)):
+        part = make_inputs({k: v[half] for k, v in batch.items()}, TOK)
+        loss = method(part, method.teacher_targets(teacher, part))["align"] / 2
+        g = torch.autograd.grad(loss, [p for p in method.parameters() if p.requires_grad], allow_unused=True)
+        grads = g if grads is None else [a + b if a is not None else None for a, b in zip(grads, g)]
+    for a, b in zip(g_full, grads):
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
