@@ -45,7 +45,9 @@ METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_c
 # ------------------------------------------------------------------------------------------ trial config
 def trial_config(base: dict, params: dict) -> C.Config:
     """The resolved config of one trial: ``base`` (a Config as dict) with the searched ``params``
-    (aliases or dotted keys; ``seed`` sets the trial seed) applied."""
+    (aliases or dotted keys; ``seed`` sets the trial seed; ``confirm`` holds a confirm-phase
+    configuration) applied."""
+    params = {**params.get("confirm", {}), **{k: v for k, v in params.items() if k != "confirm"}}
     overrides = {C.resolve_key(k): v for k, v in params.items() if k != "seed"}
     data = C.apply_overrides(base, overrides)
     if "seed" in params:

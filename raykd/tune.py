@@ -195,6 +195,36 @@ def build_tuner(cfg: C.Config, plan: dict, storage: Path, name: str, cluster_cpu
     )
 
 
+def confirm_tuner(cfg: C.Config, plan: dict, results, storage: Path, name: str, cluster_cpus: float):
+    """The confirm phase: the search's top-k configurations re-run to full length over
+    ``search.confirm.seeds`` (a grid, no early stopping) as experiment ``NAME-confirm``; None when
+    not configured. These are the numbers a table reports."""
+    from ray import tune
+
+    from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
+
+    k, seeds = cfg.search.confirm.top_k, cfg.search.confirm.seeds
+    if k <= 0 or not seeds or cfg.search.algorithm == "grid":
+        return None
+    sign = 1 if cfg.experiment.mode == "max" else -1
+    ranked = sorted((r for r in results if r.metrics and r.metrics.get(cfg.experiment.metric) is not None),
+                    key=lambda r: -sign * r.metrics[cfg.experiment.metric])
+    top = [{k2: v for k2, v in r.config.items() if k2 != "seed"} for r in ranked[:k]]
+    if not top:
+        return None
+    log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {storage / (name + '-confirm')}")
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
+    return tune.Tuner(
+        trainable,
+        param_space={"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))},
+        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=str(storage),
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures), verbose=1))
+
+
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
     """A compact results table (text) and the list of (trial id, error) of failed trials."""
     metric = cfg.experiment.metric
@@ -205,7 +235,7 @@ def summarize(results, cfg: C.Config) -> tuple[str, list]:
         if r.error:
             failed.append((trial_id, str(r.error).strip().splitlines()[-1][:300]))
         m = r.metrics or {}
-        params = r.config or {}
+        params = {**(r.config or {}).get("confirm", {}), **(r.config or {})}
         rows.append((trial_id, "ERROR" if r.error else ("done" if m.get("step") == cfg.train.steps else "stopped"),
                      [params.get(k) for k in keys], m.get(metric), m.get("val/mrr@10"), m.get("test/semantic_alignment"),
                      m.get("step")))
@@ -246,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             tuner = build_tuner(cfg, plan, Path(storage), name, cpus, args.resume)
             results = tuner.fit()
+            confirm = confirm_tuner(cfg, plan, results, Path(storage), name, cpus)
+            confirmed = confirm.fit() if confirm is not None else None
         finally:
             if started:
                 ray.shutdown()
@@ -262,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     if best is not None and best.metrics:
         print(f"best trial: {Path(best.path).name} · {cfg.experiment.metric} = "
               f"{best.metrics.get(cfg.experiment.metric)} · params {json.dumps(best.config)}")
+    if confirmed is not None:
+        ctable, cfailed = summarize(confirmed, cfg)
+        failed += cfailed
+        print(f"confirm phase ({name}-confirm):\n{ctable}\n")
     print(f"results: {Path(str(storage)) / name}   ·   tensorboard --logdir {Path(str(storage)) / name} --host 127.0.0.1")
     print(f"wall time {time.monotonic() - t0:.0f} s")
     if failed:

@@ -75,14 +75,21 @@ def test_resume_of_a_finished_study_reruns_nothing(grid_study, work):
     assert {k: len(v) for k, v in trial_results(exp).items()} == before
 
 
-def test_asha_stops_a_trial_early(ray_session, work):
+def test_asha_stops_a_trial_early_and_the_best_is_confirmed(ray_session, work):
     rc = study(work, "asha", "search.num_samples=4", "train.steps=24", "train.eval_every=6",
                "search.scheduler.reduction_factor=2", "search.scheduler.grace_period=1",
+               "search.confirm.top_k=1", "search.confirm.seeds=[1]",
                "space={projection_dim: {choice: [8, 16, 32, 64]}, depth: {choice: [1, 2, 3]}}")
     assert rc == 0
     finals = {k: v[-1]["step"] for k, v in trial_results(work / "exp" / "asha").items() if v}
     assert len(finals) == 4
     assert min(finals.values()) < 24 and max(finals.values()) == 24, finals
+    best = max((v for v in trial_results(work / "exp" / "asha").values() if v),
+               key=lambda rows: rows[-1]["val/semantic_alignment"])[-1]["config"]
+    (confirm,) = trial_results(work / "exp" / "asha-confirm").values()
+    assert confirm[-1]["step"] == 24 and confirm[-1]["config"]["seed"] == 1
+    assert {k: confirm[-1]["config"]["confirm"][k] for k in ("projection_dim", "depth")} == \
+        {k: best[k] for k in ("projection_dim", "depth")}
 
 
 def test_ddp_two_workers_see_disjoint_data(ray_session, work):
