@@ -101,3 +101,41 @@ def test_ddp_two_workers_see_disjoint_data(ray_session, work):
     assert final["world_size"] == 2
     assert final["data/pairs_seen"] >= 2 * 6 * 16 * 0.9  # both ranks trained on their own batches
     assert final["data/pairs_on_several_workers"] == 0
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_session, work):
+    """A driver SIGKILLed after its first trial finished: --resume completes the rest and leaves the
+    finished trial's results untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
+            "train.eval_pairs=64", "search.algorithm=grid", "train.steps=12", "train.eval_every=6",
+            "space={depth: {grid: [1, 2, 3]}}"]
+    args = ["--config", SMOKE, "--storage", str(work / "exp"), "--name", "killed", "--set", *sets]
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "raykd.tune", "--address", address, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    exp = work / "exp" / "killed"
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline:
+            done = [k for k, v in trial_results(exp).items() if v and v[-1].get("step") == 12] if exp.exists() else []
+            if done:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("no trial finished in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = {k: (exp / k / "result.json").read_text() for k in done}
+    time.sleep(3)
+    assert tune_main([*args, "--resume"]) == 0
+    after = trial_results(exp)
+    assert len(after) == 3 and all(v and v[-1]["step"] == 12 for v in after.values())
+    for k, text in finished_before.items():
+        assert (exp / k / "result.json").read_text() == text  # not rerun
