@@ -139,3 +139,21 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_sessio
     assert len(after) == 3 and all(v and v[-1]["step"] == 12 for v in after.values())
     for k, text in finished_before.items():
         assert (exp / k / "result.json").read_text() == text  # not rerun
+
+
+@pytest.mark.parametrize("name", ["depth", "projection", "sampling", "baselines", "ablation"])
+def test_each_small_search_space_runs_with_sizes_overridden(ray_session, work, name):
+    """Each study file runs as written but smaller: one seed, a few steps, a small corpus, and its
+    grid cut to its last value (the full grids are the users' studies, not CI's)."""
+    import yaml
+
+    path = Path(SMOKE).with_name(f"{name}.yaml")
+    space = yaml.safe_load(path.read_text())["space"]
+    small = {k: {kind: values[-1:]} for k, spec in space.items() for kind, values in spec.items()}
+    rc = tune_main(["--config", str(path), "--storage", str(work / "exp"), "--name", f"file-{name}", "--set",
+                    f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=20",
+                    "train.eval_pairs=64", "train.steps=4", "train.eval_every=4", "experiment.seeds=[0]",
+                    f"space={json.dumps(small)}"])
+    assert rc == 0
+    (rows,) = trial_results(work / "exp" / f"file-{name}").values()
+    assert rows[-1]["step"] == 4 and isinstance(rows[-1]["test/semantic_alignment"], float)
