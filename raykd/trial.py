@@ -156,8 +156,10 @@ def train_fn_per_worker(config: dict) -> None:
     micro = 0
     seen_pairs: set[str] = set()
     while step < t.steps:
+        batches_this_epoch = 0
         for batch in shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,  # RAY
                                               local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=seed + step):
+            batches_this_epoch += 1
             if t_window is None:
                 t_window = time.perf_counter()
             seen_pairs.update(batch.pop("pair_id", ()))
@@ -200,6 +202,9 @@ def train_fn_per_worker(config: dict) -> None:
                 t_window = None
             if step >= t.steps:
                 break
+        if batches_this_epoch == 0:
+            raise RuntimeError(f"worker {rank}: its shard of the train split is empty (too few pairs for "
+                               f"{world} workers?)")
 
 
 def _data_coverage(seen: set, world: int) -> dict:
