@@ -23,6 +23,11 @@ SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")
 DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
 
 
+def join(storage: str, name: str) -> str:
+    """``storage/name`` for a local path or a URI (s3://…)."""
+    return storage.rstrip("/") + "/" + name
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -118,7 +123,7 @@ def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
     return max(1, fit)
 
 
-def plan_text(cfg: C.Config, storage: Path, name: str) -> str:
+def plan_text(cfg: C.Config, storage: str, name: str) -> str:
     """The --dry-run plan: trials × steps, resources per trial, compute, directories."""
     n = C.planned_trials(cfg)
     t = cfg.train
@@ -136,7 +141,7 @@ def plan_text(cfg: C.Config, storage: Path, name: str) -> str:
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
         f"{Path(cfg.data.work_dir).absolute()}",
         f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
-        f"results: {storage / name}",
+        f"results: {join(storage, name)}",
     ]
     return "\n".join(lines)
 
@@ -158,7 +163,7 @@ def _init_ray(address: str | None):
     return ray, True
 
 
-def build_tuner(cfg: C.Config, plan: dict, storage: Path, name: str, cluster_cpus: float, resume: bool):
+def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
     """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -166,11 +171,11 @@ def build_tuner(cfg: C.Config, plan: dict, storage: Path, name: str, cluster_cpu
     from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
-    path = storage / name
+    path = join(storage, name)
     if resume:
-        if not tune.Tuner.can_restore(str(path)):
+        if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, restart_errored=False)
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
     metric, mode = cfg.experiment.metric, cfg.experiment.mode
     search_alg = None
     if cfg.search.algorithm == "optuna":
@@ -189,13 +194,13 @@ def build_tuner(cfg: C.Config, plan: dict, storage: Path, name: str, cluster_cpu
             num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
             max_concurrent_trials=max_concurrent(cfg, cluster_cpus), time_budget_s=cfg.search.time_budget_s,
             trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   verbose=1),
     )
 
 
-def confirm_tuner(cfg: C.Config, plan: dict, results, storage: Path, name: str, cluster_cpus: float):
+def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, cluster_cpus: float):
     """The confirm phase: the search's top-k configurations re-run to full length over
     ``search.confirm.seeds`` (a grid, no early stopping) as experiment ``NAME-confirm``; None when
     not configured. These are the numbers a table reports."""
@@ -212,7 +217,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: Path, name: str, 
     top = [{k2: v for k2, v in r.config.items() if k2 != "seed"} for r in ranked[:k]]
     if not top:
         return None
-    log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {storage / (name + '-confirm')}")
+    log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {join(storage, name + '-confirm')}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
     return tune.Tuner(
         trainable,
@@ -221,7 +226,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: Path, name: str, 
                                     max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
                                     trial_name_creator=lambda t: f"trial_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=str(storage),
+        run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures), verbose=1))
 
 
@@ -265,18 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = C.load_config(args.config, C.parse_set(args.set))
         storage_s = args.storage or cfg.experiment.storage
-        storage = Path(storage_s).absolute() if "://" not in storage_s else storage_s
+        storage = storage_s if "://" in storage_s else str(Path(storage_s).absolute())
         name = args.name or cfg.experiment.name
-        print(plan_text(cfg, Path(storage) if not isinstance(storage, str) else Path("/"), name))
+        print(plan_text(cfg, storage, name))
         if args.dry_run:
             return 0
         plan = prepare_inputs(cfg)
         ray, started = _init_ray(args.address)
         try:
             cpus = ray.cluster_resources().get("CPU", 1.0)
-            tuner = build_tuner(cfg, plan, Path(storage), name, cpus, args.resume)
+            tuner = build_tuner(cfg, plan, storage, name, cpus, args.resume)
             results = tuner.fit()
-            confirm = confirm_tuner(cfg, plan, results, Path(storage), name, cpus)
+            confirm = confirm_tuner(cfg, plan, results, storage, name, cpus)
             confirmed = confirm.fit() if confirm is not None else None
         finally:
             if started:
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         ctable, cfailed = summarize(confirmed, cfg)
         failed += cfailed
         print(f"confirm phase ({name}-confirm):\n{ctable}\n")
-    print(f"results: {Path(str(storage)) / name}   ·   tensorboard --logdir {Path(str(storage)) / name} --host 127.0.0.1")
+    print(f"results: {join(storage, name)}   ·   tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
     print(f"wall time {time.monotonic() - t0:.0f} s")
     if failed:
         for trial_id, err in failed:
