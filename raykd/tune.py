@@ -20,6 +20,7 @@ from raykd.errors import RaykdError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")
+SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
 DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
 
 
@@ -196,6 +197,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
             trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
                                   verbose=1),
     )
 
@@ -227,7 +229,8 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
                                     trial_name_creator=lambda t: f"trial_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures), verbose=1))
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S), verbose=1))
 
 
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
