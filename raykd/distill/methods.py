@@ -20,13 +20,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raykd.distill import losses as L
-from raykd.distill.weighting import FixedWeights, GradNormWeights
-from raykd.models.mapping import layer_map
-from raykd.models.modules import DomainAwareFusion, StructuralProjection
-from raykd.models.student import Student
-from raykd.models.teacher import mask_tokens
-from raykd.registry import METHODS
+from . import losses as L
+from .weighting import FixedWeights, GradNormWeights
+from ..models.mapping import layer_map
+from ..models.modules import DomainAwareFusion, StructuralProjection
+from ..models.student import Student
+from ..models.teacher import mask_tokens
+from ..registry import METHODS
 
 
 @dataclass(frozen=True)

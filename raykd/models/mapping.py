@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raykd.errors import RaykdError
+from ..errors import RaykdError
 
 
 def layer_map(teacher_layers: int, student_layers: int, depth: int | None = None) -> list[tuple[int, int]]:

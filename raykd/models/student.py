@@ -10,8 +10,8 @@ import re
 import torch
 import torch.nn as nn
 
-from raykd.models.mapping import layer_map
-from raykd.models.modules import MultiGranularityAggregation
+from .mapping import layer_map
+from .modules import MultiGranularityAggregation
 
 
 _LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from raykd.atomic import atomic_directory
-from raykd.errors import RaykdError
+from ..atomic import atomic_directory
+from ..errors import RaykdError
 
 
 @dataclass
@@ -170,7 +170,7 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     """Domain-adapt a teacher on a prepared directory's train split and save it (safetensors + tokenizer)
     to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None to build from ``shape``.
     Reuses ``out`` when it holds the result of the same inputs and settings; writes atomically."""
-    from raykd.data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
+    from ..data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
 
     settings = settings or AdaptSettings()
     shape = None if source else (shape or TeacherShape())
