@@ -31,6 +31,8 @@ from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.stream import PairCollator, department_index, split_datasets
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
+from raykd.monitoring import LiveMetrics
+from raykd.tblog import STEP_HISTORY_KEY, StepScalars
 from raykd.models.student import build_student
 from raykd.models.teacher import load_teacher
 from raykd.precision import precision_policy
@@ -98,6 +100,19 @@ def evaluate_split(core, teacher, fit: list, ev: list, prefix: str) -> dict:
     return {f"{prefix}/{k}": float(m[k]) for k in METRIC_KEYS + ("teacher_mrr@10",)}
 
 
+def efficiency_vs_teacher(student, teacher, batch_size: int, seq_len: int) -> dict:
+    """``test/params``, ``test/teacher_params``, ``test/latency_ms_b{1,B}`` (ms per sample, student
+    encoder alone) and ``test/speedup_b{1,B}`` (teacher ÷ student latency) on this worker's device."""
+    sizes = (1, batch_size)
+    s = metrics.efficiency(student.mlm.base_model, sizes, seq_len)
+    tt = metrics.efficiency(teacher.base_model, sizes, seq_len)
+    out = {"test/params": float(s["params"]), "test/teacher_params": float(tt["params"])}
+    for b in sizes:
+        out[f"test/latency_ms_b{b}"] = s[f"latency_ms_b{b}"]
+        out[f"test/speedup_b{b}"] = tt[f"latency_ms_b{b}"] / max(s[f"latency_ms_b{b}"], 1e-9)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ per worker
 def train_fn_per_worker(config: dict) -> None:
     """Distil a student for ``train.steps`` optimizer steps on this worker's shard, evaluating every
@@ -152,6 +167,9 @@ def train_fn_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")  # RAY
     collate = PairCollator(tokens.pad, department_index(manifest))
     sums: dict[str, float] = {}
+    step_sums: dict[str, float] = {}  # this optimizer step's loss terms, summed over its micro-steps
+    history: list[dict] = []  # per-step scalars since the last report (→ TensorBoard, see StepScalars)
+    gauges = LiveMetrics(config.get("trial_id", "")) if rank == 0 else None
     n_terms, tokens_seen, t_window = 0, 0, None
     micro = 0
     seen_pairs: set[str] = set()
@@ -174,7 +192,9 @@ def train_fn_per_worker(config: dict) -> None:
                     out = model(inputs, targets)
                 scaler.scale(out["loss"] / t.grad_accum).backward()
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+                x = float(v.detach())
+                sums[k] = sums.get(k, 0.0) + x
+                step_sums[k] = step_sums.get(k, 0.0) + x
             n_terms += 1
             tokens_seen += int(inputs["mask"].sum())
             micro += 1
@@ -185,8 +205,14 @@ def train_fn_per_worker(config: dict) -> None:
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
+            lr = sched.get_last_lr()[0]
             sched.step()
             step += 1
+            if rank == 0:
+                row = {"step": step, "train/lr": lr, **{f"train/{k}": v / t.grad_accum for k, v in step_sums.items()}}
+                history.append(row)
+                gauges.set_step(step, row["train/loss"])
+            step_sums = {}
             if step % t.eval_every == 0 or step == t.steps:
                 elapsed = time.perf_counter() - t_window
                 result = {"step": step, "world_size": world, "train/loss": sums.pop("loss") / n_terms,
@@ -197,8 +223,13 @@ def train_fn_per_worker(config: dict) -> None:
                 final = step == t.steps
                 if final:
                     result.update(_data_coverage(seen_pairs, world))
+                result["node_id"] = ray.get_runtime_context().get_node_id()  # RAY: where this trial ran
+                if rank == 0:
+                    result[STEP_HISTORY_KEY], history = history, []
                 _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest,
                         t, final, best)
+                if gauges is not None:
+                    gauges.set_report(result)
                 t_window = None
             if step >= t.steps:
                 break
@@ -238,6 +269,7 @@ def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit,
                 test = _eval_batches(config["prepared"], manifest, "test", t.eval_pairs)
                 fit = val_fit + val_ev
                 result.update(evaluate_split(core, teacher, fit, test, "test"))
+                result.update(efficiency_vs_teacher(core.student, teacher, t.batch_size, manifest["max_length"]))
             from safetensors.torch import save_model
 
             save_model(core, os.path.join(d, "model.safetensors"))
@@ -266,7 +298,8 @@ def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
     return {"trial_id": trial_id, "raykd": __version__, "git_sha": sha, "python": platform.python_version(),
             "torch": torch.__version__, "ray": ray.__version__, "transformers": transformers.__version__,
             "config": C.to_dict(cfg), "seed": cfg.experiment.seeds[0], "data_key": plan["data_key"],
-            "teacher_key": plan["teacher_key"], "scores": plan.get("scores")}
+            "teacher_key": plan["teacher_key"], "teacher": plan["teacher"], "prepared": plan["prepared"],
+            "scores": plan.get("scores")}
 
 
 def run_trial(params: dict, plan: dict) -> None:
@@ -291,12 +324,12 @@ def run_trial(params: dict, plan: dict) -> None:
     trainer = ray.train.torch.TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
-                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode},
+                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         datasets={"train": ds},
         run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=[TuneReportCallback()],
+            name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=[StepScalars(trial_dir), TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint_keep)),
     )

@@ -109,6 +109,15 @@ def param_space(cfg: C.Config) -> dict:
     return space
 
 
+def hparam_metrics(cfg: C.Config) -> list[str]:
+    """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
+    from raykd.tblog import TUNE_PREFIX, tb_tag
+    from raykd.trial import METRIC_KEYS
+
+    names = [f"{split}/{m}" for split in ("val", "test") for m in METRIC_KEYS]
+    return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
+
+
 def evaluations_per_trial(cfg: C.Config) -> int:
     """How many times a full trial reports (ASHA's max_t)."""
     t = cfg.train
@@ -169,10 +178,12 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
     path = join(storage, name)
+    write_experiment_summary(path, cfg.space, hparam_metrics(cfg))
     if resume:
         if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
@@ -198,7 +209,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-                                  verbose=1),
+                                  callbacks=[TrialHParams()], verbose=1),
     )
 
 
@@ -208,6 +219,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     not configured. These are the numbers a table reports."""
     from ray import tune
 
+    from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
 
     k, seeds = cfg.search.confirm.top_k, cfg.search.confirm.seeds
@@ -221,6 +233,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
         return None
     log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {join(storage, name + '-confirm')}")
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
+    write_experiment_summary(join(storage, f"{name}-confirm"), cfg.space, hparam_metrics(cfg))
     return tune.Tuner(
         trainable,
         param_space={"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))},
@@ -230,7 +243,8 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S), verbose=1))
+                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
+                                  callbacks=[TrialHParams()], verbose=1))
 
 
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
@@ -295,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     table, failed = summarize(results, cfg)
     best = None
     try:
-        best = results.get_best_result(cfg.experiment.metric, cfg.experiment.mode, scope="all")
+        best = results.get_best_result(cfg.experiment.metric, cfg.experiment.mode, scope="last")
     except RuntimeError:
         pass
     print(f"\n{table}\n")

@@ -43,3 +43,95 @@ def run_module(*args: str, cwd: Path | None = None, env: dict | None = None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=full_env, timeout=600)
+
+
+SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
+GRID_ARGS = ["search.algorithm=grid", "train.steps=16", "train.eval_every=8", "space={depth: {grid: [1, 3]}}",
+             "experiment.seeds=[0, 1]"]
+
+
+def study_args(tmp: Path, name: str, *sets: str) -> list[str]:
+    """CLI arguments of a tiny smoke-based study under ``tmp`` (shared data / teacher cache)."""
+    return ["--config", SMOKE, "--storage", str(tmp / "exp"), "--name", name, "--set",
+            f"data.work_dir={tmp / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
+            "train.eval_pairs=64", *sets]
+
+
+class ClusterMonitor:
+    """Polls the dashboard's HTTP API (with and without the token) and the node's Prometheus export
+    while a study runs; keeps what it saw."""
+
+    def __init__(self, ray):
+        import threading
+
+        from raykd.monitoring import auth_token
+
+        self.dashboard = "http://" + ray._private.worker.get_dashboard_url()
+        self.metrics_url = f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
+        self.token = auth_token()
+        self.codes_without_token: set[int] = set()
+        self.codes_with_token: set[int] = set()
+        self.actor_classes: set[str] = set()
+        self.jobs = 0
+        self.gauge_lines: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _get(self, url: str, token: bool):
+        import urllib.error
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {self.token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, ""
+        except OSError:
+            return None, ""
+
+    def poll(self) -> None:
+        import json
+
+        code, _ = self._get(self.dashboard + "/api/v0/actors", False)
+        if code:
+            self.codes_without_token.add(code)
+        code, body = self._get(self.dashboard + "/api/v0/actors?limit=1000", True)
+        if code:
+            self.codes_with_token.add(code)
+        if code == 200:
+            for a in json.loads(body)["data"]["result"]["result"]:
+                self.actor_classes.add(a.get("class_name", ""))
+        code, body = self._get(self.dashboard + "/api/jobs/", True)
+        if code == 200:
+            self.jobs = max(self.jobs, len(json.loads(body)))
+        code, body = self._get(self.metrics_url, False)
+        if code == 200:
+            self.gauge_lines |= {x for x in body.splitlines() if x.startswith("ray_raykd_")}
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            self.poll()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+        self.poll()
+
+
+@pytest.fixture(scope="session")
+def grid_experiment(ray_session, tmp_path_factory):
+    """A tiny real grid experiment shared by the engine, TensorBoard, report and export tests:
+    depth ∈ {1, 3} × seeds {0, 1} = 4 trials of 16 steps (evaluations at 8 and 16), run through the
+    CLI's ``main`` on the session's Ray while a ``ClusterMonitor`` watches.
+    Returns (exit code, experiment dir, work dir, monitor)."""
+    from raykd.tune import main as tune_main
+
+    work = tmp_path_factory.mktemp("grid")
+    with ClusterMonitor(ray_session) as monitor:
+        rc = tune_main(study_args(work, "grid", *GRID_ARGS))
+    return rc, work / "exp" / "grid", work, monitor

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from raykd.tune import main as tune_main
+from tests.conftest import GRID_ARGS, study_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 SMOKE = str(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml")
@@ -34,19 +35,12 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("tune")
 
 
-@pytest.fixture(scope="module")
-def grid_study(ray_session, work):
-    rc = study(work, "grid", "search.algorithm=grid", "train.steps=16", "train.eval_every=8",
-               "space={depth: {grid: [1, 3]}}")
-    return rc, work / "exp" / "grid"
-
-
-def test_two_trial_grid_runs_end_to_end(grid_study):
-    rc, exp = grid_study
+def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
+    rc, exp, _, _ = grid_experiment
     assert rc == 0
     results = trial_results(exp)
-    assert len(results) == 2
-    depths = set()
+    assert len(results) == 4
+    depths, configs = set(), set()
     for name, rows in results.items():
         assert [r["step"] for r in rows] == [8, 16]
         final = rows[-1]
@@ -57,20 +51,20 @@ def test_two_trial_grid_runs_end_to_end(grid_study):
         assert "test/semantic_alignment" not in rows[0]  # test is evaluated once, at the end
         assert final["train/loss"] > 0 and final["tokens_per_s"] > 0 and "train/align" in final
         depths.add(final["config"]["depth"])
+        configs.add((final["config"]["depth"], final["config"]["seed"]))
+        assert final["test/params"] > 0 and final["test/speedup_b1"] > 0  # efficiency vs the teacher, once
+        assert "_step_history" not in final  # per-step rows go to TensorBoard, not to Tune's results
         prov = json.loads((exp / name / "provenance.json").read_text())
         assert prov["config"]["method"]["depth"] == final["config"]["depth"] and prov["data_key"]
         train_dir = exp / name / "train" / name.removeprefix("trial_")
         assert 1 <= len([p for p in train_dir.glob("checkpoint_*") if p.is_dir()]) <= 2  # pruned to num_to_keep
-    assert depths == {1, 3}
+    assert depths == {1, 3} and configs == {(1, 0), (1, 1), (3, 0), (3, 1)}
 
 
-def test_resume_of_a_finished_study_reruns_nothing(grid_study, work):
-    _, exp = grid_study
+def test_resume_of_a_finished_study_reruns_nothing(grid_experiment):
+    _, exp, work, _ = grid_experiment
     before = {k: len(v) for k, v in trial_results(exp).items()}
-    rc = tune_main(
-        ["--config", SMOKE, "--storage", str(work / "exp"), "--name", "grid", "--resume", "--set",
-         f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30", "train.eval_pairs=64",
-         "search.algorithm=grid", "train.steps=16", "train.eval_every=8", "space={depth: {grid: [1, 3]}}"])
+    rc = tune_main(["--resume"] + study_args(work, "grid", *GRID_ARGS))
     assert rc == 0
     assert {k: len(v) for k, v in trial_results(exp).items()} == before
 

@@ -1,0 +1,399 @@
+"""R: ``python -m raykd.report EXPERIMENT_DIR [--out DIR]`` — an experiment as the paper's table and
+figures, and which distillation choices matter.
+
+Reads Tune's own files (``experiment_state-*.json``, each trial's ``result.json`` / ``params.json``
+/ ``error.txt`` / ``provenance.json``), so it works on a running or interrupted experiment and says
+what is not finished. Writes into ``--out`` (default ``EXPERIMENT_DIR/report``):
+
+- ``results.csv``: one row per trial (counted by trial id, not by directory).
+- ``table.md``: finished trials grouped by the varied parameters, test-split metrics as
+  mean ± 95 % CI over seeds (Student's t, n − 1 df; n shown); the parameter importance of a search
+  (Optuna's fANOVA on the validation metric); paired differences between configurations over shared
+  seeds with Holm's correction.
+- ``fig_<param>_vs_<metric>.png``: each varied parameter against each metric with 95 % CI bars.
+
+Test numbers appear once per configuration; nothing here selects on them (selection is validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raykd.errors import RaykdError
+from raykd.stats import holm, mean_ci, paired_t
+
+TABLE_METRICS = (  # (result key without split, column title, decimals): the paper's Table 2 columns
+    ("semantic_alignment", "Semantic Alignment", 2),
+    ("representation_compactness", "Representation Compactness", 2),
+    ("structural_consistency", "Structural Consistency", 2),
+    ("mrr@10", "MRR@10", 3),
+    ("retained_mrr", "Retained MRR", 3),
+    ("speedup_b1", "Speedup (b=1)", 2),
+)
+FIGURE_METRICS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10")
+FIGSIZE, DPI = (6.0, 4.0), 100  # every figure is 600 × 400 px
+STATUS_ORDER = ("finished", "stopped early", "error", "unfinished")
+
+
+@dataclass
+class TrialRecord:
+    """One trial of an experiment, as its files describe it."""
+
+    trial_id: str
+    path: str
+    status: str  # finished | stopped early | error | unfinished
+    error: str = ""
+    params: dict = field(default_factory=dict)  # searched parameters (confirm-phase ones unpacked), no seed
+    seed: int | None = None
+    steps: int = 0
+    planned_steps: int | None = None
+    metrics: dict = field(default_factory=dict)  # the last reported val/* and test/* values
+
+    def config_key(self, names) -> tuple:
+        return tuple(str(self.params.get(n)) for n in names)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def _read_results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    rows = []
+    if f.exists():
+        for line in f.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+    return rows
+
+
+def _state_statuses(exp: Path) -> dict[str, str]:
+    """trial id → Tune status from the newest experiment_state file ({} when absent or unreadable)."""
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    if not files:
+        return {}
+    try:
+        data = json.loads(Path(files[-1]).read_text())
+        out = {}
+        for entry in data.get("trial_data", []):
+            state = json.loads(entry[0])
+            out[str(state["trial_id"])] = str(state.get("status", ""))
+        return out
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return {}
+
+
+def _error_line(trial_dir: Path) -> str:
+    f = trial_dir / "error.txt"
+    if not f.exists():
+        return ""
+    lines = [x.strip() for x in f.read_text(errors="replace").splitlines() if x.strip()]
+    # the innermost "SomeError: message" line, else the last line
+    for x in reversed(lines):
+        head = x.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head and not head.startswith("ray."):
+            return x[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def _flatten_params(config: dict) -> tuple[dict, int | None]:
+    params = {**(config.get("confirm") or {}), **{k: v for k, v in config.items() if k != "confirm"}}
+    seed = params.pop("seed", None)
+    return params, (int(seed) if isinstance(seed, (int, float)) else None)
+
+
+def load_experiment(exp_dir: str | Path) -> list[TrialRecord]:
+    """Every trial of an experiment directory, one record per trial id (a trial restarted into a
+    suffixed directory is read from the directory that holds its results)."""
+    exp = Path(exp_dir)
+    if not exp.is_dir():
+        raise RaykdError(f"{exp}: no such experiment directory")
+    statuses = _state_statuses(exp)
+    by_id: dict[str, TrialRecord] = {}
+    for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_")):
+        rows = _read_results(d)
+        trial_id = str(rows[-1].get("trial_id")) if rows else d.name.removeprefix("trial_").split("_")[0]
+        config = rows[-1].get("config") if rows else None
+        if config is None and (d / "params.json").exists():
+            try:
+                config = json.loads((d / "params.json").read_text())
+            except ValueError:
+                config = None
+        params, seed = _flatten_params(config or {})
+        planned = None
+        if (d / "provenance.json").exists():
+            try:
+                planned = int(json.loads((d / "provenance.json").read_text())["config"]["train"]["steps"])
+            except (ValueError, KeyError, TypeError):
+                planned = None
+        final = rows[-1] if rows else {}
+        metrics = {k: v for k, v in final.items() if k.startswith(("val/", "test/")) and isinstance(v, (int, float))}
+        steps = int(final.get("step") or 0)
+        error = _error_line(d)
+        tune_status = statuses.get(trial_id, "")
+        if error or tune_status == "ERROR":
+            status = "error"
+        elif planned is not None and steps >= planned:
+            status = "finished"
+        elif tune_status == "TERMINATED":
+            status = "stopped early"
+        else:
+            status = "unfinished"
+        rec = TrialRecord(trial_id, str(d), status, error, params, seed, steps, planned, metrics)
+        old = by_id.get(trial_id)
+        if old is None or (rec.steps, bool(rec.params)) > (old.steps, bool(old.params)):
+            by_id[trial_id] = rec
+    if not by_id:
+        raise RaykdError(f"{exp}: holds no trial directories (trial_*): is it a raykd experiment?")
+    return sorted(by_id.values(), key=lambda r: r.trial_id)
+
+
+def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
+    """(validation metric, mode) the experiment selected on, from a trial's provenance."""
+    for t in trials:
+        p = Path(t.path) / "provenance.json"
+        if p.exists():
+            try:
+                e = json.loads(p.read_text())["config"]["experiment"]
+                return e["metric"], e["mode"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return "val/semantic_alignment", "max"
+
+
+def varied_parameters(trials: list[TrialRecord]) -> list[str]:
+    """Parameters (not the seed) that take more than one value across the trials, in order."""
+    names: list[str] = []
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    return [n for n in names if len({json.dumps(t.params.get(n), sort_keys=True) for t in trials}) > 1]
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def write_csv(trials: list[TrialRecord], path: Path) -> None:
+    """results.csv: trial_id, status, error, steps, parameters, seed, every val/ and test/ metric."""
+    pnames: list[str] = []
+    mnames: set[str] = set()
+    for t in trials:
+        pnames += [k for k in t.params if k not in pnames]
+        mnames |= set(t.metrics)
+    mcols = sorted(m for m in mnames if m.startswith("val/")) + sorted(m for m in mnames if m.startswith("test/"))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["trial_id", "status", "error", "steps"] + pnames + ["seed"] + mcols)
+        for t in trials:
+            w.writerow([t.trial_id, t.status, t.error, t.steps] + [t.params.get(p, "") for p in pnames]
+                       + ["" if t.seed is None else t.seed] + [t.metrics.get(m, "") for m in mcols])
+
+
+def _fmt(mean: float, half: float, decimals: int = 2) -> str:
+    if mean != mean:
+        return "—"
+    return f"{mean:.{decimals}f}" if half != half else f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+
+
+def groups_of(trials: list[TrialRecord], names: list[str]) -> dict[tuple, list[TrialRecord]]:
+    """Trials grouped by their values of ``names`` (insertion-ordered by first appearance)."""
+    out: dict[tuple, list[TrialRecord]] = {}
+    for t in trials:
+        out.setdefault(t.config_key(names), []).append(t)
+    return out
+
+
+def summary_table(finished: list[TrialRecord], names: list[str]) -> str:
+    """Markdown: one row per configuration with test metrics as mean ± 95 % CI and n (seeds)."""
+    head = names + ["n"] + [title for _, title, _ in TABLE_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, ts in groups_of(finished, names).items():
+        cells = list(key) + [str(len(ts))]
+        for m, _, decimals in TABLE_METRICS:
+            mean, half, _ = mean_ci([t.metrics.get(f"test/{m}") for t in ts])
+            cells.append(_fmt(mean, half, decimals))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def importance(trials: list[TrialRecord], names: list[str], metric: str, mode: str) -> tuple[dict, int]:
+    """({parameter: importance in [0, 1]}, trials used) by Optuna's fANOVA evaluator on the trials'
+    final validation ``metric``; {} when fewer than 3 usable trials or nothing varies."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    usable = [t for t in trials if t.metrics.get(metric) is not None and math.isfinite(t.metrics[metric])
+              and all(isinstance(t.params.get(n), (int, float, str, bool)) for n in names)]
+    if len(usable) < 3 or not names:
+        return {}, len(usable)
+    dists = {n: CategoricalDistribution(sorted({t.params[n] for t in usable}, key=str)) for n in names}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for t in usable:
+        study.add_trial(optuna.trial.create_trial(params={n: t.params[n] for n in names}, distributions=dists,
+                                                  value=t.metrics[metric]))
+    ev = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return dict(optuna.importance.get_param_importances(study, evaluator=ev)), len(usable)
+
+
+def paired_differences(finished: list[TrialRecord], names: list[str], metric: str) -> list[dict]:
+    """Every pair of configurations compared on ``metric`` over their shared seeds (≥ 2), paired t,
+    Holm-adjusted across the comparisons. Rows: a, b, n, diff, ci, p, p_holm, significant."""
+    groups = {k: {t.seed: t.metrics.get(metric) for t in ts if t.metrics.get(metric) is not None}
+              for k, ts in groups_of(finished, names).items()}
+    keys = list(groups)
+    rows = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            seeds = sorted(s for s in set(groups[a]) & set(groups[b]) if s is not None)
+            if len(seeds) < 2:
+                continue
+            r = paired_t([groups[a][s] for s in seeds], [groups[b][s] for s in seeds])
+            rows.append({"a": a, "b": b, **r})
+    for r, ph in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = ph
+        r["significant"] = ph == ph and ph < 0.05
+    return rows
+
+
+def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path) -> list[Path]:
+    """One PNG per (varied parameter, metric): the metric's mean ± 95 % CI at each value of the
+    parameter (other parameters pooled). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name in names:
+        values = sorted({t.params.get(name) for t in trials}, key=lambda v: (isinstance(v, str), v))
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        for m in FIGURE_METRICS:
+            stats_ = [mean_ci([t.metrics.get(f"{split}/{m}") for t in trials if t.params.get(name) == v])
+                      for v in values]
+            if all(n == 0 for _, _, n in stats_):
+                continue
+            fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+            means = [s[0] for s in stats_]
+            errs = [0.0 if s[1] != s[1] else s[1] for s in stats_]
+            if numeric:
+                ax.errorbar(values, means, yerr=errs, marker="o", capsize=4)
+                if max(values) / max(min(values), 1e-9) >= 8:
+                    ax.set_xscale("log", base=2)
+                ax.set_xticks(values, [str(v) for v in values])
+            else:
+                ax.bar(range(len(values)), means, yerr=errs, capsize=4)
+                ax.set_xticks(range(len(values)), [str(v) for v in values])
+            for x, (mean, _, n) in zip(values if numeric else range(len(values)), stats_):
+                if n:
+                    ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(0, 6), ha="center",
+                                fontsize=8)
+            ax.set_xlabel(name)
+            ax.set_ylabel(f"{split}/{m}")
+            ax.set_title(f"{name} vs {m} (mean ± 95 % CI over seeds)")
+            fig.tight_layout()
+            path = out / f"fig_{_safe(name)}_vs_{_safe(m)}.png"
+            fig.savefig(path, dpi=DPI)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def _safe(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)
+
+
+# ------------------------------------------------------------------------------------------ report
+def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
+    """Write results.csv, table.md and the figures for ``exp_dir`` into ``out``; returns a summary
+    (counts, files, the Markdown text)."""
+    exp = Path(exp_dir).absolute()
+    trials = load_experiment(exp)
+    out_dir = Path(out) if out else exp / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metric, mode = experiment_metric(trials)
+    names = varied_parameters(trials)
+    counts = {s: sum(t.status == s for t in trials) for s in STATUS_ORDER}
+    finished = [t for t in trials if t.status == "finished"]
+    write_csv(trials, out_dir / "results.csv")
+
+    md = [f"# Experiment `{exp.name}`", "",
+          f"{len(trials)} trials: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER) + "."]
+    if counts["unfinished"]:
+        md.append(f"**Incomplete:** {counts['unfinished']} trial(s) are still running or were interrupted; "
+                  "this report covers what is finished (re-run it later, or `python -m raykd.tune --resume`).")
+    confirm = exp.parent / f"{exp.name}-confirm"
+    if confirm.is_dir():
+        md.append(f"The confirm phase of this search is `{confirm}`: report that one for the final numbers.")
+    md += ["", f"Selection metric: `{metric}` ({mode}), validation split. Varied: "
+           + (", ".join(f"`{n}`" for n in names) or "nothing") + ".", ""]
+    md += ["## Test metrics by configuration (mean ± 95 % CI over seeds, Student's t, n − 1 df)", ""]
+    md.append(summary_table(finished, names) if finished else "_No finished trial yet._")
+    errors = [t for t in trials if t.status == "error"]
+    if errors:
+        md += ["", "## Errored trials", ""] + [f"- `{t.trial_id}` ({_params_text(t)}): {t.error}" for t in errors]
+
+    imp, used = importance([t for t in trials if t.status == "finished"], names, metric, mode)
+    md += ["", "## Which choices matter", "", f"### Parameter importance (Optuna fANOVA on `{metric}`, "
+           f"{used} finished trials)", ""]
+    if imp:
+        md += ["| parameter | importance |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in imp.items()]
+    else:
+        md.append(f"_Not computed: needs ≥ 3 finished trials and a varied parameter (have {used})._")
+    test_metric = "test/" + metric.split("/", 1)[-1]
+    diffs = paired_differences(finished, names, test_metric)
+    md += ["", f"### Paired differences on `{test_metric}` (same seeds; paired t, Holm-adjusted)", ""]
+    if diffs:
+        md += ["| A | B | n | A − B (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
+        for r in diffs:
+            md.append(f"| {_key_text(names, r['a'])} | {_key_text(names, r['b'])} | {r['n']} | "
+                      f"{_fmt(r['diff'], r['ci'])} | {_p(r['p'])} | {_p(r['p_holm'])} | "
+                      f"{'yes' if r['significant'] else 'no'} |")
+    else:
+        md.append("_No two configurations share ≥ 2 finished seeds._")
+
+    split = "test" if finished else "val"
+    figs = figures(finished or trials, names, split, out_dir)
+    if figs:
+        md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs]
+    text = "\n".join(md) + "\n"
+    (out_dir / "table.md").write_text(text, encoding="utf-8")
+    return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
+            "importance": imp, "paired": diffs, "markdown": text}
+
+
+def _p(p: float) -> str:
+    return "—" if p != p else (f"{p:.3g}" if p >= 1e-4 else "<1e-4")
+
+
+def _key_text(names, key) -> str:
+    return ", ".join(f"{n}={v}" for n, v in zip(names, key)) or "all"
+
+
+def _params_text(t: TrialRecord) -> str:
+    return ", ".join(f"{k}={v}" for k, v in t.params.items()) + f", seed={t.seed}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns the exit code (0 written, 2 bad input)."""
+    ap = argparse.ArgumentParser(prog="python -m raykd.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", help="experiment directory (STORAGE/NAME)")
+    ap.add_argument("--out", default=None, help="output directory (default EXPERIMENT/report)")
+    args = ap.parse_args(argv)
+    try:
+        summary = build_report(args.experiment, args.out)
+    except RaykdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(summary["markdown"])
+    print(f"report: {summary['out']} (results.csv, table.md, {len(summary['figures'])} figures)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

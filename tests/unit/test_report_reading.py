@@ -1,0 +1,68 @@
+"""The report's reading of Tune's files, on a hand-written experiment directory in Tune's format:
+one record per trial id (a trial restarted into a suffixed directory counts once), statuses from
+experiment_state + planned steps, the innermost error line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from raykd.errors import RaykdError
+from raykd.report import build_report, load_experiment
+
+pytestmark = pytest.mark.unit
+
+
+def _trial(exp, dirname, trial_id, depth, seed, steps, planned=16, error=None, sa=80.0):
+    d = exp / dirname
+    d.mkdir(parents=True)
+    rows = []
+    for s in range(8, steps + 1, 8):
+        r = {"trial_id": trial_id, "step": s, "config": {"depth": depth, "seed": seed}, "val/semantic_alignment": sa + s}
+        if s == planned:
+            r["test/semantic_alignment"] = sa + s - 1
+        rows.append(r)
+    (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "params.json").write_text(json.dumps({"depth": depth, "seed": seed}))
+    (d / "provenance.json").write_text(json.dumps({"config": {"train": {"steps": planned}, "experiment": {
+        "metric": "val/semantic_alignment", "mode": "max"}}}))
+    if error:
+        (d / "error.txt").write_text(f"Failure # 1\nTraceback (most recent call last):\n  File \"x.py\"\n"
+                                     f"ray.exceptions.RayTaskError: wrapped\n{error}\n")
+
+
+def test_statuses_suffixed_restarts_and_errors(tmp_path):
+    exp = tmp_path / "exp"
+    _trial(exp, "trial_a", "a", 1, 0, 16)
+    _trial(exp, "trial_b", "b", 1, 1, 8)  # stopped early by the scheduler
+    _trial(exp, "trial_c", "c", 3, 0, 8, error="ValueError: projection_dim 0 must be positive")
+    (exp / "trial_d").mkdir()  # killed before its first report …
+    _trial(exp, "trial_d_8b21", "d", 3, 1, 16)  # … and restarted in a suffixed directory
+    _trial(exp, "trial_e", "e", 3, 1, 8)  # running when the driver died
+    state = {"trial_data": [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in
+                            [("a", "TERMINATED"), ("b", "TERMINATED"), ("c", "ERROR"), ("d", "TERMINATED"),
+                             ("e", "RUNNING")]]}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    trials = {t.trial_id: t for t in load_experiment(exp)}
+    assert sorted(trials) == ["a", "b", "c", "d", "e"]
+    assert {k: t.status for k, t in trials.items()} == {"a": "finished", "b": "stopped early", "c": "error",
+                                                         "d": "finished", "e": "unfinished"}
+    assert trials["c"].error == "ValueError: projection_dim 0 must be positive"
+    assert trials["d"].path.endswith("trial_d_8b21") and trials["d"].seed == 1
+
+    summary = build_report(exp, tmp_path / "report")
+    rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv")))
+    assert [r["trial_id"] for r in rows] == ["a", "b", "c", "d", "e"]
+    assert rows[0]["test/semantic_alignment"] == "95.0" and rows[1]["test/semantic_alignment"] == ""
+    md = summary["markdown"]
+    assert "Incomplete:" in md and "1 unfinished" in md and "projection_dim 0 must be positive" in md
+    assert summary["counts"] == {"finished": 2, "stopped early": 1, "error": 1, "unfinished": 1}
+
+
+def test_not_an_experiment_is_a_clear_error(tmp_path):
+    with pytest.raises(RaykdError, match="no such experiment"):
+        load_experiment(tmp_path / "missing")
+    with pytest.raises(RaykdError, match="no trial directories"):
+        load_experiment(tmp_path)
