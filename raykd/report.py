@@ -109,9 +109,40 @@ def _flatten_params(config: dict) -> tuple[dict, int | None]:
     return params, (int(seed) if isinstance(seed, (int, float)) else None)
 
 
+REPORT_FILES = ("result.json", "params.json", "provenance.json", "error.txt")
+
+
+def fetch_experiment(uri: str) -> Path:
+    """Copy the files a report reads (not checkpoints or events) of a remote experiment
+    (``s3://…``, ``gs://…``, ``file://…``) into a local temporary directory; returns it."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info(pafs.FileSelector(root.rstrip("/"), recursive=True))
+    except (OSError, ValueError) as e:
+        raise RaykdError(f"{uri}: cannot read the experiment: {e}") from None
+    dest = Path(tempfile.mkdtemp(prefix="raykd-report-")) / Path(root.rstrip("/")).name
+    for info in infos:
+        rel = info.path[len(root.rstrip("/")):].lstrip("/")
+        parts = rel.split("/")
+        wanted = (len(parts) == 1 and parts[0].startswith("experiment_state-")) or \
+                 (len(parts) == 2 and parts[0].startswith("trial_") and parts[1] in REPORT_FILES)
+        if info.type == pafs.FileType.File and wanted:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as src:
+                (dest / rel).write_bytes(src.read())
+    return dest
+
+
 def load_experiment(exp_dir: str | Path) -> list[TrialRecord]:
-    """Every trial of an experiment directory, one record per trial id (a trial restarted into a
-    suffixed directory is read from the directory that holds its results)."""
+    """Every trial of an experiment directory (or a storage URI, see ``fetch_experiment``), one
+    record per trial id (a trial restarted into a suffixed directory is read from the directory that
+    holds its results)."""
+    if isinstance(exp_dir, str) and "://" in exp_dir:
+        exp_dir = fetch_experiment(exp_dir)
     exp = Path(exp_dir)
     if not exp.is_dir():
         raise RaykdError(f"{exp}: no such experiment directory")
@@ -311,6 +342,8 @@ def _safe(s: str) -> str:
 def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
     """Write results.csv, table.md and the figures for ``exp_dir`` into ``out``; returns a summary
     (counts, files, the Markdown text)."""
+    if isinstance(exp_dir, str) and "://" in exp_dir:
+        exp_dir = fetch_experiment(exp_dir)
     exp = Path(exp_dir).absolute()
     trials = load_experiment(exp)
     out_dir = Path(out) if out else exp / "report"

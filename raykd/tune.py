@@ -168,8 +168,10 @@ def _init_ray(address: str | None):
     else:
         ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                        log_to_driver=False)
-    log(f"[tune] Ray {ray.__version__} · dashboard http://{ctx.dashboard_url or '127.0.0.1:8265'} (token auth on: "
-        "send 'Authorization: Bearer $(cat ~/.ray/auth_token)')")
+    url = f"http://{ctx.dashboard_url or '127.0.0.1:8265'}"
+    log(f"[tune] Ray {ray.__version__} · dashboard {url} (bound to 127.0.0.1; token auth on: the page asks for the "
+        f"token in ~/.ray/auth_token; API: curl -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" {url}/api/jobs/)"
+        " · live trial gauges ray_raykd_{step,train_loss,tokens_per_s,best_metric} in its Metrics view")
     return ray, True
 
 
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         plan = prepare_inputs(cfg)
         ray, started = _init_ray(args.address)
+        log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
         try:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             tuner = build_tuner(cfg, plan, storage, name, cpus, args.resume)
@@ -320,7 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         ctable, cfailed = summarize(confirmed, cfg)
         failed += cfailed
         print(f"confirm phase ({name}-confirm):\n{ctable}\n")
-    print(f"results: {join(storage, name)}   ·   tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
+    print(f"results: {join(storage, name)}")
+    print(f"compare trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1   (HParams tab: every trial)")
+    print(f"table and figures: python -m raykd.report {join(storage, name)}"
+          + (f"   (confirm phase: {join(storage, name + '-confirm')})" if confirmed is not None else ""))
+    print(f"export the best student: python -m raykd.export {join(storage, name + ('-confirm' if confirmed else ''))}"
+          " --out STUDENT_DIR")
     print(f"wall time {time.monotonic() - t0:.0f} s")
     if failed:
         for trial_id, err in failed:

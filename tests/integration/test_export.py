@@ -37,7 +37,7 @@ with torch.no_grad():
     h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
     y = ns["sentence_representation"](d, h, enc["attention_mask"])
 np.save(sys.argv[3], y.numpy())
-json.dump(enc["input_ids"].tolist(), open(sys.argv[3] + ".ids.json", "w"))
+json.dump([enc["input_ids"].tolist(), enc["attention_mask"].tolist()], open(sys.argv[3] + ".ids.json", "w"))
 '''
 
 
@@ -60,10 +60,9 @@ def test_exported_student_loads_with_plain_transformers_and_matches_raykd(grid_e
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     y_plain = np.load(y_file)
-    ids = torch.tensor(json.loads((tmp_path / "y.npy.ids.json").read_text()))
+    ids, mask = (torch.tensor(x) for x in json.loads((tmp_path / "y.npy.ids.json").read_text()))
 
     student, *_ = load_trial_student(trial)
-    mask = (ids != student.config.pad_token_id).long()
     with torch.no_grad():
         _, y_raykd = student.encode(ids, mask)
     assert y_plain.shape == tuple(y_raykd.shape)

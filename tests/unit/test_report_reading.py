@@ -66,3 +66,15 @@ def test_not_an_experiment_is_a_clear_error(tmp_path):
         load_experiment(tmp_path / "missing")
     with pytest.raises(RaykdError, match="no trial directories"):
         load_experiment(tmp_path)
+
+
+def test_a_storage_uri_is_fetched_without_checkpoints(tmp_path):
+    exp = tmp_path / "exp"
+    _trial(exp, "trial_a", "a", 1, 0, 16)
+    (exp / "trial_a" / "train" / "a" / "checkpoint_1").mkdir(parents=True)
+    (exp / "trial_a" / "train" / "a" / "checkpoint_1" / "model.safetensors").write_bytes(b"x" * 1000)
+    summary = build_report(exp.as_uri(), tmp_path / "report")
+    assert summary["counts"]["finished"] == 1
+    fetched = load_experiment(exp.as_uri())
+    assert fetched[0].metrics["test/semantic_alignment"] == 95.0
+    assert not list(__import__("pathlib").Path(fetched[0].path).rglob("*.safetensors"))

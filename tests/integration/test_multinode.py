@@ -1,0 +1,54 @@
+"""A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a second node,
+each with 3 logical CPUs, in a subprocess of their own so the session's Ray is untouched): a
+2-trial experiment submitted with ``--address`` runs one trial on each node (2-CPU workers fit one
+per node) and finishes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import ROOT, study_args
+from tests.integration.test_tune import trial_results
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+DRIVER = textwrap.dedent('''
+    import json, socket, subprocess, sys
+    from ray.cluster_utils import Cluster
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    args = json.loads(sys.argv[1])
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 3, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_port(),
+        "node_ip_address": "127.0.0.1"})
+    try:
+        cluster.add_node(num_cpus=3, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        rc = subprocess.run([sys.executable, "-m", "raykd.tune", "--address", cluster.address, *args],
+                            timeout=720).returncode
+    finally:
+        cluster.shutdown()
+    sys.exit(rc)
+''')
+
+
+def test_two_trials_run_on_two_nodes(grid_experiment):
+    _, _, work, _ = grid_experiment  # reuses its prepared data and teacher
+    args = study_args(work, "two_nodes", "search.algorithm=grid", "train.steps=8", "train.eval_every=8",
+                      "space={depth: {grid: [1, 3]}}", "train.cpus_per_worker=2")
+    p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(args)], capture_output=True, text=True,
+                       timeout=840, cwd=ROOT)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    results = trial_results(work / "exp" / "two_nodes")
+    assert len(results) == 2 and all(rows and rows[-1]["step"] == 8 for rows in results.values())
+    nodes = {rows[-1]["node_id"] for rows in results.values()}
+    assert len(nodes) == 2, nodes
