@@ -156,6 +156,18 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
     return "\n".join(lines)
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_only() -> None:
+    """Make the Ray started by this process a single-machine Ray on 127.0.0.1: Ray 2.60 rewrites a
+    node IP of 127.0.0.1 to the machine's routable address and its GCS, raylet and agents listen on
+    all interfaces; with multi-node clustering off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what
+    Ray does on macOS/Windows) the node IP stays 127.0.0.1 and every port binds to it. Child
+    processes inherit it. Never used with ``--address`` (a real cluster needs routable IPs)."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def _init_ray(address: str | None):
     """Connect to Ray; returns (ray module, whether this call started it). An already initialised
     Ray in this process (library use, tests) is used as it is."""
@@ -166,6 +178,7 @@ def _init_ray(address: str | None):
     if address:
         ctx = ray.init(address=address, log_to_driver=False)
     else:
+        loopback_only()
         ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                        log_to_driver=False)
     url = f"http://{ctx.dashboard_url or '127.0.0.1:8265'}"

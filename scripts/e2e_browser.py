@@ -71,23 +71,34 @@ class Browser:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
 
-    async def _shoot(self, url: str, out: Path, wait_s: float, cookies: list[dict]):
+    async def _shoot(self, url: str, out: Path, wait_s: float, cookies: list[dict], filters: dict[str, str]):
         import aiohttp
 
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(self.ws_url, max_msg_size=0) as ws:
                 await self._call(ws, "Network.enable")
                 await self._call(ws, "Page.enable")
+                await self._call(ws, "Network.clearBrowserCookies")
                 for c in cookies:
                     await self._call(ws, "Network.setCookie", **c)
                 await self._call(ws, "Page.navigate", url=url)
                 await asyncio.sleep(wait_s)
+                for label, text in filters.items():  # type into the text field labelled ``label``
+                    js = ("(() => { const i = [...document.querySelectorAll('input')].find(e => "
+                          "((e.closest('.MuiFormControl-root') || {}).textContent || '').trim().startsWith("
+                          f"{json.dumps(label)})); if (!i) return false; i.focus(); return true; }})()")
+                    found = await self._call(ws, "Runtime.evaluate", expression=js, returnByValue=True)
+                    if found.get("result", {}).get("value"):
+                        await self._call(ws, "Input.insertText", text=text)
+                        await asyncio.sleep(3)
                 shot = await self._call(ws, "Page.captureScreenshot", format="png")
         out.write_bytes(base64.b64decode(shot["data"]))
 
-    def screenshot(self, url: str, out: Path, wait_s: float = 8.0, cookies: list[dict] | None = None) -> Path:
-        """Open ``url``, wait ``wait_s`` seconds for it to render, save a PNG at ``out``."""
-        asyncio.run(self._shoot(url, out, wait_s, cookies or []))
+    def screenshot(self, url: str, out: Path, wait_s: float = 8.0, cookies: list[dict] | None = None,
+                   filters: dict[str, str] | None = None) -> Path:
+        """Open ``url`` (cookies cleared, then ``cookies`` set), wait ``wait_s`` seconds for it to
+        render, type ``filters`` into the labelled text fields, save a PNG at ``out``."""
+        asyncio.run(self._shoot(url, out, wait_s, cookies or [], filters or {}))
         print(f"[e2e] {url} → {out} ({out.stat().st_size:,} bytes)", flush=True)
         return out
 
@@ -111,8 +122,9 @@ def main() -> int:
     import ray
 
     from raykd.monitoring import auth_token
-    from raykd.tune import main as tune_main
+    from raykd.tune import loopback_only, main as tune_main
 
+    loopback_only()
     ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    log_to_driver=False)
     dashboard = f"http://{ctx.dashboard_url}"
@@ -132,6 +144,8 @@ def main() -> int:
         browser.screenshot(dashboard + "/#/overview", out / "dashboard_overview.png", 10, cookie)
         browser.screenshot(dashboard + "/#/jobs", out / "dashboard_jobs.png", 8, cookie)
         browser.screenshot(dashboard + "/#/actors", out / "dashboard_actors.png", 8, cookie)
+        browser.screenshot(dashboard + "/#/actors", out / "dashboard_train_workers.png", 8, cookie,
+                           {"Class": "RayTrainWorker"})
         browser.screenshot(dashboard + "/#/overview", out / "dashboard_without_token.png", 8, [])
         port = free_port()
         tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(exp), "--host", "127.0.0.1",

@@ -17,6 +17,9 @@ def ray_session(tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
+        from raykd.tune import loopback_only
+
+        loopback_only()
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                  log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield ray
@@ -132,6 +135,26 @@ def grid_experiment(ray_session, tmp_path_factory):
     from raykd.tune import main as tune_main
 
     work = tmp_path_factory.mktemp("grid")
+    prepared = marked_corpus(work)
     with ClusterMonitor(ray_session) as monitor:
-        rc = tune_main(study_args(work, "grid", *GRID_ARGS))
+        rc = tune_main(study_args(work, "grid", *GRID_ARGS, f"data.prepared={prepared}"))
     return rc, work / "exp" / "grid", work, monitor
+
+
+PATIENT_MARKER = "标记QX7ZK9"  # planted in patient and doctor text; must never leave the data
+
+
+def marked_corpus(work: Path) -> Path:
+    """The generated corpus (600 dialogues) plus 150 processed-JSON dialogues whose every turn carries
+    ``PATIENT_MARKER``, prepared (max length 64) into ``work/prepared``; returns that directory."""
+    import json
+
+    from raykd.data.shards import PrepareSettings, prepare
+    from raykd.data.synth import write_corpus
+
+    write_corpus(work / "raw" / "synth", 600, seed=0)
+    dialogues = [[f"病人：{PATIENT_MARKER} 我头痛{i + 1}天了，晚上睡不好怎么办？",
+                  f"医生：{PATIENT_MARKER} 建议先测血压，多休息，必要时做头颅CT检查。"] for i in range(150)]
+    (work / "raw" / "marked.json").write_text(json.dumps(dialogues, ensure_ascii=False), encoding="utf-8")
+    prepare(PrepareSettings(raw=[str(work / "raw")], out=str(work / "prepared"), max_length=64, quiet=True))
+    return work / "prepared"

@@ -18,7 +18,8 @@ from tests.integration.test_tune import trial_results
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 DRIVER = textwrap.dedent('''
-    import json, socket, subprocess, sys
+    import json, os, socket, subprocess, sys
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # both nodes on 127.0.0.1 (see raykd.tune.loopback_only)
     from ray.cluster_utils import Cluster
 
     def free_port():
