@@ -99,6 +99,19 @@ class SamplerConfig:
     params: dict = field(default_factory=dict)
 
 
+FAULT_KINDS = ("sigkill", "exception")
+
+
+def parse_fault(spec: str | None) -> tuple[str, int] | None:
+    """("sigkill" | "exception", step) from ``train.fault`` ("KIND@STEP"); None when absent or malformed."""
+    if not isinstance(spec, str) or "@" not in spec:
+        return None
+    kind, _, step = spec.partition("@")
+    if kind not in FAULT_KINDS or not step.isdigit() or int(step) < 1:
+        return None
+    return kind, int(step)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 150
@@ -116,6 +129,7 @@ class TrainConfig:
     threads_per_worker: int = 0
     checkpoint_keep: int = 2
     max_failures: int = 1
+    fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
 
 @dataclass
@@ -259,6 +273,8 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
     _check(t.lr > 0, src, "train.lr", "must be positive")
+    _check(t.fault is None or parse_fault(t.fault) is not None, src, "train.fault",
+           f"{t.fault!r} is not KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} (e.g. sigkill@8)")
     _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",
            f"{t.precision!r} is not one of auto, fp32, fp16, bf16")
     _check(s.algorithm in ("optuna", "grid", "random"), src, "search.algorithm",

@@ -51,3 +51,65 @@ def auth_token() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+class ResourceWatch:
+    """Samples, every ``period_s`` in a background thread, the summed resident memory (bytes) of
+    this process and all its descendants (the local Ray node started here: GCS, raylet, agents,
+    workers) and the object store's used bytes; keeps the peaks. Use as a context manager."""
+
+    def __init__(self, period_s: float = 2.0):
+        import threading
+
+        self.period_s = period_s
+        self.peak_rss = 0
+        self.peak_object_store = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        """Take one sample now."""
+        import psutil
+        import ray
+
+        me = psutil.Process()
+        rss = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                rss += p.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+        if ray.is_initialized():
+            self.peak_object_store = max(self.peak_object_store, object_store_used())
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.sample()
+            except Exception:  # a process vanishing mid-sample, Ray shutting down
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def object_store_used() -> int:
+    """Bytes in the cluster's object stores now (from Ray's memory summary; 0 when unavailable)."""
+    import re
+
+    from ray._private.internal_api import memory_summary
+
+    try:
+        text = memory_summary(stats_only=True)
+    except Exception:
+        return 0
+    m = re.search(r"Plasma memory usage (\d+) MiB", text)
+    return int(m.group(1)) * 2**20 if m else 0

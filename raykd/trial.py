@@ -213,6 +213,8 @@ def train_fn_per_worker(config: dict) -> None:
                 history.append(row)
                 gauges.set_step(step, row["train/loss"])
             step_sums = {}
+            if t.fault and rank == 0:
+                inject_fault(t.fault, step, config.get("trial_dir"))
             if step % t.eval_every == 0 or step == t.steps:
                 elapsed = time.perf_counter() - t_window
                 result = {"step": step, "world_size": world, "train/loss": sums.pop("loss") / n_terms,
@@ -236,6 +238,26 @@ def train_fn_per_worker(config: dict) -> None:
         if batches_this_epoch == 0:
             raise RuntimeError(f"worker {rank}: its shard of the train split is empty (too few pairs for "
                                f"{world} workers?)")
+
+
+def inject_fault(spec: str, step: int, trial_dir: str | None) -> None:
+    """``train.fault`` (recovery tests): at the given optimizer step, once per trial (a marker file in
+    the trial directory remembers it across restarts), SIGKILL this worker process or raise."""
+    fault = C.parse_fault(spec)
+    if fault is None:
+        raise C.ConfigError(f"train.fault: {spec!r} is not sigkill@STEP or exception@STEP")
+    kind, at = fault
+    if step != at or not trial_dir:
+        return
+    marker = Path(trial_dir, f"fault_{kind}_{at}.injected")
+    if marker.exists():
+        return
+    marker.write_text(f"{kind} at step {at}, pid {os.getpid()}, {time.time():.3f}\n")
+    if kind == "sigkill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault: exception at step {at}")
 
 
 def _data_coverage(seen: set, world: int) -> dict:
@@ -308,6 +330,7 @@ def run_trial(params: dict, plan: dict) -> None:
     ctx = tune.get_context()
     trial_id, trial_dir = ctx.get_trial_id(), ctx.get_trial_dir()
     cfg = trial_config(plan["base"], params)
+    method_kwargs(cfg, 1)  # a bad method setting fails here, before any worker starts (and is not retried there)
     Path(trial_dir, "provenance.json").write_text(json.dumps(provenance(cfg, plan, trial_id), indent=1))
     from ray.data import DataContext
 
@@ -324,7 +347,8 @@ def run_trial(params: dict, plan: dict) -> None:
     trainer = ray.train.torch.TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
-                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id},
+                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id,
+                           "trial_dir": trial_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         datasets={"train": ds},

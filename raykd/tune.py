@@ -164,8 +164,13 @@ def loopback_only() -> None:
     node IP of 127.0.0.1 to the machine's routable address and its GCS, raylet and agents listen on
     all interfaces; with multi-node clustering off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what
     Ray does on macOS/Windows) the node IP stays 127.0.0.1 and every port binds to it. Child
-    processes inherit it. Never used with ``--address`` (a real cluster needs routable IPs)."""
+    processes inherit it. Never used with ``--address`` (a real cluster needs routable IPs).
+    Ray reads the variable when ``ray._private.ray_constants`` is imported; when that happened
+    already in this process, the constant is set to match."""
     os.environ.setdefault(LOOPBACK_ENV, "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ[LOOPBACK_ENV] in ("0", "false", "False"):
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _init_ray(address: str | None):

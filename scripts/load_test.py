@@ -1,0 +1,84 @@
+"""Load test: N tiny trials queued on this machine (Optuna + ASHA), watching the memory of the Ray
+processes, the object store and checkpoint pruning. Prints the figures and one JSON line.
+
+    python scripts/load_test.py [--trials 50] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load_study_args(out: Path, trials: int, name: str = "load") -> list[str]:
+    """CLI arguments of the load study: ``trials`` tiny trials (2 run at a time on 2 CPUs), ASHA on."""
+    return ["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(out / "exp"), "--name", name,
+            "--set", f"data.work_dir={out / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
+            "train.eval_pairs=64", f"search.num_samples={trials}", f"search.max_trials={trials}", "train.steps=12",
+            "train.eval_every=3", "train.cpus_per_worker=0.4", "train.checkpoint_keep=1",
+            "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=2",
+            "space={depth: {choice: [1, 2, 3]}, projection_dim: {choice: [32, 64]}, lr: {loguniform: [1.0e-4, 3.0e-3]}}"]
+
+
+def run(trials: int, out: Path) -> dict:
+    """Run the load study on a Ray started here; returns its figures."""
+    import ray
+
+    from raykd.monitoring import ResourceWatch
+    from raykd.report import load_experiment
+    from raykd.tune import loopback_only, main as tune_main
+
+    loopback_only()
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        t0 = time.monotonic()
+        with ResourceWatch(period_s=2.0) as watch:
+            watch.sample()
+            idle_rss = watch.peak_rss
+            rc = tune_main(load_study_args(out, trials))
+        wall = time.monotonic() - t0
+        store_total = int(ray.cluster_resources().get("object_store_memory", 0))
+    finally:
+        ray.shutdown()
+    exp = out / "exp" / "load"
+    records = load_experiment(exp)
+    ckpts = [len([p for p in Path(r.path, "train").glob("*/checkpoint_*") if p.is_dir()]) for r in records]
+    statuses = {s: sum(r.status == s for r in records) for s in ("finished", "stopped early", "error", "unfinished")}
+    return {"bench": "load", "trials": len(records), "exit_code": rc, **{k.replace(" ", "_"): v for k, v in statuses.items()},
+            "wall_s": round(wall, 1), "trials_per_min": round(len(records) / wall * 60, 2),
+            "idle_rss_gib": round(idle_rss / 2**30, 2), "peak_rss_gib": round(watch.peak_rss / 2**30, 2),
+            "peak_object_store_mib": round(watch.peak_object_store / 2**20, 1),
+            "object_store_capacity_mib": round(store_total / 2**20, 1),
+            "max_checkpoints_per_trial": max(ckpts or [0]), "samples": watch.samples}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--out", default=str(ROOT / ".raykd" / "load"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    if (out / "exp" / "load").exists():
+        import shutil
+
+        shutil.rmtree(out / "exp" / "load")
+    r = run(args.trials, out)
+    print(f"{r['trials']} trials in {r['wall_s']} s ({r['trials_per_min']}/min): {r['finished']} finished, "
+          f"{r['stopped_early']} stopped early by ASHA, {r['error']} errors, {r['unfinished']} unfinished")
+    print(f"Ray processes RSS: idle {r['idle_rss_gib']} GiB, peak {r['peak_rss_gib']} GiB; object store peak "
+          f"{r['peak_object_store_mib']} MiB of {r['object_store_capacity_mib']} MiB; at most "
+          f"{r['max_checkpoints_per_trial']} checkpoint(s) kept per trial")
+    print(json.dumps(r))
+    ok = r["exit_code"] == 0 and r["error"] == 0 and r["unfinished"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

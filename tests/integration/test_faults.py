@@ -1,0 +1,60 @@
+"""Fault injection on real processes: a train worker SIGKILLed mid-trial and one raising at a chosen
+step both resume from their last reported checkpoint and finish with continuous metrics; a trial
+with a real configuration error is marked errored with its message while the others go on, and the
+CLI exits non-zero naming it. (The driver kill is in test_tune.py.)"""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_module, study_args
+from tests.integration.test_tune import trial_results
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def faulty_study(ray_session, grid_experiment):
+    _, _, work, _ = grid_experiment  # its prepared data and teacher
+    args = study_args(work, "faults", f"data.prepared={work / 'prepared'}", "search.algorithm=grid",
+                      "train.steps=16", "train.eval_every=4", "train.max_failures=1",
+                      "space={method.params.ablate: {grid: [none, bogus]}, train.fault: {grid: [sigkill@8, exception@8]}}")
+    p = run_module("raykd.tune", "--address", ray_session.get_runtime_context().gcs_address, *args)
+    return p, work / "exp" / "faults"
+
+
+def test_killed_and_raising_workers_resume_from_their_checkpoint(faulty_study):
+    p, exp = faulty_study
+    finished = {}
+    for name, rows in trial_results(exp).items():
+        if rows and rows[-1]["config"]["method.params.ablate"] == "none":
+            finished[rows[-1]["config"]["train.fault"]] = (exp / name, rows)
+    assert set(finished) == {"sigkill@8", "exception@8"}, (p.stdout[-2000:], p.stderr[-2000:])
+    for fault, (d, rows) in finished.items():
+        kind = fault.split("@")[0]
+        assert (d / f"fault_{kind}_8.injected").exists()  # the fault really fired
+        # resumed from the step-4 checkpoint: every evaluation once, in order, to the planned end
+        assert [r["step"] for r in rows] == [4, 8, 12, 16], (fault, [r["step"] for r in rows])
+        assert all(r["train/loss"] > 0 for r in rows) and "test/semantic_alignment" in rows[-1]
+        ckpts = sorted(q for q in (d / "train").glob("*/checkpoint_*") if q.is_dir())
+        assert 1 <= len(ckpts) <= 2  # pruned to checkpoint_keep
+        for c in ckpts:  # written atomically: every kept checkpoint loads
+            assert load_file(str(c / "model.safetensors"))
+            assert torch.load(c / "state.pt", weights_only=True)["step"] in (12, 16)
+
+
+def test_an_erroring_trial_is_reported_and_the_cli_exits_nonzero(faulty_study, tmp_path):
+    p, exp = faulty_study
+    assert p.returncode == 1, p.stderr[-3000:]
+    failed_lines = [x for x in p.stderr.splitlines() if x.startswith("trial ") and " failed: " in x]
+    assert len(failed_lines) == 2 and all("bogus" in x for x in failed_lines), p.stderr[-3000:]
+    r = run_module("raykd.report", str(exp), "--out", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "report" / "results.csv", encoding="utf-8")))
+    assert sorted(x["status"] for x in rows) == ["error", "error", "finished", "finished"]
+    assert all("bogus" in x["error"] for x in rows if x["status"] == "error")
+    assert "## Errored trials" in (tmp_path / "report" / "table.md").read_text(encoding="utf-8")
