@@ -43,7 +43,7 @@ def prepare_inputs(cfg: C.Config) -> dict:
     work = Path(cfg.data.work_dir).absolute()
     if cfg.data.prepared:
         prepared = str(Path(cfg.data.prepared).absolute())
-        manifest = load_manifest(prepared)
+        manifest = load_manifest(prepared, deep=True)  # every shard's sha256: a tampered directory never trains
     else:
         from raykd.data.synth import write_corpus
 
@@ -64,6 +64,7 @@ def prepare_inputs(cfg: C.Config) -> dict:
         adapt_prepared(prepared, teacher, cfg.teacher.spec, shape, settings, log=log)
     elif cfg.teacher.spec:
         teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
+        check_teacher_matches_data(teacher, prepared, manifest)
     else:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
     samplers = {cfg.sampler.name} | set(_space_values(cfg, "sampler.name"))
@@ -74,6 +75,30 @@ def prepare_inputs(cfg: C.Config) -> dict:
         scores = str(compute_scores(prepared, load_teacher(teacher), key, log=log))
     return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_key": key,
             "data_key": manifest["key"], "scores": scores}
+
+
+def check_teacher_matches_data(spec: str, prepared: str, manifest: dict) -> None:
+    """Refuse (RaykdError) a teacher that cannot read the prepared shards: a missing path, a
+    vocabulary smaller than the data's token ids, or a tokenizer of its own that differs from the
+    one the shards were tokenized with."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+        raise RaykdError(f"teacher.spec {spec}: no such directory")
+    try:
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+    except Exception as e:
+        raise RaykdError(f"teacher.spec {spec}: cannot read its config: {str(e).splitlines()[0][:200]}") from None
+    data_vocab = int(manifest["tokenizer"]["vocab_size"])
+    if config.vocab_size < data_vocab:
+        raise RaykdError(f"teacher.spec {spec}: its vocabulary ({config.vocab_size}) is smaller than the prepared "
+                         f"data's tokenizer ({data_vocab} tokens): prepare the data with --tokenizer {spec}")
+    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "vocab.txt")):
+        mine = AutoTokenizer.from_pretrained(spec).get_vocab()
+        theirs = AutoTokenizer.from_pretrained(os.path.join(prepared, manifest["tokenizer"]["path"])).get_vocab()
+        if mine != theirs:
+            raise RaykdError(f"teacher.spec {spec}: its tokenizer does not match the one the prepared shards in "
+                             f"{prepared} were tokenized with: prepare the data with --tokenizer {spec}")
 
 
 def _space_values(cfg: C.Config, path: str) -> list:
