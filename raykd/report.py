@@ -74,20 +74,24 @@ def _read_results(trial_dir: Path) -> list[dict]:
     return rows
 
 
-def _state_statuses(exp: Path) -> dict[str, str]:
-    """trial id → Tune status from the newest experiment_state file ({} when absent or unreadable)."""
+def _tune_state(exp: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """({trial id: Tune status}, {trial directory name: trial id}) from the newest experiment_state
+    file (empty when absent or unreadable)."""
     files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    statuses: dict[str, str] = {}
+    dirs: dict[str, str] = {}
     if not files:
-        return {}
+        return statuses, dirs
     try:
         data = json.loads(Path(files[-1]).read_text())
-        out = {}
         for entry in data.get("trial_data", []):
             state = json.loads(entry[0])
-            out[str(state["trial_id"])] = str(state.get("status", ""))
-        return out
+            statuses[str(state["trial_id"])] = str(state.get("status", ""))
+            if isinstance(state.get("relative_logdir"), str):
+                dirs[state["relative_logdir"]] = str(state["trial_id"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return {}
+        pass
+    return statuses, dirs
 
 
 def _error_line(trial_dir: Path) -> str:
@@ -146,11 +150,14 @@ def load_experiment(exp_dir: str | Path) -> list[TrialRecord]:
     exp = Path(exp_dir)
     if not exp.is_dir():
         raise RaykdError(f"{exp}: no such experiment directory")
-    statuses = _state_statuses(exp)
+    statuses, dir_ids = _tune_state(exp)
     by_id: dict[str, TrialRecord] = {}
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_")):
         rows = _read_results(d)
-        trial_id = str(rows[-1].get("trial_id")) if rows else d.name.removeprefix("trial_").split("_")[0]
+        if rows and rows[-1].get("trial_id") is not None:
+            trial_id = str(rows[-1]["trial_id"])
+        else:  # no result yet: Tune's state names the directory's trial; else the name without "trial_"
+            trial_id = dir_ids.get(d.name, d.name.removeprefix("trial_"))
         config = rows[-1].get("config") if rows else None
         if config is None and (d / "params.json").exists():
             try:

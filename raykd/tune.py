@@ -223,6 +223,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from raykd.pruning import CheckpointPruner
     from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
 
@@ -254,7 +255,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-                                  callbacks=[TrialHParams()], verbose=1),
+                                  callbacks=[TrialHParams(), CheckpointPruner()], verbose=1),
     )
 
 
@@ -264,6 +265,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     not configured. These are the numbers a table reports."""
     from ray import tune
 
+    from raykd.pruning import CheckpointPruner
     from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
 
@@ -289,7 +291,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
         run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-                                  callbacks=[TrialHParams()], verbose=1))
+                                  callbacks=[TrialHParams(), CheckpointPruner()], verbose=1))
 
 
 def summarize(results, cfg: C.Config) -> tuple[str, list]:

@@ -78,3 +78,36 @@ def test_a_storage_uri_is_fetched_without_checkpoints(tmp_path):
     fetched = load_experiment(exp.as_uri())
     assert fetched[0].metrics["test/semantic_alignment"] == 95.0
     assert not list(__import__("pathlib").Path(fetched[0].path).rglob("*.safetensors"))
+
+
+def test_errored_grid_trials_without_results_stay_separate(tmp_path):
+    exp = tmp_path / "exp"
+    for tid in ("9df98_00001", "9df98_00003"):
+        d = exp / f"trial_{tid}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({"ablate": "bogus", "seed": 0}))
+        (d / "error.txt").write_text("Traceback …\nraykd.config.ConfigError: method.params.ablate: 'bogus' is not one of none\n")
+    state = {"trial_data": [[json.dumps({"trial_id": t, "status": "ERROR", "relative_logdir": f"trial_{t}"}), "{}"]
+                            for t in ("9df98_00001", "9df98_00003")]}
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    trials = load_experiment(exp)
+    assert [t.trial_id for t in trials] == ["9df98_00001", "9df98_00003"]
+    assert all(t.status == "error" and "'bogus'" in t.error for t in trials)
+
+
+def test_checkpoints_the_snapshot_does_not_list_are_pruned(tmp_path):
+    import pyarrow.fs as pafs
+
+    from raykd.pruning import prune_unlisted_checkpoints
+
+    run = tmp_path / "run"
+    for name in ("checkpoint_a", "checkpoint_b", "checkpoint_c"):
+        (run / name).mkdir(parents=True)
+        (run / name / "model.safetensors").write_bytes(b"x")
+    fs = pafs.LocalFileSystem()
+    assert prune_unlisted_checkpoints(fs, str(run)) == []  # no snapshot: nothing is touched
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(
+        {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_c"}]}))
+    assert sorted(p.rsplit("/", 1)[-1] for p in prune_unlisted_checkpoints(fs, str(run))) == ["checkpoint_a",
+                                                                                              "checkpoint_b"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_c", "checkpoint_manager_snapshot.json"]
