@@ -68,7 +68,9 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
             raise RaykdError(f"trial {trial.trial_id}: provenance.json lacks '{key}' (written by an older raykd)")
     cfg = C._build(C.Config, prov["config"], "", f"{trial.path}/provenance.json")
     manifest = load_manifest(prov["prepared"])
-    teacher = load_teacher(prov["teacher"])
+    t = prov["config"].get("teacher", {})
+    teacher = load_teacher(prov["teacher"], **({"trust_remote_code": t.get("trust_remote_code", False),
+                                                "revision": t.get("revision")} if not t.get("adapt") else {}))
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
     student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
                             init_from_teacher=False)

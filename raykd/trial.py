@@ -129,7 +129,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest)
-    teacher = load_teacher(config["teacher"]).to(device).eval()
+    teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(device).eval()
     teacher.requires_grad_(False)
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
     student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
@@ -347,6 +347,7 @@ def run_trial(params: dict, plan: dict) -> None:
     trainer = ray.train.torch.TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
+                           "teacher_load": plan.get("teacher_load", {}),
                            "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id,
                            "trial_dir": trial_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,

@@ -64,20 +64,24 @@ def prepare_inputs(cfg: C.Config) -> dict:
         adapt_prepared(prepared, teacher, cfg.teacher.spec, shape, settings, log=log)
     elif cfg.teacher.spec:
         teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
-        check_teacher_matches_data(teacher, prepared, manifest)
+        check_teacher_matches_data(teacher, prepared, manifest, cfg.teacher.trust_remote_code, cfg.teacher.revision)
     else:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
+    teacher_load = {"trust_remote_code": cfg.teacher.trust_remote_code, "revision": cfg.teacher.revision} \
+        if cfg.teacher.spec and cfg.teacher.adapt is None else {}
     samplers = {cfg.sampler.name} | set(_space_values(cfg, "sampler.name"))
     scores = None
     if samplers & set(SCORED_SAMPLERS):
         from raykd.data.sampling import compute_scores
 
-        scores = str(compute_scores(prepared, load_teacher(teacher), key, log=log))
-    return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_key": key,
+        scores = str(compute_scores(prepared, load_teacher(teacher, **teacher_load), key, log=log))
+    return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_load": teacher_load,
+            "teacher_key": key,
             "data_key": manifest["key"], "scores": scores}
 
 
-def check_teacher_matches_data(spec: str, prepared: str, manifest: dict) -> None:
+def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_remote_code: bool = False,
+                               revision: str | None = None) -> None:
     """Refuse (RaykdError) a teacher that cannot read the prepared shards: a missing path, a
     vocabulary smaller than the data's token ids, or a tokenizer of its own that differs from the
     one the shards were tokenized with."""
@@ -86,7 +90,7 @@ def check_teacher_matches_data(spec: str, prepared: str, manifest: dict) -> None
     if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
         raise RaykdError(f"teacher.spec {spec}: no such directory")
     try:
-        config = AutoConfig.from_pretrained(spec, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision)
     except Exception as e:
         raise RaykdError(f"teacher.spec {spec}: cannot read its config: {str(e).splitlines()[0][:200]}") from None
     data_vocab = int(manifest["tokenizer"]["vocab_size"])

@@ -46,15 +46,19 @@ def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, s
     return BertForMaskedLM(cfg)
 
 
-def load_teacher(spec: str):
-    """Load a masked-LM teacher from an HF directory or hub id with ``trust_remote_code=False`` and
-    safetensors weights only; raises RaykdError with the reason when it cannot."""
+def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | None = None):
+    """Load a masked-LM teacher from an HF directory or hub id with safetensors weights only and,
+    unless the YAML asked for it together with a pinned ``revision``, ``trust_remote_code=False``;
+    raises RaykdError with the reason when it cannot."""
     from transformers import AutoModelForMaskedLM
 
+    if trust_remote_code and not revision:
+        raise RaykdError(f"teacher {spec}: trust_remote_code needs a pinned revision")
     if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
         raise RaykdError(f"teacher {spec}: no such directory")
     try:
-        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=False, use_safetensors=True)
+        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
+                                                    use_safetensors=True)
     except Exception as e:  # transformers raises OSError/ValueError/hub errors
         raise RaykdError(f"teacher {spec}: cannot load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
