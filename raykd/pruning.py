@@ -38,6 +38,27 @@ def prune_unlisted_checkpoints(fs, run_path: str) -> list[str]:
     return deleted
 
 
+def prune_experiment(path: str) -> int:
+    """Prune every trial's Train runs of an experiment (a local path or storage URI) once nothing
+    runs any more (a stopped worker may persist one last checkpoint after its trial ended);
+    returns how many checkpoint directories were removed."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+        removed = 0
+        for trial in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+            if trial.type != pafs.FileType.Directory or not trial.base_name.startswith("trial_"):
+                continue
+            for run in fs.get_file_info(pafs.FileSelector(f"{trial.path}/train", allow_not_found=True)):
+                if run.type == pafs.FileType.Directory:
+                    removed += len(prune_unlisted_checkpoints(fs, run.path))
+        return removed
+    except OSError as e:
+        log.warning("%s: checkpoint pruning failed: %s", path, e)
+        return 0
+
+
 class CheckpointPruner(Callback):
     """Tune callback: when a trial ends, prune its Train run's unlisted checkpoints."""
 

@@ -352,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             results = tuner.fit()
             confirm = confirm_tuner(cfg, plan, results, storage, name, cpus)
             confirmed = confirm.fit() if confirm is not None else None
+            from raykd.pruning import prune_experiment
+
+            for exp in [name] + ([f"{name}-confirm"] if confirmed is not None else []):
+                prune_experiment(join(storage, exp))
         finally:
             if started:
                 ray.shutdown()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,19 @@ def test_export_of_an_unknown_trial_exits_2(grid_experiment, tmp_path):
     _, exp, _, _ = grid_experiment
     p = run_module("raykd.export", str(exp), "--trial", "nope", "--out", str(tmp_path / "x"))
     assert p.returncode == 2 and "trial nope: not in" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(grid_experiment, tmp_path):
+    import shutil
+
+    _, exp, _, _ = grid_experiment
+    trial = choose_trial(exp)
+    copy = tmp_path / "exp"
+    shutil.copytree(trial.path, copy / Path(trial.path).name)
+    prov_file = copy / Path(trial.path).name / "provenance.json"
+    prov = json.loads(prov_file.read_text())
+    prov["config"]["student"]["hidden"] = 32  # the checkpoint holds a 64-wide student
+    prov_file.write_text(json.dumps(prov))
+    p = run_module("raykd.export", str(copy), "--trial", trial.trial_id, "--out", str(tmp_path / "x"))
+    assert p.returncode == 2 and "does not fit the trial's architecture" in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and not (tmp_path / "x").exists()

@@ -59,7 +59,9 @@ NODE_KILLER = textwrap.dedent('''
     import json, os, socket, subprocess, sys, time
     from pathlib import Path
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
     from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
 
     def free_port():
         with socket.socket() as s:
@@ -74,19 +76,23 @@ NODE_KILLER = textwrap.dedent('''
     try:
         workers = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(2)]
         cluster.wait_for_nodes()
+        cluster.connect()
         proc = subprocess.Popen([sys.executable, "-m", "raykd.tune", "--address", cluster.address, *args])
         deadline = time.time() + 600
         while removed is None and time.time() < deadline and proc.poll() is None:
-            for f in exp.glob("trial_*/result.json"):
-                rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-                if rows:
-                    node = next(w for w in workers if w.node_id == rows[-1]["node_id"])
-                    cluster.remove_node(node, allow_graceful=False)  # the node's raylet and workers die
+            # the first checkpoint is in storage (written directly, unlike Tune's synced results):
+            # kill the node the trial's train worker runs on
+            if any(exp.glob("trial_*/train/*/checkpoint_*")):
+                alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                if alive:
+                    node = next(w for w in workers if w.node_id == alive[0].node_id)
+                    cluster.remove_node(node, allow_graceful=False)  # its raylet and workers die
                     removed = node.node_id
-                    print(f"removed node {removed} after step {rows[-1]['step']}", flush=True)
-            time.sleep(0.5)
+                    print(f"removed node {removed}", file=sys.stderr, flush=True)
+            time.sleep(0.3)
         rc = proc.wait(timeout=max(60, deadline - time.time()))
     finally:
+        ray.shutdown()
         cluster.shutdown()
     print(json.dumps({"removed": removed}))
     sys.exit(rc)
@@ -97,7 +103,7 @@ def test_a_trial_survives_the_removal_of_its_node(grid_experiment):
     _, _, work, _ = grid_experiment
     exp = work / "exp" / "node_removed"
     args = study_args(work, "node_removed", f"data.prepared={work / 'prepared'}", "search.algorithm=grid",
-                      "train.steps=24", "train.eval_every=4", "space={}", "train.cpus_per_worker=2",
+                      "train.steps=120", "train.eval_every=8", "space={}", "train.cpus_per_worker=2",
                       "train.max_failures=2")
     p = subprocess.run([sys.executable, "-c", NODE_KILLER, json.dumps(args), str(exp)], capture_output=True, text=True,
                        timeout=840, cwd=ROOT)
@@ -106,5 +112,5 @@ def test_a_trial_survives_the_removal_of_its_node(grid_experiment):
     assert removed
     (rows,) = [r for r in trial_results(exp).values() if r]
     steps = [r["step"] for r in rows]
-    assert steps == sorted(set(steps)) and steps[-1] == 24, steps  # resumed, never restarted from 0
+    assert steps == sorted(set(steps)) and steps[-1] == 120, steps  # resumed, never restarted from 0
     assert rows[0]["node_id"] == removed and rows[-1]["node_id"] != removed  # moved to the other node

@@ -136,6 +136,10 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_sessio
     assert all(rows[-1]["step"] == 12 for rows in trial_results(exp).values() if rows)
     for k, text in finished_before.items():
         assert (exp / k / "result.json").read_text() == text  # not rerun
+    from raykd.report import build_report
+
+    report = build_report(exp, work / "killed-report")
+    assert report["trials"] == 3 and report["counts"]["finished"] == 3  # every trial exactly once
 
 
 @pytest.mark.parametrize("name", ["depth", "projection", "sampling", "baselines", "ablation"])
