@@ -53,20 +53,51 @@ def auth_token() -> str | None:
         return None
 
 
-class ResourceWatch:
-    """Samples, every ``period_s`` in a background thread, the summed resident memory (bytes) of
-    this process and all its descendants (the local Ray node started here: GCS, raylet, agents,
-    workers) and the object store's used bytes; keeps the peaks. Use as a context manager."""
+class PeriodicSampler:
+    """Calls ``sample()`` every ``period_s`` seconds in a background thread while used as a context
+    manager, and once more on exit. Subclasses implement ``sample``."""
 
     def __init__(self, period_s: float = 2.0):
         import threading
 
         self.period_s = period_s
-        self.peak_rss = 0
-        self.peak_object_store = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.sample()
+                self.samples += 1
+            except Exception:  # a process vanishing mid-sample, Ray shutting down
+                continue
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+        try:
+            self.sample()
+        except Exception:
+            pass
+
+
+class ResourceWatch(PeriodicSampler):
+    """Peaks, sampled every ``period_s``, of the summed resident memory (bytes) of this process and
+    all its descendants (the local Ray node started here: GCS, raylet, agents, workers) and of the
+    object store's used bytes."""
+
+    def __init__(self, period_s: float = 2.0):
+        super().__init__(period_s)
+        self.peak_rss = 0
+        self.peak_object_store = 0
 
     def sample(self) -> None:
         """Take one sample now."""
@@ -83,22 +114,6 @@ class ResourceWatch:
         self.peak_rss = max(self.peak_rss, rss)
         if ray.is_initialized():
             self.peak_object_store = max(self.peak_object_store, object_store_used())
-        self.samples += 1
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            try:
-                self.sample()
-            except Exception:  # a process vanishing mid-sample, Ray shutting down
-                continue
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
 
 
 def object_store_used() -> int:

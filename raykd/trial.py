@@ -31,11 +31,11 @@ from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.stream import PairCollator, department_index, split_datasets
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
-from raykd.monitoring import LiveMetrics
-from raykd.tblog import STEP_HISTORY_KEY, StepScalars
 from raykd.models.student import build_student
 from raykd.models.teacher import load_teacher
+from raykd.monitoring import LiveMetrics
 from raykd.precision import precision_policy
+from raykd.tblog import STEP_HISTORY_KEY, StepScalars
 
 DATA_CPUS = 0.25  # what each Ray Data read / map task reserves: never a whole CPU, so data always runs
 TRIAL_DRIVER_CPUS = 0.05

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from raykd.monitoring import PeriodicSampler, auth_token
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,15 +62,12 @@ def study_args(tmp: Path, name: str, *sets: str) -> list[str]:
             "train.eval_pairs=64", *sets]
 
 
-class ClusterMonitor:
-    """Polls the dashboard's HTTP API (with and without the token) and the node's Prometheus export
-    while a study runs; keeps what it saw."""
+class ClusterMonitor(PeriodicSampler):
+    """Polls the dashboard's HTTP API (with and without the token) and the node's Prometheus
+    export every 2 s while a study runs; keeps what it saw."""
 
     def __init__(self, ray):
-        import threading
-
-        from raykd.monitoring import auth_token
-
+        super().__init__(2.0)
         self.dashboard = "http://" + ray._private.worker.get_dashboard_url()
         self.metrics_url = f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
         self.token = auth_token()
@@ -77,8 +76,6 @@ class ClusterMonitor:
         self.actor_classes: set[str] = set()
         self.jobs = 0
         self.gauge_lines: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _get(self, url: str, token: bool):
         import urllib.error
@@ -93,7 +90,7 @@ class ClusterMonitor:
         except OSError:
             return None, ""
 
-    def poll(self) -> None:
+    def sample(self) -> None:
         import json
 
         code, _ = self._get(self.dashboard + "/api/v0/actors", False)
@@ -112,18 +109,6 @@ class ClusterMonitor:
         if code == 200:
             self.gauge_lines |= {x for x in body.splitlines() if x.startswith("ray_raykd_")}
 
-    def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            self.poll()
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
-        self.poll()
 
 
 @pytest.fixture(scope="session")
