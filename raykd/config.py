@@ -73,7 +73,8 @@ class TeacherConfig:
     spec: str | None = None
     shape: ShapeConfig = field(default_factory=ShapeConfig)
     adapt: AdaptConfig | None = field(default_factory=AdaptConfig)
-    cache: bool = False
+    cache: bool = False  # trials read a teacher-output cache (raykd.cache) instead of running the teacher
+    cache_max_gb: float = 20.0  # the cache build refuses above this estimated size
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -261,6 +262,7 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     _check(sh.hidden % sh.heads == 0, src, "teacher.shape.hidden", f"{sh.hidden} is not divisible by heads {sh.heads}")
     _check(not cfg.teacher.trust_remote_code or cfg.teacher.revision, src, "teacher.trust_remote_code",
            "true only together with a pinned teacher.revision")
+    _check(cfg.teacher.cache_max_gb > 0, src, "teacher.cache_max_gb", f"must be positive, got {cfg.teacher.cache_max_gb}")
     _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
     teacher_layers = sh.layers if cfg.teacher.spec is None else None
     if teacher_layers is not None:

@@ -26,6 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd import config as C
 from raykd import metrics
+from raykd.cache import CachedPairCollator, cache_use, cached_dataset, cached_targets, structural_layers
 from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.stream import PairCollator, department_index, split_datasets
@@ -117,6 +118,7 @@ def efficiency_vs_teacher(student, teacher, batch_size: int, seq_len: int) -> di
 def train_fn_per_worker(config: dict) -> None:
     """Distil a student for ``train.steps`` optimizer steps on this worker's shard, evaluating every
     ``train.eval_every`` steps (reported to Tune with a checkpoint) and on test once at the end."""
+    t_fn = time.time()
     cfg = C._build(C.Config, config["cfg"], "", "<trial>")
     t = cfg.train
     ctx = ray.train.get_context()  # RAY
@@ -159,18 +161,28 @@ def train_fn_per_worker(config: dict) -> None:
         if isinstance(core.weighting, GradNormWeights) and state.get("weighting"):
             core.weighting.load_state_dict(state["weighting"])
 
+    t_model = time.time()
     val_fit = val_ev = None
     if rank == 0:
         val = _eval_batches(config["prepared"], manifest, "validation", t.eval_pairs)
         half = max(1, len(val) // 2)
         val_fit, val_ev = val[:half], val[half:] or val[:half]
     shard = ray.train.get_dataset_shard("train")  # RAY
-    collate = PairCollator(tokens.pad, department_index(manifest))
+    cache = config.get("cache")
+    if cache is not None:
+        needed = set(core.teacher_layers()) | {teacher.config.num_hidden_layers}
+        if not needed <= set(cache["layers"]):
+            raise RuntimeError(f"teacher cache: this trial needs layers {sorted(needed)}, the dataset has {cache['layers']}")
+        collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
+    else:
+        collate = PairCollator(tokens.pad, department_index(manifest))
     sums: dict[str, float] = {}
     step_sums: dict[str, float] = {}  # this optimizer step's loss terms, summed over its micro-steps
     history: list[dict] = []  # per-step scalars since the last report (→ TensorBoard, see StepScalars)
     gauges = LiveMetrics(config.get("trial_id", "")) if rank == 0 else None
     n_terms, tokens_seen, t_window = 0, 0, None
+    # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
+    startup: dict | None = None if step else {"t_fn": t_fn, "t_model": t_model}
     micro = 0
     seen_pairs: set[str] = set()
     while step < t.steps:
@@ -180,7 +192,10 @@ def train_fn_per_worker(config: dict) -> None:
             batches_this_epoch += 1
             if t_window is None:
                 t_window = time.perf_counter()
+            if startup is not None and "t_batch" not in startup:
+                startup["t_batch"] = time.time()
             seen_pairs.update(batch.pop("pair_id", ()))
+            cached = batch.pop("teacher_hidden", None)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             core.set_progress(step / t.steps)
             inputs = make_inputs(batch, tokens, gen, corrupt=core.uses_mlm, vocab_size=teacher.config.vocab_size)
@@ -188,7 +203,7 @@ def train_fn_per_worker(config: dict) -> None:
             sync = model.no_sync() if (world > 1 and not last_micro and hasattr(model, "no_sync")) else nullcontext()
             with sync:
                 with precision.autocast():
-                    targets = core.teacher_targets(teacher, inputs)
+                    targets = core.teacher_targets(teacher, inputs) if cached is None else cached_targets(cached, device)
                     out = model(inputs, targets)
                 scaler.scale(out["loss"] / t.grad_accum).backward()
             for k, v in out.items():
@@ -208,6 +223,8 @@ def train_fn_per_worker(config: dict) -> None:
             lr = sched.get_last_lr()[0]
             sched.step()
             step += 1
+            if startup is not None and "t_step" not in startup:
+                startup["t_step"] = time.time()
             if rank == 0:
                 row = {"step": step, "train/lr": lr, **{f"train/{k}": v / t.grad_accum for k, v in step_sums.items()}}
                 history.append(row)
@@ -219,12 +236,16 @@ def train_fn_per_worker(config: dict) -> None:
                 elapsed = time.perf_counter() - t_window
                 result = {"step": step, "world_size": world, "train/loss": sums.pop("loss") / n_terms,
                           "lr": sched.get_last_lr()[0],
-                          "tokens_per_s": tokens_seen * world / max(elapsed, 1e-9), "precision": precision.name}
+                          "tokens_per_s": tokens_seen * world / max(elapsed, 1e-9), "precision": precision.name,
+                          "teacher_source": "cache" if cache is not None else "online"}
                 result.update({f"train/{k}": v / n_terms for k, v in sums.items()})
                 sums, n_terms, tokens_seen = {}, 0, 0
                 final = step == t.steps
                 if final:
                     result.update(_data_coverage(seen_pairs, world))
+                if startup is not None:
+                    result.update(startup_breakdown(startup, config.get("t_trial_start")))
+                    startup = None
                 result["node_id"] = ray.get_runtime_context().get_node_id()  # RAY: where this trial ran
                 if rank == 0:
                     result[STEP_HISTORY_KEY], history = history, []
@@ -238,6 +259,17 @@ def train_fn_per_worker(config: dict) -> None:
         if batches_this_epoch == 0:
             raise RuntimeError(f"worker {rank}: its shard of the train split is empty (too few pairs for "
                                f"{world} workers?)")
+
+
+def startup_breakdown(t: dict, t_trial_start: float | None) -> dict:
+    """Seconds from the trial's start (Tune runs its function: its resources are free) to its first
+    optimizer step, split into ``startup/workers_s`` (Train controller + worker group start, until
+    this function runs), ``startup/model_s`` (teacher load, student and objective build, DDP wrap),
+    ``startup/first_batch_s`` (validation batches read, Ray Data plan + first batch) and
+    ``startup/first_step_s`` (the total, to the end of the first optimizer step)."""
+    t0 = t_trial_start if t_trial_start is not None else t["t_fn"]
+    return {"startup/workers_s": t["t_fn"] - t0, "startup/model_s": t["t_model"] - t["t_fn"],
+            "startup/first_batch_s": t["t_batch"] - t["t_model"], "startup/first_step_s": t["t_step"] - t0}
 
 
 def inject_fault(spec: str, step: int, trial_dir: str | None) -> None:
@@ -324,9 +356,20 @@ def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
             "scores": plan.get("scores")}
 
 
+def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
+    """``{"layers", "hidden"}`` of the teacher cache this trial reads, or None when it runs the
+    teacher online (no cache in the plan, or its method / sampler cannot use one: ``cache_use``)."""
+    c = plan.get("cache")
+    if not c or cache_use(cfg.method.name, cfg.sampler.name) is not None:
+        return None
+    return {"layers": structural_layers(c["teacher_layers"], cfg.student.layers, cfg.method.depth),
+            "hidden": c["hidden"]}
+
+
 def run_trial(params: dict, plan: dict) -> None:
     """Tune function trainable: resolve this trial's config, build its datasets and fit its TorchTrainer.
     Metrics reach Tune at every evaluation through ``TuneReportCallback``."""
+    t_trial_start = time.time()
     ctx = tune.get_context()
     trial_id, trial_dir = ctx.get_trial_id(), ctx.get_trial_dir()
     cfg = trial_config(plan["base"], params)
@@ -335,7 +378,11 @@ def run_trial(params: dict, plan: dict) -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]
+    cache = trial_cache(cfg, plan)
+    if cache is not None:
+        ds = cached_dataset(plan["cache"]["dir"], cache["layers"], num_cpus=DATA_CPUS)
+    else:
+        ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]
     if cfg.sampler.name != "uniform":
         scores = ScoreTable(plan["scores"]) if plan.get("scores") else None
         manifest = load_manifest(plan["prepared"])
@@ -348,8 +395,8 @@ def run_trial(params: dict, plan: dict) -> None:
         train_fn_per_worker,
         train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
                            "teacher_load": plan.get("teacher_load", {}),
-                           "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id,
-                           "trial_dir": trial_dir},
+                           "cache": cache, "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id,
+                           "trial_dir": trial_dir, "t_trial_start": t_trial_start},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                                resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
         datasets={"train": ds},

@@ -80,6 +80,27 @@ def prepare_inputs(cfg: C.Config) -> dict:
             "data_key": manifest["key"], "scores": scores}
 
 
+def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:
+    """Build (or reuse) the teacher-output cache for this study when ``teacher.cache`` is set (or
+    ``force``) and some of its trials can read it; returns ``{"dir", "layers", "hidden",
+    "teacher_layers"}`` for the plan, else None. Needs a running Ray."""
+    from raykd.cache import build_cache, cache_use, study_layers, teacher_config
+
+    if not (cfg.teacher.cache or force):
+        return None
+    methods = {cfg.method.name} | set(_space_values(cfg, "method.name"))
+    samplers = {cfg.sampler.name} | set(_space_values(cfg, "sampler.name"))
+    if all(cache_use(m, s) for m in methods for s in samplers):
+        reasons = sorted({cache_use(m, s) for m in methods for s in samplers})
+        log(f"[cache] no trial of this study can read a teacher cache ({'; '.join(reasons)}): teacher runs online")
+        return None
+    tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
+    layers = study_layers(cfg, tconf.num_hidden_layers)
+    limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
+    out = build_cache(plan["prepared"], plan["teacher"], layers, plan.get("teacher_load"), max_bytes=limit, log=log)
+    return {"dir": str(out), "layers": layers, "hidden": tconf.hidden_size, "teacher_layers": tconf.num_hidden_layers}
+
+
 def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_remote_code: bool = False,
                                revision: str | None = None) -> None:
     """Refuse (RaykdError) a teacher that cannot read the prepared shards: a missing path, a
@@ -176,7 +197,8 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
            if cfg.search.confirm.top_k else ""),
         f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
-        f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers",
+        f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers; "
+        + (f"teacher cache on (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache else "teacher runs online"),
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
         f"{Path(cfg.data.work_dir).absolute()}",
         f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
@@ -347,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         ray, started = _init_ray(args.address)
         log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
         try:
+            plan["cache"] = teacher_cache_for(cfg, plan)
             cpus = ray.cluster_resources().get("CPU", 1.0)
             tuner = build_tuner(cfg, plan, storage, name, cpus, args.resume)
             results = tuner.fit()

@@ -2,6 +2,9 @@
 """raykd benchmarks: one sub-command per benchmark, each ending with one JSON line of its figures.
 
     python scripts/bench.py prepare [--dialogs 50000] [--quick]
+    python scripts/bench.py cache [--quick]      online teacher vs teacher cache vs no teacher (24→6 layers)
+    python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached
+    python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
 
 Numbers go in docs/benchmarks.md.
 """
@@ -16,7 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 
 def bench_prepare(args) -> dict:
@@ -45,6 +51,339 @@ def bench_prepare(args) -> dict:
             "pairs_per_s": round(pairs / prep_s, 1), "reuse_s": round(reuse_s, 2), "cores": os.cpu_count()}
 
 
+
+# ------------------------------------------------------------------------------------------ shared
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def workload(tmp: Path, dialogs: int, max_length: int) -> tuple[str, dict]:
+    """A generated corpus prepared under ``tmp``: (prepared dir, manifest)."""
+    from raykd.data.shards import PrepareSettings, prepare
+    from raykd.data.synth import write_corpus
+
+    write_corpus(tmp / "raw", dialogs, seed=0)
+    m = prepare(PrepareSettings(raw=[str(tmp / "raw")], out=str(tmp / "prepared"), max_length=max_length, quiet=True))
+    return str(tmp / "prepared"), m
+
+
+def save_teacher(tmp: Path, manifest: dict, layers: int, hidden: int, heads: int, max_length: int) -> str:
+    """A seeded random BERT teacher of the given shape saved as an HF directory; returns its path."""
+    from raykd.models.teacher import TeacherShape, build_teacher
+
+    t = build_teacher(TeacherShape(layers=layers, hidden=hidden, heads=heads, intermediate=4 * hidden,
+                                   max_position=max(64, max_length)), manifest["tokenizer"]["vocab_size"], seed=0)
+    t.save_pretrained(tmp / "teacher")
+    return str(tmp / "teacher")
+
+
+def start_ray(cpus: int | None = None):
+    """A local Ray for a benchmark (loopback only, dashboard on); returns (ray, seconds ray.init took)."""
+    import ray
+
+    from raykd.tune import loopback_only
+
+    loopback_only()
+    t = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    return ray, time.perf_counter() - t
+
+
+def table_rows(paths: list[str]) -> dict:
+    """Parquet files → {column: numpy array of rows}."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(paths)
+    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
+
+
+# ------------------------------------------------------------------------------------------ cache
+def bench_cache(args) -> dict:
+    """Step time of the structural objective at 24→6 layers (depth 6) with the teacher run online,
+    with its states read from the teacher cache (decode + pad included), and with the teacher
+    removed entirely (targets free: the bound). Alternating, median of ``--pairs`` rounds."""
+    import torch
+
+    from raykd.cache import CachedPairCollator, build_cache, cached_targets, structural_layers
+    from raykd.data.shards import shard_paths
+    from raykd.data.stream import PairCollator, department_index
+    from raykd.distill.methods import TokenIds, build_method, make_inputs
+    from raykd.models.student import build_student
+    from raykd.models.teacher import load_teacher
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    steps = 8 if args.quick else 20
+    with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp:
+        prepared, manifest = workload(Path(tmp), 1500 if args.quick else 3000, args.max_length)
+        teacher_dir = save_teacher(Path(tmp), manifest, 24, args.hidden, args.heads, args.max_length)
+        layers = structural_layers(24, 6, 6)
+        ray, _ = start_ray()
+        t = time.perf_counter()
+        cache_dir = build_cache(prepared, teacher_dir, layers, log=lambda m: print(m, flush=True))
+        build_s = time.perf_counter() - t
+        ray.shutdown()
+        teacher = load_teacher(teacher_dir).eval()
+        tokens = TokenIds.from_manifest(manifest)
+        depts = department_index(manifest)
+        data_rows = table_rows(shard_paths(prepared, "train", manifest))
+        cache_rows = table_rows(sorted(str(p) for p in (Path(cache_dir) / "train").glob("*.parquet")))
+        b = args.batch_size
+        n_batches = len(cache_rows["pair_id"]) // b
+        plain, cached_collate = PairCollator(tokens.pad, depts), CachedPairCollator(tokens.pad, depts, layers, args.hidden)
+        torch.manual_seed(0)
+        method = build_method("structural", build_student(teacher, 6, aggregation=True), teacher.config, depth=6,
+                              projection_dim=64, n_departments=len(depts))
+        method.train()
+        method.set_progress(0.5)  # past the fusion's annealing: every mode runs the same student graph
+        opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+        free = {}  # the bound: targets precomputed, free at step time
+
+        def batch_of(rows, collate, i):
+            return collate({k: v[i * b:(i + 1) * b] for k, v in rows.items()})
+
+        def step(mode: str, i: int) -> None:
+            if mode == "cache":
+                batch = batch_of(cache_rows, cached_collate, i)
+                batch.pop("pair_id")
+                targets = cached_targets(batch.pop("teacher_hidden"), "cpu")
+                inputs = make_inputs(batch, tokens)
+            else:
+                batch = batch_of(data_rows, plain, i)
+                batch.pop("pair_id")
+                inputs = make_inputs(batch, tokens)
+                if mode == "online":
+                    targets = method.teacher_targets(teacher, inputs)
+                else:
+                    if i not in free:
+                        free[i] = method.teacher_targets(teacher, inputs)
+                    targets = free[i]
+            out = method(inputs, targets)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+
+        for i in range(min(steps, n_batches)):  # targets for the bound, computed outside its timing
+            batch = batch_of(data_rows, plain, i)
+            batch.pop("pair_id")
+            free[i] = method.teacher_targets(teacher, make_inputs(batch, tokens))
+        times: dict[str, list[float]] = {"online": [], "cache": [], "student_only": []}
+        for r in range(args.pairs):
+            for mode in (("online", "cache", "student_only") if r % 2 == 0 else ("student_only", "cache", "online")):
+                step(mode, 0)  # warm-up
+                t = time.perf_counter()
+                for i in range(min(steps, n_batches)):
+                    step(mode, i)
+                times[mode].append((time.perf_counter() - t) / min(steps, n_batches))
+                print(f"  round {r + 1} {mode:12s} {times[mode][-1] * 1000:8.1f} ms/step", flush=True)
+    med = {k: median(v) for k, v in times.items()}
+    speedup, bound = med["online"] / med["cache"], med["online"] / med["student_only"]
+    print(f"24→6 layers, hidden {args.hidden}, batch {b} pairs, depth 6 ({len(layers)} cached layers): "
+          f"online {med['online'] * 1000:.1f} ms/step, cache {med['cache'] * 1000:.1f}, no teacher "
+          f"{med['student_only'] * 1000:.1f} → speedup {speedup:.2f}× of a {bound:.2f}× bound "
+          f"({speedup / bound:.0%}); cache build {build_s:.1f} s")
+    return {"bench": "cache", "speedup": round(speedup, 3), "bound": round(bound, 3),
+            "fraction_of_bound": round(speedup / bound, 3), "online_ms": round(med["online"] * 1000, 2),
+            "cache_ms": round(med["cache"] * 1000, 2), "student_only_ms": round(med["student_only"] * 1000, 2),
+            "build_s": round(build_s, 1), "hidden": args.hidden, "batch_pairs": b, "pairs": args.pairs,
+            "cores": os.cpu_count()}
+
+
+# ------------------------------------------------------------------------------------------ overhead
+def raykd_study(tmp: Path, name: str, prepared: str, teacher: str, sets: list[str]) -> list[dict]:
+    """Run a one-configuration raykd study (through ``raykd.tune.main`` on the running Ray) and
+    return each trial's result rows."""
+    from raykd.tune import main as tune_main
+
+    exp = tmp / "exp"
+    base = [f"data.prepared={prepared}", f"teacher.spec={teacher}", "teacher.adapt=null", "search.algorithm=grid",
+            "space={}", "search.scheduler.type=none", f"data.work_dir={tmp / 'work'}", "train.eval_pairs=32"]
+    rc = tune_main(["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(exp), "--name", name,
+                    "--set", *base, *sets])
+    if rc != 0:
+        raise SystemExit(f"bench: the raykd study {name} failed (exit {rc})")
+    out = []
+    for d in sorted((exp / name).glob("trial_*")):
+        out.append([json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip()])
+    return out
+
+
+def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval_every: int, batch_size: int,
+               student_layers: int, cache_dir: str | None, threads: int) -> float:
+    """The raykd trial's training step as a plain single-process PyTorch loop over the same shards
+    (same objective, optimizer, schedule, clipping, collation); returns tokens/s over the windows
+    after the first (as the trial measures them)."""
+    import torch
+
+    from raykd.cache import CachedPairCollator, cached_targets, structural_layers
+    from raykd.data.shards import shard_paths
+    from raykd.data.stream import PairCollator, department_index
+    from raykd.distill.methods import TokenIds, build_method, make_inputs
+    from raykd.models.student import build_student
+    from raykd.models.teacher import load_teacher
+    from raykd.trial import _lr_lambda
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    teacher = load_teacher(teacher_dir).eval()
+    teacher.requires_grad_(False)
+    tokens = TokenIds.from_manifest(manifest)
+    depts = department_index(manifest)
+    t_layers = teacher.config.num_hidden_layers
+    layers = structural_layers(t_layers, student_layers, student_layers)
+    if cache_dir:
+        rows = table_rows(sorted(str(p) for p in (Path(cache_dir) / "train").glob("*.parquet")))
+        collate = CachedPairCollator(tokens.pad, depts, layers, teacher.config.hidden_size)
+    else:
+        rows = table_rows(shard_paths(prepared, "train", manifest))
+        collate = PairCollator(tokens.pad, depts)
+    rows = {k: v for k, v in rows.items() if k in ("pair_id", "department", "q_input_ids", "a_input_ids")
+            or k in {f"{s}_h{x}" for x in layers for s in "qa"}}
+    method = build_method("structural", build_student(teacher, student_layers, aggregation=True), teacher.config,
+                          depth=student_layers, projection_dim=64, n_departments=len(depts))
+    method.train()
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10, steps))
+    n = len(rows["pair_id"])
+    order = np.random.default_rng(0).permutation(n)
+    windows, toks, t_window, step, pos = [], 0, None, 0, 0
+    while step < steps:
+        if pos + batch_size > n:
+            order, pos = np.random.default_rng(step).permutation(n), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        if t_window is None:
+            t_window = time.perf_counter()
+        batch = collate({k: v[idx] for k, v in rows.items()})
+        batch.pop("pair_id")
+        cached = batch.pop("teacher_hidden", None)
+        method.set_progress(step / steps)
+        inputs = make_inputs(batch, tokens)
+        targets = method.teacher_targets(teacher, inputs) if cached is None else cached_targets(cached, "cpu")
+        out = method(inputs, targets)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        step += 1
+        toks += int(inputs["mask"].sum())
+        if step % eval_every == 0:
+            windows.append(toks / (time.perf_counter() - t_window))
+            toks, t_window = 0, None
+    return median(windows[1:] or windows)
+
+
+def bench_overhead(args) -> dict:
+    """Throughput of the raykd trial (Ray Train, 1 worker, Ray Data input) ÷ a plain PyTorch loop
+    doing the identical training work, with the online teacher and with the teacher cache; rounds
+    alternate the two sides, median of ``--pairs``."""
+    from raykd.cache import build_cache, structural_layers
+
+    steps = args.steps or (60 if args.quick else 150)
+    every = steps // 3 if args.quick else steps // 5
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        prepared, manifest = workload(tmp, 1500, 64)
+        teacher = save_teacher(tmp, manifest, args.teacher_layers, args.hidden, args.heads, 64)
+        ray, _ = start_ray()
+        cache_dir = str(build_cache(prepared, teacher, structural_layers(args.teacher_layers, args.student_layers,
+                                                                           args.student_layers), log=print))
+        sets = [f"train.steps={steps}", f"train.eval_every={every}", f"train.batch_size={args.batch_size}",
+                f"student.layers={args.student_layers}", f"method.depth={args.student_layers}",
+                "method.projection_dim=64", f"train.threads_per_worker={threads}", "train.cpus_per_worker=1",
+                "sampler.name=uniform"]
+        ratios: dict[str, list[float]] = {"online": [], "cached": []}
+        tps: dict[str, list[float]] = {"plain_online": [], "raykd_online": [], "plain_cached": [], "raykd_cached": []}
+        run = 0
+        for r in range(args.pairs):
+            for mode in ("online", "cached"):
+                sides = ("plain", "raykd") if r % 2 == 0 else ("raykd", "plain")
+                got = {}
+                for side in sides:
+                    if side == "plain":
+                        got[side] = plain_loop(prepared, manifest, teacher, steps, every, args.batch_size,
+                                               args.student_layers, cache_dir if mode == "cached" else None, threads)
+                    else:
+                        run += 1
+                        rows = raykd_study(tmp, f"overhead{run}", prepared, teacher,
+                                           sets + [f"teacher.cache={'true' if mode == 'cached' else 'false'}"])[0]
+                        assert rows[-1]["teacher_source"] == ("cache" if mode == "cached" else "online")
+                        got[side] = median([x["tokens_per_s"] for x in rows[1:]] or [rows[0]["tokens_per_s"]])
+                    tps[f"{side}_{mode}"].append(got[side])
+                ratios[mode].append(got["raykd"] / got["plain"])
+                print(f"  round {r + 1} {mode:7s} plain {got['plain']:9.0f} tok/s · raykd {got['raykd']:9.0f} tok/s "
+                      f"→ {ratios[mode][-1]:.3f}", flush=True)
+        ray.shutdown()
+    out = {"bench": "overhead", "ratio_online": round(median(ratios["online"]), 3),
+           "ratio_cached": round(median(ratios["cached"]), 3),
+           **{f"{k}_tokens_per_s": round(median(v), 1) for k, v in tps.items()},
+           "teacher_layers": args.teacher_layers, "student_layers": args.student_layers, "hidden": args.hidden,
+           "batch_pairs": args.batch_size, "steps": steps, "pairs": args.pairs, "cores": os.cpu_count()}
+    print(f"{args.teacher_layers}→{args.student_layers} layers, hidden {args.hidden}, batch {args.batch_size} pairs, "
+          f"{steps} steps: raykd ÷ plain = {out['ratio_online']:.3f} online, {out['ratio_cached']:.3f} cached")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ startup
+def _empty_trainable(config: dict) -> None:
+    """Tune function: fit a TorchTrainer whose function returns at once; reports the seconds from this
+    trial's start to the worker function running (``to_fn_s``) and to ``fit`` returning (``fit_s``)."""
+    import ray.train
+    import ray.train.torch
+    from ray import tune
+
+    t0 = time.time()
+    marker = Path(tune.get_context().get_trial_dir()) / "fn_started"
+
+    def fn(cfg):
+        Path(cfg["marker"]).write_text(str(time.time()))
+
+    ray.train.torch.TorchTrainer(fn, train_loop_config={"marker": str(marker)},
+                                 scaling_config=ray.train.ScalingConfig(num_workers=1),
+                                 run_config=ray.train.RunConfig(name="empty", storage_path=str(marker.parent))).fit()
+    t1 = time.time()
+    tune.report({"to_fn_s": float(marker.read_text()) - t0, "fit_s": t1 - t0})
+
+
+def bench_startup(args) -> dict:
+    """Seconds from a trial's start (Tune runs its function: resources free) to its first optimizer
+    step, median of ``--trials`` sequential trials, with the breakdown the trial reports; and the same
+    floor for an empty TorchTrainer."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        prepared, manifest = workload(tmp, 1500, 64)
+        teacher = save_teacher(tmp, manifest, 6, 64, 4, 64)
+        ray, init_s = start_ray()
+        seeds = list(range(args.trials))
+        trials = raykd_study(tmp, "startup", prepared, teacher, [
+            "train.steps=4", "train.eval_every=4", f"experiment.seeds={seeds}", "search.max_concurrent=1",
+            "search.max_trials=50"])
+        first = [rows[0] for rows in trials]
+        keys = ("startup/workers_s", "startup/model_s", "startup/first_batch_s", "startup/first_step_s")
+        med = {k: median([r[k] for r in first]) for k in keys}
+        empty = tune.Tuner(_empty_trainable, param_space={"i": tune.grid_search(seeds)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                           run_config=tune.RunConfig(storage_path=str(tmp / "empty"), name="empty", verbose=0)).fit()
+        to_fn = median([r.metrics["to_fn_s"] for r in empty])
+        fit_s = median([r.metrics["fit_s"] for r in empty])
+        ray.shutdown()
+    print(f"ray.init {init_s:.1f} s (not counted). raykd trial → first optimizer step: median "
+          f"{med['startup/first_step_s']:.1f} s over {len(first)} trials = workers {med['startup/workers_s']:.1f} + "
+          f"model build {med['startup/model_s']:.1f} + data to first batch {med['startup/first_batch_s']:.1f} + first "
+          f"step; empty TorchTrainer: {to_fn:.1f} s to its function, {fit_s:.1f} s to fit() returning")
+    return {"bench": "startup", "median_s": round(med["startup/first_step_s"], 2),
+            "workers_s": round(med["startup/workers_s"], 2), "model_s": round(med["startup/model_s"], 2),
+            "first_batch_s": round(med["startup/first_batch_s"], 2), "empty_trainer_s": round(to_fn, 2),
+            "empty_trainer_fit_s": round(fit_s, 2), "ray_init_s": round(init_s, 2), "trials": len(first),
+            "cores": os.cpu_count()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -53,8 +392,28 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--quick", action="store_true", help="10,000 dialogues")
     p.add_argument("--verbose", action="store_true")
+    p = sub.add_parser("cache", help="online teacher vs teacher cache vs no teacher, 24→6 layers")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=3, help="alternating rounds (median reported)")
+    p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("overhead", help="plain PyTorch loop vs the raykd trial (1 worker), online and cached")
+    p.add_argument("--teacher-layers", type=int, default=12)
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=0, help="per run (default 150, --quick 60)")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    result = {"prepare": bench_prepare}[args.cmd](args)
+    result = {"prepare": bench_prepare, "cache": bench_cache, "overhead": bench_overhead,
+              "startup": bench_startup}[args.cmd](args)
     print(json.dumps(result))
     return 0
 

@@ -52,7 +52,7 @@ def run_module(*args: str, cwd: Path | None = None, env: dict | None = None):
 
 SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
 GRID_ARGS = ["search.algorithm=grid", "train.steps=16", "train.eval_every=8", "space={depth: {grid: [1, 3]}}",
-             "experiment.seeds=[0, 1]"]
+             "experiment.seeds=[0, 1]", "teacher.cache=true"]  # the grid's trials read the teacher cache
 
 
 def study_args(tmp: Path, name: str, *sets: str) -> list[str]:

@@ -50,6 +50,7 @@ def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
                 assert isinstance(final[f"{split}/{m}"], float), (name, split, m)
         assert "test/semantic_alignment" not in rows[0]  # test is evaluated once, at the end
         assert final["train/loss"] > 0 and final["tokens_per_s"] > 0 and "train/align" in final
+        assert final["teacher_source"] == "cache"  # teacher.cache=true: the teacher never ran in the trial
         depths.add(final["config"]["depth"])
         configs.add((final["config"]["depth"], final["config"]["seed"]))
         assert final["test/params"] > 0 and final["test/speedup_b1"] > 0  # efficiency vs the teacher, once
