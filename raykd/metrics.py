@@ -148,7 +148,8 @@ def efficiency(model, batch_sizes=(1, 32), seq_len: int = 128, repeats: int = 5)
             if first.is_cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
+            with torch.inference_mode():  # inference latency: no autograd graph
+                model(input_ids=ids, attention_mask=mask)
             if first.is_cuda:
                 torch.cuda.synchronize()
             if r >= 2:

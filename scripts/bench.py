@@ -5,6 +5,7 @@
     python scripts/bench.py cache [--quick]      online teacher vs teacher cache vs no teacher (24→6 layers)
     python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached
     python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
+    python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
 
 Numbers go in docs/benchmarks.md.
 """
@@ -349,6 +350,37 @@ def _empty_trainable(config: dict) -> None:
     tune.report({"to_fn_s": float(marker.read_text()) - t0, "fit_s": t1 - t0})
 
 
+def _import_trainable(config: dict) -> None:
+    """Tune function: reports when it was entered and when ``raykd.trial`` (what a raykd trial's
+    actor imports before it runs) had been imported."""
+    from ray import tune
+
+    entered = time.time()
+    import raykd.trial  # noqa: F401
+
+    tune.report({"entered": entered, "imported": time.time()})
+
+
+def tune_actor_seconds(tmp: Path, n: int) -> float:
+    """Median seconds from Tune starting a trial (its resources acquired: ``on_trial_start``) to the
+    trial's function running with raykd's trial module imported."""
+    from ray import tune
+
+    class StartTimes(tune.Callback):
+        def __init__(self):
+            self.at = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.at[trial.trial_id] = time.time()
+
+    cb = StartTimes()
+    res = tune.Tuner(_import_trainable, param_space={"i": tune.grid_search(list(range(n)))},
+                     tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                     run_config=tune.RunConfig(storage_path=str(tmp / "actor"), name="actor", verbose=0,
+                                               callbacks=[cb])).fit()
+    return median([r.metrics["imported"] - cb.at[r.metrics["trial_id"]] for r in res])
+
+
 def bench_startup(args) -> dict:
     """Seconds from a trial's start (Tune runs its function: resources free) to its first optimizer
     step, median of ``--trials`` sequential trials, with the breakdown the trial reports; and the same
@@ -370,18 +402,76 @@ def bench_startup(args) -> dict:
         empty = tune.Tuner(_empty_trainable, param_space={"i": tune.grid_search(seeds)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=1),
                            run_config=tune.RunConfig(storage_path=str(tmp / "empty"), name="empty", verbose=0)).fit()
+        actor_s = tune_actor_seconds(tmp, args.trials)
         to_fn = median([r.metrics["to_fn_s"] for r in empty])
         fit_s = median([r.metrics["fit_s"] for r in empty])
         ray.shutdown()
-    print(f"ray.init {init_s:.1f} s (not counted). raykd trial → first optimizer step: median "
+    print(f"Tune trial start → trial function running with raykd.trial imported: {actor_s:.1f} s")
+    print(f"ray.init {init_s:.1f} s (not counted). raykd trial function → first optimizer step: median "
           f"{med['startup/first_step_s']:.1f} s over {len(first)} trials = workers {med['startup/workers_s']:.1f} + "
           f"model build {med['startup/model_s']:.1f} + data to first batch {med['startup/first_batch_s']:.1f} + first "
           f"step; empty TorchTrainer: {to_fn:.1f} s to its function, {fit_s:.1f} s to fit() returning")
     return {"bench": "startup", "median_s": round(med["startup/first_step_s"], 2),
             "workers_s": round(med["startup/workers_s"], 2), "model_s": round(med["startup/model_s"], 2),
             "first_batch_s": round(med["startup/first_batch_s"], 2), "empty_trainer_s": round(to_fn, 2),
-            "empty_trainer_fit_s": round(fit_s, 2), "ray_init_s": round(init_s, 2), "trials": len(first),
+            "empty_trainer_fit_s": round(fit_s, 2), "tune_actor_s": round(actor_s, 2),
+            "from_tune_start_s": round(actor_s + med["startup/first_step_s"], 2), "ray_init_s": round(init_s, 2), "trials": len(first),
             "cores": os.cpu_count()}
+
+
+# ------------------------------------------------------------------------------------------ student
+def bench_student(args) -> dict:
+    """Inference latency of a 24-layer teacher vs the 6-layer student built from it (same width) at
+    batch 1 and 32 (alternating, median of ``--pairs``), and the retained QA-retrieval quality
+    (student ÷ teacher MRR@10 on test) of the best trial of a short raykd search."""
+    import torch
+
+    from raykd import metrics
+    from raykd.models.student import build_student
+    from raykd.models.teacher import TeacherShape, build_teacher
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    teacher = build_teacher(TeacherShape(24, args.hidden, args.heads, 4 * args.hidden, 512), 8000).eval()
+    student = build_student(teacher, 6).eval()
+    lat: dict[str, list[dict]] = {"teacher": [], "student": []}
+    for r in range(args.pairs):
+        for who in (("teacher", "student") if r % 2 == 0 else ("student", "teacher")):
+            model = (teacher if who == "teacher" else student).base_model
+            lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=3))
+    out = {"bench": "student", "hidden": args.hidden, "seq_len": args.seq_len, "pairs": args.pairs}
+    for b in (1, 32):
+        t = median([x[f"latency_ms_b{b}"] for x in lat["teacher"]])
+        s_ = median([x[f"latency_ms_b{b}"] for x in lat["student"]])
+        out[f"teacher_ms_b{b}"], out[f"student_ms_b{b}"] = round(t, 3), round(s_, 3)
+        out[f"speedup_b{b}"] = round(t / s_, 3)
+    out["teacher_params"], out["student_params"] = lat["teacher"][0]["params"], lat["student"][0]["params"]
+    print(f"24 → 6 layers, hidden {args.hidden}, length {args.seq_len}: speedup {out['speedup_b1']:.2f}× at batch 1, "
+          f"{out['speedup_b32']:.2f}× at batch 32 (ms/sample teacher {out['teacher_ms_b32']:.2f}, student "
+          f"{out['student_ms_b32']:.2f}); params {out['teacher_params']:,} → {out['student_params']:,}")
+    from raykd.tune import main as tune_main
+
+    with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        ray, _ = start_ray()
+        samples = 3 if args.quick else 6
+        rc = tune_main(["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(tmp / "exp"),
+                        "--name", "student", "--set", f"data.work_dir={tmp / 'work'}", f"search.num_samples={samples}",
+                        f"train.steps={60 if args.quick else 120}", f"train.eval_every={30 if args.quick else 40}",
+                        "teacher.cache=true"])
+        ray.shutdown()
+        if rc != 0:
+            raise SystemExit(f"bench: the search failed (exit {rc})")
+        finals = []
+        for d in (tmp / "exp" / "student").glob("trial_*"):
+            rows = [json.loads(x) for x in (d / "result.json").read_text().splitlines() if x.strip()]
+            if rows and "test/retained_mrr" in rows[-1]:
+                finals.append(rows[-1])
+    best = max(finals, key=lambda r: r["val/semantic_alignment"])
+    out.update({"retained": round(best["test/retained_mrr"], 4), "student_mrr10": round(best["test/mrr@10"], 4),
+                "teacher_mrr10": round(best["test/teacher_mrr@10"], 4), "search_trials": samples})
+    print(f"best of {samples} trials (by val/semantic_alignment): test MRR@10 student {best['test/mrr@10']:.4f} ÷ "
+          f"teacher {best['test/teacher_mrr@10']:.4f} = retained {best['test/retained_mrr']:.3f}")
+    return out
 
 
 def main() -> int:
@@ -411,9 +501,15 @@ def main() -> int:
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
     p.add_argument("--trials", type=int, default=5)
     p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("student", help="teacher vs student latency (24 → 6 layers) and retained MRR@10")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     result = {"prepare": bench_prepare, "cache": bench_cache, "overhead": bench_overhead,
-              "startup": bench_startup}[args.cmd](args)
+              "startup": bench_startup, "student": bench_student}[args.cmd](args)
     print(json.dumps(result))
     return 0
 

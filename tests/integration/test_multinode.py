@@ -1,7 +1,7 @@
-"""A two-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head and a second node,
-each with 3 logical CPUs, in a subprocess of their own so the session's Ray is untouched): a
-2-trial experiment submitted with ``--address`` runs one trial on each node (2-CPU workers fit one
-per node) and finishes."""
+"""Multi-node Ray clusters on this machine (``ray.cluster_utils.Cluster`` in a subprocess of their
+own, so the session's Ray is untouched): a 2-trial experiment submitted with ``--address`` runs one
+trial on each of two nodes (2-CPU workers fit one per node) and finishes; and a trial whose worker's
+node is removed mid-run moves to the other node and finishes (``scripts/node_removal_probe.py``)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,17 @@ def test_two_trials_run_on_two_nodes(grid_experiment):
     nodes = {rows[-1]["node_id"] for rows in results.values()}
     assert len(nodes) == 2, nodes
 
+
+
+def test_a_trial_moves_to_another_node_when_its_workers_node_is_removed(grid_experiment):
+    _, _, work, _ = grid_experiment
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "node_removal_probe.py"), str(work),
+                        f"data.prepared={work / 'prepared'}", "train.steps=40"],
+                       capture_output=True, text=True, timeout=840, cwd=ROOT)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    probe = json.loads(p.stdout.strip().splitlines()[-1])
+    assert probe["removed"] and probe["rc"] == 0
+    [rows] = trial_results(work / "exp" / "node_removed").values()
+    assert [r["step"] for r in rows] == [8, 16, 24, 32, 40]  # resumed from its checkpoint: each step once, to the end
+    nodes = [r["node_id"] for r in rows]
+    assert nodes[0] == probe["removed"] and nodes[-1] != probe["removed"]

@@ -49,6 +49,9 @@ def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
                       "recall@1", "retained_mrr"):
                 assert isinstance(final[f"{split}/{m}"], float), (name, split, m)
         assert "test/semantic_alignment" not in rows[0]  # test is evaluated once, at the end
+        parts = [rows[0][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
+        assert min(parts) >= 0 and sum(parts) <= rows[0]["startup/first_step_s"] < 600  # reported once, consistent
+        assert "startup/first_step_s" not in rows[1]
         assert final["train/loss"] > 0 and final["tokens_per_s"] > 0 and "train/align" in final
         assert final["teacher_source"] == "cache"  # teacher.cache=true: the teacher never ran in the trial
         depths.add(final["config"]["depth"])
