@@ -131,6 +131,22 @@ def train_fn_per_worker(config: dict) -> None:
 
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest)
+    checkpoint = ray.train.get_checkpoint()  # RAY: resume after a failure
+    cache = config.get("cache")
+    if cache is not None:
+        collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
+    else:
+        collate = PairCollator(tokens.pad, department_index(manifest))
+    shard = ray.train.get_dataset_shard("train")  # RAY
+
+    def epoch(start_step: int):
+        """One pass over this worker's shard of the train split, shuffled locally under the seed."""
+        return shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,  # RAY
+                                        local_shuffle_buffer_size=4 * t.batch_size,
+                                        local_shuffle_seed=seed + start_step)
+
+    first_epoch = FirstItemAhead(epoch(checkpoint_step(checkpoint)))  # Ray Data starts while the models build
+
     teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(device).eval()
     teacher.requires_grad_(False)
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
@@ -145,7 +161,6 @@ def train_fn_per_worker(config: dict) -> None:
     gen = torch.Generator().manual_seed(seed * 1000 + rank)
     step, best = 0, [None]  # best: the best validation metric so far, boxed for _report
 
-    checkpoint = ray.train.get_checkpoint()  # RAY: resume after a failure
     if checkpoint:
         with checkpoint.as_directory() as d:
             from safetensors.torch import load_model
@@ -167,15 +182,10 @@ def train_fn_per_worker(config: dict) -> None:
         val = _eval_batches(config["prepared"], manifest, "validation", t.eval_pairs)
         half = max(1, len(val) // 2)
         val_fit, val_ev = val[:half], val[half:] or val[:half]
-    shard = ray.train.get_dataset_shard("train")  # RAY
-    cache = config.get("cache")
     if cache is not None:
         needed = set(core.teacher_layers()) | {teacher.config.num_hidden_layers}
         if not needed <= set(cache["layers"]):
             raise RuntimeError(f"teacher cache: this trial needs layers {sorted(needed)}, the dataset has {cache['layers']}")
-        collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
-    else:
-        collate = PairCollator(tokens.pad, department_index(manifest))
     sums: dict[str, float] = {}
     step_sums: dict[str, float] = {}  # this optimizer step's loss terms, summed over its micro-steps
     history: list[dict] = []  # per-step scalars since the last report (→ TensorBoard, see StepScalars)
@@ -187,8 +197,8 @@ def train_fn_per_worker(config: dict) -> None:
     seen_pairs: set[str] = set()
     while step < t.steps:
         batches_this_epoch = 0
-        for batch in shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,  # RAY
-                                              local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=seed + step):
+        batches, first_epoch = first_epoch or epoch(step), None
+        for batch in batches:
             batches_this_epoch += 1
             if t_window is None:
                 t_window = time.perf_counter()
@@ -261,11 +271,50 @@ def train_fn_per_worker(config: dict) -> None:
                                f"{world} workers?)")
 
 
+def checkpoint_step(checkpoint) -> int:
+    """The optimizer step a Ray Train checkpoint was taken at (0 without one)."""
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as d:
+        return int(torch.load(os.path.join(d, "state.pt"), weights_only=True)["step"])
+
+
+class FirstItemAhead:
+    """Iterates ``iterable`` with its first item fetched by a background thread from construction on,
+    so that Ray Data's start-up (the split coordinator, the first read and collation) overlaps the
+    worker's model build instead of following it. An error in that fetch is raised on iteration."""
+
+    def __init__(self, iterable):
+        import threading
+
+        self._it = iter(iterable)
+        self._first: list = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="raykd-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._it))
+        except StopIteration:
+            pass
+        except BaseException as e:  # re-raised in the training thread
+            self._error = e
+
+    def __iter__(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._it
+
+
 def startup_breakdown(t: dict, t_trial_start: float | None) -> dict:
     """Seconds from the trial's start (Tune runs its function: its resources are free) to its first
     optimizer step, split into ``startup/workers_s`` (Train controller + worker group start, until
     this function runs), ``startup/model_s`` (teacher load, student and objective build, DDP wrap),
-    ``startup/first_batch_s`` (validation batches read, Ray Data plan + first batch) and
+    ``startup/first_batch_s`` (validation batches read, then any wait left for the first batch, which
+    a background thread fetches from the worker's start on) and
     ``startup/first_step_s`` (the total, to the end of the first optimizer step)."""
     t0 = t_trial_start if t_trial_start is not None else t["t_fn"]
     return {"startup/workers_s": t["t_fn"] - t0, "startup/model_s": t["t_model"] - t["t_fn"],
