@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     except RaykdError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    if cache is None:
+        return 0  # teacher_cache_for said why: no trial of this study can read a cache
     log(f"[cache] ready: {cache['dir']} (layers {cache['layers']})")
     print(cache["dir"])
     return 0

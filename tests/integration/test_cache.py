@@ -19,6 +19,7 @@ from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.errors import RaykdError
 from raykd.models.student import build_student
 from raykd.models.teacher import TeacherShape, build_teacher, load_teacher
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 LAYERS = structural_layers(4, 2, 2)  # 4-layer teacher → 2-layer student, depth 2: layers 2 and 4
@@ -140,3 +141,18 @@ def test_manifest_lists_shards_with_sizes(cache_setup):
 
     schema = pq.read_schema(next((out / "train").glob("*.parquet")))  # plain Parquet, no Ray extension types
     assert pa.types.is_list(schema.field("q_input_ids").type) and schema.field("a_h4").type == pa.binary()
+
+
+def test_cli_builds_or_reuses_the_studys_cache_and_refuses_one_above_the_limit(cache_setup, capsys):
+    from raykd.cache import main as cache_main
+
+    prepared, _, teacher_dir, out, _ = cache_setup
+    smoke = str(ROOT / "search_spaces" / "smoke.yaml")
+    sets = [f"data.prepared={prepared}", f"teacher.spec={teacher_dir}", "teacher.adapt=null", "space={}"]
+    assert cache_main(["build", "--config", smoke, "--set", *sets, "student.layers=2", "method.depth=2"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # same teacher, data and layers: reused
+    before = sorted(p.name for p in out.parent.iterdir())
+    assert cache_main(["build", "--config", smoke, "--max-gb", "1e-9", "--set", *sets, "student.layers=4",
+                       "method.depth=4"]) == 2  # layers 1-4: a new cache, refused by the limit
+    assert "teacher.cache_max_gb" in capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == before
