@@ -32,7 +32,8 @@ def test_every_ray_port_of_the_local_node_is_bound_to_loopback(ray_session):
 
 def test_patient_text_never_leaves_the_data(grid_experiment, tmp_path):
     """A marker planted in every turn of 150 dialogues appears in no experiment output (results,
-    TensorBoard events, checkpoints' metadata, provenance), no report and no Ray log."""
+    TensorBoard events, checkpoints' metadata, provenance), no report, no Ray log and not the teacher
+    cache."""
     import ray
 
     from tests.conftest import PATIENT_MARKER, run_module
@@ -44,7 +45,9 @@ def test_patient_text_never_leaves_the_data(grid_experiment, tmp_path):
     assert run_module("raykd.report", str(exp), "--out", str(tmp_path / "report")).returncode == 0
     logs = []
     session = ray._private.worker._global_node.get_session_dir_path()
-    for root in (exp, tmp_path / "report", __import__("pathlib").Path(session) / "logs"):
+    cache = work / "prepared" / "teacher_cache"  # the teacher cache keeps token ids and states, never text
+    assert any(cache.rglob("*.parquet"))
+    for root in (exp, tmp_path / "report", __import__("pathlib").Path(session) / "logs", cache):
         for f in root.rglob("*"):
             if f.is_file() and f.stat().st_size < 200_000_000:
                 logs.append(f)
@@ -55,4 +58,8 @@ def test_patient_text_never_leaves_the_data(grid_experiment, tmp_path):
 def _questions(prepared):
     import pyarrow.parquet as pq
 
-    return [q for f in prepared.rglob("*.parquet") for q in pq.read_table(f, columns=["question"]).column(0).to_pylist()]
+    from raykd.data.shards import SPLITS, load_manifest, shard_paths
+
+    m = load_manifest(prepared)  # the shards only (the teacher cache beside them holds token ids, no text)
+    return [q for s in SPLITS for f in shard_paths(prepared, s, m)
+            for q in pq.read_table(f, columns=["question"]).column(0).to_pylist()]
