@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from raykd.data.shards import load_manifest, shard_paths
-from raykd.data.stream import TOKEN_COLUMNS, PairCollator
+from raykd.data.stream import TOKEN_COLUMNS, PairCollator, read_parquet
 from raykd.errors import RaykdError
 from raykd.models.mapping import layer_map
 
@@ -238,21 +238,13 @@ def load_cache_manifest(cache_dir: str | Path) -> dict:
 def cached_dataset(cache_dir: str | Path, layers: list[int], num_cpus: float | None = None):
     """A ``ray.data.Dataset`` of the cache's train rows: the token columns plus ``{q,a}_h{L}`` for
     ``layers`` only (other cached layers stay on disk)."""
-    import ray.data
-
     meta = load_cache_manifest(cache_dir)
     missing = sorted(set(layers) - set(meta["layers"]))
     if missing:
         raise RaykdError(f"teacher cache {cache_dir}: layers {missing} are not cached (it has {meta['layers']})")
     columns = list(TOKEN_COLUMNS) + [f"{s}_h{x}" for x in sorted(layers) for s in "qa"]
-    ctx = ray.data.DataContext.get_current()
-    v2 = ctx.use_datasource_v2
-    ctx.use_datasource_v2 = v2 if num_cpus is None else False  # see stream.split_datasets
-    try:
-        paths = [str(Path(cache_dir) / "train" / n) for n in sorted(meta["files"])]
-        return ray.data.read_parquet(paths, num_cpus=num_cpus).select_columns(columns)
-    finally:
-        ctx.use_datasource_v2 = v2
+    paths = [str(Path(cache_dir) / "train" / n) for n in sorted(meta["files"])]
+    return read_parquet(paths, num_cpus).select_columns(columns)
 
 
 class CachedPairCollator(PairCollator):

@@ -27,18 +27,23 @@ def split_datasets(prepared_dir: str | Path, splits: tuple[str, ...] = SPLITS,
     manifest first; a tampered or partial directory raises RaykdError). Only ``columns`` are read:
     the raw text columns stay on disk unless asked for. ``num_cpus`` is what each read task reserves
     (a fraction lets data flow while training workers hold whole CPUs)."""
+    manifest = load_manifest(prepared_dir)
+    return {s: read_parquet(shard_paths(prepared_dir, s, manifest), num_cpus).select_columns(list(columns))
+            for s in splits}
+
+
+def read_parquet(paths: list[str], num_cpus: float | None = None):
+    """``ray.data.read_parquet(paths)`` whose every task reserves ``num_cpus``. Ray 2.60's
+    datasource-v2 Parquet read adds a ListFiles task that always reserves a whole CPU: with every CPU
+    but a fraction held by training workers it never runs (the read hangs). The v1 read honours
+    ``num_cpus`` for every task, so it is used whenever ``num_cpus`` is given."""
     import ray.data
 
-    manifest = load_manifest(prepared_dir)
     ctx = ray.data.DataContext.get_current()
     v2 = ctx.use_datasource_v2
-    # Ray 2.60's datasource-v2 Parquet read adds a ListFiles task that always reserves a whole CPU:
-    # with every CPU but a fraction held by training workers it never runs (the read hangs). The v1
-    # read honours num_cpus for every task.
     ctx.use_datasource_v2 = v2 if num_cpus is None else False
     try:
-        return {s: ray.data.read_parquet(shard_paths(prepared_dir, s, manifest), num_cpus=num_cpus)
-                .select_columns(list(columns)) for s in splits}
+        return ray.data.read_parquet(paths, num_cpus=num_cpus)
     finally:
         ctx.use_datasource_v2 = v2
 
