@@ -130,6 +130,7 @@ class TrainConfig:
     threads_per_worker: int = 0
     checkpoint_keep: int = 2
     max_failures: int = 1
+    local_mode: bool = False  # run the one worker inside the trial's Tune actor (Ray Train local mode), actors reused
     fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
 
@@ -275,6 +276,8 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
     _check(t.lr > 0, src, "train.lr", "must be positive")
+    _check(not t.local_mode or t.num_workers == 1, src, "train.local_mode",
+           f"runs the trial's single worker inside its Tune actor: needs train.num_workers 1, got {t.num_workers}")
     _check(t.fault is None or parse_fault(t.fault) is not None, src, "train.fault",
            f"{t.fault!r} is not KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} (e.g. sigkill@8)")
     _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",

@@ -3,6 +3,12 @@
 ``train_fn_per_worker`` is plain PyTorch with a few marked Ray touchpoints (# RAY): the dataset
 shard, ``prepare_model`` (DDP when num_workers > 1), ``report`` with checkpoints, and resume from
 ``get_checkpoint``. ``run_trial`` is the Tune function trainable that builds and fits the trainer.
+
+With ``train.local_mode`` the trainer runs in Ray Train's local mode (``num_workers=0``): the one
+worker is the trial's own Tune actor, which Tune reuses for the next trial (``reuse_actors``), so a
+trial starts without a Train controller, a worker group or fresh imports. Reports and checkpoints
+then go straight to Tune (``ray.tune.report``) and a failed trial is restarted by Tune from its last
+checkpoint (``ray.tune.get_checkpoint``).
 """
 
 from __future__ import annotations
@@ -131,7 +137,9 @@ def train_fn_per_worker(config: dict) -> None:
 
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest)
-    checkpoint = ray.train.get_checkpoint()  # RAY: resume after a failure
+    local = bool(config.get("local_mode"))
+    checkpoint = tune.get_checkpoint() if local else ray.train.get_checkpoint()  # RAY: resume after a failure
+    send = LocalReporter(config.get("trial_dir")) if local else train_report
     cache = config.get("cache")
     if cache is not None:
         collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
@@ -257,10 +265,11 @@ def train_fn_per_worker(config: dict) -> None:
                     result.update(startup_breakdown(startup, config.get("t_trial_start")))
                     startup = None
                 result["node_id"] = ray.get_runtime_context().get_node_id()  # RAY: where this trial ran
+                result["worker_pid"] = os.getpid()
                 if rank == 0:
                     result[STEP_HISTORY_KEY], history = history, []
                 _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest,
-                        t, final, best)
+                        t, final, best, send)
                 if gauges is not None:
                     gauges.set_report(result)
                 t_window = None
@@ -355,12 +364,42 @@ def _data_coverage(seen: set, world: int) -> dict:
             "world_size": world}
 
 
+def train_report(result: dict, checkpoint_dir: str | None) -> None:
+    """Report ``result`` (and the checkpoint in ``checkpoint_dir``) from a Train worker to its
+    controller, whose ``TuneReportCallback`` passes it on to Tune."""
+    ray.train.report(result, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)  # RAY
+
+
+class LocalReporter:
+    """Reports of a trial in Ray Train local mode: there is no controller to run the run's callbacks,
+    so the per-step TensorBoard scalars are written here and the result and checkpoint go straight
+    to Tune, which keeps ``num_to_keep`` checkpoints and restores the latest on a retry."""
+
+    def __init__(self, trial_dir: str | None):
+        self.step_scalars = StepScalars(trial_dir) if trial_dir else None
+
+    def __call__(self, result: dict, checkpoint_dir: str | None) -> None:
+        if self.step_scalars is not None:
+            self.step_scalars.after_report(None, [result], None)
+        else:
+            result.pop(STEP_HISTORY_KEY, None)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def trial_resources(t: C.TrainConfig) -> dict:
+    """Resources of a trial's Tune actor: in local mode the whole worker (it trains there), else a
+    sliver for the function that fits the TorchTrainer (its workers reserve their own)."""
+    if t.local_mode:
+        return {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    return {"CPU": TRIAL_DRIVER_CPUS}
+
+
 def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest, t, final,
-            best_box) -> None:
-    """Evaluate (rank 0), checkpoint (rank 0) and report (every rank)."""
+            best_box, send) -> None:
+    """Evaluate (rank 0), checkpoint (rank 0) and report (every rank) through ``send``."""
     cfg_metric = config["metric"]
     with tempfile.TemporaryDirectory() as d:
-        ckpt = None
+        ckpt_dir = None
         if rank == 0:
             result.update(evaluate_split(core, teacher, val_fit, val_ev, "val"))
             v = result.get(cfg_metric)
@@ -381,8 +420,8 @@ def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit,
                         "best": best_box[0],
                         "weighting": core.weighting.state_dict() if isinstance(core.weighting, GradNormWeights)
                         else None}, os.path.join(d, "state.pt"))
-            ckpt = Checkpoint.from_directory(d)
-        ray.train.report(result, checkpoint=ckpt)  # RAY
+            ckpt_dir = d
+        send(result, ckpt_dir)
 
 
 # ------------------------------------------------------------------------------------------ Tune side
@@ -417,7 +456,7 @@ def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
 
 def run_trial(params: dict, plan: dict) -> None:
     """Tune function trainable: resolve this trial's config, build its datasets and fit its TorchTrainer.
-    Metrics reach Tune at every evaluation through ``TuneReportCallback``."""
+    Metrics reach Tune at every evaluation through ``TuneReportCallback`` (``LocalReporter`` in local mode)."""
     t_trial_start = time.time()
     ctx = tune.get_context()
     trial_id, trial_dir = ctx.get_trial_id(), ctx.get_trial_dir()
@@ -439,19 +478,25 @@ def run_trial(params: dict, plan: dict) -> None:
                     **cfg.sampler.params}
         ds = ds.map_batches(build_sampler(cfg.sampler.name, scores, cfg.experiment.seeds[0], **params_s),
                             batch_format="numpy", batch_size=4096, num_cpus=DATA_CPUS)
-    t = cfg.train
-    trainer = ray.train.torch.TorchTrainer(
-        train_fn_per_worker,
-        train_loop_config={"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
-                           "teacher_load": plan.get("teacher_load", {}),
-                           "cache": cache, "metric": cfg.experiment.metric, "mode": cfg.experiment.mode, "trial_id": trial_id,
-                           "trial_dir": trial_dir, "t_trial_start": t_trial_start},
-        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
-        datasets={"train": ds},
+    loop_config = {"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
+                   "teacher_load": plan.get("teacher_load", {}), "cache": cache, "metric": cfg.experiment.metric,
+                   "mode": cfg.experiment.mode, "trial_id": trial_id, "trial_dir": trial_dir,
+                   "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode}
+    trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
+
+
+def trainer_for(train_fn, loop_config: dict, t: C.TrainConfig, trial_id: str, trial_dir: str, datasets: dict):
+    """The ``TorchTrainer`` of one trial: ``t.num_workers`` workers (DDP) with Train's and Tune's
+    failure handling, its run stored under ``trial_dir/train``; in ``t.local_mode``, Train's local
+    mode (``num_workers=0``: ``train_fn`` runs in this Tune actor and reports through ``LocalReporter``)."""
+    if t.local_mode:  # RAY: Train's local mode, the worker is this Tune actor
+        scaling = ray.train.ScalingConfig(num_workers=0)
+    else:
+        scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                          resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})})
+    return ray.train.torch.TorchTrainer(
+        train_fn, train_loop_config=loop_config, scaling_config=scaling, datasets=datasets,
         run_config=ray.train.RunConfig(
             name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=[StepScalars(trial_dir), TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint_keep)),
-    )
-    trainer.fit()
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint_keep)))

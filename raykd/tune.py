@@ -176,7 +176,7 @@ def evaluations_per_trial(cfg: C.Config) -> int:
 
 def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
     """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + 0.05
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + (0 if cfg.train.local_mode else 0.05)
     fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
     if cfg.search.max_concurrent:
         fit = min(fit, cfg.search.max_concurrent)
@@ -191,7 +191,8 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f"experiment {name}: {n} trials ({cfg.search.algorithm}"
         f"{', ASHA early stopping' if cfg.search.scheduler.type == 'asha' and cfg.search.algorithm != 'grid' else ''})"
         f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
-        f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}, "
+        f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}"
+        f"{' in the Tune actor (Ray Train local mode, actors reused)' if t.local_mode else ''}, "
         f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
         f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
@@ -244,6 +245,14 @@ def _init_ray(address: str | None):
     return ray, True
 
 
+def tune_checkpoints(cfg: C.Config):
+    """Tune's checkpoint policy: ``train.checkpoint_keep`` per trial. Only local-mode trials report
+    checkpoints to Tune; the others keep theirs in their Train run (pruned by Train to the same number)."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep)
+
+
 def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
     """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
     from ray import tune
@@ -251,9 +260,9 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
 
     from raykd.pruning import CheckpointPruner
     from raykd.tblog import TrialHParams, write_experiment_summary
-    from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
+    from raykd.trial import run_trial, trial_resources
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     path = join(storage, name)
     write_experiment_summary(path, cfg.space, hparam_metrics(cfg))
     if resume:
@@ -277,9 +286,11 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
             metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
             num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
             max_concurrent_trials=max_concurrent(cfg, cluster_cpus), time_budget_s=cfg.search.time_budget_s,
+            reuse_actors=cfg.train.local_mode,
             trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg),
                                   sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
                                   callbacks=[TrialHParams(), CheckpointPruner()], verbose=1),
     )
@@ -293,7 +304,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
 
     from raykd.pruning import CheckpointPruner
     from raykd.tblog import TrialHParams, write_experiment_summary
-    from raykd.trial import TRIAL_DRIVER_CPUS, run_trial
+    from raykd.trial import run_trial, trial_resources
 
     k, seeds = cfg.search.confirm.top_k, cfg.search.confirm.seeds
     if k <= 0 or not seeds or cfg.search.algorithm == "grid":
@@ -305,17 +316,19 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     if not top:
         return None
     log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {join(storage, name + '-confirm')}")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {"CPU": TRIAL_DRIVER_CPUS})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     write_experiment_summary(join(storage, f"{name}-confirm"), cfg.space, hparam_metrics(cfg))
     return tune.Tuner(
         trainable,
         param_space={"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))},
         tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
                                     max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    reuse_actors=cfg.train.local_mode,
                                     trial_name_creator=lambda t: f"trial_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg),
                                   sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
                                   callbacks=[TrialHParams(), CheckpointPruner()], verbose=1))
 

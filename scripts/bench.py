@@ -7,6 +7,8 @@
     python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
+    python scripts/bench.py study [--quick] [--anchors DIR]   the anchors' 6-trial study: raykd vs Optuna
+                                                 in one process vs HF Trainer + Ray Tune
 
 Numbers go in docs/benchmarks.md.
 """
@@ -81,8 +83,9 @@ def save_teacher(tmp: Path, manifest: dict, layers: int, hidden: int, heads: int
     return str(tmp / "teacher")
 
 
-def start_ray(cpus: int | None = None):
-    """A local Ray for a benchmark (loopback only, dashboard on); returns (ray, seconds ray.init took)."""
+def start_ray(cpus: int | None = None, paths: tuple = ()):
+    """A local Ray for a benchmark (loopback only, dashboard on; the repository and ``paths`` on the
+    workers' PYTHONPATH); returns (ray, seconds ray.init took)."""
     import ray
 
     from raykd.tune import loopback_only
@@ -90,7 +93,7 @@ def start_ray(cpus: int | None = None):
     loopback_only()
     t = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths)])}})
     return ray, time.perf_counter() - t
 
 
@@ -400,6 +403,11 @@ def bench_startup(args) -> dict:
         first = [rows[0] for rows in trials]
         keys = ("startup/workers_s", "startup/model_s", "startup/first_batch_s", "startup/first_step_s")
         med = {k: median([r[k] for r in first]) for k in keys}
+        local = [rows[0] for rows in raykd_study(tmp, "startup-local", prepared, teacher, [
+            "train.steps=4", "train.eval_every=4", f"experiment.seeds={seeds}", "search.max_concurrent=1",
+            "search.max_trials=50", "train.local_mode=true"])]
+        local.sort(key=lambda r: r["timestamp"])
+        local_med = {k: median([r[k] for r in local[1:] or local]) for k in keys}
         empty = tune.Tuner(_empty_trainable, param_space={"i": tune.grid_search(seeds)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=1),
                            run_config=tune.RunConfig(storage_path=str(tmp / "empty"), name="empty", verbose=0)).fit()
@@ -412,7 +420,15 @@ def bench_startup(args) -> dict:
           f"{med['startup/first_step_s']:.1f} s over {len(first)} trials = workers {med['startup/workers_s']:.1f} + "
           f"model build {med['startup/model_s']:.1f} + data to first batch {med['startup/first_batch_s']:.1f} + first "
           f"step; empty TorchTrainer: {to_fn:.1f} s to its function, {fit_s:.1f} s to fit() returning")
+    print(f"train.local_mode (Train local mode in a reused Tune actor): first trial {local[0]['startup/first_step_s']:.1f} s"
+          f" (fresh actor: imports), then median {local_med['startup/first_step_s']:.2f} s = data "
+          f"{local_med['startup/workers_s']:.2f} + model build {local_med['startup/model_s']:.2f} + first batch "
+          f"{local_med['startup/first_batch_s']:.2f} + first step; {len({r['worker_pid'] for r in local})} process(es)")
     return {"bench": "startup", "median_s": round(med["startup/first_step_s"], 2),
+            "local_median_s": round(local_med["startup/first_step_s"], 2),
+            "local_first_s": round(local[0]["startup/first_step_s"], 2),
+            "local_data_s": round(local_med["startup/workers_s"], 2), "local_model_s": round(local_med["startup/model_s"], 2),
+            "local_first_batch_s": round(local_med["startup/first_batch_s"], 2),
             "workers_s": round(med["startup/workers_s"], 2), "model_s": round(med["startup/model_s"], 2),
             "first_batch_s": round(med["startup/first_batch_s"], 2), "empty_trainer_s": round(to_fn, 2),
             "empty_trainer_fit_s": round(fit_s, 2), "tune_actor_s": round(actor_s, 2),
@@ -532,6 +548,135 @@ def bench_search(args) -> dict:
             "steps_to_within": reached, "within": args.within, "grid_trials": len(grid), "search_trials": len(tpe),
             "grid_s": round(grid_s, 1), "search_s": round(tpe_s, 1)}
 
+# ------------------------------------------------------------------------------------------ study
+def run_anchor(anchors: Path, script: str, run_dir: Path, *args: str) -> dict:
+    """Run one anchor script in a fresh process (its files under ``run_dir``); returns its JSON line."""
+    import subprocess
+
+    env = {**os.environ, "ANCHOR_RUN_DIR": str(run_dir)}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, str(anchors / script), *args], capture_output=True, text=True, env=env,
+                       timeout=900)
+    lines = [x for x in p.stdout.splitlines() if x.startswith('{"anchor"')]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"bench study: {script} failed (exit {p.returncode}): {p.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
+    """The anchors' 6-trial study through raykd's engine on the running Ray: Tune + OptunaSearch
+    (seed 0) over the anchors' space, one trial at a time with 2 CPUs, each trial a TorchTrainer
+    (``raykd.trial.trainer_for``: Train local mode in a reused Tune actor, or a one-worker group).
+    Study wall = ``Tuner.fit``; per trial: Tune's start → complete and start → first optimizer step."""
+    import anchor_trial
+    import kd_task as K
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raykd import config as C
+    from raykd.trial import trial_resources
+    from raykd.tune import tune_checkpoints
+
+    cfg = C.Config()
+    cfg.train = C.TrainConfig(num_workers=1, cpus_per_worker=2, local_mode=local_mode, checkpoint_keep=1,
+                              max_failures=0)
+
+    class Times(tune.Callback):
+        def __init__(self):
+            self.start, self.end = {}, {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.start[trial.trial_id] = time.time()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.end[trial.trial_id] = time.time()
+
+    times = Times()
+    trainable = tune.with_resources(tune.with_parameters(anchor_trial.run_trial, train_cfg=cfg.train),
+                                    trial_resources(cfg.train))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"learning_rate": tune.loguniform(*K.LR_RANGE), "weight_decay": tune.uniform(*K.WD_RANGE)},
+        tune_config=tune.TuneConfig(metric="eval_loss", mode="min", num_samples=K.N_TRIALS, max_concurrent_trials=1,
+                                    search_alg=OptunaSearch(seed=K.SAMPLER_SEED), reuse_actors=cfg.train.local_mode),
+        run_config=tune.RunConfig(name=name, storage_path=str(tmp / "exp"), verbose=0, callbacks=[times],
+                                  checkpoint_config=tune_checkpoints(cfg)))
+    t0 = time.time()
+    res = tuner.fit()
+    study_s = time.time() - t0
+    rows = sorted((r for r in res), key=lambda r: times.start[r.metrics["trial_id"]])
+    if any(r.error for r in rows) or len(rows) != K.N_TRIALS:
+        raise SystemExit(f"bench study: raykd trials failed: {[str(r.error)[:300] for r in rows if r.error]}")
+    return {"study_s": study_s,
+            "per_trial_s": [times.end[r.metrics["trial_id"]] - times.start[r.metrics["trial_id"]] for r in rows],
+            "slot_to_first_step_s": [r.metrics["t_first_step"] - times.start[r.metrics["trial_id"]] for r in rows],
+            "steps_s": [r.metrics["steps_s"] for r in rows],
+            "trials": [{"lr": r.config["learning_rate"], "wd": r.config["weight_decay"],
+                        "eval_loss": r.metrics["eval_loss"]} for r in rows],
+            "best_loss": min(r.metrics["eval_loss"] for r in rows),
+            "processes": len({r.metrics["worker_pid"] for r in rows})}
+
+
+def bench_study(args) -> dict:
+    """The anchors' whole-study figure: the same 6-trial workload (kd_task) as plain Optuna in one
+    process, as HF Trainer + Ray Tune (``--reuse-actors``, 2 CPUs per trial) and through raykd
+    (local-mode trials in reused actors; ``--workers`` adds the default worker-group trials), plus
+    the in-process study again with an idle Ray up. Rounds alternate the sides; medians reported.
+    ``ray.init`` is excluded from every study time and reported separately."""
+    anchors = Path(args.anchors).resolve()
+    if not (anchors / "kd_task.py").exists():
+        raise SystemExit(f"bench study: no anchors at {anchors} (kd_task.py, optuna_inprocess.py, hf_trainer_ray.py); "
+                         "pass --anchors DIR")
+    sys.path[:0] = [str(anchors), str(ROOT / "scripts")]
+    rounds = 1 if args.quick else args.rounds
+    got: dict[str, list] = {"inprocess": [], "hf_ray": [], "raykd": [], "raykd_workers": [], "idle_ray": []}
+    init_s = []
+    with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        for i in range(rounds):
+            print(f"[study] round {i + 1}/{rounds}: Optuna in one process …", flush=True)
+            got["inprocess"].append(run_anchor(anchors, "optuna_inprocess.py", tmp / "anchors"))
+            print(f"[study]   {got['inprocess'][-1]['study_s']:.1f} s; HF Trainer + Ray Tune (reuse_actors) …", flush=True)
+            got["hf_ray"].append(run_anchor(anchors, "hf_trainer_ray.py", tmp / "anchors", "--cpus-per-trial", "2",
+                                            "--reuse-actors", "--tag", f"bench_round{i}"))
+            print(f"[study]   {got['hf_ray'][-1]['study_s']:.1f} s; raykd …", flush=True)
+            ray, s = start_ray(2, paths=(anchors, ROOT / "scripts"))
+            init_s.append(s)
+            got["raykd"].append(raykd_anchor_study(tmp, f"local{i}", local_mode=True))
+            print(f"[study]   {got['raykd'][-1]['study_s']:.1f} s; Optuna in one process beside an idle Ray …", flush=True)
+            if args.workers:
+                got["raykd_workers"].append(raykd_anchor_study(tmp, f"workers{i}", local_mode=False))
+                print(f"[study]   raykd with worker groups {got['raykd_workers'][-1]['study_s']:.1f} s", flush=True)
+            got["idle_ray"].append(run_anchor(anchors, "optuna_inprocess.py", tmp / "anchors"))
+            ray.shutdown()
+            print(f"[study]   {got['idle_ray'][-1]['study_s']:.1f} s", flush=True)
+    med = {k: median([r["study_s"] for r in v]) for k, v in got.items() if v}
+    ref = got["inprocess"][0]["trials"]
+    diff = max(abs(a["eval_loss"] - b["eval_loss"]) for a, b in zip(ref, got["raykd"][0]["trials"]))
+    same_params = all(abs(a["lr"] - b["lr"]) < 1e-12 and abs(a["wd"] - b["wd"]) < 1e-12
+                      for a, b in zip(ref, got["raykd"][0]["trials"]))
+    r0 = got["raykd"][0]
+    print(f"study wall (median of {rounds}): Optuna in-process {med['inprocess']:.1f} s | HF Trainer + Ray "
+          f"(reuse_actors) {med['hf_ray']:.1f} s | raykd {med['raykd']:.1f} s"
+          + (f" | raykd worker groups {med['raykd_workers']:.1f} s" if "raykd_workers" in med else "")
+          + f" | in-process beside idle Ray {med['idle_ray']:.1f} s; ray.init {median(init_s):.1f} s (not counted)")
+    print(f"raykd trials: start → first step {', '.join(f'{x:.2f}' for x in r0['slot_to_first_step_s'])} s; "
+          f"60 steps {', '.join(f'{x:.1f}' for x in r0['steps_s'])} s; {r0['processes']} trial process(es); "
+          f"same (lr, wd) as in-process: {same_params}; max |Δ eval loss| vs in-process {diff:.2e}")
+    out = {"bench": "study", "vs_inprocess": round(med["raykd"] / med["inprocess"], 3),
+           "vs_hf_ray": round(med["raykd"] / med["hf_ray"], 3),
+           "inprocess_with_idle_ray": round(med["idle_ray"] / med["inprocess"], 3),
+           "raykd_s": round(med["raykd"], 2), "inprocess_s": round(med["inprocess"], 2), "hf_ray_s": round(med["hf_ray"], 2),
+           "idle_ray_s": round(med["idle_ray"], 2), "ray_init_s": round(median(init_s), 2), "rounds": rounds,
+           "raykd_slot_to_first_step_s": [round(x, 2) for x in r0["slot_to_first_step_s"]],
+           "raykd_processes": r0["processes"], "same_params": same_params, "max_eval_loss_diff": diff,
+           "best_loss": {"inprocess": got["inprocess"][0]["best_loss"], "raykd": r0["best_loss"],
+                         "hf_ray": got["hf_ray"][0]["best_loss"]}, "cores": os.cpu_count()}
+    if "raykd_workers" in med:
+        out["workers_vs_inprocess"] = round(med["raykd_workers"] / med["inprocess"], 3)
+        out["raykd_workers_s"] = round(med["raykd_workers"], 2)
+    return out
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -570,9 +715,15 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=9, help="search trials")
     p.add_argument("--within", type=float, default=1.0, help="points of val/semantic_alignment (0-100)")
     p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("study", help="the anchors' 6-trial study: raykd vs Optuna in one process vs HF + Ray Tune")
+    p.add_argument("--anchors", default=str(ROOT.parent / "shared" / "anchors"), help="the anchors folder")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported; --quick: 1)")
+    p.add_argument("--workers", action="store_true", help="also raykd with a Train worker group per trial")
+    p.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     result = {"prepare": bench_prepare, "cache": bench_cache, "overhead": bench_overhead,
-              "startup": bench_startup, "student": bench_student, "search": bench_search}[args.cmd](args)
+              "startup": bench_startup, "student": bench_student, "search": bench_search,
+              "study": bench_study}[args.cmd](args)
     print(json.dumps(result))
     return 0
 

@@ -10,7 +10,7 @@ import torch
 from raykd import config as C
 from raykd.distill.methods import build_method, make_inputs
 from raykd.models.student import build_student
-from raykd.trial import method_kwargs, trial_config
+from raykd.trial import method_kwargs, trial_config, trial_resources
 from raykd.tune import main, max_concurrent, param_space
 from tests.unit.test_models_methods import TOK, tiny_teacher
 
@@ -39,6 +39,18 @@ def test_param_space_seeds_and_concurrency():
     assert param_space(grid)["seed"] == {"grid_search": [0, 1]}
     assert max_concurrent(cfg, 2.0) == 1  # one CPU stays free for Ray Data
     assert max_concurrent(cfg, 16.0) == 14
+
+
+def test_local_mode_puts_the_worker_in_the_tune_actor_and_needs_one_worker(tmp_path, capsys):
+    cfg = C.load_config(SMOKE, {"train.local_mode": True, "train.cpus_per_worker": 2})
+    assert trial_resources(cfg.train) == {"CPU": 2}  # the actor trains: it holds the worker's CPUs
+    assert trial_resources(C.load_config(SMOKE).train) == {"CPU": 0.05}  # else only fits the TorchTrainer
+    assert max_concurrent(cfg, 5.0) == 2
+    with pytest.raises(C.ConfigError, match="train.local_mode.*num_workers 1, got 2"):
+        C.load_config(SMOKE, {"train.local_mode": True, "train.num_workers": 2})
+    assert main(["--config", str(SMOKE), "--dry-run", "--storage", str(tmp_path / "s"),
+                 "--set", f"data.work_dir={tmp_path / 'w'}", "train.local_mode=true"]) == 0
+    assert "in the Tune actor (Ray Train local mode, actors reused)" in capsys.readouterr().out
 
 
 def test_trial_config_applies_searched_params_and_ablations():

@@ -1,0 +1,70 @@
+"""``train.local_mode``: trials run in Ray Train's local mode inside Tune actors that Tune reuses.
+Real studies on the session's Ray: the actor (one process) serves several trials, reports and
+checkpoints reach Tune, per-step TensorBoard scalars are written, and a SIGKILLed or raising trial
+is restarted by Tune from its last checkpoint and finishes its planned steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from raykd.tune import main as tune_main
+from tests.conftest import run_module, study_args
+from tests.integration.test_tune import trial_results
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+LOCAL = ["train.local_mode=true", "train.cpus_per_worker=1", "search.algorithm=grid", "train.steps=16",
+         "train.eval_every=4", "train.checkpoint_keep=2", "search.max_concurrent=1"]
+
+
+def _checkpoints(trial_dir):
+    return sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
+
+
+def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experiment):
+    _, _, work, _ = grid_experiment  # its prepared data and teacher
+    rc = tune_main(study_args(work, "local", f"data.prepared={work / 'prepared'}", *LOCAL,
+                              "space={depth: {grid: [1, 2, 3]}}"))
+    assert rc == 0
+    exp = work / "exp" / "local"
+    results = trial_results(exp)
+    assert len(results) == 3
+    pids = set()
+    for name, rows in results.items():
+        assert [r["step"] for r in rows] == [4, 8, 12, 16], name
+        final = rows[-1]
+        assert final["world_size"] == 1 and "test/semantic_alignment" in final and "_step_history" not in final
+        pids.add(final["worker_pid"])
+        parts = [rows[0][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
+        assert min(parts) >= 0 and sum(parts) <= rows[0]["startup/first_step_s"]
+        assert not (exp / name / "train").exists() or not _checkpoints(exp / name / "train")  # no Train run dir
+        ckpts = _checkpoints(exp / name)  # Tune keeps the trial's checkpoints, pruned to checkpoint_keep
+        assert len(ckpts) == 2, ckpts
+        steps = sorted(torch.load(c / "state.pt", weights_only=True)["step"] for c in ckpts)
+        assert steps == [12, 16] and all(load_file(str(c / "model.safetensors")) for c in ckpts)
+        ea = EventAccumulator(str(exp / name), size_guidance={"scalars": 0})
+        ea.Reload()
+        assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 17)), name  # written without a controller
+        assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [4, 8, 12, 16]
+    assert len(pids) == 1  # one actor process served every trial (Tune reuse_actors)
+
+
+def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_session, grid_experiment):
+    _, _, work, _ = grid_experiment
+    args = study_args(work, "local-faults", f"data.prepared={work / 'prepared'}", *LOCAL, "train.max_failures=1",
+                      "space={train.fault: {grid: [sigkill@8, exception@8]}}")
+    p = run_module("raykd.tune", "--address", ray_session.get_runtime_context().gcs_address, *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    exp = work / "exp" / "local-faults"
+    results = trial_results(exp)
+    assert len(results) == 2
+    for name, rows in results.items():
+        fault = rows[-1]["config"]["train.fault"]
+        assert (exp / name / f"fault_{fault.split('@')[0]}_8.injected").exists()  # the fault really fired
+        # resumed from the step-4 checkpoint (the fault fires before the step-8 report): each evaluation once
+        assert [r["step"] for r in rows] == [4, 8, 12, 16], (fault, [r["step"] for r in rows])
+        assert "test/semantic_alignment" in rows[-1]
+        if fault.startswith("sigkill"):
+            assert rows[0]["worker_pid"] != rows[-1]["worker_pid"]  # a new actor took over
