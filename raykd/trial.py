@@ -127,8 +127,12 @@ def train_fn_per_worker(config: dict) -> None:
     t_fn = time.time()
     cfg = C._build(C.Config, config["cfg"], "", "<trial>")
     t = cfg.train
-    ctx = ray.train.get_context()  # RAY
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    local = bool(config.get("local_mode"))  # Train local mode in a Tune actor: ray.train's context,
+    if local:                                # report and checkpoint calls are refused there (Tune's are used)
+        rank, world = 0, 1
+    else:
+        ctx = ray.train.get_context()  # RAY
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, t.threads_per_worker or int(t.cpus_per_worker)))  # Ray sets OMP_NUM_THREADS=1
     device = ray.train.torch.get_device()  # RAY
     precision = precision_policy(device, t.precision)
@@ -137,7 +141,6 @@ def train_fn_per_worker(config: dict) -> None:
 
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest)
-    local = bool(config.get("local_mode"))
     checkpoint = tune.get_checkpoint() if local else ray.train.get_checkpoint()  # RAY: resume after a failure
     send = LocalReporter(config.get("trial_dir")) if local else train_report
     cache = config.get("cache")
@@ -161,7 +164,10 @@ def train_fn_per_worker(config: dict) -> None:
     student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
                             init_from_teacher=cfg.student.init_from_teacher)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
-    model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
+    if local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
+        model = method.to(device)
+    else:
+        model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
     core = model.module if hasattr(model, "module") else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
@@ -249,7 +255,7 @@ def train_fn_per_worker(config: dict) -> None:
                 gauges.set_step(step, row["train/loss"])
             step_sums = {}
             if t.fault and rank == 0:
-                inject_fault(t.fault, step, config.get("trial_dir"))
+                inject_fault(t.fault, step, config.get("fault_dir"))
             if step % t.eval_every == 0 or step == t.steps:
                 elapsed = time.perf_counter() - t_window
                 result = {"step": step, "world_size": world, "train/loss": sums.pop("loss") / n_terms,
@@ -332,7 +338,7 @@ def startup_breakdown(t: dict, t_trial_start: float | None) -> dict:
 
 def inject_fault(spec: str, step: int, trial_dir: str | None) -> None:
     """``train.fault`` (recovery tests): at the given optimizer step, once per trial (a marker file in
-    the trial directory remembers it across restarts), SIGKILL this worker process or raise."""
+    ``trial_dir``, see ``fault_dir``, remembers it across restarts), SIGKILL this worker process or raise."""
     fault = C.parse_fault(spec)
     if fault is None:
         raise C.ConfigError(f"train.fault: {spec!r} is not sigkill@STEP or exception@STEP")
@@ -478,11 +484,24 @@ def run_trial(params: dict, plan: dict) -> None:
                     **cfg.sampler.params}
         ds = ds.map_batches(build_sampler(cfg.sampler.name, scores, cfg.experiment.seeds[0], **params_s),
                             batch_format="numpy", batch_size=4096, num_cpus=DATA_CPUS)
+    fault_dir = marker_dir(plan, ctx.get_experiment_name(), trial_dir) if cfg.train.fault else None
     loop_config = {"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
                    "teacher_load": plan.get("teacher_load", {}), "cache": cache, "metric": cfg.experiment.metric,
                    "mode": cfg.experiment.mode, "trial_id": trial_id, "trial_dir": trial_dir,
-                   "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode}
+                   "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
+
+
+def marker_dir(plan: dict, experiment: str, trial_dir: str) -> str:
+    """Where a trial's fault markers live: its directory in the experiment's storage when that is a
+    local path (the same for every attempt), else its Tune trial directory. Tune gives an attempt that
+    runs in a reused actor a different local trial directory than one in a fresh actor."""
+    storage = plan.get("storage")
+    if not storage or "://" in storage:
+        return trial_dir
+    d = Path(storage, experiment, Path(trial_dir).name)
+    d.mkdir(parents=True, exist_ok=True)
+    return str(d)
 
 
 def trainer_for(train_fn, loop_config: dict, t: C.TrainConfig, trial_id: str, trial_dir: str, datasets: dict):

@@ -245,6 +245,16 @@ def _init_ray(address: str | None):
     return ray, True
 
 
+def sync_config():
+    """Tune's syncing: experiment state every ``SYNC_PERIOD_S``, and each trial actor's own trial
+    directory (provenance.json, per-step TensorBoard events) with every checkpoint. The latter is
+    what brings those files to storage from an actor Tune reused for a later trial, whose trial
+    directory is a working directory that the driver's experiment sync does not cover."""
+    from ray import tune
+
+    return tune.SyncConfig(sync_period=SYNC_PERIOD_S, sync_artifacts=True)
+
+
 def tune_checkpoints(cfg: C.Config):
     """Tune's checkpoint policy: ``train.checkpoint_keep`` per trial. Only local-mode trials report
     checkpoints to Tune; the others keep theirs in their Train run (pruned by Train to the same number)."""
@@ -259,6 +269,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from raykd.pruning import CheckpointPruner
+    from raykd.recovery import UploadLogsBeforeRestart
     from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import run_trial, trial_resources
 
@@ -291,8 +302,8 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
         run_config=tune.RunConfig(name=name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   checkpoint_config=tune_checkpoints(cfg),
-                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-                                  callbacks=[TrialHParams(), CheckpointPruner()], verbose=1),
+                                  sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1),
     )
 
 
@@ -303,6 +314,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     from ray import tune
 
     from raykd.pruning import CheckpointPruner
+    from raykd.recovery import UploadLogsBeforeRestart
     from raykd.tblog import TrialHParams, write_experiment_summary
     from raykd.trial import run_trial, trial_resources
 
@@ -329,8 +341,8 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
         run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   checkpoint_config=tune_checkpoints(cfg),
-                                  sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
-                                  callbacks=[TrialHParams(), CheckpointPruner()], verbose=1))
+                                  sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
 
 
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
@@ -379,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
         plan = prepare_inputs(cfg)
+        plan["storage"] = storage
         ray, started = _init_ray(args.address)
         log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
         try:
