@@ -183,6 +183,18 @@ def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
     return max(1, fit)
 
 
+def check_trial_fits(cfg: C.Config, cluster_cpus: float) -> None:
+    """Refuse a trial that needs more CPUs than the local cluster has besides ``DATA_RESERVE_CPUS``:
+    it would never be scheduled (worker groups) or would starve its own Ray Data input (local mode)."""
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    if need > cluster_cpus - DATA_RESERVE_CPUS:
+        raise RaykdError(
+            f"train.cpus_per_worker: a trial needs {t.num_workers} × {t.cpus_per_worker:g} = {need:g} CPUs, but this "
+            f"Ray has {cluster_cpus:g} and keeps {DATA_RESERVE_CPUS:g} for Ray Data; use at most "
+            f"{max(cluster_cpus - DATA_RESERVE_CPUS, 0):g} CPUs per trial (torch threads: train.threads_per_worker)")
+
+
 def plan_text(cfg: C.Config, storage: str, name: str) -> str:
     """The --dry-run plan: trials × steps, resources per trial, compute, directories."""
     n = C.planned_trials(cfg)
@@ -397,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             plan["cache"] = teacher_cache_for(cfg, plan)
             cpus = ray.cluster_resources().get("CPU", 1.0)
+            if started:  # a cluster given by --address may still be scaling up
+                check_trial_fits(cfg, cpus)
             tuner = build_tuner(cfg, plan, storage, name, cpus, args.resume)
             results = tuner.fit()
             confirm = confirm_tuner(cfg, plan, results, storage, name, cpus)

@@ -565,7 +565,7 @@ def run_anchor(anchors: Path, script: str, run_dir: Path, *args: str) -> dict:
 
 def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
     """The anchors' 6-trial study through raykd's engine on the running Ray: Tune + OptunaSearch
-    (seed 0) over the anchors' space, one trial at a time with 2 CPUs, each trial a TorchTrainer
+    (seed 0) over the anchors' space, one trial at a time with 2 torch threads, each trial a TorchTrainer
     (``raykd.trial.trainer_for``: Train local mode in a reused Tune actor, or a one-worker group).
     Study wall = ``Tuner.fit``; per trial: Tune's start → complete and start → first optimizer step."""
     import anchor_trial
@@ -578,8 +578,9 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
     from raykd.tune import tune_checkpoints
 
     cfg = C.Config()
-    cfg.train = C.TrainConfig(num_workers=1, cpus_per_worker=2, local_mode=local_mode, checkpoint_keep=1,
-                              max_failures=0)
+    # 1 CPU reserved, 2 torch threads (the anchors' 2): raykd leaves a CPU to Ray Data, which hangs without one
+    cfg.train = C.TrainConfig(num_workers=1, cpus_per_worker=1, threads_per_worker=2, local_mode=local_mode,
+                              checkpoint_keep=1, max_failures=0)
 
     class Times(tune.Callback):
         def __init__(self):
@@ -672,6 +673,11 @@ def bench_study(args) -> dict:
            "raykd_processes": r0["processes"], "same_params": same_params, "max_eval_loss_diff": diff,
            "best_loss": {"inprocess": got["inprocess"][0]["best_loss"], "raykd": r0["best_loss"],
                          "hf_ray": got["hf_ray"][0]["best_loss"]}, "cores": os.cpu_count()}
+    steps = {k: median([median(r["steps_s"]) for r in v]) for k, v in got.items() if v}
+    print("60 steps per trial (median): " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items())
+          + f"; raykd ÷ in-process beside the same idle Ray: {med['raykd'] / med['idle_ray']:.2f}")
+    out["steps_s"] = {k: round(v, 2) for k, v in steps.items()}
+    out["vs_inprocess_with_idle_ray"] = round(med["raykd"] / med["idle_ray"], 3)
     if "raykd_workers" in med:
         out["workers_vs_inprocess"] = round(med["raykd_workers"] / med["inprocess"], 3)
         out["raykd_workers_s"] = round(med["raykd_workers"], 2)

@@ -11,7 +11,8 @@ from raykd import config as C
 from raykd.distill.methods import build_method, make_inputs
 from raykd.models.student import build_student
 from raykd.trial import method_kwargs, trial_config, trial_resources
-from raykd.tune import main, max_concurrent, param_space
+from raykd.errors import RaykdError
+from raykd.tune import check_trial_fits, main, max_concurrent, param_space
 from tests.unit.test_models_methods import TOK, tiny_teacher
 
 pytestmark = pytest.mark.unit
@@ -46,6 +47,9 @@ def test_local_mode_puts_the_worker_in_the_tune_actor_and_needs_one_worker(tmp_p
     assert trial_resources(cfg.train) == {"CPU": 2}  # the actor trains: it holds the worker's CPUs
     assert trial_resources(C.load_config(SMOKE).train) == {"CPU": 0.05}  # else only fits the TorchTrainer
     assert max_concurrent(cfg, 5.0) == 2
+    check_trial_fits(cfg, 3.0)
+    with pytest.raises(RaykdError, match=r"needs 1 × 2 = 2 CPUs, but this Ray has 2 and keeps 1 for Ray Data"):
+        check_trial_fits(cfg, 2.0)  # the trial's Ray Data input would starve (a worker group: never scheduled)
     with pytest.raises(C.ConfigError, match="train.local_mode.*num_workers 1, got 2"):
         C.load_config(SMOKE, {"train.local_mode": True, "train.num_workers": 2})
     assert main(["--config", str(SMOKE), "--dry-run", "--storage", str(tmp_path / "s"),
