@@ -474,7 +474,7 @@ def bench_student(args) -> dict:
         rc = tune_main(["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(tmp / "exp"),
                         "--name", "student", "--set", f"data.work_dir={tmp / 'work'}", f"search.num_samples={samples}",
                         f"train.steps={60 if args.quick else 120}", f"train.eval_every={30 if args.quick else 40}",
-                        "teacher.cache=true"])
+                        "teacher.cache=true", "train.local_mode=true"])
         ray.shutdown()
         if rc != 0:
             raise SystemExit(f"bench: the search failed (exit {rc})")
@@ -517,7 +517,7 @@ def bench_search(args) -> dict:
         ray, _ = start_ray()
         common = ["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(tmp / "exp"), "--set",
                   f"data.work_dir={tmp / 'work'}", f"train.steps={steps}", f"train.eval_every={every}", space,
-                  "teacher.cache=true", "search.max_trials=20"]
+                  "teacher.cache=true", "search.max_trials=20", "train.local_mode=true"]
         t = time.perf_counter()
         if tune_main(common[:4] + ["--name", "grid"] + common[4:] + ["search.algorithm=grid"]) != 0:
             raise SystemExit("bench: the grid failed")
