@@ -453,7 +453,7 @@ def bench_student(args) -> dict:
     lat: dict[str, list[dict]] = {"teacher": [], "student": []}
     for r in range(args.pairs):
         for who in (("teacher", "student") if r % 2 == 0 else ("student", "teacher")):
-            model = (teacher if who == "teacher" else student).base_model
+            model = teacher.base_model if who == "teacher" else student.mlm.base_model  # encoders alone
             lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=3))
     out = {"bench": "student", "hidden": args.hidden, "seq_len": args.seq_len, "pairs": args.pairs}
     for b in (1, 32):
