@@ -510,12 +510,16 @@ def trainer_for(train_fn, loop_config: dict, t: C.TrainConfig, trial_id: str, tr
     mode (``num_workers=0``: ``train_fn`` runs in this Tune actor and reports through ``LocalReporter``)."""
     if t.local_mode:  # RAY: Train's local mode, the worker is this Tune actor
         scaling = ray.train.ScalingConfig(num_workers=0)
+        # local mode runs no Train callbacks; a TuneReportCallback would only start a queue actor that
+        # Tune's session polls every 0.2 s for the whole trial (CPU taken from the training)
+        callbacks = []
     else:
         scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                           resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})})
+        callbacks = [StepScalars(trial_dir), TuneReportCallback()]
     return ray.train.torch.TorchTrainer(
         train_fn, train_loop_config=loop_config, scaling_config=scaling, datasets=datasets,
         run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=[StepScalars(trial_dir), TuneReportCallback()],
+            name=trial_id, storage_path=str(Path(trial_dir) / "train"), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoint_keep)))

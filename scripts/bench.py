@@ -284,7 +284,8 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
 def bench_overhead(args) -> dict:
     """Throughput of the raykd trial (Ray Train, 1 worker, Ray Data input) ÷ a plain PyTorch loop
     doing the identical training work, with the online teacher and with the teacher cache; rounds
-    alternate the two sides, median of ``--pairs``."""
+    alternate the two sides, median of ``--pairs``. ``--local-mode`` runs the raykd trials in
+    ``train.local_mode`` (in a reused Tune actor) instead of a one-worker group."""
     from raykd.cache import build_cache, structural_layers
 
     steps = args.steps or (60 if args.quick else 150)
@@ -300,7 +301,7 @@ def bench_overhead(args) -> dict:
         sets = [f"train.steps={steps}", f"train.eval_every={every}", f"train.batch_size={args.batch_size}",
                 f"student.layers={args.student_layers}", f"method.depth={args.student_layers}",
                 "method.projection_dim=64", f"train.threads_per_worker={threads}", "train.cpus_per_worker=1",
-                "sampler.name=uniform"]
+                "sampler.name=uniform", f"train.local_mode={'true' if args.local_mode else 'false'}"]
         ratios: dict[str, list[float]] = {"online": [], "cached": []}
         tps: dict[str, list[float]] = {"plain_online": [], "raykd_online": [], "plain_cached": [], "raykd_cached": []}
         run = 0
@@ -327,7 +328,8 @@ def bench_overhead(args) -> dict:
            "ratio_cached": round(median(ratios["cached"]), 3),
            **{f"{k}_tokens_per_s": round(median(v), 1) for k, v in tps.items()},
            "teacher_layers": args.teacher_layers, "student_layers": args.student_layers, "hidden": args.hidden,
-           "batch_pairs": args.batch_size, "steps": steps, "pairs": args.pairs, "cores": os.cpu_count()}
+           "batch_pairs": args.batch_size, "steps": steps, "pairs": args.pairs, "local_mode": args.local_mode,
+           "cores": os.cpu_count()}
     print(f"{args.teacher_layers}→{args.student_layers} layers, hidden {args.hidden}, batch {args.batch_size} pairs, "
           f"{steps} steps: raykd ÷ plain = {out['ratio_online']:.3f} online, {out['ratio_cached']:.3f} cached")
     return out
@@ -454,7 +456,7 @@ def bench_student(args) -> dict:
     for r in range(args.pairs):
         for who in (("teacher", "student") if r % 2 == 0 else ("student", "teacher")):
             model = teacher.base_model if who == "teacher" else student.mlm.base_model  # encoders alone
-            lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=3))
+            lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=10))
     out = {"bench": "student", "hidden": args.hidden, "seq_len": args.seq_len, "pairs": args.pairs}
     for b in (1, 32):
         t = median([x[f"latency_ms_b{b}"] for x in lat["teacher"]])
@@ -608,7 +610,8 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
     rows = sorted((r for r in res), key=lambda r: times.start[r.metrics["trial_id"]])
     if any(r.error for r in rows) or len(rows) != K.N_TRIALS:
         raise SystemExit(f"bench study: raykd trials failed: {[str(r.error)[:300] for r in rows if r.error]}")
-    return {"study_s": study_s,
+    return {"study_s": study_s, "before_first_trial_s": min(times.start.values()) - t0,
+            "after_last_trial_s": t0 + study_s - max(times.end.values()),
             "per_trial_s": [times.end[r.metrics["trial_id"]] - times.start[r.metrics["trial_id"]] for r in rows],
             "slot_to_first_step_s": [r.metrics["t_first_step"] - times.start[r.metrics["trial_id"]] for r in rows],
             "steps_s": [r.metrics["steps_s"] for r in rows],
@@ -707,6 +710,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=0, help="per run (default 150, --quick 60)")
     p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--local-mode", action="store_true", help="raykd trials with train.local_mode (default: a worker group)")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
     p.add_argument("--trials", type=int, default=5)
@@ -715,7 +719,7 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=5, help="alternating teacher/student rounds (median reported)")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("search", help="ASHA+TPE vs the full grid: compute to within 1 point of the grid's best")
     p.add_argument("--samples", type=int, default=9, help="search trials")
