@@ -23,8 +23,16 @@ def _checkpoints(trial_dir):
     return sorted(p for p in trial_dir.glob("checkpoint_*") if p.is_dir())
 
 
+def _queue_actors() -> set[str]:
+    """Ids of the ``_QueueActor``s (Tune's Train-result queue) the session's Ray has ever had."""
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(filters=[("class_name", "=", "_QueueActor")], limit=10_000)}
+
+
 def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experiment):
     _, _, work, _ = grid_experiment  # its prepared data and teacher
+    queues_before = _queue_actors()
     rc = tune_main(study_args(work, "local", f"data.prepared={work / 'prepared'}", *LOCAL,
                               "space={depth: {grid: [1, 2, 3]}}"))
     assert rc == 0
@@ -49,6 +57,8 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
         assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 17)), name  # written without a controller
         assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [4, 8, 12, 16]
     assert len(pids) == 1  # one actor process served every trial (Tune reuse_actors)
+    # no Train→Tune result queue: Tune's session would poll it every 0.2 s while the trial trains
+    assert _queue_actors() == queues_before
 
 
 def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_session, grid_experiment):
