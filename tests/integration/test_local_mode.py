@@ -58,7 +58,7 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
         assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [4, 8, 12, 16]
     assert len(pids) == 1  # one actor process served every trial (Tune reuse_actors)
     # no Train→Tune result queue: Tune's session would poll it every 0.2 s while the trial trains
-    assert _queue_actors() == queues_before
+    assert not _queue_actors() - queues_before
 
 
 def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_session, grid_experiment):
