@@ -194,14 +194,18 @@ def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: di
     threads = max(1, int((os.cpu_count() or 1) / actors))
     from raykd.data.stream import split_datasets
 
-    ds = split_datasets(prepared, splits=("train",), num_cpus=0.25)["train"]
+    # blocks enough for every actor to have work (a read gives one block per shard by default)
+    ds = split_datasets(prepared, splits=("train",), num_cpus=0.25, blocks=max(8 * actors, 32))["train"]
     ds = ds.map_batches(TeacherStates, fn_constructor_kwargs={
         "teacher": teacher, "teacher_load": teacher_load, "layers": sorted(layers),
         "pad_id": manifest["tokenizer"]["pad_token_id"], "threads": 0 if gpus else threads},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
-        ds.write_parquet(str(tmp / "train"), compression="zstd", min_rows_per_file=8192)
+        # row groups of ~64 MB: a reader holds one row group at a time (a whole 8,192-row file is one
+        # group by default: gigabytes at a real model's width)
+        row_group = int(min(8192, max(16, 64e6 * train_rows / max(size, 1))))
+        ds.write_parquet(str(tmp / "train"), compression="zstd", min_rows_per_file=8192, row_group_size=row_group)
         files = sorted((tmp / "train").glob("*.parquet"))
         import pyarrow.parquet as pq
 

@@ -456,8 +456,9 @@ def bench_student(args) -> dict:
     for r in range(args.pairs):
         for who in (("teacher", "student") if r % 2 == 0 else ("student", "teacher")):
             model = teacher.base_model if who == "teacher" else student.mlm.base_model  # encoders alone
-            lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=10))
-    out = {"bench": "student", "hidden": args.hidden, "seq_len": args.seq_len, "pairs": args.pairs}
+            lat[who].append(metrics.efficiency(model, (1, 32), args.seq_len, repeats=args.repeats))
+    out = {"bench": "student", "hidden": args.hidden, "seq_len": args.seq_len, "pairs": args.pairs,
+           "repeats": args.repeats}
     for b in (1, 32):
         t = median([x[f"latency_ms_b{b}"] for x in lat["teacher"]])
         s_ = median([x[f"latency_ms_b{b}"] for x in lat["student"]])
@@ -726,6 +727,7 @@ def main() -> int:
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--pairs", type=int, default=5, help="alternating teacher/student rounds (median reported)")
+    p.add_argument("--repeats", type=int, default=30, help="timed forward passes per round and batch size (median)")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("search", help="ASHA+TPE vs the full grid: compute to within 1 point of the grid's best")
     p.add_argument("--samples", type=int, default=9, help="search trials")

@@ -6,6 +6,7 @@ import pytest
 
 from raykd.data.shards import SPLITS
 from raykd.data.stream import PairCollator, department_index, split_datasets
+from raykd.trial import DATA_CPUS
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +19,13 @@ def test_ray_data_reads_every_split_with_manifest_counts(ray_session, synth_prep
     ids = set(datasets["train"].unique("pair_id"))
     assert len(ids) == manifest["splits"]["train"]["rows"]
     assert ids.isdisjoint(datasets["validation"].unique("pair_id"))
+    # the trial's read (a fraction of a CPU per task, datasource v1): one block per shard file, not
+    # Ray's default ~200 blocks, each of which costs the training loop CPU as it passes (read_parquet)
+    shards = len(manifest["splits"]["train"]["shards"])
+    train = split_datasets(prepared, splits=("train",), num_cpus=DATA_CPUS)["train"].materialize()
+    assert train.num_blocks() <= shards and train.count() == manifest["splits"]["train"]["rows"]
+    more = split_datasets(prepared, splits=("train",), num_cpus=DATA_CPUS, blocks=4 * shards)["train"]
+    assert more.materialize().num_blocks() == 4 * shards
 
 
 def test_iter_torch_batches_pads_to_each_batch_longest(ray_session, synth_prepared):
