@@ -194,7 +194,7 @@ def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: di
     threads = max(1, int((os.cpu_count() or 1) / actors))
     from raykd.data.stream import split_datasets
 
-    # blocks enough for every actor to have work (a read gives one block per shard by default)
+    # blocks enough for every actor to have work (a read gives one block per shard file by default)
     ds = split_datasets(prepared, splits=("train",), num_cpus=0.25, blocks=max(8 * actors, 32))["train"]
     ds = ds.map_batches(TeacherStates, fn_constructor_kwargs={
         "teacher": teacher, "teacher_load": teacher_load, "layers": sorted(layers),

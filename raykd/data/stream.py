@@ -34,7 +34,7 @@ def split_datasets(prepared_dir: str | Path, splits: tuple[str, ...] = SPLITS,
 
 
 def read_parquet(paths: list[str], num_cpus: float | None = None, blocks: int | None = None):
-    """``ray.data.read_parquet(paths)`` into ``blocks`` blocks (default: one read task per file),
+    """``ray.data.read_parquet(paths)`` as one read task per file, or ``blocks`` when that is more,
     each task reserving ``num_cpus``.
 
     One task per file for training input: by default Ray splits a small read into ~200 blocks
@@ -54,7 +54,7 @@ def read_parquet(paths: list[str], num_cpus: float | None = None, blocks: int | 
     v2 = ctx.use_datasource_v2
     ctx.use_datasource_v2 = v2 if num_cpus is None else False
     try:
-        return ray.data.read_parquet(paths, num_cpus=num_cpus, override_num_blocks=blocks or max(1, len(paths)))
+        return ray.data.read_parquet(paths, num_cpus=num_cpus, override_num_blocks=max(blocks or 1, len(paths)))
     finally:
         ctx.use_datasource_v2 = v2
 
