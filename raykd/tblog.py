@@ -159,10 +159,10 @@ class StepScalars(UserCallback):
 
             self._writer = SummaryWriter(self.logdir, filename_suffix=".steps", flush_secs=30)
         w = self._writer
-        for row in rows:
+        for row in rows:  # "time": when the step ended (the event's wall time)
             for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    w.add_scalar(k, v, global_step=row["step"])
+                if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
+                    w.add_scalar(k, v, global_step=row["step"], walltime=row.get("time"))
         last = metrics[0]
         step = last.get("step")
         for k, v in last.items():

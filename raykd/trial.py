@@ -204,7 +204,7 @@ def train_fn_per_worker(config: dict) -> None:
     step_sums: dict[str, float] = {}  # this optimizer step's loss terms, summed over its micro-steps
     history: list[dict] = []  # per-step scalars since the last report (→ TensorBoard, see StepScalars)
     gauges = LiveMetrics(config.get("trial_id", "")) if rank == 0 else None
-    n_terms, tokens_seen, t_window = 0, 0, None
+    n_terms, tokens_seen, step_tokens, t_window = 0, 0, 0, None
     # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
     startup: dict | None = None if step else {"t_fn": t_fn, "t_model": t_model}
     micro = 0
@@ -235,7 +235,7 @@ def train_fn_per_worker(config: dict) -> None:
                 sums[k] = sums.get(k, 0.0) + x
                 step_sums[k] = step_sums.get(k, 0.0) + x
             n_terms += 1
-            tokens_seen += int(inputs["mask"].sum())
+            step_tokens += int(inputs["mask"].sum())
             micro += 1
             if not last_micro:
                 continue
@@ -247,13 +247,15 @@ def train_fn_per_worker(config: dict) -> None:
             lr = sched.get_last_lr()[0]
             sched.step()
             step += 1
+            tokens_seen += step_tokens
             if startup is not None and "t_step" not in startup:
                 startup["t_step"] = time.time()
             if rank == 0:
-                row = {"step": step, "train/lr": lr, **{f"train/{k}": v / t.grad_accum for k, v in step_sums.items()}}
+                row = {"step": step, "time": time.time(), "train/lr": lr, "train/tokens": step_tokens * world,
+                       **{f"train/{k}": v / t.grad_accum for k, v in step_sums.items()}}
                 history.append(row)
                 gauges.set_step(step, row["train/loss"])
-            step_sums = {}
+            step_sums, step_tokens = {}, 0
             if t.fault and rank == 0:
                 inject_fault(t.fault, step, config.get("fault_dir"))
             if step % t.eval_every == 0 or step == t.steps:

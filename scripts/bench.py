@@ -216,10 +216,11 @@ def raykd_study(tmp: Path, name: str, prepared: str, teacher: str, sets: list[st
 
 
 def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval_every: int, batch_size: int,
-               student_layers: int, cache_dir: str | None, threads: int) -> float:
+               student_layers: int, cache_dir: str | None, threads: int, record: str | None = None) -> float:
     """The raykd trial's training step as a plain single-process PyTorch loop over the same shards
     (same objective, optimizer, schedule, clipping, collation); returns tokens/s over the windows
-    after the first (as the trial measures them)."""
+    after the first (as the trial measures them). With ``record``, also appends one line per step to
+    that file: the step's end (Unix seconds) and its real tokens."""
     import torch
 
     from raykd.cache import CachedPairCollator, cached_targets, structural_layers
@@ -254,6 +255,7 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     n = len(rows["pair_id"])
     order = np.random.default_rng(0).permutation(n)
     windows, toks, t_window, step, pos = [], 0, None, 0, 0
+    log = open(record, "a", buffering=1) if record else None  # line-buffered: one write per step
     while step < steps:
         if pos + batch_size > n:
             order, pos = np.random.default_rng(step).permutation(n), 0
@@ -275,6 +277,8 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
         sched.step()
         step += 1
         toks += int(inputs["mask"].sum())
+        if log is not None:
+            log.write(f"{time.time():.6f} {int(inputs['mask'].sum())}\n")
         if step % eval_every == 0:
             windows.append(toks / (time.perf_counter() - t_window))
             toks, t_window = 0, None
@@ -288,8 +292,12 @@ def bench_overhead(args) -> dict:
     ``train.local_mode`` (in a reused Tune actor) instead of a one-worker group."""
     from raykd.cache import build_cache, structural_layers
 
-    steps = args.steps or (60 if args.quick else 150)
-    every = steps // 3 if args.quick else steps // 5
+    if args.slice:
+        steps = args.steps or (150 if args.quick else 300)
+        every = steps // 3
+    else:
+        steps = args.steps or (60 if args.quick else 150)
+        every = steps // 3 if args.quick else steps // 5
     threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -304,8 +312,23 @@ def bench_overhead(args) -> dict:
                 "sampler.name=uniform", f"train.local_mode={'true' if args.local_mode else 'false'}"]
         ratios: dict[str, list[float]] = {"online": [], "cached": []}
         tps: dict[str, list[float]] = {"plain_online": [], "raykd_online": [], "plain_cached": [], "raykd_cached": []}
-        run = 0
-        for r in range(args.pairs):
+        run, others_cores = 0, {}
+        for mode in ("online", "cached") if args.slice else ():
+            got = sliced_pair(tmp, f"overhead_{mode}", prepared, manifest, teacher,
+                              cache_dir if mode == "cached" else None,
+                              sets + [f"teacher.cache={'true' if mode == 'cached' else 'false'}"], steps, every, args,
+                              threads)
+            assert got["rows"][-1]["teacher_source"] == ("cache" if mode == "cached" else "online")
+            ratios[mode] = got["ratios"]
+            tps[f"plain_{mode}"], tps[f"raykd_{mode}"] = [got["plain_tps"]], [got["raykd_tps"]]
+            print(f"  {mode:7s} {got['slices']} slice pairs of {args.slice:g} s: raykd ÷ plain median "
+                  f"{median(got['ratios']):.3f} (quartiles {np.percentile(got['ratios'], 25):.3f}–"
+                  f"{np.percentile(got['ratios'], 75):.3f}); pooled plain {got['plain_tps']:.0f} tok/s · "
+                  f"raykd {got['raykd_tps']:.0f} tok/s → {got['raykd_tps'] / got['plain_tps']:.3f}; other processes "
+                  f"used {got['others_cores']['raykd']:.3f} cores during raykd's slices, "
+                  f"{got['others_cores']['plain']:.3f} during the plain loop's", flush=True)
+            others_cores[mode] = {k: round(v, 3) for k, v in got["others_cores"].items()}
+        for r in range(0 if args.slice else args.pairs):
             for mode in ("online", "cached"):
                 sides = ("plain", "raykd") if r % 2 == 0 else ("raykd", "plain")
                 got = {}
@@ -328,11 +351,141 @@ def bench_overhead(args) -> dict:
            "ratio_cached": round(median(ratios["cached"]), 3),
            **{f"{k}_tokens_per_s": round(median(v), 1) for k, v in tps.items()},
            "teacher_layers": args.teacher_layers, "student_layers": args.student_layers, "hidden": args.hidden,
-           "batch_pairs": args.batch_size, "steps": steps, "pairs": args.pairs, "local_mode": args.local_mode,
-           "cores": os.cpu_count()}
+           "batch_pairs": args.batch_size, "steps": steps, "local_mode": args.local_mode, "cores": os.cpu_count(),
+           **({"slice_s": args.slice, "slice_pairs": {k: len(v) for k, v in ratios.items()},
+               "pooled_online": round(tps["raykd_online"][0] / tps["plain_online"][0], 3),
+               "pooled_cached": round(tps["raykd_cached"][0] / tps["plain_cached"][0], 3),
+               "others_cores": others_cores}
+              if args.slice else {"pairs": args.pairs})}
     print(f"{args.teacher_layers}→{args.student_layers} layers, hidden {args.hidden}, batch {args.batch_size} pairs, "
           f"{steps} steps: raykd ÷ plain = {out['ratio_online']:.3f} online, {out['ratio_cached']:.3f} cached")
     return out
+
+
+def _alive_actor_pid(class_name: str) -> int | None:
+    """The pid of this Ray's one live actor of ``class_name`` (Ray's state API), or None."""
+    from ray.util.state import list_actors
+
+    got = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
+    return int(got[0].pid) if got else None
+
+
+def _signal(pid: int | None, sig) -> None:
+    if pid is not None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _cpu_seconds_except(pids: set) -> float:
+    """CPU seconds (user + system) used so far by every process on this machine but ``pids``."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in pids:
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _trial_steps(trial_dir: Path) -> list[tuple[int, float, float]]:
+    """(step, end time in Unix s, real tokens) of every optimizer step of a raykd trial, read from its
+    per-step TensorBoard events (``train/tokens``, wall time = the step's end)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    return sorted((e.step, e.wall_time, e.value) for e in ea.Scalars("train/tokens"))
+
+
+def _slice_rates(steps: list[tuple[int, float, float]], slices: list[tuple[float, float]], skip_step) -> list:
+    """Tokens/s of each time slice from the steps that began and ended inside it (a step begins when
+    the one before it ended; ``skip_step(step)`` drops steps that also span other work, e.g. an
+    evaluation); None for a slice with fewer than 3 such steps. Also returns the pooled (tokens, s)."""
+    rates, pooled = [], [0.0, 0.0]
+    for t0, t1 in slices:
+        toks = secs = n = 0
+        for (_, prev, _), (step, end, tokens) in zip(steps, steps[1:]):
+            if t0 <= prev and end <= t1 and not skip_step(step):
+                toks, secs, n = toks + tokens, secs + (end - prev), n + 1
+        rates.append(toks / secs if n >= 3 else None)
+        pooled[0] += toks if n >= 3 else 0
+        pooled[1] += secs if n >= 3 else 0
+    return rates, pooled
+
+
+def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: str, cache_dir: str | None,
+                sets: list[str], steps: int, every: int, args, threads: int) -> dict:
+    """The raykd trial and the plain loop run at the same time but never together: every
+    ``args.slice`` seconds one is stopped (SIGSTOP) and the other resumed (SIGCONT), so the host's
+    drift (±10–20 % over minutes here) hits both sides alike. Each side's throughput in a slice comes
+    from its own per-step end times (raykd: its TensorBoard step events; plain: a step log), steps
+    that straddle a switch excluded; each raykd slice is compared with the mean of the plain slices
+    on either side of it. The processes left running (Ray's, the raykd trial's controller and data
+    actors, this driver) are charged by their CPU use during each side's slices: returned as
+    ``others_cores`` per side beside the per-slice ratios and the pooled tokens/s of both sides."""
+    import multiprocessing
+    import signal
+    import threading
+
+    record = tmp / f"{name}.plain.steps"
+    plain = multiprocessing.get_context("spawn").Process(
+        target=plain_loop, args=(prepared, manifest, teacher, 10 ** 7, 10 ** 7, args.batch_size, args.student_layers,
+                                 cache_dir, threads, str(record)), daemon=True)
+    box: dict = {}
+    study = threading.Thread(target=lambda: box.update(rows=raykd_study(tmp, name, prepared, teacher, sets)))
+    study.start()
+    plain.start()
+    cls = "ImplicitFunc" if args.local_mode else "RayTrainWorker"
+    slices: dict[str, list] = {"plain": [], "raykd": []}
+    others = {"plain": 0.0, "raykd": 0.0}  # CPU seconds of every other process during each side's slices
+    pid = None
+    try:
+        while pid is None and study.is_alive():  # both run freely until raykd's training process exists
+            time.sleep(1.0)
+            pid = _alive_actor_pid(cls)
+        side, pids = "plain", {"plain": plain.pid, "raykd": pid}
+        _signal(pid, signal.SIGSTOP)
+        t0, c0 = time.time(), _cpu_seconds_except(set(pids.values()))
+        while study.is_alive():
+            study.join(args.slice)
+            other = "raykd" if side == "plain" else "plain"
+            _signal(pids[side], signal.SIGSTOP)
+            t1, c1 = time.time(), _cpu_seconds_except(set(pids.values()))
+            slices[side].append((t0, t1))
+            others[side] += max(0.0, c1 - c0)
+            _signal(pids[other], signal.SIGCONT)
+            side, t0, c0 = other, time.time(), _cpu_seconds_except(set(pids.values()))
+    finally:
+        _signal(pid, signal.SIGCONT)
+        _signal(plain.pid, signal.SIGCONT)
+        plain.terminate()
+        plain.join(30)
+        study.join()
+    if "rows" not in box:
+        raise SystemExit(f"bench: the raykd study {name} failed")
+    trial = sorted((tmp / "exp" / name).glob("trial_*"))[0]
+    raykd_steps = _trial_steps(trial)
+    lines = [x.split() for x in record.read_text().splitlines() if x.strip()]
+    plain_steps = [(i + 1, float(t), float(n)) for i, (t, n) in enumerate(lines)]
+    # a raykd step right after an evaluation also spans that evaluation and its report
+    r_rates, r_pool = _slice_rates(raykd_steps, slices["raykd"], lambda s: (s - 1) % every == 0)
+    p_rates, p_pool = _slice_rates(plain_steps, slices["plain"], lambda s: False)
+    ratios = []
+    for i, r in enumerate(r_rates):  # plain slice i ran just before raykd slice i, plain slice i+1 just after
+        around = [x for x in p_rates[i:i + 2] if x]
+        if r and around:
+            ratios.append(r / (sum(around) / len(around)))
+    if not ratios:
+        raise SystemExit(f"bench: no slice of {name} held 3 whole steps of both sides (raise --slice)")
+    spent = {k: sum(t1 - t0 for t0, t1 in v) for k, v in slices.items()}
+    return {"ratios": ratios, "raykd_tps": r_pool[0] / r_pool[1], "plain_tps": p_pool[0] / p_pool[1],
+            "slices": len(ratios), "rows": box["rows"][0],
+            "others_cores": {k: others[k] / max(spent[k], 1e-9) for k in others}}
 
 
 # ------------------------------------------------------------------------------------------ startup
@@ -718,6 +871,9 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=0, help="per run (default 150, --quick 60)")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--local-mode", action="store_true", help="raykd trials with train.local_mode (default: a worker group)")
+    p.add_argument("--slice", type=float, default=0.0,
+                   help="seconds: run both sides at once, alternately stopped, and compare them slice by slice "
+                        "(default: whole runs in alternating rounds)")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
     p.add_argument("--trials", type=int, default=5)

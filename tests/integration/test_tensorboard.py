@@ -34,8 +34,14 @@ def test_event_files_hold_per_step_scalars_and_one_session_per_trial(grid_experi
         ea = _accumulate(exp / name)
         scalars = ea.Tags()["scalars"]
         # per optimizer step: every loss term and the learning rate, x = step 1…16
-        for tag in ("train/loss", "train/lr", "train/align", "train/relation"):
+        for tag in ("train/loss", "train/lr", "train/align", "train/relation", "train/tokens"):
             assert [e.step for e in ea.Scalars(tag)] == list(range(1, 17)), (name, tag)
+        # each step's event carries the time the step ended (not the time of the report that sent it)
+        walls = [e.wall_time for e in ea.Scalars("train/loss")]
+        assert walls == sorted(walls) and len(set(walls)) == 16, name
+        assert walls[7] <= ea.Scalars("val/semantic_alignment")[0].wall_time
+        # the real (non-pad) tokens each step trained on: whole numbers, at most batch × 2 sides × max length
+        assert all(e.value == int(e.value) and 1 <= e.value <= 16 * 2 * 64 for e in ea.Scalars("train/tokens")), name
         # each metric at each evaluation (x = step), test once at the end
         assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [8, 16]
         assert [e.value for e in ea.Scalars("val/semantic_alignment")] == pytest.approx(
