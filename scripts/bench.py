@@ -4,6 +4,7 @@
     python scripts/bench.py prepare [--dialogs 50000] [--quick]
     python scripts/bench.py cache [--quick]      online teacher vs teacher cache vs no teacher (24→6 layers)
     python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached
+                                                 (--slice 8: both at once, alternately stopped, step by step)
     python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
@@ -321,7 +322,8 @@ def bench_overhead(args) -> dict:
             assert got["rows"][-1]["teacher_source"] == ("cache" if mode == "cached" else "online")
             ratios[mode] = got["ratios"]
             tps[f"plain_{mode}"], tps[f"raykd_{mode}"] = [got["plain_tps"]], [got["raykd_tps"]]
-            print(f"  {mode:7s} {got['slices']} slice pairs of {args.slice:g} s: raykd ÷ plain median "
+            print(f"  {mode:7s} {got['slices']} slice pairs of {args.slice:g} s (of {got['raykd_slices']} raykd slices; "
+                  f"the others held < 3 whole steps: start-up, evaluations): raykd ÷ plain median "
                   f"{median(got['ratios']):.3f} (quartiles {np.percentile(got['ratios'], 25):.3f}–"
                   f"{np.percentile(got['ratios'], 75):.3f}); pooled plain {got['plain_tps']:.0f} tok/s · "
                   f"raykd {got['raykd_tps']:.0f} tok/s → {got['raykd_tps'] / got['plain_tps']:.3f}; other processes "
@@ -362,12 +364,36 @@ def bench_overhead(args) -> dict:
     return out
 
 
-def _alive_actor_pid(class_name: str) -> int | None:
-    """The pid of this Ray's one live actor of ``class_name`` (Ray's state API), or None."""
-    from ray.util.state import list_actors
+def _actor_process(class_name: str) -> int | None:
+    """The pid of the newest live process of a ``class_name`` actor (Ray titles it
+    ``ray::<class>.<method>``) that descends from this process — i.e. runs on the Ray this benchmark
+    started — or None. Read from /proc: Ray's actor tables (state API, GCS) missed the second
+    study's trial actor here."""
+    def stat(pid: int) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
 
-    got = list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], raise_on_missing_output=False)
-    return int(got[0].pid) if got else None
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = int(stat(pid)[1])
+        return False
+
+    best = None
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+            fields = stat(int(name))
+            if title.startswith(f"ray::{class_name}") and fields[0] != "Z" and ours(int(name)):
+                started = int(fields[19])
+                best = max(best or (started, int(name)), (started, int(name)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return best[1] if best else None
 
 
 def _signal(pid: int | None, sig) -> None:
@@ -445,9 +471,12 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
     others = {"plain": 0.0, "raykd": 0.0}  # CPU seconds of every other process during each side's slices
     pid = None
     try:
+        deadline = time.time() + 300
         while pid is None and study.is_alive():  # both run freely until raykd's training process exists
+            if time.time() > deadline:
+                raise SystemExit(f"bench: no live {cls} actor 300 s into {name}")
             time.sleep(1.0)
-            pid = _alive_actor_pid(cls)
+            pid = _actor_process(cls)
         side, pids = "plain", {"plain": plain.pid, "raykd": pid}
         _signal(pid, signal.SIGSTOP)
         t0, c0 = time.time(), _cpu_seconds_except(set(pids.values()))
@@ -484,7 +513,7 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
         raise SystemExit(f"bench: no slice of {name} held 3 whole steps of both sides (raise --slice)")
     spent = {k: sum(t1 - t0 for t0, t1 in v) for k, v in slices.items()}
     return {"ratios": ratios, "raykd_tps": r_pool[0] / r_pool[1], "plain_tps": p_pool[0] / p_pool[1],
-            "slices": len(ratios), "rows": box["rows"][0],
+            "slices": len(ratios), "raykd_slices": len(slices["raykd"]), "rows": box["rows"][0],
             "others_cores": {k: others[k] / max(spent[k], 1e-9) for k in others}}
 
 
@@ -562,7 +591,7 @@ def bench_startup(args) -> dict:
             "train.steps=4", "train.eval_every=4", f"experiment.seeds={seeds}", "search.max_concurrent=1",
             "search.max_trials=50", "train.local_mode=true"])]
         local.sort(key=lambda r: r["timestamp"])
-        local_med = {k: median([r[k] for r in local[1:] or local]) for k in keys}
+        local_med = {k: median([r[k] for r in local]) for k in keys}  # the first (fresh actor) included
         empty = tune.Tuner(_empty_trainable, param_space={"i": tune.grid_search(seeds)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=1),
                            run_config=tune.RunConfig(storage_path=str(tmp / "empty"), name="empty", verbose=0)).fit()
@@ -576,7 +605,7 @@ def bench_startup(args) -> dict:
           f"model build {med['startup/model_s']:.1f} + data to first batch {med['startup/first_batch_s']:.1f} + first "
           f"step; empty TorchTrainer: {to_fn:.1f} s to its function, {fit_s:.1f} s to fit() returning")
     print(f"train.local_mode (Train local mode in a reused Tune actor): first trial {local[0]['startup/first_step_s']:.1f} s"
-          f" (fresh actor: imports), then median {local_med['startup/first_step_s']:.2f} s = data "
+          f" (fresh actor: imports); median of all {len(local)} {local_med['startup/first_step_s']:.2f} s = data "
           f"{local_med['startup/workers_s']:.2f} + model build {local_med['startup/model_s']:.2f} + first batch "
           f"{local_med['startup/first_batch_s']:.2f} + first step; {len({r['worker_pid'] for r in local})} process(es)")
     return {"bench": "startup", "median_s": round(med["startup/first_step_s"], 2),
