@@ -322,8 +322,8 @@ def bench_overhead(args) -> dict:
             assert got["rows"][-1]["teacher_source"] == ("cache" if mode == "cached" else "online")
             ratios[mode] = got["ratios"]
             tps[f"plain_{mode}"], tps[f"raykd_{mode}"] = [got["plain_tps"]], [got["raykd_tps"]]
-            print(f"  {mode:7s} {got['slices']} slice pairs of {args.slice:g} s (of {got['raykd_slices']} raykd slices; "
-                  f"the others held < 3 whole steps: start-up, evaluations): raykd ÷ plain median "
+            print(f"  {mode:7s} {got['slices']} slice pairs of {args.slice:g} s ({got['raykd_slices']} raykd slices; "
+                  f"those with < 3 whole steps — start-up, evaluations — are left out): raykd ÷ plain median "
                   f"{median(got['ratios']):.3f} (quartiles {np.percentile(got['ratios'], 25):.3f}–"
                   f"{np.percentile(got['ratios'], 75):.3f}); pooled plain {got['plain_tps']:.0f} tok/s · "
                   f"raykd {got['raykd_tps']:.0f} tok/s → {got['raykd_tps'] / got['plain_tps']:.3f}; other processes "
@@ -364,20 +364,22 @@ def bench_overhead(args) -> dict:
     return out
 
 
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state first, ppid second, …)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
 def _actor_process(class_name: str) -> int | None:
     """The pid of the newest live process of a ``class_name`` actor (Ray titles it
     ``ray::<class>.<method>``) that descends from this process — i.e. runs on the Ray this benchmark
     started — or None. Read from /proc: Ray's actor tables (state API, GCS) missed the second
     study's trial actor here."""
-    def stat(pid: int) -> list[str]:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-
     def ours(pid: int) -> bool:
         while pid > 1:
             if pid == os.getpid():
                 return True
-            pid = int(stat(pid)[1])
+            pid = int(_proc_stat(pid)[1])
         return False
 
     best = None
@@ -387,7 +389,7 @@ def _actor_process(class_name: str) -> int | None:
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 title = f.read().split(b"\0")[0].decode(errors="replace")
-            fields = stat(int(name))
+            fields = _proc_stat(int(name))
             if title.startswith(f"ray::{class_name}") and fields[0] != "Z" and ours(int(name)):
                 started = int(fields[19])
                 best = max(best or (started, int(name)), (started, int(name)))
@@ -410,8 +412,7 @@ def _cpu_seconds_except(pids: set) -> float:
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in pids:
             try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
+                fields = _proc_stat(int(name))
             except OSError:  # gone meanwhile
                 continue
             total += int(fields[11]) + int(fields[12])
