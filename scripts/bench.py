@@ -3,8 +3,8 @@
 
     python scripts/bench.py prepare [--dialogs 50000] [--quick]
     python scripts/bench.py cache [--quick]      online teacher vs teacher cache vs no teacher (24→6 layers)
-    python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached
-                                                 (--slice 8: both at once, alternately stopped, step by step)
+    python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached:
+                                                 both at once, alternately stopped every --slice s, step by step
     python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
@@ -217,11 +217,13 @@ def raykd_study(tmp: Path, name: str, prepared: str, teacher: str, sets: list[st
 
 
 def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval_every: int, batch_size: int,
-               student_layers: int, cache_dir: str | None, threads: int, record: str | None = None) -> float:
+               student_layers: int, cache_dir: str | None, threads: int, record: str | None = None,
+               go=None) -> float:
     """The raykd trial's training step as a plain single-process PyTorch loop over the same shards
     (same objective, optimizer, schedule, clipping, collation); returns tokens/s over the windows
     after the first (as the trial measures them). With ``record``, also appends one line per step to
-    that file: the step's end (Unix seconds) and its real tokens."""
+    that file: the step's end (Unix seconds) and its real tokens. With ``go`` (an event), waits for
+    it after the set-up, before the first step."""
     import torch
 
     from raykd.cache import CachedPairCollator, cached_targets, structural_layers
@@ -256,6 +258,8 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     n = len(rows["pair_id"])
     order = np.random.default_rng(0).permutation(n)
     windows, toks, t_window, step, pos = [], 0, None, 0, 0
+    if go is not None:
+        go.wait()
     log = open(record, "a", buffering=1) if record else None  # line-buffered: one write per step
     while step < steps:
         if pos + batch_size > n:
@@ -288,13 +292,17 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
 
 def bench_overhead(args) -> dict:
     """Throughput of the raykd trial (Ray Train, 1 worker, Ray Data input) ÷ a plain PyTorch loop
-    doing the identical training work, with the online teacher and with the teacher cache; rounds
-    alternate the two sides, median of ``--pairs``. ``--local-mode`` runs the raykd trials in
-    ``train.local_mode`` (in a reused Tune actor) instead of a one-worker group."""
+    doing the identical training work, with the online teacher and with the teacher cache: both run
+    at once, alternately stopped every ``--slice`` seconds (``sliced_pair``), median over the slice
+    pairs; ``--slice 0`` runs whole runs in rounds that alternate the two sides instead, median of
+    ``--pairs``. ``--local-mode`` runs the raykd trials in ``train.local_mode`` (in a reused Tune
+    actor) instead of a one-worker group."""
     from raykd.cache import build_cache, structural_layers
 
+    if args.slice is None:
+        args.slice = 4.0 if args.quick else 8.0
     if args.slice:
-        steps = args.steps or (150 if args.quick else 300)
+        steps = args.steps or (40 if args.quick else 300)
         every = steps // 3
     else:
         steps = args.steps or (60 if args.quick else 150)
@@ -302,7 +310,7 @@ def bench_overhead(args) -> dict:
     threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        prepared, manifest = workload(tmp, 1500, 64)
+        prepared, manifest = workload(tmp, 600 if args.quick else 1500, 64)
         teacher = save_teacher(tmp, manifest, args.teacher_layers, args.hidden, args.heads, 64)
         ray, _ = start_ray()
         cache_dir = str(build_cache(prepared, teacher, structural_layers(args.teacher_layers, args.student_layers,
@@ -329,6 +337,10 @@ def bench_overhead(args) -> dict:
                   f"raykd {got['raykd_tps']:.0f} tok/s → {got['raykd_tps'] / got['plain_tps']:.3f}; other processes "
                   f"used {got['others_cores']['raykd']:.3f} cores during raykd's slices, "
                   f"{got['others_cores']['plain']:.3f} during the plain loop's", flush=True)
+            for side in ("plain", "raykd"):
+                print(f"    {side} tok/s by slice: " + " ".join(f"{x:.0f}" if x else "-" for x in got["rates"][side])
+                      + "; busiest other processes in its slices (cores): "
+                      + ", ".join(f"{t} {c}" for t, c in got["others_top"][side]))
             others_cores[mode] = {k: round(v, 3) for k, v in got["others_cores"].items()}
         for r in range(0 if args.slice else args.pairs):
             for mode in ("online", "cached"):
@@ -406,17 +418,28 @@ def _signal(pid: int | None, sig) -> None:
             pass
 
 
-def _cpu_seconds_except(pids: set) -> float:
-    """CPU seconds (user + system) used so far by every process on this machine but ``pids``."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
+def _cpu_seconds_by_process(pids: set) -> dict[int, float]:
+    """{pid: CPU seconds (user + system) used so far} of every process on this machine but ``pids``."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in pids:
             try:
                 fields = _proc_stat(int(name))
             except OSError:  # gone meanwhile
                 continue
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            out[int(name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _process_title(pid: int) -> str:
+    """The command (process title) of ``pid``, shortened; this benchmark's own process is named so."""
+    if pid == os.getpid():
+        return "this benchmark (Tune driver)"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")[:60] or f"pid {pid}"
+    except OSError:
+        return f"pid {pid} (gone)"
 
 
 def _trial_steps(trial_dir: Path) -> list[tuple[int, float, float]]:
@@ -453,43 +476,56 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
     from its own per-step end times (raykd: its TensorBoard step events; plain: a step log), steps
     that straddle a switch excluded; each raykd slice is compared with the mean of the plain slices
     on either side of it. The processes left running (Ray's, the raykd trial's controller and data
-    actors, this driver) are charged by their CPU use during each side's slices: returned as
-    ``others_cores`` per side beside the per-slice ratios and the pooled tokens/s of both sides."""
+    actors, this driver) are charged by their CPU use during each side's slices that counted: returned
+    as ``others_cores`` per side beside the per-slice ratios and the pooled tokens/s of both sides.
+    The plain loop sets itself up meanwhile but takes its first step only once raykd's training
+    process exists: it runs at nice 0 and Ray's workers at nice 15, so running beside the trial's
+    start-up it would starve it (minutes). The same priorities keep raykd's helpers (nice 15) from
+    taking CPU in the plain loop's slices: their work waits for raykd's slices, which pay for it —
+    run at nice 15, the plain loop shared its slices with them (0.26–0.32 cores) and measured
+    10–20 % slower than raykd."""
     import multiprocessing
     import signal
     import threading
 
     record = tmp / f"{name}.plain.steps"
-    plain = multiprocessing.get_context("spawn").Process(
+    spawn = multiprocessing.get_context("spawn")
+    go = spawn.Event()
+    plain = spawn.Process(
         target=plain_loop, args=(prepared, manifest, teacher, 10 ** 7, 10 ** 7, args.batch_size, args.student_layers,
-                                 cache_dir, threads, str(record)), daemon=True)
+                                 cache_dir, threads, str(record), go), daemon=True)
     box: dict = {}
     study = threading.Thread(target=lambda: box.update(rows=raykd_study(tmp, name, prepared, teacher, sets)))
     study.start()
     plain.start()
     cls = "ImplicitFunc" if args.local_mode else "RayTrainWorker"
     slices: dict[str, list] = {"plain": [], "raykd": []}
-    others = {"plain": 0.0, "raykd": 0.0}  # CPU seconds of every other process during each side's slices
+    others: dict[str, list] = {"plain": [], "raykd": []}  # CPU s of every other process in each side's slices
+    titles: dict[int, str] = {}
     pid = None
     try:
         deadline = time.time() + 300
-        while pid is None and study.is_alive():  # both run freely until raykd's training process exists
+        while pid is None and study.is_alive():  # raykd starts alone until its training process exists
             if time.time() > deadline:
                 raise SystemExit(f"bench: no live {cls} actor 300 s into {name}")
             time.sleep(1.0)
             pid = _actor_process(cls)
+        if pid is None:
+            raise SystemExit(f"bench: the raykd study {name} ended before its {cls} process was seen")
+        go.set()
         side, pids = "plain", {"plain": plain.pid, "raykd": pid}
         _signal(pid, signal.SIGSTOP)
-        t0, c0 = time.time(), _cpu_seconds_except(set(pids.values()))
+        t0, c0 = time.time(), _cpu_seconds_by_process(set(pids.values()))
         while study.is_alive():
             study.join(args.slice)
             other = "raykd" if side == "plain" else "plain"
             _signal(pids[side], signal.SIGSTOP)
-            t1, c1 = time.time(), _cpu_seconds_except(set(pids.values()))
+            t1, c1 = time.time(), _cpu_seconds_by_process(set(pids.values()))
             slices[side].append((t0, t1))
-            others[side] += max(0.0, c1 - c0)
+            others[side].append({p: c - c0.get(p, 0.0) for p, c in c1.items() if c > c0.get(p, 0.0)})
+            titles.update({p: _process_title(p) for p in others[side][-1] if p not in titles})
             _signal(pids[other], signal.SIGCONT)
-            side, t0, c0 = other, time.time(), _cpu_seconds_except(set(pids.values()))
+            side, t0, c0 = other, time.time(), _cpu_seconds_by_process(set(pids.values()))
     finally:
         _signal(pid, signal.SIGCONT)
         _signal(plain.pid, signal.SIGCONT)
@@ -512,10 +548,22 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
             ratios.append(r / (sum(around) / len(around)))
     if not ratios:
         raise SystemExit(f"bench: no slice of {name} held 3 whole steps of both sides (raise --slice)")
-    spent = {k: sum(t1 - t0 for t0, t1 in v) for k, v in slices.items()}
+    def cores(side, rates):  # other processes' cores over the slices that counted (start-up ones not)
+        used = [(t1 - t0, cpu) for (t0, t1), cpu, r in zip(slices[side], others[side], rates) if r]
+        by_pid: dict[int, float] = {}
+        for _, cpu in used:
+            for p, c in cpu.items():
+                by_pid[p] = by_pid.get(p, 0.0) + c
+        secs = max(sum(t for t, _ in used), 1e-9)
+        top = sorted(by_pid.items(), key=lambda x: -x[1])[:4]
+        return sum(by_pid.values()) / secs, [(titles[p], round(c / secs, 3)) for p, c in top]
+
+    r_others, p_others = cores("raykd", r_rates), cores("plain", p_rates)
     return {"ratios": ratios, "raykd_tps": r_pool[0] / r_pool[1], "plain_tps": p_pool[0] / p_pool[1],
             "slices": len(ratios), "raykd_slices": len(slices["raykd"]), "rows": box["rows"][0],
-            "others_cores": {k: others[k] / max(spent[k], 1e-9) for k in others}}
+            "rates": {"raykd": r_rates, "plain": p_rates},
+            "others_cores": {"raykd": r_others[0], "plain": p_others[0]},
+            "others_top": {"raykd": r_others[1], "plain": p_others[1]}}
 
 
 # ------------------------------------------------------------------------------------------ startup
@@ -809,7 +857,8 @@ def bench_study(args) -> dict:
     """The anchors' whole-study figure: the same 6-trial workload (kd_task) as plain Optuna in one
     process, as HF Trainer + Ray Tune (``--reuse-actors``, 2 CPUs per trial) and through raykd
     (local-mode trials in reused actors; ``--workers`` adds the default worker-group trials), plus
-    the in-process study again with an idle Ray up. Rounds alternate the sides; medians reported.
+    the in-process study again with an idle Ray up. Rounds alternate the order of the sides (one round
+    forward, the next reversed); medians reported.
     ``ray.init`` is excluded from every study time and reported separately."""
     anchors = Path(args.anchors).resolve()
     if not (anchors / "kd_task.py").exists():
@@ -822,22 +871,31 @@ def bench_study(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
         tmp = Path(tmp_s)
         for i in range(rounds):
-            print(f"[study] round {i + 1}/{rounds}: Optuna in one process …", flush=True)
-            got["inprocess"].append(run_anchor(anchors, "optuna_inprocess.py", tmp / "anchors"))
-            print(f"[study]   {got['inprocess'][-1]['study_s']:.1f} s; HF Trainer + Ray Tune (reuse_actors) …", flush=True)
-            got["hf_ray"].append(run_anchor(anchors, "hf_trainer_ray.py", tmp / "anchors", "--cpus-per-trial", "2",
-                                            "--reuse-actors", "--tag", f"bench_round{i}"))
-            print(f"[study]   {got['hf_ray'][-1]['study_s']:.1f} s; raykd …", flush=True)
-            ray, s = start_ray(2, paths=(anchors, ROOT / "scripts"))
-            init_s.append(s)
-            got["raykd"].append(raykd_anchor_study(tmp, f"local{i}", local_mode=True))
-            print(f"[study]   {got['raykd'][-1]['study_s']:.1f} s; Optuna in one process beside an idle Ray …", flush=True)
-            if args.workers:
-                got["raykd_workers"].append(raykd_anchor_study(tmp, f"workers{i}", local_mode=False))
-                print(f"[study]   raykd with worker groups {got['raykd_workers'][-1]['study_s']:.1f} s", flush=True)
-            got["idle_ray"].append(run_anchor(anchors, "optuna_inprocess.py", tmp / "anchors"))
-            ray.shutdown()
-            print(f"[study]   {got['idle_ray'][-1]['study_s']:.1f} s", flush=True)
+            # the sides alternate: round 1 runs them in this order, round 2 in the reverse order, …
+            sides = [("inprocess", "Optuna in one process", lambda i: run_anchor(anchors, "optuna_inprocess.py",
+                                                                                 tmp / "anchors")),
+                     ("hf_ray", "HF Trainer + Ray Tune (reuse_actors)",
+                      lambda i: run_anchor(anchors, "hf_trainer_ray.py", tmp / "anchors", "--cpus-per-trial", "2",
+                                           "--reuse-actors", "--tag", f"bench_round{i}")),
+                     ("raykd", "raykd", lambda i: raykd_anchor_study(tmp, f"local{i}", local_mode=True)),
+                     *([("raykd_workers", "raykd with worker groups",
+                         lambda i: raykd_anchor_study(tmp, f"workers{i}", local_mode=False))] if args.workers else []),
+                     ("idle_ray", "Optuna in one process beside an idle Ray",
+                      lambda i: run_anchor(anchors, "optuna_inprocess.py", tmp / "anchors"))]
+            ray = None
+            for key, label, run in sides if i % 2 == 0 else sides[::-1]:
+                on_ray = key in ("raykd", "raykd_workers", "idle_ray")
+                if on_ray and ray is None:
+                    ray, s = start_ray(2, paths=(anchors, ROOT / "scripts"))
+                    init_s.append(s)
+                elif not on_ray and ray is not None:
+                    ray.shutdown()
+                    ray = None
+                print(f"[study] round {i + 1}/{rounds}: {label} …", flush=True)
+                got[key].append(run(i))
+                print(f"[study]   {got[key][-1]['study_s']:.1f} s", flush=True)
+            if ray is not None:
+                ray.shutdown()
     med = {k: median([r["study_s"] for r in v]) for k, v in got.items() if v}
     ref = got["inprocess"][0]["trials"]
     diff = max(abs(a["eval_loss"] - b["eval_loss"]) for a, b in zip(ref, got["raykd"][0]["trials"]))
@@ -898,12 +956,12 @@ def main() -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=0, help="per run (default 150, --quick 60)")
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=0, help="per run (default 300, --quick 40; --slice 0: 150, 60)")
+    p.add_argument("--pairs", type=int, default=3, help="--slice 0: alternating rounds (median reported)")
     p.add_argument("--local-mode", action="store_true", help="raykd trials with train.local_mode (default: a worker group)")
-    p.add_argument("--slice", type=float, default=0.0,
-                   help="seconds: run both sides at once, alternately stopped, and compare them slice by slice "
-                        "(default: whole runs in alternating rounds)")
+    p.add_argument("--slice", type=float, default=None,
+                   help="seconds: both sides run at once, alternately stopped, compared slice by slice (default 8, "
+                        "--quick 4); 0: whole runs in alternating rounds instead")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
     p.add_argument("--trials", type=int, default=5)
