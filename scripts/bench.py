@@ -483,7 +483,7 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
     start-up it would starve it (minutes). The same priorities keep raykd's helpers (nice 15) from
     taking CPU in the plain loop's slices: their work waits for raykd's slices, which pay for it —
     run at nice 15, the plain loop shared its slices with them (0.26–0.32 cores) and measured
-    10–20 % slower than raykd."""
+    10–25 % slower than raykd."""
     import multiprocessing
     import signal
     import threading
