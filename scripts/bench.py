@@ -89,9 +89,9 @@ def start_ray(cpus: int | None = None, paths: tuple = ()):
     workers' PYTHONPATH); returns (ray, seconds ray.init took)."""
     import ray
 
-    from raykd.tune import loopback_only
+    from raykd.tune import single_machine_ray
 
-    loopback_only()
+    single_machine_ray()
     t = time.perf_counter()
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, paths)])}})
@@ -620,7 +620,7 @@ def tune_actor_seconds(tmp: Path, n: int) -> float:
 
 def bench_startup(args) -> dict:
     """Seconds from a trial's start (Tune runs its function: resources free) to its first optimizer
-    step, median of ``--trials`` sequential trials, with the breakdown the trial reports; and the same
+    step, median of ``--trials`` sequential trials (5; ``--quick`` 3), with the breakdown the trial reports; and the same
     floor for an empty TorchTrainer."""
     from ray import tune
 
@@ -629,7 +629,7 @@ def bench_startup(args) -> dict:
         prepared, manifest = workload(tmp, 1500, 64)
         teacher = save_teacher(tmp, manifest, 6, 64, 4, 64)
         ray, init_s = start_ray()
-        seeds = list(range(args.trials))
+        seeds = list(range(args.trials or (3 if args.quick else 5)))
         trials = raykd_study(tmp, "startup", prepared, teacher, [
             "train.steps=4", "train.eval_every=4", f"experiment.seeds={seeds}", "search.max_concurrent=1",
             "search.max_trials=50"])
@@ -644,7 +644,7 @@ def bench_startup(args) -> dict:
         empty = tune.Tuner(_empty_trainable, param_space={"i": tune.grid_search(seeds)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=1),
                            run_config=tune.RunConfig(storage_path=str(tmp / "empty"), name="empty", verbose=0)).fit()
-        actor_s = tune_actor_seconds(tmp, args.trials)
+        actor_s = tune_actor_seconds(tmp, len(seeds))
         to_fn = median([r.metrics["to_fn_s"] for r in empty])
         fit_s = median([r.metrics["fit_s"] for r in empty])
         ray.shutdown()
@@ -964,7 +964,7 @@ def main() -> int:
                         "--quick 4); 0: whole runs in alternating rounds instead")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
-    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--trials", type=int, default=0, help="sequential trials per kind (default 5, --quick 3)")
     p.add_argument("--quick", action="store_true")
     p = sub.add_parser("student", help="teacher vs student latency (24 → 6 layers) and retained MRR@10")
     p.add_argument("--hidden", type=int, default=128)

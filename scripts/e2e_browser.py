@@ -122,9 +122,9 @@ def main() -> int:
     import ray
 
     from raykd.monitoring import auth_token
-    from raykd.tune import loopback_only, main as tune_main
+    from raykd.tune import main as tune_main, single_machine_ray
 
-    loopback_only()
+    single_machine_ray()
     ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                    log_to_driver=False)
     dashboard = f"http://{ctx.dashboard_url}"

@@ -32,9 +32,9 @@ def run(trials: int, out: Path) -> dict:
 
     from raykd.monitoring import ResourceWatch
     from raykd.report import load_experiment
-    from raykd.tune import loopback_only, main as tune_main
+    from raykd.tune import main as tune_main, single_machine_ray
 
-    loopback_only()
+    single_machine_ray()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:

@@ -65,6 +65,24 @@ def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
     assert depths == {1, 3} and configs == {(1, 0), (1, 1), (3, 0), (3, 1)}
 
 
+def test_single_machine_ray_starts_no_preemption_watcher_and_reuses_read_workers(grid_experiment):
+    """``raykd.tune.single_machine_ray`` reached the session's Ray: Train started no preemption
+    watcher for the grid's worker-group trials, and their Ray Data reads (one or more per trial)
+    ran in kept workers rather than one new process per trial."""
+    from ray.util.state import list_actors, list_tasks
+
+    assert grid_experiment[0] == 0
+    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000)
+    tasks = list_tasks(limit=10_000, detail=True)
+    actor_of = {t.task_id: t.actor_id for t in tasks}  # a read's parent: its trial's split coordinator
+    trials_by_pid: dict[int, set] = {}
+    for t in tasks:
+        if t.name.startswith("ReadParquet") and t.worker_pid and actor_of.get(t.parent_task_id):
+            trials_by_pid.setdefault(t.worker_pid, set()).add(actor_of[t.parent_task_id])
+    assert sum(len(v) for v in trials_by_pid.values()) >= 4, trials_by_pid
+    assert max(len(v) for v in trials_by_pid.values()) >= 2, trials_by_pid  # a process read for several trials
+
+
 def test_resume_of_a_finished_study_reruns_nothing(grid_experiment):
     _, exp, work, _ = grid_experiment
     before = {k: len(v) for k, v in trial_results(exp).items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,18 @@ def test_gradient_accumulation_matches_the_full_batch_for_a_per_token_objective(
     for a, b in zip(g_full, grads):
         if a is not None:
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_a_single_machine_ray_gets_loopback_no_preemption_watcher_and_kept_idle_workers(monkeypatch):
+    from raykd import tune
+
+    for k in (tune.LOOPBACK_ENV, tune.PREEMPTION_WATCHER_ENV, tune.SOFT_LIMIT_ENV):
+        monkeypatch.setenv(k, "")  # records the original state, restored after the test
+        monkeypatch.delenv(k)
+    tune.single_machine_ray()
+    assert os.environ[tune.LOOPBACK_ENV] == "0" and os.environ[tune.PREEMPTION_WATCHER_ENV] == "0"
+    assert int(os.environ[tune.SOFT_LIMIT_ENV]) == 4 * (os.cpu_count() or 1) + 16
+    monkeypatch.setenv(tune.PREEMPTION_WATCHER_ENV, "1")  # what the user exported is kept
+    monkeypatch.setenv(tune.SOFT_LIMIT_ENV, "3")
+    tune.single_machine_ray()
+    assert os.environ[tune.PREEMPTION_WATCHER_ENV] == "1" and os.environ[tune.SOFT_LIMIT_ENV] == "3"
