@@ -56,8 +56,10 @@ def bench_prepare(args) -> dict:
             "pairs_per_s": round(pairs / prep_s, 1), "reuse_s": round(reuse_s, 2), "cores": os.cpu_count()}
 
 
-
 # ------------------------------------------------------------------------------------------ shared
+START_ENV = dict(os.environ)  # before start_ray adds raykd's single-machine Ray settings
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -784,10 +786,12 @@ def bench_search(args) -> dict:
 
 # ------------------------------------------------------------------------------------------ study
 def run_anchor(anchors: Path, script: str, run_dir: Path, *args: str) -> dict:
-    """Run one anchor script in a fresh process (its files under ``run_dir``); returns its JSON line."""
+    """Run one anchor script in a fresh process (its files under ``run_dir``); returns its JSON line.
+    It gets the environment this benchmark started with: the settings raykd gives a Ray it starts
+    (``single_machine_ray``, exported by ``start_ray`` into this process) are raykd's, not the anchor's."""
     import subprocess
 
-    env = {**os.environ, "ANCHOR_RUN_DIR": str(run_dir)}
+    env = {**START_ENV, "ANCHOR_RUN_DIR": str(run_dir)}
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, str(anchors / script), *args], capture_output=True, text=True, env=env,
                        timeout=900)
