@@ -258,6 +258,41 @@ def single_machine_ray() -> None:
     os.environ.setdefault(SOFT_LIMIT_ENV, str(4 * (os.cpu_count() or 1) + 16))
 
 
+def prestart_ray_data_services() -> dict:
+    """Ask the Ray this process just started for Ray Data's two per-cluster service actors (the
+    dataset stats actor and the autoscaling coordinator: detached, 0 CPUs, created by the first
+    dataset that runs anyway) without waiting for them. Each is a fresh Python process (~1.5 s of
+    CPU); created now, they start while Tune schedules the first trial and its process imports
+    torch and transformers — one core busy — instead of stealing CPU from the first trial's
+    training steps. Returns their handles by class name (``ray.get(h.__ray_ready__.remote())``
+    waits for one); empty where this Ray version no longer has them (then the first dataset starts
+    them, as before)."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:
+        return {}
+    return {"_StatsActor": get_or_create_stats_actor(),
+            "_AutoscalingCoordinatorActor": get_or_create_autoscaling_coordinator()}
+
+
+def start_local_ray(num_cpus: int | None = None, pythonpath: str | None = None):
+    """Start the single-machine Ray raykd uses wherever it starts one itself (``raykd.tune`` without
+    ``--address``, the test session, the benchmarks): ``single_machine_ray`` settings, dashboard on
+    127.0.0.1, worker output kept in Ray's logs, ``pythonpath`` (if given) on every worker's
+    PYTHONPATH, then ``prestart_ray_data_services``. Returns (``ray.init``'s context, the service
+    actors' handles by class name, not waited for)."""
+    import ray
+
+    single_machine_ray()
+    ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                   _node_ip_address="127.0.0.1", log_to_driver=False,
+                   runtime_env={"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None)
+    return ctx, prestart_ray_data_services()
+
+
 def _init_ray(address: str | None):
     """Connect to Ray; returns (ray module, whether this call started it). An already initialised
     Ray in this process (library use, tests) is used as it is."""
@@ -268,9 +303,7 @@ def _init_ray(address: str | None):
     if address:
         ctx = ray.init(address=address, log_to_driver=False)
     else:
-        single_machine_ray()
-        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                       log_to_driver=False)
+        ctx, _ = start_local_ray()
     url = f"http://{ctx.dashboard_url or '127.0.0.1:8265'}"
     log(f"[tune] Ray {ray.__version__} · dashboard {url} (bound to 127.0.0.1; token auth on: the page asks for the "
         f"token in ~/.ray/auth_token; API: curl -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" {url}/api/jobs/)"

@@ -1,12 +1,13 @@
 """The anchors' ``kd_task`` workload (../shared/anchors) run as raykd trials, for ``bench.py study``.
 
 Each trial is what ``raykd.trial.run_trial`` makes of a raykd trial, with the anchors' models, data,
-optimiser and steps in place of raykd's objective: a Tune function trainable that builds its Ray
-Data dataset and fits ``raykd.trial.trainer_for``'s ``TorchTrainer`` (local mode in a reused actor,
-or a worker group), whose worker function trains and reports the held-out loss with a safetensors
-checkpoint through raykd's reporters. The worker process imports this module by name (the anchors
-folder and ``scripts/`` are on the workers' ``PYTHONPATH``), so its cached teacher and data outlive
-one trial exactly as the in-process anchor's do.
+optimiser and steps in place of raykd's objective: a Tune function trainable that fits
+``raykd.trial.trainer_for``'s ``TorchTrainer`` (local mode in a reused actor, or a worker group)
+over the study's Ray Data dataset of the anchor's training rows (built before the timed study, as
+the anchors build their data before theirs); its worker function trains and reports the held-out
+loss with a safetensors checkpoint through raykd's reporters. The worker process imports this
+module by name (the anchors folder and ``scripts/`` are on the workers' ``PYTHONPATH``), so its
+cached teacher and eval data outlive one trial exactly as the in-process anchor's do.
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ def train_fn(config: dict) -> None:
         send(result, d)
 
 
-def run_trial(params: dict, train_cfg) -> None:
-    """Tune function trainable: the trial's dataset (the anchor's batch order) and its TorchTrainer."""
+def train_dataset():
+    """The training rows in the anchor's batch order as one Ray Data dataset, built once per study
+    before the timed study (the anchors build their data before theirs) and handed to every trial
+    with ``tune.with_parameters``."""
+    import ray.data
+
+    return ray.data.from_numpy(ordered_rows())
+
+
+def run_trial(params: dict, train_cfg, train_ds) -> None:
+    """Tune function trainable: the trial's TorchTrainer over the study's dataset ``train_ds``."""
     import ray.data
     from ray import tune
 
@@ -84,7 +94,6 @@ def run_trial(params: dict, train_cfg) -> None:
 
     ctx = tune.get_context()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds = ray.data.from_numpy(ordered_rows())
     threads = train_cfg.threads_per_worker or int(train_cfg.cpus_per_worker)
     loop_config = {**params, "threads": threads, "local_mode": train_cfg.local_mode}
-    trainer_for(train_fn, loop_config, train_cfg, ctx.get_trial_id(), ctx.get_trial_dir(), {"train": ds}).fit()
+    trainer_for(train_fn, loop_config, train_cfg, ctx.get_trial_id(), ctx.get_trial_dir(), {"train": train_ds}).fit()

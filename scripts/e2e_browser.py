@@ -122,11 +122,9 @@ def main() -> int:
     import ray
 
     from raykd.monitoring import auth_token
-    from raykd.tune import main as tune_main, single_machine_ray
+    from raykd.tune import main as tune_main, start_local_ray
 
-    single_machine_ray()
-    ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                   log_to_driver=False)
+    ctx, _ = start_local_ray()
     dashboard = f"http://{ctx.dashboard_url}"
     storage = out / "exp"
     tb = browser = None

@@ -32,11 +32,9 @@ def run(trials: int, out: Path) -> dict:
 
     from raykd.monitoring import ResourceWatch
     from raykd.report import load_experiment
-    from raykd.tune import main as tune_main, single_machine_ray
+    from raykd.tune import main as tune_main, start_local_ray
 
-    single_machine_ray()
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    start_local_ray(2, str(ROOT))
     try:
         t0 = time.monotonic()
         with ResourceWatch(period_s=2.0) as watch:

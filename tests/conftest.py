@@ -19,11 +19,9 @@ def ray_session(tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
-        from raykd.tune import single_machine_ray
+        from raykd.tune import start_local_ray
 
-        single_machine_ray()
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        start_local_ray(2, str(ROOT))
     yield ray
     ray.shutdown()
 

@@ -83,6 +83,25 @@ def test_single_machine_ray_starts_no_preemption_watcher_and_reuses_read_workers
     assert max(len(v) for v in trials_by_pid.values()) >= 2, trials_by_pid  # a process read for several trials
 
 
+def test_prestarted_ray_data_services_are_the_actors_trials_used(grid_experiment):
+    """``start_local_ray`` asked for Ray Data's service actors before any dataset ran; after the
+    grid's trials read their data, each service is still one actor — the one ``prestart`` names —
+    and the stats actor holds the trials' datasets (a renamed actor in a later Ray would show up
+    here as a second one)."""
+    import ray
+    from ray.util.state import list_actors
+
+    from raykd.tune import prestart_ray_data_services
+
+    assert grid_experiment[0] == 0
+    handles = prestart_ray_data_services()
+    assert set(handles) == {"_StatsActor", "_AutoscalingCoordinatorActor"}
+    for cls, handle in handles.items():
+        alive = list_actors(filters=[("class_name", "=", cls), ("state", "=", "ALIVE")], limit=100)
+        assert [a.actor_id for a in alive] == [handle._actor_id.hex()], (cls, alive)
+    assert len(ray.get(handles["_StatsActor"].get_datasets.remote())) >= 4  # one per grid trial at least
+
+
 def test_resume_of_a_finished_study_reruns_nothing(grid_experiment):
     _, exp, work, _ = grid_experiment
     before = {k: len(v) for k, v in trial_results(exp).items()}
