@@ -654,7 +654,8 @@ def bench_startup(args) -> dict:
         fit_s = median([r.metrics["fit_s"] for r in empty])
         ray.shutdown()
     print(f"Tune trial start → trial function running with raykd.trial imported: {actor_s:.1f} s")
-    print(f"Ray start (ray.init + Ray Data's service actors) {init_s:.1f} s (not counted). raykd trial function → first optimizer step: median "
+    print(f"Ray start (ray.init + Ray Data's service actors) {init_s:.1f} s (not counted). "
+          f"raykd trial function → first optimizer step: median "
           f"{med['startup/first_step_s']:.1f} s over {len(first)} trials = workers {med['startup/workers_s']:.1f} + "
           f"model build {med['startup/model_s']:.1f} + data to first batch {med['startup/first_batch_s']:.1f} + first "
           f"step; empty TorchTrainer: {to_fn:.1f} s to its function, {fit_s:.1f} s to fit() returning")
