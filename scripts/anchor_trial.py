@@ -22,19 +22,20 @@ import torch
 
 @functools.lru_cache(maxsize=1)
 def workload():
-    """(teacher, train ids, eval ids) of kd_task, built once per process (the anchors build them
-    once per study, outside the timed study)."""
+    """(teacher, eval ids) of kd_task, built once per trial process (the anchors build them once
+    per study, outside the timed study)."""
     import kd_task as K
 
-    return (K.make_teacher(), *K.make_data())
+    return K.make_teacher(), K.make_data()[1]
 
 
 def ordered_rows():
     """The training rows in the order the in-process anchor visits them (``torch.randperm`` under
-    the trial seed, ``STEPS`` batches): int64 [STEPS × BATCH, SEQ_LEN]."""
+    the trial seed, ``STEPS`` batches): int64 [STEPS × BATCH, SEQ_LEN]. Built in the driver only
+    (``train_dataset``), which needs no teacher."""
     import kd_task as K
 
-    _, train_ids, _ = workload()
+    train_ids, _ = K.make_data()
     order = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(K.TRIAL_SEED))
     return train_ids[order[: K.STEPS * K.BATCH]].numpy()
 
@@ -51,7 +52,7 @@ def train_fn(config: dict) -> None:
     from raykd.trial import LocalReporter, train_report
 
     torch.set_num_threads(config["threads"])
-    teacher, _, eval_ids = workload()
+    teacher, eval_ids = workload()
     K.seed_everything(K.TRIAL_SEED)
     model = K.make_student().train()
     opt = K.make_optimizer(model, config["learning_rate"], config["weight_decay"])
