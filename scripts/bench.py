@@ -6,6 +6,7 @@
     python scripts/bench.py overhead [--quick]   plain PyTorch loop vs the raykd trial (1 worker), online and cached:
                                                  both at once, alternately stopped every --slice s, step by step
     python scripts/bench.py startup [--quick]    trial start → first optimizer step, and an empty TorchTrainer
+    python scripts/bench.py idle [--quick]       what idle Ray worker processes cost a training trial
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
     python scripts/bench.py study [--quick] [--anchors DIR]   the anchors' 6-trial study: raykd vs Optuna
@@ -571,6 +572,94 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
             "others_top": {"raykd": r_others[1], "plain": p_others[1]}}
 
 
+# ------------------------------------------------------------------------------------------ idle
+def bench_idle(args) -> dict:
+    """What idle Ray worker processes cost a training trial on this machine. A 1-CPU actor (a Ray
+    worker at Ray's niceness, as a local-mode trial is) trains a small Transformer encoder with
+    ``--threads`` torch threads in a background thread (as Tune runs a trial function) and logs each
+    step's end; the driver starts ``--idle`` idle 0-CPU actors, waits ``--window`` s, kills them,
+    waits ``--window`` s again — the order alternating round by round. Every Ray worker process, idle
+    or not, wakes ~100 times a second (its task loop's 10 ms signal check), and on a host whose every
+    core trains each wake-up preempts a training thread. Returns ``ratio`` = median over rounds of
+    the step rate with the idle actors ÷ without, and ``cost_per_process`` = (1 − ratio) ÷ ``--idle``."""
+    import threading
+
+    import ray
+    import torch
+
+    rounds, window = (4, 10.0) if args.quick else (args.rounds, args.window)
+    threads = args.threads or os.cpu_count() or 1
+    ray_, init_s = start_ray(os.cpu_count())
+
+    @ray_.remote(num_cpus=1)
+    class Trainer:
+        def __init__(self, threads: int):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            layer = torch.nn.TransformerEncoderLayer(128, 4, 512, batch_first=True)
+            self.model = torch.nn.TransformerEncoder(layer, 4)
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+            self.x = torch.randn(32, 64, 128)
+            self.ends: list[float] = []
+            self.stop = False
+
+        def start(self) -> None:
+            def loop():
+                while not self.stop:
+                    loss = self.model(self.x).pow(2).mean()
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    self.ends.append(time.time())
+            threading.Thread(target=loop, daemon=True).start()
+
+        def finish(self) -> list[float]:
+            self.stop = True
+            return self.ends
+
+    @ray_.remote(num_cpus=0)
+    class Idle:
+        def pid(self) -> int:
+            return os.getpid()
+
+    trainer = Trainer.remote(threads)
+    ray_.get(trainer.start.remote())
+    time.sleep(5)  # past the first steps' allocations
+    windows = []
+    try:
+        for r in range(rounds):
+            for on in ((False, True) if r % 2 == 0 else (True, False)):
+                idle = [Idle.remote() for _ in range(args.idle if on else 0)]
+                ray_.get([a.pid.remote() for a in idle])
+                time.sleep(2)  # their start-up is not part of the window
+                t0 = time.time()
+                time.sleep(window)
+                windows.append((on, t0, time.time()))
+                for a in idle:
+                    ray_.kill(a)
+                time.sleep(1)
+                print(f"[idle] round {r + 1}/{rounds}: {'with' if on else 'without'} {args.idle} idle actors", flush=True)
+        ends = ray_.get(trainer.finish.remote())
+    finally:
+        ray_.shutdown()
+
+    def rate(t0, t1):  # steps/s from the step ends inside the window
+        xs = [t for t in ends if t0 <= t <= t1]
+        return (len(xs) - 1) / (xs[-1] - xs[0])
+
+    with_idle = [rate(a, b) for on, a, b in windows if on]
+    without = [rate(a, b) for on, a, b in windows if not on]
+    ratios = [a / b for a, b in zip(with_idle, without)]
+    med = median(ratios)
+    print(f"steps/s without idle actors {', '.join(f'{x:.2f}' for x in without)}; with {args.idle} "
+          f"{', '.join(f'{x:.2f}' for x in with_idle)}; ratio per round {', '.join(f'{x:.3f}' for x in ratios)}")
+    print(f"{args.idle} idle Ray worker processes: training at {med:.3f} × its speed without them "
+          f"({100 * (1 - med) / args.idle:.2f} % each; {threads} torch threads, {os.cpu_count()} cores, Ray start {init_s:.1f} s)")
+    return {"bench": "idle", "ratio": round(med, 4), "cost_per_process": round((1 - med) / args.idle, 5),
+            "idle_actors": args.idle, "ratios": [round(x, 4) for x in ratios], "threads": threads,
+            "window_s": window, "rounds": rounds, "cores": os.cpu_count()}
+
+
 # ------------------------------------------------------------------------------------------ startup
 def _empty_trainable(config: dict) -> None:
     """Tune function: fit a TorchTrainer whose function returns at once; reports the seconds from this
@@ -980,6 +1069,12 @@ def main() -> int:
     p = sub.add_parser("startup", help="trial start → first optimizer step, and an empty TorchTrainer")
     p.add_argument("--trials", type=int, default=0, help="sequential trials per kind (default 5, --quick 3)")
     p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("idle", help="what idle Ray worker processes cost a training trial (on/off windows)")
+    p.add_argument("--idle", type=int, default=5, help="idle 0-CPU actors started in the 'with' windows")
+    p.add_argument("--window", type=float, default=20.0, help="seconds per window (--quick 10)")
+    p.add_argument("--rounds", type=int, default=6, help="alternating rounds (median reported; --quick 4)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the trainer (default: one per core)")
+    p.add_argument("--quick", action="store_true")
     p = sub.add_parser("student", help="teacher vs student latency (24 → 6 layers) and retained MRR@10")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--heads", type=int, default=2)
@@ -998,7 +1093,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     result = {"prepare": bench_prepare, "cache": bench_cache, "overhead": bench_overhead,
-              "startup": bench_startup, "student": bench_student, "search": bench_search,
+              "startup": bench_startup, "idle": bench_idle, "student": bench_student, "search": bench_search,
               "study": bench_study}[args.cmd](args)
     print(json.dumps(result))
     return 0
