@@ -254,7 +254,7 @@ def single_machine_ray() -> None:
       helper actors count against that, so each trial's Ray Data read ran in a new process (~1.5 s
       of CPU). Idle workers are bounded by the tasks that ran at once (0.25 CPU each: ≤ 4 × CPUs).
       Each kept one wakes 100 times a second (Ray's 10 ms signal check) and costs a CPU-bound trial
-      ~0.7 % of its speed on 2 busy cores (``scripts/bench.py idle``): short trials gain, trials
+      ~0.7–1 % of its speed on 2 busy cores (``scripts/bench.py idle``): short trials gain, trials
       longer than ~2 minutes lose; ``RAY_num_workers_soft_limit=0`` exported turns it off."""
     loopback_only()
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")

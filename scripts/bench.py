@@ -575,7 +575,8 @@ def sliced_pair(tmp: Path, name: str, prepared: str, manifest: dict, teacher: st
 # ------------------------------------------------------------------------------------------ idle
 def bench_idle(args) -> dict:
     """What idle Ray worker processes cost a training trial on this machine. A 1-CPU actor (a Ray
-    worker at Ray's niceness, as a local-mode trial is) trains a small Transformer encoder with
+    worker at Ray's niceness, as a local-mode trial is) trains the anchors' kd_task step (a 2-layer
+    BERT student against an 8-layer teacher's hidden states, width 128, batch 32 × 64) with
     ``--threads`` torch threads in a background thread (as Tune runs a trial function) and logs each
     step's end; the driver starts ``--idle`` idle 0-CPU actors, waits ``--window`` s, kills them,
     waits ``--window`` s again — the order alternating round by round. Every Ray worker process, idle
@@ -584,7 +585,6 @@ def bench_idle(args) -> dict:
     the step rate with the idle actors ÷ without, and ``cost_per_process`` = (1 − ratio) ÷ ``--idle``."""
     import threading
 
-    import ray
     import torch
 
     rounds, window = (4, 10.0) if args.quick else (args.rounds, args.window)
@@ -594,19 +594,25 @@ def bench_idle(args) -> dict:
     @ray_.remote(num_cpus=1)
     class Trainer:
         def __init__(self, threads: int):
+            from transformers import BertConfig, BertModel
+
             torch.set_num_threads(threads)
             torch.manual_seed(0)
-            layer = torch.nn.TransformerEncoderLayer(128, 4, 512, batch_first=True)
-            self.model = torch.nn.TransformerEncoder(layer, 4)
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-            self.x = torch.randn(32, 64, 128)
+            shape = dict(vocab_size=8000, hidden_size=128, num_attention_heads=4, intermediate_size=512)
+            self.teacher = BertModel(BertConfig(num_hidden_layers=8, **shape), add_pooling_layer=False).eval()
+            self.student = BertModel(BertConfig(num_hidden_layers=2, **shape), add_pooling_layer=False)
+            self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-4)
+            self.ids = torch.randint(1, 8000, (32, 64))
             self.ends: list[float] = []
             self.stop = False
 
         def start(self) -> None:
             def loop():
-                while not self.stop:
-                    loss = self.model(self.x).pow(2).mean()
+                while not self.stop:  # the anchors' kd_task step: student layers 1, 2 → teacher layers 4, 8
+                    with torch.no_grad():
+                        t = self.teacher(self.ids, output_hidden_states=True).hidden_states
+                    s = self.student(self.ids, output_hidden_states=True).hidden_states
+                    loss = (torch.nn.functional.mse_loss(s[1], t[4]) + torch.nn.functional.mse_loss(s[2], t[8])) / 2
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     self.opt.step()
@@ -645,6 +651,8 @@ def bench_idle(args) -> dict:
 
     def rate(t0, t1):  # steps/s from the step ends inside the window
         xs = [t for t in ends if t0 <= t <= t1]
+        if len(xs) < 3:
+            raise SystemExit(f"bench idle: {len(xs)} steps in a {t1 - t0:.0f} s window (raise --window)")
         return (len(xs) - 1) / (xs[-1] - xs[0])
 
     with_idle = [rate(a, b) for on, a, b in windows if on]
