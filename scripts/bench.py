@@ -587,6 +587,9 @@ def bench_idle(args) -> dict:
 
     import torch
 
+    if args.idle < 1 or args.window <= 0 or args.rounds < 1:
+        raise SystemExit(f"bench idle: --idle ≥ 1, --window > 0 and --rounds ≥ 1 "
+                         f"(got {args.idle}, {args.window}, {args.rounds})")
     rounds, window = (4, 10.0) if args.quick else (args.rounds, args.window)
     threads = args.threads or os.cpu_count() or 1
     ray_, init_s = start_ray(os.cpu_count())
@@ -644,7 +647,8 @@ def bench_idle(args) -> dict:
                 for a in idle:
                     ray_.kill(a)
                 time.sleep(1)
-                print(f"[idle] round {r + 1}/{rounds}: {'with' if on else 'without'} {args.idle} idle actors", flush=True)
+                print(f"[idle] round {r + 1}/{rounds}: {'with' if on else 'without'} {args.idle} idle actors",
+                      flush=True)
         ends = ray_.get(trainer.finish.remote())
     finally:
         ray_.shutdown()
@@ -662,7 +666,8 @@ def bench_idle(args) -> dict:
     print(f"steps/s without idle actors {', '.join(f'{x:.2f}' for x in without)}; with {args.idle} "
           f"{', '.join(f'{x:.2f}' for x in with_idle)}; ratio per round {', '.join(f'{x:.3f}' for x in ratios)}")
     print(f"{args.idle} idle Ray worker processes: training at {med:.3f} × its speed without them "
-          f"({100 * (1 - med) / args.idle:.2f} % each; {threads} torch threads, {os.cpu_count()} cores, Ray start {init_s:.1f} s)")
+          f"({100 * (1 - med) / args.idle:.2f} % each; {threads} torch threads, {os.cpu_count()} cores, "
+          f"Ray start {init_s:.1f} s)")
     return {"bench": "idle", "ratio": round(med, 4), "cost_per_process": round((1 - med) / args.idle, 5),
             "idle_actors": args.idle, "ratios": [round(x, 4) for x in ratios], "threads": threads,
             "window_s": window, "rounds": rounds, "cores": os.cpu_count()}
