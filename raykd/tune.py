@@ -241,7 +241,7 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
 
 
-def single_machine_ray() -> None:
+def single_machine_ray(keep_idle_workers: bool = True) -> None:
     """Settings for a Ray this process starts on one machine (never with ``--address``), set in the
     environment before ``ray.init`` so its raylet and every worker inherit them; values the user
     exported are kept:
@@ -249,16 +249,20 @@ def single_machine_ray() -> None:
     - Ray Train's preemption watcher off (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``): it is one more
       actor process per trial (~1.6 s of CPU to start), watching for cloud preemption notices that
       a single machine never gets;
-    - idle task workers kept for reuse (``RAY_num_workers_soft_limit`` = 4 × CPUs + 16): by default
-      Ray kills idle workers beyond one per CPU after a second, and a worker-group trial's ~10
-      helper actors count against that, so each trial's Ray Data read ran in a new process (~1.5 s
-      of CPU). Idle workers are bounded by the tasks that ran at once (0.25 CPU each: ≤ 4 × CPUs).
-      Each kept one wakes 100 times a second (Ray's 10 ms signal check) and costs a CPU-bound trial
-      ~0.7–1 % of its speed on 2 busy cores (``scripts/bench.py idle``): short trials gain, trials
-      longer than ~2 minutes lose; ``RAY_num_workers_soft_limit=0`` exported turns it off."""
+    - with ``keep_idle_workers`` (trials with a Train worker group), idle task workers kept for
+      reuse (``RAY_num_workers_soft_limit`` = 4 × CPUs + 16): by default Ray kills idle workers
+      beyond one per CPU after a second, and a worker-group trial's ~10 helper actors count against
+      that, so each trial's Ray Data read ran in a new process (~1.5 s of CPU). Idle workers are
+      bounded by the tasks that ran at once (0.25 CPU each: ≤ 4 × CPUs). Each kept one wakes 100
+      times a second (Ray's 10 ms signal check) and costs a CPU-bound trial ~0.7–1 % of its speed on
+      2 busy cores (``scripts/bench.py idle``): short trials gain, trials longer than ~2 minutes
+      lose; ``RAY_num_workers_soft_limit=0`` exported turns it off. Local-mode trials (one reused
+      actor, no helper actors) gain nothing from it — their first step comes as soon with Ray's
+      default, which keeps one idle worker where this keeps three — so they get Ray's default."""
     loopback_only()
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
-    os.environ.setdefault(SOFT_LIMIT_ENV, str(4 * (os.cpu_count() or 1) + 16))
+    if keep_idle_workers:
+        os.environ.setdefault(SOFT_LIMIT_ENV, str(4 * (os.cpu_count() or 1) + 16))
 
 
 def prestart_ray_data_services() -> dict:
@@ -281,24 +285,25 @@ def prestart_ray_data_services() -> dict:
             "_AutoscalingCoordinatorActor": get_or_create_autoscaling_coordinator()}
 
 
-def start_local_ray(num_cpus: int | None = None, pythonpath: str | None = None):
+def start_local_ray(num_cpus: int | None = None, pythonpath: str | None = None, keep_idle_workers: bool = True):
     """Start the single-machine Ray raykd uses wherever it starts one itself (``raykd.tune`` without
-    ``--address``, the test session, the benchmarks): ``single_machine_ray`` settings, dashboard on
-    127.0.0.1, worker output kept in Ray's logs, ``pythonpath`` (if given) on every worker's
-    PYTHONPATH, then ``prestart_ray_data_services``. Returns (``ray.init``'s context, the service
+    ``--address``, the test session, the benchmarks): ``single_machine_ray(keep_idle_workers)``
+    settings, dashboard on 127.0.0.1, worker output kept in Ray's logs, ``pythonpath`` (if given) on
+    every worker's PYTHONPATH, then ``prestart_ray_data_services``. Returns (``ray.init``'s context, the service
     actors' handles by class name, not waited for)."""
     import ray
 
-    single_machine_ray()
+    single_machine_ray(keep_idle_workers)
     ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                    _node_ip_address="127.0.0.1", log_to_driver=False,
                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None)
     return ctx, prestart_ray_data_services()
 
 
-def _init_ray(address: str | None):
+def _init_ray(address: str | None, keep_idle_workers: bool = True):
     """Connect to Ray; returns (ray module, whether this call started it). An already initialised
-    Ray in this process (library use, tests) is used as it is."""
+    Ray in this process (library use, tests) is used as it is; a Ray started here keeps idle
+    workers for reuse only with ``keep_idle_workers`` (see ``single_machine_ray``)."""
     import ray
 
     if ray.is_initialized():
@@ -306,7 +311,7 @@ def _init_ray(address: str | None):
     if address:
         ctx = ray.init(address=address, log_to_driver=False)
     else:
-        ctx, _ = start_local_ray()
+        ctx, _ = start_local_ray(keep_idle_workers=keep_idle_workers)
     url = f"http://{ctx.dashboard_url or '127.0.0.1:8265'}"
     log(f"[tune] Ray {ray.__version__} · dashboard {url} (bound to 127.0.0.1; token auth on: the page asks for the "
         f"token in ~/.ray/auth_token; API: curl -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" {url}/api/jobs/)"
@@ -461,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         plan = prepare_inputs(cfg)
         plan["storage"] = storage
-        ray, started = _init_ray(args.address)
+        ray, started = _init_ray(args.address, keep_idle_workers=not cfg.train.local_mode)
         log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
         try:
             plan["cache"] = teacher_cache_for(cfg, plan)

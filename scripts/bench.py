@@ -87,10 +87,11 @@ def save_teacher(tmp: Path, manifest: dict, layers: int, hidden: int, heads: int
     return str(tmp / "teacher")
 
 
-def start_ray(cpus: int | None = None, paths: tuple = ()):
+def start_ray(cpus: int | None = None, paths: tuple = (), keep_idle_workers: bool = True):
     """A local Ray for a benchmark, started as ``raykd.tune`` starts one (``start_local_ray``: loopback
-    only, dashboard on, Ray Data's service actors asked for at once; the repository and ``paths`` on
-    the workers' PYTHONPATH); returns (ray, seconds from ``ray.init`` until those actors are ready).
+    only, dashboard on, Ray Data's service actors asked for at once, idle workers kept for reuse
+    with ``keep_idle_workers`` as for worker-group trials; the repository and ``paths`` on the
+    workers' PYTHONPATH); returns (ray, seconds from ``ray.init`` until those actors are ready).
     Waiting for them keeps their start-up (~3 s of CPU) out of whatever the benchmark times next;
     ``raykd.tune`` does not wait (they start while it prepares its inputs and Tune starts the first
     trial)."""
@@ -99,7 +100,7 @@ def start_ray(cpus: int | None = None, paths: tuple = ()):
     from raykd.tune import start_local_ray
 
     t = time.perf_counter()
-    _, services = start_local_ray(cpus, os.pathsep.join([str(ROOT), *map(str, paths)]))
+    _, services = start_local_ray(cpus, os.pathsep.join([str(ROOT), *map(str, paths)]), keep_idle_workers)
     ray.get([h.__ray_ready__.remote() for h in services.values()])
     return ray, time.perf_counter() - t
 
@@ -1001,7 +1002,8 @@ def bench_study(args) -> dict:
             for key, label, run in sides if i % 2 == 0 else sides[::-1]:
                 on_ray = key in ("raykd", "raykd_workers", "idle_ray")
                 if on_ray and ray is None:
-                    ray, s = start_ray(2, paths=(anchors, ROOT / "scripts"))
+                    # idle workers kept only for worker-group trials, as raykd.tune decides
+                    ray, s = start_ray(2, paths=(anchors, ROOT / "scripts"), keep_idle_workers=args.workers)
                     init_s.append(s)
                 elif not on_ray and ray is not None:
                     ray.shutdown()

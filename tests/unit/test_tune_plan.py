@@ -109,3 +109,16 @@ def test_a_single_machine_ray_gets_loopback_no_preemption_watcher_and_kept_idle_
     monkeypatch.setenv(tune.SOFT_LIMIT_ENV, "3")
     tune.single_machine_ray()
     assert os.environ[tune.PREEMPTION_WATCHER_ENV] == "1" and os.environ[tune.SOFT_LIMIT_ENV] == "3"
+
+
+def test_a_ray_for_local_mode_trials_keeps_rays_default_for_idle_workers(monkeypatch):
+    from raykd import tune
+
+    for k in (tune.LOOPBACK_ENV, tune.PREEMPTION_WATCHER_ENV, tune.SOFT_LIMIT_ENV):
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+    tune.single_machine_ray(keep_idle_workers=False)
+    assert os.environ[tune.PREEMPTION_WATCHER_ENV] == "0" and tune.SOFT_LIMIT_ENV not in os.environ
+    monkeypatch.setenv(tune.SOFT_LIMIT_ENV, "0")  # what the user exported is kept either way
+    tune.single_machine_ray(keep_idle_workers=True)
+    assert os.environ[tune.SOFT_LIMIT_ENV] == "0"
