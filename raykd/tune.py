@@ -289,8 +289,8 @@ def start_local_ray(num_cpus: int | None = None, pythonpath: str | None = None, 
     """Start the single-machine Ray raykd uses wherever it starts one itself (``raykd.tune`` without
     ``--address``, the test session, the benchmarks): ``single_machine_ray(keep_idle_workers)``
     settings, dashboard on 127.0.0.1, worker output kept in Ray's logs, ``pythonpath`` (if given) on
-    every worker's PYTHONPATH, then ``prestart_ray_data_services``. Returns (``ray.init``'s context, the service
-    actors' handles by class name, not waited for)."""
+    every worker's PYTHONPATH, then ``prestart_ray_data_services``. Returns (``ray.init``'s context,
+    the service actors' handles by class name, not waited for)."""
     import ray
 
     single_machine_ray(keep_idle_workers)
