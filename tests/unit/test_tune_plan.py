@@ -96,12 +96,19 @@ def test_gradient_accumulation_matches_the_full_batch_for_a_per_token_objective(
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_a_single_machine_ray_gets_loopback_no_preemption_watcher_and_kept_idle_workers(monkeypatch):
+@pytest.fixture
+def no_ray_settings(monkeypatch):
+    """None of ``single_machine_ray``'s variables in the environment; the originals come back after the test."""
     from raykd import tune
 
     for k in (tune.LOOPBACK_ENV, tune.PREEMPTION_WATCHER_ENV, tune.SOFT_LIMIT_ENV):
-        monkeypatch.setenv(k, "")  # records the original state, restored after the test
+        monkeypatch.setenv(k, "")  # records the original state
         monkeypatch.delenv(k)
+    return tune
+
+
+def test_a_single_machine_ray_gets_loopback_no_preemption_watcher_and_kept_idle_workers(no_ray_settings, monkeypatch):
+    tune = no_ray_settings
     tune.single_machine_ray()
     assert os.environ[tune.LOOPBACK_ENV] == "0" and os.environ[tune.PREEMPTION_WATCHER_ENV] == "0"
     assert int(os.environ[tune.SOFT_LIMIT_ENV]) == 4 * (os.cpu_count() or 1) + 16
@@ -111,12 +118,8 @@ def test_a_single_machine_ray_gets_loopback_no_preemption_watcher_and_kept_idle_
     assert os.environ[tune.PREEMPTION_WATCHER_ENV] == "1" and os.environ[tune.SOFT_LIMIT_ENV] == "3"
 
 
-def test_a_ray_for_local_mode_trials_keeps_rays_default_for_idle_workers(monkeypatch):
-    from raykd import tune
-
-    for k in (tune.LOOPBACK_ENV, tune.PREEMPTION_WATCHER_ENV, tune.SOFT_LIMIT_ENV):
-        monkeypatch.setenv(k, "")
-        monkeypatch.delenv(k)
+def test_a_ray_for_local_mode_trials_keeps_rays_default_for_idle_workers(no_ray_settings, monkeypatch):
+    tune = no_ray_settings
     tune.single_machine_ray(keep_idle_workers=False)
     assert os.environ[tune.PREEMPTION_WATCHER_ENV] == "0" and tune.SOFT_LIMIT_ENV not in os.environ
     monkeypatch.setenv(tune.SOFT_LIMIT_ENV, "0")  # what the user exported is kept either way
