@@ -18,6 +18,21 @@ import yaml
 from raykd.errors import RaykdError
 
 METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq")
+_WEIGHTING = ("weights", "dynamic_weights")
+# what each method takes in ``method.params`` (its constructor's keywords; a unit test keeps this equal
+# to raykd.distill.methods.method_params) — anything else fails at load time
+METHOD_PARAMS = {
+    "structural": ("projection", "relation", "contrastive", "fusion", "temperature", "anneal_until", *_WEIGHTING,
+                   "ablate"),
+    "no_distill": _WEIGHTING,
+    "tinybert": ("temperature", *_WEIGHTING),
+    "minilm": ("relation_heads", *_WEIGHTING),
+    "minillm": _WEIGHTING,
+    "gkd": ("beta", "temperature", *_WEIGHTING),
+    "ddk": ("update_every", "smoothing", "tau", "temperature", "eval_pairs", *_WEIGHTING),
+    "mixkd": ("alpha", "temperature", *_WEIGHTING),
+    "distillseq": _WEIGHTING,
+}
 SAMPLER_NAMES = ("uniform", "entropy", "random_masked", "hard_negative", "domain_aware")
 DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 # Short names for the parameters people search most, → their dotted path in the config.
@@ -34,8 +49,9 @@ class ExperimentConfig:
     name: str = "smoke"
     storage: str = ".raykd/experiments"
     seeds: list = field(default_factory=lambda: [0])
-    metric: str = "val/semantic_alignment"
+    metric: str = "val/mrr@10"  # the lead metric: QA retrieval of the student alone, which no objective trains on
     mode: str = "max"
+    references: bool = True  # run the teacher / init / no_distill reference trials beside the study
 
 
 @dataclass
@@ -270,6 +286,7 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
         _check(teacher_layers % cfg.student.layers == 0, src, "student.layers",
                f"{cfg.student.layers} must divide the teacher's {teacher_layers} layers (uniform layer map)")
     _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method")
+    _check_method_params(cfg.method.name, cfg.method.params, src)
     _check(cfg.sampler.name in SAMPLER_NAMES, src, "sampler.name",
            f"unknown sampler {cfg.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
     for key, lo in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_every", 1), ("num_workers", 1),
@@ -305,6 +322,20 @@ def _check_method(name, depth, projection_dim, student_layers, src, where) -> No
            f"must be a positive integer, got {projection_dim!r}")
 
 
+def _check_method_params(name: str, params: dict, src: str) -> None:
+    """Every key of ``method.params`` must be a setting method ``name`` takes (no silent drops)."""
+    allowed = METHOD_PARAMS.get(name, ())
+    for key in params:
+        if key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            raise ConfigError(f"{src}: method.params.{key}: method {name!r} takes no {key!r}"
+                              f"{f'; did you mean {near[0]!r}?' if near else ''} (allowed: {', '.join(allowed)})")
+    if name == "gkd" and "beta" in params:
+        b = params["beta"]
+        _check(isinstance(b, (int, float)) and 0.0 <= b <= 1.0, src, "method.params.beta",
+               f"{b!r} must be in [0, 1] (0 = forward KL, 1 = reverse KL)")
+
+
 def resolve_key(name: str) -> str:
     """The dotted config path of a search-space key (aliases expanded)."""
     return ALIASES.get(name, name)
@@ -328,6 +359,7 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
             try:
                 c = _build(Config, probe, "", src)
                 _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method")
+                _check_method_params(c.method.name, c.method.params, src)
                 _check(c.sampler.name in SAMPLER_NAMES, src, "sampler.name",
                        f"unknown sampler {c.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
             except ConfigError as e:

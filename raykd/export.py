@@ -139,9 +139,12 @@ def model_card(trial: TrialRecord, prov: dict, manifest: dict, teacher, ckpt: Pa
         metric_lines.append(f"| {k} | {_num(m.get('val/' + k))} | {_num(m.get('test/' + k))} |")
     eff = [f"| {k.split('/', 1)[1]} | {_num(v)} |" for k, v in sorted(m.items())
            if k.startswith("test/") and any(s in k for s in ("params", "latency", "speedup"))]
-    y_text = ("Y = the multi-granularity aggregation of the last hidden state (token mean, phrase windows, [CLS], "
-              "attention-fused): apply it with the code below."
-              if student.aggregation is not None else "Y = the masked mean of the last hidden state over real tokens.")
+    y_text = ("Y = the mean of the last hidden state over content tokens (no [CLS], [SEP], padding or other "
+              "special tokens), the same for every student and the teacher.")
+    if student.aggregation is not None:
+        y_text += (" This student also has its own multi-granularity aggregation of the last hidden state (token "
+                   "mean, phrase windows, [CLS], attention-fused; the metrics ending `_aggregated`): apply it with "
+                   "the code below.")
     splits = manifest.get("splits", {})
     lines = [
         "---", "library_name: transformers", "tags: [knowledge-distillation, raykd, medical-dialogue]", "---", "",

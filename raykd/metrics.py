@@ -22,7 +22,10 @@ def _f64(x) -> torch.Tensor:
 
 
 def linear_cka(x, y) -> float:
-    """Linear CKA of x [n, p] and y [n, q] (Kornblith et al. 2019), in [0, 1].
+    """Linear CKA of x [n, p] and y [n, q] (Kornblith et al. 2019), in [0, 1] — the biased estimator,
+    kept for comparison: it has a large chance floor at small n (two independent Gaussian
+    representations of 128 rows score ≈ 0.33 at width 64, ≈ 0.86 at width 768), so the study's
+    Semantic Alignment uses ``debiased_linear_cka``.
 
     CKA = ‖Ỹᵀ X̃‖²_F / (‖X̃ᵀ X̃‖_F · ‖Ỹᵀ Ỹ‖_F) with column-centred X̃, Ỹ; invariant to orthogonal
     transforms and isotropic scaling of either side. 0 when either side has no variance.
@@ -41,18 +44,67 @@ def linear_cka(x, y) -> float:
     return float(num / den) if den > 0 else 0.0
 
 
+def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC estimator (Song et al. 2012, eq. 5) of two n×n Gram matrices whose "diagonal"
+    (pairs of one sample with itself) is already zero: 1/(n(n−3)) · [tr(KL) + 1ᵀK1·1ᵀL1/((n−1)(n−2))
+    − 2/(n−2) · 1ᵀKL1]."""
+    n = k.shape[0]
+    kl1 = k @ l.sum(1)
+    return ((k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl1.sum()) / (n * (n - 3))
+
+
+def _zero_diagonal(gram: torch.Tensor) -> torch.Tensor:
+    return gram - torch.diag_embed(torch.diagonal(gram))
+
+
+def _debiased_cka_from_grams(kx: torch.Tensor, ky: torch.Tensor) -> float:
+    hxy, hxx, hyy = _hsic_unbiased(kx, ky), _hsic_unbiased(kx, kx), _hsic_unbiased(ky, ky)
+    den = hxx * hyy
+    return float(hxy / den.sqrt()) if den > 0 else 0.0
+
+
+def _linear_grams(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _f64(x), _f64(y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"debiased_linear_cka: x has {x.shape[0]} rows, y has {y.shape[0]}")
+    if x.shape[0] < 4:
+        raise ValueError(f"debiased_linear_cka: needs n >= 4 rows, got {x.shape[0]}")
+    x = x - x.mean(0, keepdim=True)  # the estimator is translation invariant; centring keeps it well conditioned
+    y = y - y.mean(0, keepdim=True)
+    return x @ x.T, y @ y.T
+
+
+def debiased_linear_cka(x, y) -> float:
+    """Debiased linear CKA of x [n, p] and y [n, q], n ≥ 4: HSIC₁(K, L) / √(HSIC₁(K, K)·HSIC₁(L, L))
+    with linear kernels K = XXᵀ, L = YYᵀ and Song et al.'s (2012) unbiased HSIC estimator, as used for
+    CKA by Nguyen, Raghu & Kornblith (2021). Unlike ``linear_cka`` it has no chance floor: two
+    independent representations score ≈ 0 at any width (it can be slightly negative); 1 for
+    representations equal up to rotation and isotropic scaling. 0 when either side has no variance."""
+    kx, ky = _linear_grams(x, y)
+    return _debiased_cka_from_grams(_zero_diagonal(kx), _zero_diagonal(ky))
+
+
 def semantic_alignment(y_student, y_teacher) -> float:
-    """Semantic Alignment = 100 · linear CKA(Y_S, Y_T), 0–100."""
-    return 100.0 * linear_cka(y_student, y_teacher)
+    """Semantic Alignment = 100 · debiased linear CKA(Y_S, Y_T), unclipped (≈ 0 for unrelated
+    representations, may be slightly negative; 100 for equal ones up to rotation and scale)."""
+    return 100.0 * debiased_linear_cka(y_student, y_teacher)
 
 
 def representation_compactness(ys_fit, yt_fit, ys_eval, yt_eval, ridge: float = 1e-3) -> float:
     """Representation Compactness = 100 · R² of a ridge regression (with intercept) Y_S → Y_T fitted on
-    (ys_fit, yt_fit) and scored on (ys_eval, yt_eval); 0–100, clipped below at 0.
+    (ys_fit, yt_fit) and scored on (ys_eval, yt_eval) — pass disjoint pairs, else R² is in-sample;
+    0–100, clipped below at 0.
 
     R² = 1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖² summed over all teacher dimensions (variance-weighted; ȳ is the
     mean of the scored set); the penalty is ``ridge · trace(XᵀX)/p`` on the centred fit inputs.
     """
+    res, tot = _compactness_rows(ys_fit, yt_fit, ys_eval, yt_eval, ridge)
+    return _r2_percent(res, tot)
+
+
+def _compactness_rows(ys_fit, yt_fit, ys_eval, yt_eval, ridge: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per scored row: (squared residual of the ridge prediction, squared deviation from the scored
+    set's mean), summed over teacher dimensions."""
     xf, yf, xe, ye = _f64(ys_fit), _f64(yt_fit), _f64(ys_eval), _f64(yt_eval)
     xm, ym = xf.mean(0, keepdim=True), yf.mean(0, keepdim=True)
     xc, yc = xf - xm, yf - ym
@@ -61,11 +113,14 @@ def representation_compactness(ys_fit, yt_fit, ys_eval, yt_eval, ridge: float = 
     lam = ridge * torch.trace(gram) / p
     w = torch.linalg.solve(gram + lam * torch.eye(p, dtype=gram.dtype), xc.T @ yc)
     pred = (xe - xm) @ w + ym
-    ss_res = (ye - pred).pow(2).sum()
-    ss_tot = (ye - ye.mean(0, keepdim=True)).pow(2).sum()
+    return (ye - pred).pow(2).sum(1), (ye - ye.mean(0, keepdim=True)).pow(2).sum(1)
+
+
+def _r2_percent(res: torch.Tensor, tot: torch.Tensor) -> float:
+    ss_tot = float(tot.sum())
     if ss_tot <= 0:
         return 0.0
-    return max(0.0, 100.0 * float(1.0 - ss_res / ss_tot))
+    return max(0.0, 100.0 * (1.0 - float(res.sum()) / ss_tot))
 
 
 def structural_consistency(h_student, h_teacher, mask) -> float:
@@ -101,33 +156,43 @@ def _consistency_scores(h_student, h_teacher, mask) -> list[float]:
     return scores
 
 
-def qa_retrieval(q, a, candidates: int = 100, seed: int = 0) -> dict:
+def qa_retrieval(q, a, candidates: int = 100, seed: int = 0, answer_keys=None) -> dict:
     """QA retrieval of each question's own answer among ``candidates`` answers, by cosine similarity.
 
-    For question i the candidates are answer i plus ``candidates − 1`` other answers drawn uniformly
-    without replacement (numpy ``default_rng(seed)``, questions in order; all others when fewer
-    exist). Rank = 1 + the number of candidates strictly more similar than the true answer.
+    For question i the candidates are answer i plus ``candidates − 1`` competitors drawn uniformly
+    without replacement (numpy ``default_rng(seed)``, questions in order; all eligible ones when
+    fewer exist). With ``answer_keys`` (one hashable per answer, e.g. a hash of its text) competitors
+    are drawn only among answers whose key differs from answer i's, so a duplicate of the true answer
+    never competes with it. Ties count against the true answer: rank = 1 + the number of competitors
+    at least as similar, so a constant representation scores 0.
     Returns ``{"mrr@10": mean(1/rank if rank ≤ 10 else 0), "recall@1": mean(rank == 1)}`` in [0, 1].
     """
+    rr = reciprocal_ranks(q, a, candidates, seed, answer_keys)
+    return {"mrr@10": float(rr.mean()), "recall@1": float((rr == 1.0).mean())}
+
+
+def reciprocal_ranks(q, a, candidates: int = 100, seed: int = 0, answer_keys=None) -> np.ndarray:
+    """Per question: 1/rank of its true answer if rank ≤ 10, else 0 (see ``qa_retrieval``)."""
     qn = torch.nn.functional.normalize(_f64(q), dim=-1)
     an = torch.nn.functional.normalize(_f64(a), dim=-1)
     n = qn.shape[0]
     if n == 0 or an.shape[0] != n:
         raise ValueError(f"qa_retrieval: need as many answers as questions (got {n} and {an.shape[0]})")
-    sims = qn @ an.T
+    if answer_keys is not None and len(answer_keys) != n:
+        raise ValueError(f"qa_retrieval: {len(answer_keys)} answer keys for {n} answers")
+    sims = (qn @ an.T).numpy()
+    keys = None if answer_keys is None else np.asarray([hash(k) for k in answer_keys])
     rng = np.random.default_rng(seed)
-    k = min(candidates - 1, n - 1)
-    rr, hit = 0.0, 0
+    out = np.zeros(n)
     for i in range(n):
-        if k == n - 1:
-            others = np.r_[0:i, i + 1:n]
-        else:
-            others = rng.choice(n - 1, size=k, replace=False)
-            others = others + (others >= i)
-        rank = 1 + int((sims[i, torch.from_numpy(others)] > sims[i, i]).sum())
-        rr += 1.0 / rank if rank <= 10 else 0.0
-        hit += rank == 1
-    return {"mrr@10": rr / n, "recall@1": hit / n}
+        pool = np.r_[0:i, i + 1:n]
+        if keys is not None:
+            pool = pool[keys[pool] != keys[i]]
+        k = min(candidates - 1, len(pool))
+        others = pool if k == len(pool) else rng.choice(pool, size=k, replace=False)
+        rank = 1 + int((sims[i, others] >= sims[i, i]).sum())
+        out[i] = 1.0 / rank if rank <= 10 else 0.0
+    return out
 
 
 @torch.no_grad()
@@ -172,15 +237,6 @@ def last_hidden(model, input_ids, attention_mask) -> torch.Tensor:
     return out.hidden_states[-1]
 
 
-def sentence_repr(model, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """(last hidden layer [b, t, d], sentence representation [b, d]): the model's own ``encode`` when
-    it has one (a raykd student: its output representation), else the masked mean of the last layer."""
-    if hasattr(model, "encode"):
-        return model.encode(input_ids, attention_mask)
-    h = last_hidden(model, input_ids, attention_mask)
-    return h, _masked_mean(h, attention_mask)
-
-
 def content_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
                  special_ids: tuple[int, ...] | None = None) -> torch.Tensor:
     """Mask of real, non-special tokens: with ``special_ids``, tokens not in it; otherwise the first
@@ -197,53 +253,164 @@ def content_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor | None = 
     return m
 
 
+def content_repr(model, input_ids, attention_mask, special_ids=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(last hidden layer [b, t, d], content mask [b, t], Y [b, d] = the masked mean of the last layer
+    over content tokens — no [CLS], [SEP], padding or other special tokens). The same definition for
+    the teacher and for every student, whatever its own output head."""
+    h = last_hidden(model, input_ids, attention_mask)
+    cm = content_mask(attention_mask, input_ids, special_ids)
+    return h, cm, _masked_mean(h, cm)
+
+
 @torch.no_grad()
-def _collect(student, teacher, loader, device, with_answers: bool, special_ids):
-    out = {"ys_q": [], "yt_q": [], "ys_a": [], "yt_a": [], "sc": []}
-    for batch in loader:
+def _collect(student, teacher, batches, device, with_answers: bool, special_ids):
+    """Per pair (questions, then answers): content Y of student and teacher, the student's own
+    aggregated Y when it has one, last layers for structural consistency, answer keys."""
+    out = {k: [] for k in ("ys_q", "yt_q", "ya_q", "ys_a", "yt_a", "ya_a", "sc", "akeys")}
+    aggregated = getattr(getattr(student, "student", student), "aggregation", None) is not None
+    for batch in batches:
         qi = batch["q_input_ids"].to(device)
         qm = batch["q_attention_mask"].to(device)
-        hs, ys = sentence_repr(student, qi, qm)
-        ht, yt = sentence_repr(teacher, qi, qm)
+        hs, cm, ys = content_repr(student, qi, qm, special_ids)
+        ht, _, yt = content_repr(teacher, qi, qm, special_ids)
         out["ys_q"].append(ys.float().cpu())
         out["yt_q"].append(yt.float().cpu())
-        out["sc"].append((hs.float().cpu(), ht.float().cpu(), content_mask(qm, qi, special_ids).cpu()))
+        if aggregated:
+            out["ya_q"].append(student.encode(qi, qm)[1].float().cpu())
+        out["sc"].append((hs.float().cpu(), ht.float().cpu(), cm.cpu()))
         if with_answers:
             ai = batch["a_input_ids"].to(device)
             am = batch["a_attention_mask"].to(device)
-            out["ys_a"].append(sentence_repr(student, ai, am)[1].float().cpu())
-            out["yt_a"].append(sentence_repr(teacher, ai, am)[1].float().cpu())
-    return out
+            out["ys_a"].append(content_repr(student, ai, am, special_ids)[2].float().cpu())
+            out["yt_a"].append(content_repr(teacher, ai, am, special_ids)[2].float().cpu())
+            if aggregated:
+                out["ya_a"].append(student.encode(ai, am)[1].float().cpu())
+            ids, lengths = batch["a_input_ids"].cpu(), batch["a_attention_mask"].sum(1).cpu()
+            out["akeys"].extend(tuple(ids[r, : int(lengths[r])].tolist()) for r in range(ids.shape[0]))
+    return {k: (torch.cat(v) if v and isinstance(v[0], torch.Tensor) else v) for k, v in out.items()}
 
 
-def evaluate(student, teacher, fit_loader, eval_loader, candidates: int = 100, seed: int = 0,
-             special_ids: tuple[int, ...] | None = None) -> dict:
-    """Every metric of the student alone on ``eval_loader``; ``fit_loader`` only fits compactness's
-    regression. Loaders yield dicts with ``q_input_ids, q_attention_mask, a_input_ids,
-    a_attention_mask``. Returns ``semantic_alignment, representation_compactness,
-    structural_consistency`` (0–100) and ``mrr@10, recall@1, teacher_mrr@10, teacher_recall@1,
-    retained_mrr`` (student ÷ teacher MRR@10)."""
+def _per_sequence_consistency(sc: list) -> np.ndarray:
+    """Structural consistency per sequence (NaN where skipped), in pair order."""
+    out = []
+    for hs, ht, m in sc:
+        for i in range(hs.shape[0]):
+            s = _consistency_scores(hs[i: i + 1], ht[i: i + 1], m[i: i + 1])
+            out.append(s[0] if s else float("nan"))
+    return np.asarray(out)
+
+
+def split_fit_scored(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint halves of n evaluation pairs (even / odd positions; pairs come in hash-random order):
+    (indices compactness's regression is fitted on, indices it is scored on)."""
+    idx = np.arange(n)
+    return idx[0::2], idx[1::2]
+
+
+def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int = 100, seed: int = 0,
+             special_ids: tuple[int, ...] | None = None, bootstrap: int = 0) -> dict:
+    """Every metric of the student alone on ``eval_batches`` (dicts with ``q_input_ids,
+    q_attention_mask, a_input_ids, a_attention_mask``).
+
+    Y = the content-token mean of the last layer for both models (``content_repr``); a student with
+    its own aggregation (``structural``) is also scored with that Y, under keys ending
+    ``_aggregated``. Compactness's regression is fitted on ``fit_batches`` (pairs disjoint from the
+    scored ones) or, without them, on one half of the evaluation pairs and scored on the other
+    (``split_fit_scored``); the other metrics use every evaluation pair.
+    Returns ``semantic_alignment, representation_compactness, structural_consistency`` (0–100),
+    ``mrr@10, recall@1`` (0–1), ``teacher_mrr@10, teacher_recall@1``, ``retained_mrr`` (student ÷
+    teacher MRR@10) and ``eval_pairs``; with ``bootstrap`` = B > 0 also ``<metric>_ci_low`` /
+    ``<metric>_ci_high``: a percentile 95 % interval over B resamples of the evaluation pairs."""
     device = next(student.parameters()).device
     modes = (student.training, teacher.training)
     student.eval()
     teacher.eval()
     try:
-        ev = _collect(student, teacher, eval_loader, device, True, special_ids)
-        fit = _collect(student, teacher, fit_loader, device, False, special_ids)
+        ev = _collect(student, teacher, eval_batches, device, True, special_ids)
+        fit = _collect(student, teacher, fit_batches, device, False, special_ids) if fit_batches else None
     finally:
         student.train(modes[0])
         teacher.train(modes[1])
-    ys, yt = torch.cat(ev["ys_q"]), torch.cat(ev["yt_q"])
-    sc = [c for hs, ht, m in ev["sc"] for c in _consistency_scores(hs, ht, m)]
-    s_ret = qa_retrieval(ys, torch.cat(ev["ys_a"]), candidates, seed)
-    t_ret = qa_retrieval(yt, torch.cat(ev["yt_a"]), candidates, seed)
-    return {
-        "semantic_alignment": semantic_alignment(ys, yt),
-        "representation_compactness": representation_compactness(torch.cat(fit["ys_q"]), torch.cat(fit["yt_q"]), ys, yt),
-        "structural_consistency": 100.0 * float(np.mean(sc)) if sc else float("nan"),
-        "mrr@10": s_ret["mrr@10"],
-        "recall@1": s_ret["recall@1"],
-        "teacher_mrr@10": t_ret["mrr@10"],
-        "teacher_recall@1": t_ret["recall@1"],
-        "retained_mrr": s_ret["mrr@10"] / t_ret["mrr@10"] if t_ret["mrr@10"] > 0 else float("nan"),
-    }
+    scores = _pair_scores(ev, fit, candidates, seed)
+    out = {name: s.value() for name, s in scores.items()}
+    t_rr = reciprocal_ranks(ev["yt_q"], ev["yt_a"], candidates, seed, ev["akeys"])
+    out["teacher_mrr@10"] = float(t_rr.mean())
+    out["teacher_recall@1"] = float((t_rr == 1.0).mean())
+    out["retained_mrr"] = out["mrr@10"] / out["teacher_mrr@10"] if out["teacher_mrr@10"] > 0 else float("nan")
+    out["eval_pairs"] = int(ev["ys_q"].shape[0])
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed + 1)
+        n = out["eval_pairs"]
+        draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
+        for name, s in scores.items():
+            vals = np.array([s.value(idx) for idx in draws], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (float("nan"), float("nan")))
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
+    return out
+
+
+class _Score:
+    """One metric as a function of a resample of the evaluation pairs (None = all of them)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def value(self, idx: np.ndarray | None = None) -> float:
+        return float(self.fn(idx))
+
+
+def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
+    """Semantic Alignment over a resample: the Gram matrices indexed by it, with every pair of
+    positions drawn from one pair zeroed (the unbiased estimator's diagonal, extended to duplicates)."""
+    kx, ky = _linear_grams(ys, yt)
+
+    def fn(idx):
+        if idx is None:
+            return 100.0 * _debiased_cka_from_grams(_zero_diagonal(kx), _zero_diagonal(ky))
+        t = torch.from_numpy(idx)
+        same = t[:, None] == t[None, :]
+        return 100.0 * _debiased_cka_from_grams(kx[t][:, t].masked_fill(same, 0.0), ky[t][:, t].masked_fill(same, 0.0))
+    return _Score(fn)
+
+
+def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict[str, _Score]:
+    n = ev["ys_q"].shape[0]
+    if fit is None:
+        fit_idx, scored_idx = split_fit_scored(n)
+    else:
+        scored_idx = np.arange(n)
+    sc = _per_sequence_consistency(ev["sc"])
+    views = {"": (ev["ys_q"], ev["ys_a"])}
+    if len(ev["ya_q"]):
+        views["_aggregated"] = (ev["ya_q"], ev["ya_a"])
+    scores = {}
+    for suffix, (yq, ya) in views.items():
+        if fit is None:
+            res, tot = _compactness_rows(yq[fit_idx], ev["yt_q"][fit_idx], yq[scored_idx], ev["yt_q"][scored_idx])
+        else:
+            fq = fit["ys_q"] if suffix == "" else fit["ya_q"]
+            res, tot = _compactness_rows(fq, fit["yt_q"], yq, ev["yt_q"])
+        rr = reciprocal_ranks(yq, ya, candidates, seed, ev["akeys"])
+        scores["semantic_alignment" + suffix] = _sa_score(yq, ev["yt_q"])
+        scores["representation_compactness" + suffix] = _Score(
+            lambda idx, res=res, tot=tot: _r2_percent(res, tot) if idx is None else _r2_percent(
+                *_rows_of_pairs(idx, scored_idx, res, tot)))
+        scores["mrr@10" + suffix] = _Score(lambda idx, rr=rr: rr.mean() if idx is None else rr[idx].mean())
+        scores["recall@1" + suffix] = _Score(
+            lambda idx, rr=rr: (rr == 1.0).mean() if idx is None else (rr[idx] == 1.0).mean())
+    scores["structural_consistency"] = _Score(lambda idx: _nanmean_percent(sc if idx is None else sc[idx]))
+    return scores
+
+
+def _rows_of_pairs(idx: np.ndarray, scored_idx: np.ndarray, res: torch.Tensor, tot: torch.Tensor):
+    """The scored rows (with multiplicity) of the pairs in a resample: compactness's CI resamples the
+    scored pairs; its regression stays the one fitted on all fit pairs."""
+    pos = {int(p): i for i, p in enumerate(scored_idx)}
+    rows = torch.tensor([pos[int(p)] for p in idx if int(p) in pos], dtype=torch.long)
+    return res[rows], tot[rows]
+
+
+def _nanmean_percent(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return 100.0 * float(x.mean()) if len(x) else float("nan")

@@ -56,6 +56,7 @@ class TrialRecord:
     steps: int = 0
     planned_steps: int | None = None
     metrics: dict = field(default_factory=dict)  # the last reported val/* and test/* values
+    role: str = "trial"  # trial | init | no_distill | teacher (see load_references)
 
     def config_key(self, names) -> tuple:
         return tuple(str(self.params.get(n)) for n in names)
@@ -114,6 +115,7 @@ def _flatten_params(config: dict) -> tuple[dict, int | None]:
 
 
 REPORT_FILES = ("result.json", "params.json", "provenance.json", "error.txt")
+ROLES = ("teacher", "init", "no_distill")
 
 
 def fetch_experiment(uri: str) -> Path:
@@ -132,6 +134,8 @@ def fetch_experiment(uri: str) -> Path:
     for info in infos:
         rel = info.path[len(root.rstrip("/")):].lstrip("/")
         parts = rel.split("/")
+        if parts[0] == "references":  # the study's reference trials (see load_references)
+            parts = parts[1:]
         wanted = (len(parts) == 1 and parts[0].startswith("experiment_state-")) or \
                  (len(parts) == 2 and parts[0].startswith("trial_") and parts[1] in REPORT_FILES)
         if info.type == pafs.FileType.File and wanted:
@@ -193,6 +197,47 @@ def load_experiment(exp_dir: str | Path) -> list[TrialRecord]:
     return sorted(by_id.values(), key=lambda r: r.trial_id)
 
 
+def references_dir(exp_dir: str | Path) -> Path:
+    """Where the reference trials of an experiment live: ``EXP/references``; for a confirm phase
+    (``NAME-confirm``) those of its search, ``NAME/references``."""
+    exp = Path(exp_dir)
+    own = exp / "references"
+    if not own.is_dir() and exp.name.endswith("-confirm"):
+        return exp.parent / exp.name.removesuffix("-confirm") / "references"
+    return own
+
+
+def _split_prefixed(row: dict, prefix: str = "") -> dict:
+    return {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix) and k[len(prefix):].startswith(
+        ("val/", "test/")) and isinstance(v, (int, float))}
+
+
+def load_references(exp_dir: str | Path) -> list[TrialRecord]:
+    """The study's reference rows, one per role and seed (and searched student shape): ``teacher``
+    (the teacher scored as its own student, from a reference trial's step-0 row), ``init`` (the plain
+    student as built, its step-0 row) and ``no_distill`` (the same trial's final row: the student
+    trained on its own task loss, same steps and data). ``trial_id`` = ``<role>-s<seed>``. Empty
+    when the experiment has no references."""
+    refs = references_dir(exp_dir)
+    if not refs.is_dir():
+        return []
+    out = []
+    for rec in load_experiment(refs):
+        rows = _read_results(Path(rec.path))
+        start = next((r for r in rows if r.get("step") == 0), None)
+        shape = "".join(f"-{k.split('.')[-1]}{v}" for k, v in rec.params.items() if k != "reference")
+        sid = f"s{rec.seed}{shape}"
+        params = {k: v for k, v in rec.params.items() if k != "reference"}
+        if start is not None:
+            out.append(TrialRecord(f"teacher-{sid}", rec.path, "finished", "", params, rec.seed, 0, 0,
+                                   _split_prefixed(start, "teacher/"), role="teacher"))
+            out.append(TrialRecord(f"init-{sid}", rec.path, "finished", "", params, rec.seed, 0, 0,
+                                   _split_prefixed(start), role="init"))
+        out.append(TrialRecord(f"no_distill-{sid}", rec.path, rec.status, rec.error, params, rec.seed, rec.steps,
+                               rec.planned_steps, rec.metrics, role="no_distill"))
+    return out
+
+
 def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
     """(validation metric, mode) the experiment selected on, from a trial's provenance."""
     for t in trials:
@@ -203,7 +248,7 @@ def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
                 return e["metric"], e["mode"]
             except (ValueError, KeyError, TypeError):
                 continue
-    return "val/semantic_alignment", "max"
+    return "val/mrr@10", "max"
 
 
 def varied_parameters(trials: list[TrialRecord]) -> list[str]:
@@ -216,7 +261,8 @@ def varied_parameters(trials: list[TrialRecord]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ outputs
 def write_csv(trials: list[TrialRecord], path: Path) -> None:
-    """results.csv: trial_id, status, error, steps, parameters, seed, every val/ and test/ metric."""
+    """results.csv: trial_id, role (trial | init | no_distill | teacher), status, error, steps,
+    parameters, seed, every val/ and test/ metric."""
     pnames: list[str] = []
     mnames: set[str] = set()
     for t in trials:
@@ -225,9 +271,9 @@ def write_csv(trials: list[TrialRecord], path: Path) -> None:
     mcols = sorted(m for m in mnames if m.startswith("val/")) + sorted(m for m in mnames if m.startswith("test/"))
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "status", "error", "steps"] + pnames + ["seed"] + mcols)
+        w.writerow(["trial_id", "role", "status", "error", "steps"] + pnames + ["seed"] + mcols)
         for t in trials:
-            w.writerow([t.trial_id, t.status, t.error, t.steps] + [t.params.get(p, "") for p in pnames]
+            w.writerow([t.trial_id, t.role, t.status, t.error, t.steps] + [t.params.get(p, "") for p in pnames]
                        + ["" if t.seed is None else t.seed] + [t.metrics.get(m, "") for m in mcols])
 
 
@@ -256,6 +302,47 @@ def summary_table(finished: list[TrialRecord], names: list[str]) -> str:
             cells.append(_fmt(mean, half, decimals))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def reference_table(refs: list[TrialRecord]) -> str:
+    """Markdown: one row per reference role, test metrics as mean ± 95 % CI over seeds."""
+    head = ["reference", "n"] + [title for _, title, _ in TABLE_METRICS] + ["MLM loss (test)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for role in ROLES:
+        ts = [r for r in refs if r.role == role and r.status == "finished"]
+        if not ts:
+            continue
+        cells = [f"`{role}`", str(len(ts))]
+        for m, _, decimals in TABLE_METRICS + (("mlm_loss", "", 3),):
+            mean, half, _ = mean_ci([t.metrics.get(f"test/{m}") for t in ts])
+            cells.append(_fmt(mean, half, decimals))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gains_over_references(finished: list[TrialRecord], refs: list[TrialRecord], names: list[str],
+                          metric: str) -> list[dict]:
+    """Per configuration: its gain on ``metric`` over ``init`` and over ``no_distill``, paired by seed
+    (and student shape where searched): rows {key, role, n, diff, ci, p, p_holm, significant},
+    Holm-adjusted across all rows."""
+    def ref_key(t):
+        return (t.seed,) + tuple(sorted((k, str(v)) for k, v in t.params.items() if k.startswith("student.")))
+
+    base = {role: {ref_key(r): r.metrics.get(metric) for r in refs if r.role == role and r.status == "finished"
+                   and r.metrics.get(metric) is not None} for role in ("init", "no_distill")}
+    rows = []
+    for key, ts in groups_of(finished, names).items():
+        for role, ref in base.items():
+            pairs = [(t.metrics[metric], ref[ref_key(t)]) for t in ts
+                     if t.metrics.get(metric) is not None and ref_key(t) in ref]
+            if not pairs:
+                continue
+            r = paired_t([a for a, _ in pairs], [b for _, b in pairs])
+            rows.append({"key": key, "role": role, **r})
+    for r, ph in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = ph
+        r["significant"] = ph == ph and ph < 0.05
+    return rows
 
 
 def importance(trials: list[TrialRecord], names: list[str], metric: str, mode: str) -> tuple[dict, int]:
@@ -298,9 +385,11 @@ def paired_differences(finished: list[TrialRecord], names: list[str], metric: st
     return rows
 
 
-def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path) -> list[Path]:
+def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path,
+            refs: list[TrialRecord] | None = None) -> list[Path]:
     """One PNG per (varied parameter, metric): the metric's mean ± 95 % CI at each value of the
-    parameter (other parameters pooled). Returns the files written."""
+    parameter (other parameters pooled), with the references' means (teacher, init, no_distill) as
+    horizontal lines. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,6 +419,12 @@ def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path) 
                 if n:
                     ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(0, 6), ha="center",
                                 fontsize=8)
+            for role, style in zip(ROLES, ("k-", "r--", "b:")):
+                mean, _, n_ref = mean_ci([r.metrics.get(f"{split}/{m}") for r in refs or [] if r.role == role])
+                if n_ref:
+                    ax.axhline(mean, linestyle=style[1:], color=style[0], linewidth=1, label=f"{role} (n={n_ref})")
+            if refs:
+                ax.legend(fontsize=7, loc="best")
             ax.set_xlabel(name)
             ax.set_ylabel(f"{split}/{m}")
             ax.set_title(f"{name} vs {m} (mean ± 95 % CI over seeds)")
@@ -359,7 +454,8 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
     names = varied_parameters(trials)
     counts = {s: sum(t.status == s for t in trials) for s in STATUS_ORDER}
     finished = [t for t in trials if t.status == "finished"]
-    write_csv(trials, out_dir / "results.csv")
+    refs = load_references(exp)
+    write_csv(refs + trials, out_dir / "results.csv")
 
     md = [f"# Experiment `{exp.name}`", "",
           f"{len(trials)} trials: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER) + "."]
@@ -373,6 +469,25 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
            + (", ".join(f"`{n}`" for n in names) or "nothing") + ".", ""]
     md += ["## Test metrics by configuration (mean ± 95 % CI over seeds, Student's t, n − 1 df)", ""]
     md.append(summary_table(finished, names) if finished else "_No finished trial yet._")
+    lead = "test/" + metric.split("/", 1)[-1]
+    if refs:
+        md += ["", "## References (test, mean ± 95 % CI over seeds)", "",
+               "`teacher`: the teacher scored as its own student; `init`: the plain student as built, before "
+               "its first step; `no_distill`: the same student trained with the same steps and data on its own "
+               "task loss only.", "", reference_table(refs)]
+        gains = gains_over_references(finished, refs, names, lead)
+        md += ["", f"## Gain over the references on `{lead}` (paired by seed; paired t, Holm-adjusted)", ""]
+        if gains:
+            md += ["| configuration | over | n | gain (95 % CI) | p | p (Holm) | real at 0.05 |",
+                   "|---|---|---|---|---|---|---|"]
+            for r in gains:
+                md.append(f"| {_key_text(names, r['key'])} | `{r['role']}` | {r['n']} | {_fmt(r['diff'], r['ci'], 4)} | "
+                          f"{_p(r['p'])} | {_p(r['p_holm'])} | {'yes' if r['significant'] else 'no'} |")
+        else:
+            md.append("_No finished trial shares a seed with a finished reference._")
+    else:
+        md += ["", "_This experiment has no references (`experiment.references: false`): its numbers have no "
+               "reference point._"]
     errors = [t for t in trials if t.status == "error"]
     if errors:
         md += ["", "## Errored trials", ""] + [f"- `{t.trial_id}` ({_params_text(t)}): {t.error}" for t in errors]
@@ -391,19 +506,20 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
         md += ["| A | B | n | A − B (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
         for r in diffs:
             md.append(f"| {_key_text(names, r['a'])} | {_key_text(names, r['b'])} | {r['n']} | "
-                      f"{_fmt(r['diff'], r['ci'])} | {_p(r['p'])} | {_p(r['p_holm'])} | "
+                      f"{_fmt(r['diff'], r['ci'], 4)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
                       f"{'yes' if r['significant'] else 'no'} |")
     else:
         md.append("_No two configurations share ≥ 2 finished seeds._")
 
     split = "test" if finished else "val"
-    figs = figures(finished or trials, names, split, out_dir)
+    figs = figures(finished or trials, names, split, out_dir, refs)
     if figs:
         md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs]
     text = "\n".join(md) + "\n"
     (out_dir / "table.md").write_text(text, encoding="utf-8")
     return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
-            "importance": imp, "paired": diffs, "markdown": text}
+            "importance": imp, "paired": diffs, "references": len(refs),
+            "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
 
 
 def _p(p: float) -> str:

@@ -34,7 +34,7 @@ from raykd import config as C
 from raykd import metrics
 from raykd.cache import CachedPairCollator, cache_use, cached_dataset, cached_targets, structural_layers
 from raykd.data.sampling import ScoreTable, build_sampler
-from raykd.data.shards import load_manifest, shard_paths
+from raykd.data.shards import load_manifest, shard_paths, special_token_ids
 from raykd.data.stream import PairCollator, department_index, split_datasets
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
@@ -49,6 +49,10 @@ TRIAL_DRIVER_CPUS = 0.05
 ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
 METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
                "retained_mrr")
+BOOTSTRAP = 200  # resamples of the evaluation pairs behind each final metric's 95 % CI
+EVAL_SEED = 0  # which pairs are evaluation pairs, and the candidates of QA retrieval: the same for every trial
+SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")
+REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
 
 
 # ------------------------------------------------------------------------------------------ trial config
@@ -57,8 +61,11 @@ def trial_config(base: dict, params: dict) -> C.Config:
     (aliases or dotted keys; ``seed`` sets the trial seed; ``confirm`` holds a confirm-phase
     configuration) applied."""
     params = {**params.get("confirm", {}), **{k: v for k, v in params.items() if k != "confirm"}}
-    overrides = {C.resolve_key(k): v for k, v in params.items() if k != "seed"}
+    overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY)}
     data = C.apply_overrides(base, overrides)
+    if params.get(REFERENCE_KEY):  # the plain student on its own task loss, on the study's unweighted data
+        data["method"] = {**data["method"], "name": "no_distill", "depth": None, "params": {}}
+        data["sampler"] = {"name": "uniform", "params": {}}
     if "seed" in params:
         data["experiment"]["seeds"] = [int(params["seed"])]
     return C._build(C.Config, data, "", "<trial>")
@@ -92,19 +99,83 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def _eval_batches(prepared: str, manifest: dict, split: str, pairs: int, batch_size: int = 64) -> list[dict]:
+    """The split's evaluation pairs as collated batches: ``pairs`` of them chosen by a seeded hash of
+    ``pair_id`` (``EVAL_SEED``), in that hash order — a random subset, not the first rows in source
+    order, and the same for every trial of every study on this data."""
+    import hashlib
+
     import pyarrow.parquet as pq
 
     t = pq.read_table(shard_paths(prepared, split, manifest), columns=["pair_id", "department", "q_input_ids",
-                                                                       "a_input_ids"]).slice(0, pairs)
+                                                                       "a_input_ids"])
+    ids = t.column("pair_id").to_pylist()
+    order = sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{EVAL_SEED}|eval|{ids[i]}".encode(),
+                                                                   digest_size=8).digest())[:pairs]
+    t = t.take(order)
     collate = PairCollator(manifest["tokenizer"]["pad_token_id"], department_index(manifest))
     cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
     return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
 
 
-def evaluate_split(core, teacher, fit: list, ev: list, prefix: str) -> dict:
-    """Metrics of the student alone, named ``<prefix>/<metric>``."""
-    m = metrics.evaluate(core, teacher, fit, ev)
-    return {f"{prefix}/{k}": float(m[k]) for k in METRIC_KEYS + ("teacher_mrr@10",)}
+class Evaluation:
+    """What rank 0 evaluates: the validation pairs at every report, the test pairs at the end (and
+    at step 0 of a reference trial), the student alone, against the fixed teacher."""
+
+    def __init__(self, prepared: str, manifest: dict, pairs: int, tokens: TokenIds, vocab_size: int):
+        self.prepared, self.manifest, self.pairs = prepared, manifest, pairs
+        self.tokens, self.vocab_size = tokens, vocab_size
+        self.val = _eval_batches(prepared, manifest, "validation", pairs)
+        self._test: list | None = None
+
+    @property
+    def test(self) -> list[dict]:
+        if self._test is None:
+            self._test = _eval_batches(self.prepared, self.manifest, "test", self.pairs)
+        return self._test
+
+    def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
+        """Metrics named ``<prefix><split>/<metric>`` (see ``metrics.evaluate``). Validation fits
+        compactness on half of its pairs and scores the other half; test fits on the validation
+        pairs. Test adds ``mlm_loss`` (held-out masked-LM loss of the model, nats per masked token,
+        fixed masking) and the teacher's ``teacher_mlm_loss``."""
+        ev, fit = (self.val, None) if split == "val" else (self.test, self.val)
+        m = metrics.evaluate(student, teacher, ev, fit, seed=EVAL_SEED, special_ids=self.tokens.special,
+                             bootstrap=bootstrap)
+        if split == "test":
+            m["mlm_loss"] = heldout_mlm_loss(_mlm_of(student), self.test, self.tokens, self.vocab_size)
+            m["teacher_mlm_loss"] = heldout_mlm_loss(teacher, self.test, self.tokens, self.vocab_size)
+        return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
+
+
+def _mlm_of(model):
+    """The masked-LM model inside a method / Student / HF model."""
+    model = getattr(model, "student", model)
+    return getattr(model, "mlm", model)
+
+
+@torch.no_grad()
+def heldout_mlm_loss(mlm, batches: list[dict], tokens: TokenIds, vocab_size: int, seed: int = EVAL_SEED) -> float:
+    """Masked-LM cross-entropy (nats per masked token) of ``mlm`` on these pairs (questions and
+    answers), corrupted with a fixed-seed BERT masking: the same positions for every model."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(mlm.parameters()).device
+    was = mlm.training
+    mlm.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in batches:
+            inputs = make_inputs({k: v for k, v in batch.items() if torch.is_tensor(v)}, tokens, gen, corrupt=True,
+                                 vocab_size=vocab_size)
+            chosen = inputs["chosen"]
+            if not chosen.any():
+                continue
+            logits = mlm(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["mask"].to(device)).logits
+            total += float(torch.nn.functional.cross_entropy(logits[chosen.to(device)].float(),
+                                                             inputs["ids"][chosen].to(device), reduction="sum"))
+            count += int(chosen.sum())
+    finally:
+        mlm.train(was)
+    return total / max(count, 1)
 
 
 def efficiency_vs_teacher(student, teacher, batch_size: int, seq_len: int) -> dict:
@@ -140,7 +211,7 @@ def train_fn_per_worker(config: dict) -> None:
     torch.manual_seed(seed)
 
     manifest = load_manifest(config["prepared"])
-    tokens = TokenIds.from_manifest(manifest)
+    tokens = TokenIds.from_manifest(manifest, special_token_ids(config["prepared"], manifest))
     checkpoint = tune.get_checkpoint() if local else ray.train.get_checkpoint()  # RAY: resume after a failure
     send = LocalReporter(config.get("trial_dir")) if local else train_report
     cache = config.get("cache")
@@ -149,14 +220,18 @@ def train_fn_per_worker(config: dict) -> None:
     else:
         collate = PairCollator(tokens.pad, department_index(manifest))
     shard = ray.train.get_dataset_shard("train")  # RAY
+    sampler = config.get("sampler") and build_sampler(config["sampler"]["name"], ScoreTable(config["scores"]) if
+                                                      config.get("scores") else None, seed, **config["sampler"]["params"])
 
-    def epoch(start_step: int):
-        """One pass over this worker's shard of the train split, shuffled locally under the seed."""
-        return shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate,  # RAY
-                                        local_shuffle_buffer_size=4 * t.batch_size,
-                                        local_shuffle_seed=seed + start_step)
+    def epoch(index: int):
+        """One pass over this worker's shard of the train split (shuffled globally, anew each epoch,
+        by Ray Data), through the trial's sampler when it has one."""
+        if not sampler:
+            return shard.iter_torch_batches(batch_size=t.batch_size, collate_fn=collate)  # RAY
+        return sampled_batches(shard, sampler, index, t.batch_size, collate)
 
-    first_epoch = FirstItemAhead(epoch(checkpoint_step(checkpoint)))  # Ray Data starts while the models build
+    epoch_index = checkpoint_state(checkpoint)[1]
+    first_epoch = FirstItemAhead(epoch(epoch_index))  # Ray Data starts while the models build
 
     teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(device).eval()
     teacher.requires_grad_(False)
@@ -169,6 +244,7 @@ def train_fn_per_worker(config: dict) -> None:
     else:
         model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
     core = model.module if hasattr(model, "module") else model
+    core.epoch = epoch_index  # the epoch the stream is in (the samplers' salt), saved in checkpoints
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
     scaler = precision.grad_scaler()
@@ -180,22 +256,23 @@ def train_fn_per_worker(config: dict) -> None:
             from safetensors.torch import load_model
 
             load_model(core, os.path.join(d, "model.safetensors"), device=str(device))
-            state = torch.load(os.path.join(d, "state.pt"), weights_only=True)
+            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["mask_generator"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["mask_generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         step, best[0] = int(state["step"]), state.get("best")
         if isinstance(core.weighting, GradNormWeights) and state.get("weighting"):
             core.weighting.load_state_dict(state["weighting"])
 
     t_model = time.time()
-    val_fit = val_ev = None
-    if rank == 0:
-        val = _eval_batches(config["prepared"], manifest, "validation", t.eval_pairs)
-        half = max(1, len(val) // 2)
-        val_fit, val_ev = val[:half], val[half:] or val[:half]
+    evaluation = Evaluation(config["prepared"], manifest, t.eval_pairs, tokens, teacher.config.vocab_size) \
+        if rank == 0 else None
+    if step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
+        _report_start(core, teacher, evaluation, rank, world, config, send)
     if cache is not None:
         needed = set(core.teacher_layers()) | {teacher.config.num_hidden_layers}
         if not needed <= set(cache["layers"]):
@@ -211,7 +288,7 @@ def train_fn_per_worker(config: dict) -> None:
     seen_pairs: set[str] = set()
     while step < t.steps:
         batches_this_epoch = 0
-        batches, first_epoch = first_epoch or epoch(step), None
+        batches, first_epoch = first_epoch or epoch(epoch_index), None
         for batch in batches:
             batches_this_epoch += 1
             if t_window is None:
@@ -220,6 +297,8 @@ def train_fn_per_worker(config: dict) -> None:
                 startup["t_batch"] = time.time()
             seen_pairs.update(batch.pop("pair_id", ()))
             cached = batch.pop("teacher_hidden", None)
+            if hasattr(core, "resample_batch"):  # DDK: rows redrawn by department sampling weight
+                batch = core.resample_batch(batch, gen)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             core.set_progress(step / t.steps)
             inputs = make_inputs(batch, tokens, gen, corrupt=core.uses_mlm, vocab_size=teacher.config.vocab_size)
@@ -247,6 +326,8 @@ def train_fn_per_worker(config: dict) -> None:
             lr = sched.get_last_lr()[0]
             sched.step()
             step += 1
+            if hasattr(core, "update_domain_weights") and step % core.update_every == 0:
+                _update_domain_weights(core, teacher, evaluation, tokens, rank, world)
             tokens_seen += step_tokens
             if startup is not None and "t_step" not in startup:
                 startup["t_step"] = time.time()
@@ -276,8 +357,8 @@ def train_fn_per_worker(config: dict) -> None:
                 result["worker_pid"] = os.getpid()
                 if rank == 0:
                     result[STEP_HISTORY_KEY], history = history, []
-                _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest,
-                        t, final, best, send)
+                _report(core, teacher, opt, sched, scaler, gen, step, result, rank, evaluation, config, t, final, best,
+                        send)
                 if gauges is not None:
                     gauges.set_report(result)
                 t_window = None
@@ -286,14 +367,43 @@ def train_fn_per_worker(config: dict) -> None:
         if batches_this_epoch == 0:
             raise RuntimeError(f"worker {rank}: its shard of the train split is empty (too few pairs for "
                                f"{world} workers?)")
+        if step < t.steps:
+            epoch_index += 1
+            core.epoch = epoch_index  # checkpointed with the step: a restart resumes the epoch's sampling
 
 
-def checkpoint_step(checkpoint) -> int:
-    """The optimizer step a Ray Train checkpoint was taken at (0 without one)."""
+SAMPLER_WINDOW = 4096  # rows a sampler sees at once (rounded up to whole training batches)
+
+
+def sampled_batches(shard, sampler, epoch: int, batch_size: int, collate):
+    """Training batches of one epoch: windows of the shard through ``sampler(window, epoch)``, cut
+    into ``batch_size`` rows in the order the sampler returns (hard-negative groups stay whole;
+    rows left over at a window's end lead the next window)."""
+    import numpy as np
+
+    window = batch_size * -(-SAMPLER_WINDOW // batch_size)
+    carry = None
+    for rows in shard.iter_batches(batch_size=window, batch_format="numpy"):  # RAY
+        rows = sampler(rows, epoch)
+        if carry is not None:
+            rows = {k: np.concatenate([carry[k], v]) for k, v in rows.items()}
+        n = len(rows["pair_id"])
+        full = n - n % batch_size
+        for i in range(0, full, batch_size):
+            yield collate({k: v[i: i + batch_size] for k, v in rows.items()})
+        carry = {k: v[full:] for k, v in rows.items()} if full < n else None
+    if carry is not None:
+        yield collate(carry)
+
+
+def checkpoint_state(checkpoint) -> tuple[int, int]:
+    """(optimizer step, epoch) a checkpoint was taken at ((0, 0) without one)."""
     if not checkpoint:
-        return 0
+        return 0, 0
     with checkpoint.as_directory() as d:
-        return int(torch.load(os.path.join(d, "state.pt"), weights_only=True)["step"])
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    return int(state["step"]), int(state.get("epoch", 0))
+
 
 
 class FirstItemAhead:
@@ -402,30 +512,57 @@ def trial_resources(t: C.TrainConfig) -> dict:
     return {"CPU": TRIAL_DRIVER_CPUS}
 
 
-def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, val_fit, val_ev, config, manifest, t, final,
-            best_box, send) -> None:
+def _update_domain_weights(core, teacher, evaluation: Evaluation | None, tokens: TokenIds, rank: int,
+                           world: int) -> None:
+    """DDK's sampling weights from the validation discrepancy: measured on rank 0 (which holds the
+    validation pairs), then broadcast so that every rank samples with the same weights."""
+    if rank == 0:
+        core.update_domain_weights(teacher, evaluation.val, tokens, teacher.config.vocab_size)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(core.dept_weight, src=0)
+        dist.broadcast(core.discrepancy, src=0)
+
+
+def _report_start(core, teacher, evaluation: Evaluation | None, rank: int, world: int, config: dict, send) -> None:
+    """The step-0 report (every rank reports; rank 0 evaluates): the student as built, on validation.
+    A reference trial also reports it on test (the ``init`` reference) and the teacher scored as its
+    own student under ``teacher/val/…`` and ``teacher/test/…`` (the ``teacher`` reference)."""
+    result = {"step": 0, "world_size": world}
+    if rank == 0:
+        result.update(evaluation.split(core, teacher, "val", BOOTSTRAP if config.get("reference") else 0))
+        if config.get("reference"):
+            result.update(evaluation.split(core, teacher, "test", BOOTSTRAP))
+            for split in ("val", "test"):
+                result.update(evaluation.split(teacher, teacher, split, BOOTSTRAP, prefix="teacher/"))
+    send(result, None)
+
+
+def _report(core, teacher, opt, sched, scaler, gen, step, result, rank, evaluation, config, t, final, best_box,
+            send) -> None:
     """Evaluate (rank 0), checkpoint (rank 0) and report (every rank) through ``send``."""
     cfg_metric = config["metric"]
     with tempfile.TemporaryDirectory() as d:
         ckpt_dir = None
         if rank == 0:
-            result.update(evaluate_split(core, teacher, val_fit, val_ev, "val"))
+            result.update(evaluation.split(core, teacher, "val", BOOTSTRAP if final else 0))
             v = result.get(cfg_metric)
             if v is not None and v == v:
                 better = best_box[0] is None or (v > best_box[0] if config["mode"] == "max" else v < best_box[0])
                 best_box[0] = v if better else best_box[0]
             result["best_metric"] = best_box[0]
             if final:
-                test = _eval_batches(config["prepared"], manifest, "test", t.eval_pairs)
-                fit = val_fit + val_ev
-                result.update(evaluate_split(core, teacher, fit, test, "test"))
-                result.update(efficiency_vs_teacher(core.student, teacher, t.batch_size, manifest["max_length"]))
+                result.update(evaluation.split(core, teacher, "test", BOOTSTRAP))
+                result.update(efficiency_vs_teacher(core.student, teacher, t.batch_size, evaluation.manifest["max_length"]))
             from safetensors.torch import save_model
 
             save_model(core, os.path.join(d, "model.safetensors"))
             torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                        "mask_generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                        "best": best_box[0],
+                        "mask_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() and
+                        next(core.parameters()).is_cuda else None, "step": step, "best": best_box[0],
+                        "epoch": getattr(core, "epoch", 0),
                         "weighting": core.weighting.state_dict() if isinstance(core.weighting, GradNormWeights)
                         else None}, os.path.join(d, "state.pt"))
             ckpt_dir = d
@@ -479,18 +616,26 @@ def run_trial(params: dict, plan: dict) -> None:
         ds = cached_dataset(plan["cache"]["dir"], cache["layers"], num_cpus=DATA_CPUS)
     else:
         ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]
-    if cfg.sampler.name != "uniform":
-        scores = ScoreTable(plan["scores"]) if plan.get("scores") else None
+    from ray.data import RandomSeedConfig
+
+    # one global shuffle per epoch, reproducible under the trial seed and different each epoch: pairs of
+    # one dialogue (adjacent in the shards) no longer share batches as false in-batch negatives
+    ds = ds.random_shuffle(seed=RandomSeedConfig(seed=cfg.experiment.seeds[0], reseed_after_execution=True),
+                           num_cpus=DATA_CPUS)
+    sampler = None
+    if cfg.sampler.name != "uniform":  # runs on the worker, which knows the epoch (see sampled_batches)
+        if cfg.sampler.name in SCORED_SAMPLERS and not plan.get("scores"):
+            raise RuntimeError(f"sampler {cfg.sampler.name}: the study has no teacher scores (scores/)")
         manifest = load_manifest(plan["prepared"])
-        params_s = {"mask_id": manifest["tokenizer"]["mask_token_id"], "batch_size": cfg.train.batch_size,
-                    **cfg.sampler.params}
-        ds = ds.map_batches(build_sampler(cfg.sampler.name, scores, cfg.experiment.seeds[0], **params_s),
-                            batch_format="numpy", batch_size=4096, num_cpus=DATA_CPUS)
+        sampler = {"name": cfg.sampler.name,
+                   "params": {"mask_id": manifest["tokenizer"]["mask_token_id"], "batch_size": cfg.train.batch_size,
+                              "special_ids": special_token_ids(plan["prepared"], manifest), **cfg.sampler.params}}
     fault_dir = marker_dir(plan, ctx.get_experiment_name(), trial_dir) if cfg.train.fault else None
     loop_config = {"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
                    "teacher_load": plan.get("teacher_load", {}), "cache": cache, "metric": cfg.experiment.metric,
                    "mode": cfg.experiment.mode, "trial_id": trial_id, "trial_dir": trial_dir,
-                   "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir}
+                   "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir,
+                   "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.get("scores")}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
 
 

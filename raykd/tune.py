@@ -169,9 +169,69 @@ def hparam_metrics(cfg: C.Config) -> list[str]:
 
 
 def evaluations_per_trial(cfg: C.Config) -> int:
-    """How many times a full trial reports (ASHA's max_t)."""
+    """How many times a full trial evaluates after training steps (its step-0 report not counted)."""
     t = cfg.train
     return math.ceil(t.steps / t.eval_every)
+
+
+REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
+
+
+def reference_space(cfg: C.Config) -> dict | None:
+    """Tune's param space of a study's reference trials — one per seed (the search's and the confirm
+    phase's) and per searched student shape — or None with ``experiment.references: false``."""
+    from ray import tune
+
+    from raykd.trial import REFERENCE_KEY
+
+    if not cfg.experiment.references:
+        return None
+    seeds = list(dict.fromkeys(list(cfg.experiment.seeds) + list(cfg.search.confirm.seeds)))
+    space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds)}
+    for name, spec in cfg.space.items():
+        if C.resolve_key(name).startswith("student."):
+            kind, values = next(iter(spec.items()))
+            if kind not in ("choice", "grid"):
+                raise RaykdError(f"space.{name}: references need the student shapes listed (choice or grid), "
+                                 f"got {kind}; or set experiment.references: false")
+            space[name] = tune.grid_search(list(values))
+    return space
+
+
+def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
+    """The study's reference trials (``no_distill`` per seed and student shape; each one's step-0
+    row is the ``init`` reference and carries the ``teacher`` reference) as experiment
+    ``references`` inside the study's directory; None when references are off. Restored with
+    ``resume`` when it was started before."""
+    from ray import tune
+
+    from raykd.pruning import CheckpointPruner
+    from raykd.recovery import UploadLogsBeforeRestart
+    from raykd.tblog import TrialHParams, write_experiment_summary
+    from raykd.trial import run_trial, trial_resources
+
+    space = reference_space(cfg)
+    if space is None:
+        return None
+    parent = join(storage, name)
+    path = join(parent, REFERENCES_DIR)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
+    write_experiment_summary(path, {}, hparam_metrics(cfg))
+    log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
+        f"built; the teacher scored as its own student) → {path}")
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    reuse_actors=cfg.train.local_mode,
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=REFERENCES_DIR, storage_path=parent,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg), sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
 
 
 def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
@@ -215,6 +275,8 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
         f"{Path(cfg.data.work_dir).absolute()}",
         f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
+        "references: " + (f"no_distill × {len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds))} seed(s) "
+                          "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),
         f"results: {join(storage, name)}",
     ]
     return "\n".join(lines)
@@ -361,8 +423,9 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
 
         search_alg = OptunaSearch(metric=metric, mode=mode, seed=cfg.experiment.seeds[0])
     early = cfg.search.scheduler.type == "asha" and cfg.search.algorithm != "grid"
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=evaluations_per_trial(cfg),
-                              grace_period=cfg.search.scheduler.grace_period,
+    # rungs on optimizer steps, not on reports: every trial also reports at step 0, which is no rung
+    scheduler = ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
+                              grace_period=cfg.search.scheduler.grace_period * cfg.train.eval_every,
                               reduction_factor=cfg.search.scheduler.reduction_factor) if early else FIFOScheduler()
     return tune.Tuner(
         trainable,
@@ -431,16 +494,39 @@ def summarize(results, cfg: C.Config) -> tuple[str, list]:
         m = r.metrics or {}
         params = {**(r.config or {}).get("confirm", {}), **(r.config or {})}
         rows.append((trial_id, "ERROR" if r.error else ("done" if m.get("step") == cfg.train.steps else "stopped"),
-                     [params.get(k) for k in keys], m.get(metric), m.get("val/mrr@10"), m.get("test/semantic_alignment"),
+                     [params.get(k) for k in keys], m.get(metric), m.get("test/mrr@10"), m.get("test/semantic_alignment"),
                      m.get("step")))
     sign = -1 if cfg.experiment.mode == "max" else 1
     rows.sort(key=lambda r: (r[3] is None, sign * (r[3] or 0)))
-    head = ["trial", "status"] + keys + [metric, "val/mrr@10", "test/semantic_alignment", "steps"]
+    head = ["trial", "status"] + keys + [metric, "test/mrr@10", "test/semantic_alignment", "steps"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [head] + [[r[0], r[1]] + [fmt(v) for v in r[2]] + [fmt(r[3]), fmt(r[4]), fmt(r[5]), fmt(r[6])] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
     return text, failed
+
+
+def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
+    """The reference rows (teacher, init, no_distill per seed) as a text table with the lead metric
+    and test Semantic Alignment / MRR@10, and the list of (trial id, error) of failed reference trials."""
+    from raykd.report import load_references
+
+    metric = cfg.experiment.metric
+    rows, failed = [], []
+    try:
+        recs = load_references(exp_path)
+    except RaykdError:
+        recs = []
+    for r in recs:
+        if r.status == "error":
+            failed.append((r.trial_id, r.error))
+        rows.append([r.role, r.trial_id, r.status, r.metrics.get(metric), r.metrics.get("test/mrr@10"),
+                     r.metrics.get("test/semantic_alignment"), r.metrics.get("test/mlm_loss")])
+    head = ["role", "trial", "status", metric, "test/mrr@10", "test/semantic_alignment", "test/mlm_loss"]
+    fmt = lambda v: "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    table = [head] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table), failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             if started:  # a cluster given by --address may still be scaling up
                 check_trial_fits(cfg, cpus)
+            refs = reference_tuner(cfg, plan, storage, name, cpus, args.resume)
+            references = refs.fit() if refs is not None else None
             tuner = build_tuner(cfg, plan, storage, name, cpus, args.resume)
             results = tuner.fit()
             confirm = confirm_tuner(cfg, plan, results, storage, name, cpus)
@@ -481,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
 
             for exp in [name] + ([f"{name}-confirm"] if confirmed is not None else []):
                 prune_experiment(join(storage, exp))
+            if references is not None:
+                prune_experiment(join(join(storage, name), REFERENCES_DIR))
         finally:
             if started:
                 ray.shutdown()
@@ -488,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     table, failed = summarize(results, cfg)
+    if references is not None:
+        rtable, rfailed = reference_summary(join(storage, name), cfg)
+        failed += rfailed
+        print(f"\nreferences (where the student starts, what it gets without distillation, the teacher):\n{rtable}")
     best = None
     try:
         best = results.get_best_result(cfg.experiment.metric, cfg.experiment.mode, scope="last")

@@ -2,15 +2,16 @@
 
 One teacher pass over the train split writes ``PREPARED/scores/<hash>/scores.parquet`` (the shards
 are never rewritten), keyed by a content hash of (teacher, data manifest, scoring settings), with
-one row per ``pair_id``: ``entropy`` (mean teacher predictive entropy at 15 % masked question
-tokens, nats), ``relevance`` (cosine of the question's Y_T to its department's centroid),
+one row per ``pair_id``: ``entropy`` (mean teacher predictive entropy over every content token of
+the question, each masked once, nats), ``relevance`` (cosine of the question's Y_T to its
+department's centroid; Y_T = content-token mean of the last layer),
 ``department`` and ``embedding`` (Y_T through a fixed random orthonormal map to 64 dims, centred
 over the split and unit-normalised, fp16).
 
-A sampler is a transform of one batch of rows (a dict of numpy arrays with ``pair_id``), so it
-runs on a stream — ``ray.data.Dataset.map_batches(sampler)`` or a plain loop — with only the score
-table in memory. Every random choice is a hash of (seed, pair_id): deterministic under the trial
-seed and independent of batch boundaries.
+A sampler is a transform of one window of rows (a dict of numpy arrays with ``pair_id``) and the
+epoch number, so it runs on a stream with only the score table in memory: a trial applies it on
+its worker to windows of its (globally shuffled) shard, epoch by epoch. Every random choice is a
+hash of (seed, epoch, pair_id): deterministic under the trial seed, different each epoch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from raykd.atomic import atomic_directory
 from raykd.errors import RaykdError
 from raykd.registry import SAMPLERS
 
-SCORES_VERSION = 1
+SCORES_VERSION = 2  # 2: entropy over every content token, embeddings over content tokens
 EMBED_DIM = 64
 
 
@@ -47,7 +48,6 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
 
     from raykd.data.shards import load_manifest, shard_paths
     from raykd.data.stream import PairCollator
-    from raykd.models.teacher import mask_tokens
 
     manifest = load_manifest(prepared_dir)
     key = scores_key(teacher_id, manifest, mlm_prob, seed)
@@ -55,9 +55,10 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
     if (out / "scores.parquet").exists():
         log(f"[scores] reusing {out}")
         return out
+    from raykd.data.shards import special_token_ids
+
     t = manifest["tokenizer"]
-    special = tuple(i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"], t["mask_token_id"], 1)
-                    if i is not None)
+    special = special_token_ids(prepared_dir, manifest)
     collate = PairCollator(t["pad_token_id"])
     g = torch.Generator().manual_seed(seed)
     proj = torch.linalg.qr(torch.randn(teacher.config.hidden_size, EMBED_DIM, generator=g))[0] \
@@ -71,16 +72,13 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
                 cols = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in rb.schema.names}
                 b = collate(cols)
                 ids, mask = b["q_input_ids"], b["q_attention_mask"]
-                corrupted, chosen = mask_tokens(ids, mask, t["mask_token_id"], teacher.config.vocab_size, mlm_prob, g,
-                                                special)
-                out_m = teacher(input_ids=corrupted.to(device), attention_mask=mask.to(device))
-                logp = torch.log_softmax(out_m.logits.float(), -1)
-                ent = -(logp.exp() * logp).sum(-1).cpu()
-                n = chosen.sum(1).clamp_min(1)
-                ent_all.append(((ent * chosen).sum(1) / n).numpy())
+                content = mask.bool()
+                for sid in special:
+                    content &= ids != sid
+                ent_all.append(_masked_entropy(teacher, ids, mask, content, t["mask_token_id"], mlm_prob, g, device))
                 h = teacher.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.cpu()
-                m = mask.unsqueeze(-1).float()
-                emb_all.append(((h * m).sum(1) / m.sum(1)) @ proj)
+                m = content.unsqueeze(-1).float()
+                emb_all.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)) @ proj)
                 ids_all.extend(cols["pair_id"].tolist())
                 dept_all.extend(cols["department"].tolist())
             log(f"[scores] scored {len(ids_all):,} train pairs")
@@ -103,6 +101,30 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
                                                      "rows": table.num_rows, "mlm_prob": mlm_prob, "seed": seed}))
     log(f"[scores] wrote {out}")
     return out
+
+
+def _masked_entropy(teacher, ids, mask, content, mask_id: int, mlm_prob: float, g, device) -> np.ndarray:
+    """Per sequence: the teacher's mean predictive entropy (nats) over *every* content token, each
+    predicted once with itself masked. Content tokens are split at random into ⌈1/mlm_prob⌉ groups and
+    one teacher pass masks one group, so each pass masks ~``mlm_prob`` of the tokens (as in
+    pre-training) and no sequence is left unscored (a single 15 % draw misses every token of 44 %
+    of 5-token questions)."""
+    import math
+
+    import torch
+
+    groups = max(1, math.ceil(1.0 / mlm_prob))
+    assign = (torch.rand(ids.shape, generator=g) * groups).long()
+    total = torch.zeros(ids.shape[0])
+    for k in range(groups):
+        chosen = content & (assign == k)
+        if not chosen.any():
+            continue
+        logits = teacher(input_ids=ids.masked_fill(chosen, mask_id).to(device), attention_mask=mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), -1)
+        ent = -(logp.exp() * logp).sum(-1).cpu()
+        total += (ent * chosen).sum(1)
+    return (total / content.sum(1).clamp_min(1)).numpy()
 
 
 class ScoreTable:
@@ -139,12 +161,17 @@ def hash_uniform(seed: int, pair_ids, salt: str = "") -> np.ndarray:
                         / 2.0 ** 64 for p in pair_ids), dtype=np.float64, count=len(pair_ids))
 
 
-def resample(batch: dict, weights: np.ndarray, seed: int) -> dict:
+def resample(batch: dict, weights: np.ndarray, seed: int, epoch: int = 0) -> dict:
     """Rows repeated by their weight on a stream: row i appears ⌊w_i⌋ times plus once more with
-    probability frac(w_i) (hash-seeded); E[count] = w_i. Weights should have mean 1 over the data."""
-    u = hash_uniform(seed, batch["pair_id"], "resample")
+    probability frac(w_i) (hash-seeded, a new draw each ``epoch``); E[count] = w_i. Weights should
+    have mean 1 over the data. The copies of a row are spread over the batch (a hash-seeded
+    permutation), never consecutive, so a duplicate is rarely its own in-batch negative."""
+    u = hash_uniform(seed, batch["pair_id"], f"resample|{epoch}")
     counts = np.floor(weights).astype(np.int64) + (u < weights - np.floor(weights))
     idx = np.repeat(np.arange(len(counts)), counts)
+    copy = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, dtype=np.int64)
+    keys = hash_uniform(seed, [f"{batch['pair_id'][i]}#{k}" for i, k in zip(idx, copy)], f"spread|{epoch}")
+    idx = idx[np.argsort(keys, kind="stable")]
     return {k: v[idx] for k, v in batch.items()}
 
 
@@ -154,7 +181,8 @@ class Sampler:
     def __init__(self, scores: ScoreTable | None = None, seed: int = 0, **params):
         self.scores, self.seed, self.params = scores, seed, params
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, epoch: int = 0) -> dict:
+        """The transformed batch; random choices are hashes of (seed, epoch, pair_id)."""
         raise NotImplementedError
 
     def _need_scores(self) -> ScoreTable:
@@ -167,7 +195,7 @@ class Sampler:
 class Uniform(Sampler):
     """Every example once, as stored."""
 
-    def __call__(self, batch):
+    def __call__(self, batch, epoch=0):
         return batch
 
 
@@ -176,11 +204,11 @@ class EntropyWeighted(Sampler):
     """Examples resampled ∝ (teacher predictive entropy)^γ / mean — the teacher's uncertain, more
     informative examples are seen more often (``gamma``, default 1)."""
 
-    def __call__(self, batch):
+    def __call__(self, batch, epoch=0):
         s = self._need_scores()
         e = np.maximum(s.entropy, 1e-6) ** self.params.get("gamma", 1.0)
         w = e[s.rows(batch["pair_id"])] / e.mean()
-        return resample(batch, w, self.seed)
+        return resample(batch, w, self.seed, epoch)
 
 
 @SAMPLERS.register("domain_aware")
@@ -190,7 +218,7 @@ class DomainAware(Sampler):
     n_dept))^γ (``gamma``, default 0.5), normalised to mean 1 over the data — under-represented
     departments and typical in-domain examples gain."""
 
-    def __call__(self, batch):
+    def __call__(self, batch, epoch=0):
         s = self._need_scores()
         gamma = self.params.get("gamma", 0.5)
         n, dcount = len(s.entropy), len(s.department_counts)
@@ -198,7 +226,7 @@ class DomainAware(Sampler):
         rel_all = np.maximum(s.relevance, self.params.get("min_relevance", 0.05))
         w_all = rel_all * np.fromiter((balance[d] for d in s.department), dtype=np.float64, count=n)
         rows = s.rows(batch["pair_id"])
-        return resample(batch, w_all[rows] / w_all.mean(), self.seed)
+        return resample(batch, w_all[rows] / w_all.mean(), self.seed, epoch)
 
 
 @SAMPLERS.register("random_masked")
@@ -206,7 +234,7 @@ class RandomMasked(Sampler):
     """Every example once with random token-masking noise: each real, non-special token of the question
     and answer becomes ``mask_id`` with probability ``prob`` (default 0.1), hash-seeded per pair."""
 
-    def __call__(self, batch):
+    def __call__(self, batch, epoch=0):
         prob, mask_id = self.params.get("prob", 0.1), self.params.get("mask_id", 4)
         special = set(self.params.get("special_ids", (0, 1, 2, 3, 4)))
         out = dict(batch)
@@ -216,7 +244,7 @@ class RandomMasked(Sampler):
             noisy = []
             for pid, ids in zip(batch["pair_id"], batch[col]):
                 ids = np.array(ids, copy=True)
-                rng = np.random.default_rng(int(hash_uniform(self.seed, [pid], col)[0] * 2 ** 63))
+                rng = np.random.default_rng(int(hash_uniform(self.seed, [pid], f"{col}|{epoch}")[0] * 2 ** 63))
                 hit = (rng.random(len(ids)) < prob) & ~np.isin(ids, list(special))
                 ids[hit] = mask_id
                 noisy.append(ids)
@@ -232,12 +260,12 @@ class HardNegative(Sampler):
     space: in-batch negatives become hard negatives. Greedy: start from the first unplaced example
     (hash-shuffled order), add its nearest unplaced neighbours until the group is full."""
 
-    def __call__(self, batch):
+    def __call__(self, batch, epoch=0):
         s = self._need_scores()
         size = int(self.params.get("batch_size", 16))
         n = len(batch["pair_id"])
         emb = s.embedding[s.rows(batch["pair_id"])]
-        order = np.argsort(hash_uniform(self.seed, batch["pair_id"], "order"))
+        order = np.argsort(hash_uniform(self.seed, batch["pair_id"], f"order|{epoch}"))
         placed = np.zeros(n, dtype=bool)
         out = []
         sims = emb @ emb.T

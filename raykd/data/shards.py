@@ -267,6 +267,7 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
         "tokenizer": {"spec": settings.tokenizer, "path": "tokenizer", "vocab_size": len(tok),
                       "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
                       "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id,
+                      "unk_token_id": tok.unk_token_id, "special_ids": sorted(int(i) for i in tok.all_special_ids),
                       "sha256": tokenization.tokenizer_sha256(tmp / "tokenizer")},
         "max_length": settings.max_length,
         "shard_rows": settings.shard_rows,
@@ -328,3 +329,16 @@ def shard_paths(prepared_dir: str | Path, split: str, manifest: dict | None = No
     if split not in SPLITS:
         raise RaykdError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     return [str(Path(prepared_dir).absolute() / s["file"]) for s in manifest["splits"][split]["shards"]]
+
+
+def special_token_ids(prepared_dir: str | Path, manifest: dict) -> tuple[int, ...]:
+    """Every special token id of the tokenizer the shards were made with (pad, [CLS], [SEP], [MASK],
+    [UNK] and any other the tokenizer declares), sorted: from the manifest, or — for a directory
+    prepared before the manifest recorded them — from the saved tokenizer itself."""
+    t = manifest["tokenizer"]
+    if "special_ids" in t:
+        return tuple(int(i) for i in t["special_ids"])
+    from raykd.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(str(Path(prepared_dir) / t["path"]))
+    return tuple(sorted(int(i) for i in tok.all_special_ids))

@@ -89,16 +89,23 @@ def reverse_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tenso
 
 
 def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, beta: float = 0.5,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Generalized JSD (GKD): with M = β·p_t + (1−β)·q_s, JSD_β = β·KL(p_t‖M) + (1−β)·KL(q_s‖M);
-    β = 0 → 0 and β = 1 → 0 by this definition's limits, so β is taken in (0, 1)."""
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"generalized_jsd: beta must be in (0, 1), got {beta}")
-    ls, lt = F.log_softmax(logits_s, -1), F.log_softmax(logits_t, -1)
-    lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
-    kl_t = (lt.exp() * (lt - lm)).sum(-1)
-    kl_s = (ls.exp() * (ls - lm)).sum(-1)
-    return _masked_mean_over_tokens(beta * kl_t + (1 - beta) * kl_s, mask)
+                    mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Generalized JSD (GKD, Agarwal et al. 2024; TRL's ``generalized_jsd_loss``): with p_t, q_s the
+    softmax of the logits divided by T and M = β·p_t + (1−β)·q_s, JSD_β = β·KL(p_t‖M) + (1−β)·KL(q_s‖M)
+    for β in (0, 1); at the endpoints, as TRL, β = 0 is the forward KL(p_t‖q_s) and β = 1 the reverse
+    KL(q_s‖p_t). Mean over counted positions; no T² factor."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
+    ls = F.log_softmax(logits_s / temperature, -1)
+    lt = F.log_softmax(logits_t / temperature, -1)
+    if beta == 0.0:
+        per = (lt.exp() * (lt - ls)).sum(-1)
+    elif beta == 1.0:
+        per = (ls.exp() * (ls - lt)).sum(-1)
+    else:
+        lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
+        per = beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
+    return _masked_mean_over_tokens(per, mask)
 
 
 def soft_cross_entropy(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0,

@@ -31,22 +31,25 @@ from ..registry import METHODS
 
 @dataclass(frozen=True)
 class TokenIds:
-    """Special token ids of the prepared tokenizer."""
+    """Special token ids of the prepared tokenizer: the four the objectives use by name, and
+    ``others`` — every further id the tokenizer declares special ([UNK], …), read from the tokenizer
+    (never assumed: bert-base-chinese's [UNK] is 100, not 1)."""
 
     pad: int
     cls: int
     sep: int
     mask: int
-    unk: int | None = None
+    others: tuple[int, ...] = ()
 
     @property
     def special(self) -> tuple[int, ...]:
-        return tuple(i for i in (self.pad, self.cls, self.sep, self.mask, self.unk) if i is not None)
+        return tuple(sorted({self.pad, self.cls, self.sep, self.mask, *self.others} - {None}))
 
     @classmethod
-    def from_manifest(cls, manifest: dict, unk: int | None = 1) -> "TokenIds":
+    def from_manifest(cls, manifest: dict, special_ids: tuple[int, ...] = ()) -> "TokenIds":
+        """From a prepared manifest and ``special_ids`` (``data.shards.special_token_ids``)."""
         t = manifest["tokenizer"]
-        return cls(t["pad_token_id"], t["cls_token_id"], t["sep_token_id"], t["mask_token_id"], unk)
+        return cls(t["pad_token_id"], t["cls_token_id"], t["sep_token_id"], t["mask_token_id"], tuple(special_ids))
 
 
 def make_inputs(batch: dict, tokens: TokenIds, generator: torch.Generator | None = None, corrupt: bool = False,
@@ -107,8 +110,7 @@ class DistillMethod(nn.Module):
     uses_mlm = False
     needs_qkv = False
 
-    def __init__(self, student: Student, teacher_config, weights: dict | None = None, dynamic_weights: bool = False,
-                 **_ignored):
+    def __init__(self, student: Student, teacher_config, weights: dict | None = None, dynamic_weights: bool = False):
         super().__init__()
         self.student = student
         self.t_layers = teacher_config.num_hidden_layers
@@ -185,7 +187,7 @@ class Structural(DistillMethod):
     def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
                  projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,
                  n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.3,
-                 weights: dict | None = None, dynamic_weights: bool = False, **_ignored):
+                 weights: dict | None = None, dynamic_weights: bool = False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.pairs = layer_map(self.t_layers, self.s_layers, depth)
         d = projection_dim if projection else self.t_hidden
@@ -208,10 +210,10 @@ class Structural(DistillMethod):
     def set_progress(self, fraction):
         super().set_progress(fraction)
         if self.fusion is not None:
-            self.fusion.anneal.fill_(max(0.0, 1.0 - fraction / self.anneal_until) if self.anneal_until > 0 else 0.0)
+            self.fusion.set_anneal(max(0.0, 1.0 - fraction / self.anneal_until) if self.anneal_until > 0 else 0.0)
 
     def student_forward(self, inputs, targets):
-        if self.fusion is None or not self.training or float(self.fusion.anneal) == 0.0:
+        if self.fusion is None or not self.training or self.fusion.anneal_value == 0.0:
             return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
         h_t = targets["hidden"][self.t_layers]
         z = self.sentence_proj.teacher(h_t) if self.use_projection else h_t
@@ -265,12 +267,17 @@ class TinyBERT(DistillMethod):
     """TinyBERT (Jiao et al., 2020): embedding-layer MSE (``embedding``), hidden-state MSE through a
     learned W_h at every mapped layer (``hidden``), attention-score MSE at every mapped layer
     (``attention``; scores averaged over heads when head counts differ) and prediction-layer soft
-    cross-entropy at temperature T on the masked positions (``prediction``)."""
+    cross-entropy at temperature T on the masked positions (``prediction``).
+
+    Difference from the paper: one stage. TinyBERT trains the intermediate layers first (embedding,
+    hidden, attention) and the prediction layer afterwards, each with its own epochs, and adds data
+    augmentation; here all four terms are summed from the first step over the trial's one budget,
+    with no augmentation."""
 
     uses_mlm = True
     needs_qkv = True
 
-    def __init__(self, student, teacher_config, temperature: float = 1.0, weights=None, dynamic_weights=False, **_):
+    def __init__(self, student, teacher_config, temperature: float = 1.0, weights=None, dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.pairs = layer_map(self.t_layers, self.s_layers)
         self.w_embed = _linear_or_identity(self.s_hidden, self.t_hidden)
@@ -311,7 +318,7 @@ class MiniLM(DistillMethod):
     needs_qkv = True
 
     def __init__(self, student, teacher_config, relation_heads: int | None = None, weights=None,
-                 dynamic_weights=False, **_):
+                 dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.relation_heads = relation_heads or math.gcd(self.t_heads, _heads(student.mlm))
 
@@ -344,85 +351,122 @@ class MiniLLM(DistillMethod):
 @METHODS.register("gkd")
 class GKD(DistillMethod):
     """GKD (Agarwal et al., 2024): generalized Jensen-Shannon divergence JSD(β) between teacher and
-    student masked-LM distributions at the masked positions (``jsd``); β interpolates between
-    forward- and reverse-KL-like behaviour."""
+    student masked-LM distributions at the masked positions (``jsd``), both at temperature T
+    (``temperature``); β ∈ [0, 1] interpolates from the forward KL (β = 0) to the reverse KL (β = 1),
+    as TRL's ``generalized_jsd_loss``. Token level on the masked-LM head: GKD's on-policy student
+    generations do not apply to an encoder."""
 
     uses_mlm = True
 
-    def __init__(self, student, teacher_config, beta: float = 0.5, weights=None, dynamic_weights=False, **_):
+    def __init__(self, student, teacher_config, beta: float = 0.5, temperature: float = 1.0, weights=None,
+                 dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
-        self.beta = beta
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"gkd: beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {beta}")
+        self.beta, self.temperature = beta, temperature
 
     def losses(self, inputs, targets, out):
-        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], self.beta)}
+        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], self.beta,
+                                         temperature=self.temperature)}
 
 
 @METHODS.register("ddk")
 class DDK(DistillMethod):
-    """DDK (Liu et al., 2024): distillation with domain-discrepancy-driven data mixing. The
-    per-department discrepancy (student CE − teacher CE on the masked tokens, exponentially
-    averaged) sets department weights w = softmax(discrepancy / τ), refreshed every
-    ``update_every`` steps with smoothing w ← (1 − s)·w + s·w_new; examples are weighted by their
-    department's w in the KD loss (``kd``, temperature KL) and last-layer alignment (``hidden``).
-    ``domain_weights()`` exposes w for a sampler."""
+    """DDK (Liu et al., 2024): distillation with domain-discrepancy-driven data *sampling*. Every
+    ``update_every`` optimizer steps the trial measures, on (up to ``eval_pairs``) validation pairs, the
+    per-department discrepancy d_k = mean over masked tokens of (student CE − teacher CE) under a fixed
+    masking (``update_domain_weights``); the department sampling weights follow
+    w ← (1 − s)·w + s·w_new with w_new = K·softmax(d / τ) (mean 1; ``smoothing`` s, ``tau`` τ). Each
+    training batch is then redrawn from its rows with replacement, row probability ∝ w of its
+    department (``resample_batch``): departments where the student lags the teacher most are seen more
+    often. The loss itself is unweighted: temperature KL of the masked-LM distributions (``kd``) and
+    last-layer MSE through a learned map (``hidden``). Rank 0 measures; the weights are broadcast
+    to every DDP rank. Difference from the paper: resampling acts within each training batch (the
+    stream's order stays the data's), not on the shard mixture of a pre-training corpus."""
 
     uses_mlm = True
 
     def __init__(self, student, teacher_config, n_departments: int = 1, update_every: int = 20,
-                 smoothing: float = 0.5, tau: float = 1.0, temperature: float = 1.0, weights=None,
-                 dynamic_weights=False, **_):
+                 smoothing: float = 0.5, tau: float = 1.0, temperature: float = 1.0, eval_pairs: int = 256,
+                 weights=None, dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         n = max(1, n_departments) + 1  # last slot: unknown department
         self.register_buffer("dept_weight", torch.ones(n))
         self.register_buffer("discrepancy", torch.zeros(n))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.update_every, self.smoothing, self.tau, self.temperature = update_every, smoothing, tau, temperature
+        self.eval_pairs = eval_pairs
         self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden)
 
     def domain_weights(self) -> torch.Tensor:
-        """Current department weights (mean 1; last entry = unknown department)."""
+        """Current department sampling weights (mean 1; last entry = unknown department)."""
         return self.dept_weight.clone()
 
-    def losses(self, inputs, targets, out):
-        chosen = inputs["chosen"]
+    def _slots(self, department: torch.Tensor) -> torch.Tensor:
         n = self.dept_weight.numel()
-        dept = inputs["department"].clone()
-        dept[dept < 0] = n - 1
-        dept = dept.clamp_max(n - 1)
-        row = torch.arange(chosen.shape[0], device=chosen.device)[:, None].expand_as(chosen)[chosen]
-        tok_dept = dept[row]
-        logits_s, logits_t = out.logits[chosen], targets["logits"]
-        labels = inputs["ids"][chosen]
-        if self.training:
-            with torch.no_grad():
-                gap = F.cross_entropy(logits_s, labels, reduction="none") - F.cross_entropy(logits_t, labels, reduction="none")
-                sums = torch.zeros(n, device=gap.device).index_add_(0, tok_dept, gap)
-                counts = torch.zeros(n, device=gap.device).index_add_(0, tok_dept, torch.ones_like(gap))
-                seen = counts > 0
-                self.discrepancy[seen] = 0.9 * self.discrepancy[seen] + 0.1 * (sums[seen] / counts[seen])
-                self.steps += 1
-                if int(self.steps) % self.update_every == 0:
-                    new = torch.softmax(self.discrepancy / self.tau, 0) * n
-                    self.dept_weight.mul_(1 - self.smoothing).add_(self.smoothing * new)
-        w_tok = self.dept_weight[tok_dept]
-        lt = F.log_softmax(logits_t / self.temperature, -1)
-        ls = F.log_softmax(logits_s / self.temperature, -1)
-        kd = self.temperature ** 2 * ((lt.exp() * (lt - ls)).sum(-1) * w_tok).sum() / w_tok.sum().clamp_min(1e-8)
-        w_seq = self.dept_weight[dept][:, None] * inputs["mask"]
-        per_tok = (self.w_hidden(out.hidden_states[-1]) - targets["hidden"][self.t_layers]).pow(2).mean(-1)
-        hidden = (per_tok * w_seq).sum() / w_seq.sum().clamp_min(1e-8)
-        return {"kd": kd, "hidden": hidden}
+        d = department.clone()
+        d[d < 0] = n - 1
+        return d.clamp_max(n - 1)
+
+    def resample_batch(self, batch: dict, generator: torch.Generator) -> dict:
+        """The batch's rows redrawn with replacement, probability ∝ their department's weight."""
+        if "department" not in batch:
+            return batch
+        w = self.dept_weight.detach().cpu()[self._slots(batch["department"].cpu())]
+        idx = torch.multinomial(w / w.sum(), w.numel(), replacement=True, generator=generator)
+        return {k: (v[idx] if torch.is_tensor(v) else [v[i] for i in idx.tolist()]) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def update_domain_weights(self, teacher, batches: list[dict], tokens: "TokenIds", vocab_size: int) -> None:
+        """Measure the per-department discrepancy on these validation batches and move the weights."""
+        device = self.dept_weight.device
+        n = self.dept_weight.numel()
+        sums, counts = torch.zeros(n, device=device), torch.zeros(n, device=device)
+        gen = torch.Generator().manual_seed(0)
+        was = self.training
+        self.eval()
+        try:
+            used = 0
+            for batch in batches:
+                if used >= self.eval_pairs:
+                    break
+                used += batch["q_input_ids"].shape[0]
+                inputs = make_inputs({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}, tokens, gen,
+                                     corrupt=True, vocab_size=vocab_size)
+                chosen = inputs["chosen"]
+                if not chosen.any():
+                    continue
+                labels = inputs["ids"][chosen]
+                ls = self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"]).logits[chosen]
+                lt = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"]).logits[chosen]
+                gap = F.cross_entropy(ls.float(), labels, reduction="none") - F.cross_entropy(lt.float(), labels,
+                                                                                             reduction="none")
+                row = torch.arange(chosen.shape[0], device=device)[:, None].expand_as(chosen)[chosen]
+                slot = self._slots(inputs["department"])[row]
+                sums.index_add_(0, slot, gap)
+                counts.index_add_(0, slot, torch.ones_like(gap))
+        finally:
+            self.train(was)
+        seen = counts > 0
+        self.discrepancy[seen] = sums[seen] / counts[seen]
+        new = torch.softmax(self.discrepancy / self.tau, 0) * n
+        self.dept_weight.mul_(1 - self.smoothing).add_(self.smoothing * new)
+
+    def losses(self, inputs, targets, out):
+        m = inputs["mask"]
+        return {"kd": L.temperature_kl(out.logits[inputs["chosen"]], targets["logits"], self.temperature),
+                "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
 
 
 @METHODS.register("mixkd")
 class MixKD(DistillMethod):
     """MixKD (Liang et al., 2021): mixup of input embedding sequences, E_mix = λ·E_i + (1−λ)·E_π(i) with
-    λ ~ Beta(α, α) and a random pairing π, given to teacher and student alike; KD on the mixed
-    inputs: temperature KL of the masked-LM distributions (``kd``) and last-layer MSE (``hidden``).
+    λ ~ Beta(α, α) and a random pairing π, given to teacher and student alike. As in the paper, KD
+    runs on the clean inputs (``kd_clean``: temperature KL of the masked-LM distributions over real
+    tokens) and on the mixed ones (``kd``), plus last-layer MSE on the mixed inputs (``hidden``).
     Needs the online teacher (mixed inputs cannot come from a cache)."""
 
     def __init__(self, student, teacher_config, alpha: float = 0.4, temperature: float = 1.0, seed: int = 0,
-                 weights=None, dynamic_weights=False, **_):
+                 weights=None, dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.alpha, self.temperature = alpha, temperature
         self.generator = torch.Generator().manual_seed(seed)
@@ -444,7 +488,9 @@ class MixKD(DistillMethod):
     def teacher_targets(self, teacher, inputs):
         e, m = self._mixed_embeddings(teacher, inputs)
         out = teacher(inputs_embeds=e, attention_mask=m, output_hidden_states=True)
-        return {"logits": out.logits, "hidden": {self.t_layers: out.hidden_states[-1]}, "mix_mask": m}
+        clean = teacher(input_ids=inputs["ids"], attention_mask=inputs["mask"])
+        return {"logits": out.logits, "hidden": {self.t_layers: out.hidden_states[-1]}, "mix_mask": m,
+                "clean_logits": clean.logits}
 
     def student_forward(self, inputs, targets):
         e, m = self._mixed_embeddings(self.student.mlm, inputs)
@@ -452,7 +498,9 @@ class MixKD(DistillMethod):
 
     def losses(self, inputs, targets, out):
         m = targets["mix_mask"]
-        return {"kd": L.temperature_kl(out.logits, targets["logits"], self.temperature, m),
+        clean = self.student(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_hidden_states=False)
+        return {"kd_clean": L.temperature_kl(clean.logits, targets["clean_logits"], self.temperature, inputs["mask"]),
+                "kd": L.temperature_kl(out.logits, targets["logits"], self.temperature, m),
                 "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
 
 
@@ -476,6 +524,28 @@ class DistillSeq(DistillMethod):
         return {"label_ce": F.cross_entropy(out.logits[inputs["chosen"]], targets["labels"])}
 
 
+# settings the trial passes to every method; a method takes those its constructor names
+STUDY_SETTINGS = ("depth", "projection_dim", "n_departments", "seed")
+
+
+def method_params(name: str) -> tuple[str, ...]:
+    """The keyword settings method ``name`` takes from ``method.params`` (its constructor's keyword
+    arguments, less the study-wide ``STUDY_SETTINGS``)."""
+    import inspect
+
+    sig = inspect.signature(METHODS.get(name).__init__)
+    return tuple(p for p in list(sig.parameters)[3:] if p not in STUDY_SETTINGS)
+
+
 def build_method(name: str, student: Student, teacher_config, **params) -> DistillMethod:
-    """The registered method ``name`` around ``student`` (params are the method's keyword settings)."""
-    return METHODS.get(name)(student, teacher_config, **params)
+    """The registered method ``name`` around ``student``. ``params``: the method's keyword settings
+    (``method_params``; any other raises ValueError naming the allowed ones) and the study-wide
+    ``STUDY_SETTINGS``, of which the method gets those it takes."""
+    allowed = method_params(name)
+    unknown = sorted(k for k in params if k not in allowed and k not in STUDY_SETTINGS)
+    if unknown:
+        raise ValueError(f"method {name}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    import inspect
+
+    takes = inspect.signature(METHODS.get(name).__init__).parameters
+    return METHODS.get(name)(student, teacher_config, **{k: v for k, v in params.items() if k in takes})

@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 
 
+def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """``x`` averaged over the ranks of the default process group (unchanged without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x = x / dist.get_world_size()
+    return x
+
+
 class FixedWeights:
     """total = Σ w_t · L_t with the given weights (1 for terms not listed)."""
 
@@ -34,18 +45,20 @@ class GradNormWeights:
                  momentum: float = 0.3):
         self.base = dict(base or {})
         self.alpha, self.every, self.momentum = alpha, every, momentum
-        self.weights: dict[str, float] = {}
-        self.initial: dict[str, float] = {}
+        self.weights: dict[str, torch.Tensor] = {}  # 0-dim fp32 tensors on the loss's device (no host sync)
+        self.initial: dict[str, torch.Tensor] = {}
         self.calls = 0
 
-    def current(self, names) -> dict[str, float]:
+    def current(self, names) -> dict:
+        """Each term's weight: a 0-dim tensor once updated, else its base weight (a float)."""
         return {n: self.weights.get(n, float(self.base.get(n, 1.0))) for n in names}
 
     def combine(self, terms: dict[str, torch.Tensor], shared_params=None) -> torch.Tensor:
         """The dynamically weighted sum of the loss terms (a scalar); updates the weights first
         every ``every`` calls when gradients are being recorded."""
         for n, t in terms.items():
-            self.initial.setdefault(n, max(float(t.detach()), 1e-8))
+            if n not in self.initial:
+                self.initial[n] = t.detach().float().clamp_min(1e-8)
         if shared_params is not None and torch.is_grad_enabled() and self.calls % self.every == 0 and len(terms) > 1:
             self._update(terms, [p for p in shared_params if p.requires_grad])
         self.calls += 1
@@ -53,18 +66,26 @@ class GradNormWeights:
         return sum(w[n] * t for n, t in terms.items())
 
     def _update(self, terms, params) -> None:
+        """New weights from the terms' gradient norms on ``params``: computed in fp32 from the unscaled
+        terms (a GradScaler scales only the total), on the loss's device, and averaged over DDP ranks
+        so that every rank combines its terms with the same weights."""
         names = list(terms)
+        device = terms[names[0]].device
         norms = []
         for n in names:
             grads = torch.autograd.grad(terms[n], params, retain_graph=True, allow_unused=True)
-            norms.append(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads if g is not None)
-                                    + torch.tensor(1e-12)))
+            sq = torch.zeros((), dtype=torch.float32, device=device)
+            for g in grads:
+                if g is not None:
+                    sq = sq + g.detach().float().pow(2).sum()
+            norms.append(torch.sqrt(sq + 1e-12))
         g = torch.stack(norms)
-        ratio = torch.tensor([float(terms[n].detach()) / self.initial[n] for n in names])
+        ratio = torch.stack([terms[n].detach().float() / torch.as_tensor(self.initial[n], device=device) for n in names])
         r = ratio / ratio.mean().clamp_min(1e-12)
         target = g.mean() / g.clamp_min(1e-12) * r.pow(self.alpha)
         target = target * len(names) / target.sum()
-        for n, t in zip(names, target.tolist()):
+        target = _mean_over_ranks(target)
+        for n, t in zip(names, target.detach()):
             prev = self.weights.get(n, float(self.base.get(n, 1.0)))
             self.weights[n] = (1 - self.momentum) * prev + self.momentum * t
 
@@ -72,4 +93,5 @@ class GradNormWeights:
         return {"weights": self.weights, "initial": self.initial, "calls": self.calls}
 
     def load_state_dict(self, state: dict) -> None:
-        self.weights, self.initial, self.calls = dict(state["weights"]), dict(state["initial"]), state["calls"]
+        as_t = lambda d: {k: torch.as_tensor(v, dtype=torch.float32) for k, v in d.items()}  # noqa: E731
+        self.weights, self.initial, self.calls = as_t(state["weights"]), as_t(state["initial"]), int(state["calls"])

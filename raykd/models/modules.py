@@ -42,9 +42,15 @@ class DomainAwareFusion(nn.Module):
         self.attn = nn.MultiheadAttention(d_model, heads, kdim=d_z, vdim=d_z, batch_first=True)
         self.n_departments = n_departments
         self.register_buffer("anneal", torch.tensor(1.0))
+        self.anneal_value = 1.0  # the same on the host: deciding whether to run reads no device tensor
+
+    def set_anneal(self, g: float) -> None:
+        """Set the annealing factor g (1 → 0 over training)."""
+        self.anneal_value = float(g)
+        self.anneal.fill_(self.anneal_value)
 
     def forward(self, e: torch.Tensor, z: torch.Tensor, z_mask: torch.Tensor, department: torch.Tensor) -> torch.Tensor:
-        if not self.training or float(self.anneal) == 0.0:
+        if not self.training or self.anneal_value == 0.0:
             return e
         d = torch.where(department < 0, torch.full_like(department, self.n_departments), department)
         fused, _ = self.attn(e + self.dept(d)[:, None, :], z.to(e.dtype), z.to(e.dtype),

@@ -83,7 +83,8 @@ class AdaptSettings:
 def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, vocab_size: int, prob: float,
                 generator: torch.Generator, special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)):
     """BERT MLM corruption: choose ``prob`` of the real, non-special tokens; 80 % → [MASK], 10 % →
-    random token, 10 % kept. Returns (corrupted ids, chosen-position mask)."""
+    a random non-special token of the vocabulary, 10 % kept. Returns (corrupted ids, chosen-position
+    mask)."""
     eligible = attention_mask.bool()
     for s in special_ids:
         eligible &= ids != s
@@ -92,8 +93,22 @@ def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, v
     out = ids.clone()
     out[chosen & (roll < 0.8)] = mask_id
     rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    out[rand] = torch.randint(len(special_ids), vocab_size, (int(rand.sum()),), generator=generator)
+    allowed = _non_special(vocab_size, tuple(special_ids))
+    out[rand] = allowed[torch.randint(len(allowed), (int(rand.sum()),), generator=generator)]
     return out, chosen
+
+
+_NON_SPECIAL: dict = {}
+
+
+def _non_special(vocab_size: int, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """The token ids of a vocabulary that are not special (cached per vocabulary and specials)."""
+    key = (vocab_size, special_ids)
+    if key not in _NON_SPECIAL:
+        keep = torch.ones(vocab_size, dtype=torch.bool)
+        keep[[i for i in special_ids if 0 <= i < vocab_size]] = False
+        _NON_SPECIAL[key] = keep.nonzero().squeeze(1)
+    return _NON_SPECIAL[key]
 
 
 def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,8 +206,8 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     tok = AutoTokenizer.from_pretrained(str(Path(prepared_dir) / manifest["tokenizer"]["path"]))
     t = manifest["tokenizer"]
     tok_ids = {"pad": t["pad_token_id"], "mask": t["mask_token_id"],
-               "special": tuple(i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
-                                            t["mask_token_id"], tok.unk_token_id) if i is not None)}
+               "special": tuple(sorted({i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
+                                                    t["mask_token_id"], *tok.all_special_ids) if i is not None}))}
     if source:
         model = load_teacher(source)
         if model.config.vocab_size < t["vocab_size"]:

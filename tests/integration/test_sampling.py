@@ -101,18 +101,63 @@ def test_deterministic_under_seed_and_independent_of_batch_boundaries(scored, na
     s = build_sampler(name, table, seed=5)
     whole = s(batch)
     pieces = [s(c) for c in chunks(batch, 37)]
-    assert list(whole["pair_id"]) == [p for c in pieces for p in c["pair_id"]]
+    if name in ("uniform", "random_masked"):  # row by row: the same rows in the same order
+        assert list(whole["pair_id"]) == [p for c in pieces for p in c["pair_id"]]
+    else:  # resampling draws each row's count from (seed, epoch, pair_id): the same multiset of rows
+        assert sorted(whole["pair_id"]) == sorted(p for c in pieces for p in c["pair_id"])
     assert list(build_sampler(name, table, seed=5)(batch)["pair_id"]) == list(whole["pair_id"])
     if name in ("entropy", "domain_aware"):
         assert list(build_sampler(name, table, seed=6)(batch)["pair_id"]) != list(whole["pair_id"])
 
 
-def test_sampler_runs_on_a_ray_data_stream(ray_session, scored, synth_prepared):
-    from raykd.data.stream import split_datasets
+@pytest.mark.parametrize("name", ["entropy", "domain_aware", "random_masked", "hard_negative"])
+def test_every_epoch_draws_anew(scored, name):
+    *_, table, batch = scored
+    s = build_sampler(name, table, seed=5, batch_size=16)
+    col = "q_input_ids" if name == "random_masked" else "pair_id"
+    e0, e1 = s(batch, 0), s(batch, 1)
+    assert [list(x) for x in e0[col]] != [list(x) for x in e1[col]]
+    assert [list(x) for x in s(batch, 1)[col]] == [list(x) for x in e1[col]]  # and reproducibly so
+
+
+@pytest.mark.parametrize("name", ["entropy", "domain_aware"])
+def test_resampled_duplicates_are_spread_apart(scored, name):
+    *_, table, batch = scored
+    out = build_sampler(name, table, seed=0, gamma=2.0)(batch)["pair_id"]
+    dup = len(out) - len(set(out))
+    adjacent = sum(a == b for a, b in zip(out[:-1], out[1:]))
+    print(f"{name}: {dup} duplicated rows, {adjacent} adjacent to their copy")
+    assert dup > 20 and adjacent <= max(2, dup // 20)
+
+
+def test_entropy_scores_every_question(scored):
+    """Every question gets an entropy from its own content tokens, also short ones (a single 15 % draw
+    misses all tokens of 44 % of 5-token questions and scored them 0)."""
+    *_, table, batch = scored
+    assert (table.entropy > 0).all()
+
+
+def test_sampler_runs_on_a_ray_data_stream_in_training_batches(ray_session, scored, synth_prepared):
+    from raykd.data.stream import PairCollator, split_datasets
+    from raykd.trial import sampled_batches
 
     prepared, manifest, _, out, table, batch = scored
     ds = split_datasets(prepared, splits=("train",))["train"]
-    sampled = ds.map_batches(build_sampler("domain_aware", table, seed=0), batch_format="numpy")
-    got = sorted(r["pair_id"] for r in sampled.take_all())
-    expected = sorted(build_sampler("domain_aware", table, seed=0)(batch)["pair_id"])
-    assert got == expected
+    collate = PairCollator(manifest["tokenizer"]["pad_token_id"])
+    s = build_sampler("domain_aware", table, seed=0)
+    got = list(sampled_batches(ds.iterator(), s, 3, 16, collate))
+    assert all(len(b["pair_id"]) == 16 for b in got[:-1]) and 0 < len(got[-1]["pair_id"]) <= 16
+    ids = sorted(p for b in got for p in b["pair_id"])
+    assert ids == sorted(s(batch, 3)["pair_id"])  # the whole split is one window here
+    # hard-negative groups arrive whole, one training batch each (rows in the shards' order here)
+    from ray.data import DataContext
+
+    opts = DataContext.get_current().execution_options
+    keep, opts.preserve_order = opts.preserve_order, True
+    try:
+        hard = build_sampler("hard_negative", table, seed=0, batch_size=16)
+        groups = [b["pair_id"] for b in sampled_batches(ds.iterator(), hard, 0, 16, collate)]
+    finally:
+        opts.preserve_order = keep
+    window = hard(batch, 0)["pair_id"]
+    assert [list(g) for g in groups] == [list(window[i: i + 16]) for i in range(0, len(window), 16)]

@@ -77,5 +77,14 @@ def test_kl_family_hand_values():
     jsd = b * (p * (p / m).log()).sum() + (1 - b) * (q * (q / m).log()).sum()
     assert L.generalized_jsd(zs, zt, beta=b).item() == pytest.approx(float(jsd), rel=1e-5)
     assert L.soft_cross_entropy(zs, zt).item() == pytest.approx(float(-(p * q.log()).sum()), rel=1e-5)
-    with pytest.raises(ValueError):
-        L.generalized_jsd(zs, zt, beta=1.0)
+    # closed interval, as TRL: β = 0 is the forward KL(p‖q), β = 1 the reverse KL(q‖p)
+    assert L.generalized_jsd(zs, zt, beta=0.0).item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    assert L.generalized_jsd(zs, zt, beta=1.0).item() == pytest.approx(float((q * (q / p).log()).sum()), rel=1e-5)
+    # temperature divides the logits before the softmax (no T² factor)
+    pt, qt = torch.softmax(zt[0] / 3, 0), torch.softmax(zs[0] / 3, 0)
+    mt = 0.5 * pt + 0.5 * qt
+    jsd_t = 0.5 * (pt * (pt / mt).log()).sum() + 0.5 * (qt * (qt / mt).log()).sum()
+    assert L.generalized_jsd(zs, zt, beta=0.5, temperature=3.0).item() == pytest.approx(float(jsd_t), rel=1e-5)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError):
+            L.generalized_jsd(zs, zt, beta=bad)

@@ -22,6 +22,7 @@ def test_cka_identity_rotation_scaling_and_random():
     assert metrics.semantic_alignment(x, x) == pytest.approx(100.0)
     assert metrics.linear_cka(torch.randn(2000, 8, generator=g), torch.randn(2000, 8, generator=g)) < 0.02
     assert metrics.linear_cka(np.ones((5, 3)), np.random.rand(5, 3)) == 0.0
+    assert metrics.debiased_linear_cka(x, 3.0 * x @ q + 5.0) == pytest.approx(1.0)
 
 
 def test_cka_hand_computed():
@@ -74,11 +75,131 @@ def test_qa_retrieval_perfect_chance_and_hand_case():
     assert r["recall@1"] < 0.05 and r["mrr@10"] < 0.1
     qq = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     aa = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.9]])
-    # q0 → sims (0, 0, .74): true answer 0 ranks 2 (one strictly better) ; q1 → rank 1; q2 → rank 1
-    assert metrics.qa_retrieval(qq, aa) == {"mrr@10": pytest.approx((0.5 + 1 + 1) / 3), "recall@1": pytest.approx(2 / 3)}
+    # q0 → sims (0, 0, .74): true answer 0 ranks 3 (a tie and a better one count against it);
+    # q1 → sims (1, 1, .67): its true answer ties with answer 0 → rank 2; q2 → rank 1
+    assert metrics.qa_retrieval(qq, aa) == {"mrr@10": pytest.approx((1 / 3 + 1 / 2 + 1) / 3),
+                                            "recall@1": pytest.approx(1 / 3)}
     # determinism under the seed with subsampled candidates
     a = torch.randn(300, 16, generator=g)
     assert metrics.qa_retrieval(q, a, 20, seed=3) == metrics.qa_retrieval(q, a, 20, seed=3)
+
+
+def test_qa_retrieval_constant_representation_scores_zero():
+    q = torch.randn(200, 8, generator=g)
+    const = torch.ones(200, 8)
+    assert metrics.qa_retrieval(const, const) == {"mrr@10": 0.0, "recall@1": 0.0}
+    assert metrics.qa_retrieval(q, const)["mrr@10"] == 0.0
+
+
+def test_qa_retrieval_answer_keys_keep_duplicates_of_the_true_answer_out():
+    # answers 0 and 1 are the same text: without keys, each is a tie for the other (rank 2)
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert metrics.qa_retrieval(q, a)["recall@1"] == pytest.approx(1 / 3)
+    r = metrics.qa_retrieval(q, a, answer_keys=["x", "x", "y"])
+    assert r == {"mrr@10": pytest.approx(1.0), "recall@1": pytest.approx(1.0)}
+    with pytest.raises(ValueError):
+        metrics.qa_retrieval(q, a, answer_keys=["x"])
+
+
+def _reference_debiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Written independently from Kornblith's published recipe: uncentred linear Grams, the unbiased
+    centring of the Gram matrix (zero diagonal, then the U-centring), HSIC = <K̃, L̃>/(n(n−3))."""
+    def u_center(gram):
+        n = gram.shape[0]
+        gram = gram.copy()
+        np.fill_diagonal(gram, 0.0)
+        means = gram.sum(0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        gram -= means[:, None]
+        gram -= means[None, :]
+        np.fill_diagonal(gram, 0.0)
+        return gram
+
+    kx, ky = u_center(x @ x.T), u_center(y @ y.T)
+    return float((kx * ky).sum() / np.sqrt((kx * kx).sum() * (ky * ky).sum()))
+
+
+def test_debiased_cka_matches_an_independent_implementation():
+    rng = np.random.default_rng(0)
+    for n, p, q in ((10, 3, 5), (64, 32, 8), (128, 64, 128)):
+        x = rng.normal(size=(n, p)) + 2.0
+        y = x @ rng.normal(size=(p, q)) + rng.normal(size=(n, q)) * 3.0 - 1.0
+        assert metrics.debiased_linear_cka(x, y) == pytest.approx(_reference_debiased_cka(x, y), abs=1e-9)
+    with pytest.raises(ValueError):
+        metrics.debiased_linear_cka(np.ones((3, 2)), np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("width", [64, 768])
+def test_semantic_alignment_has_no_chance_floor(width):
+    rng = np.random.default_rng(width)
+    sa = [metrics.semantic_alignment(rng.normal(size=(128, width)), rng.normal(size=(128, width))) for _ in range(10)]
+    biased = [100 * metrics.linear_cka(rng.normal(size=(128, width)), rng.normal(size=(128, width))) for _ in range(3)]
+    assert np.mean(np.abs(sa)) <= 5.0
+    assert np.mean(biased) > 25.0  # the floor the biased estimator has at this n (why it is not the metric)
+
+
+def test_semantic_alignment_of_a_rotated_scaled_copy():
+    x = torch.randn(128, 64, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
+    assert metrics.semantic_alignment(x, 3.0 * x @ q) >= 99.5
+    assert metrics.semantic_alignment(x, np.ones((128, 4))) == 0.0
+
+
+def _bert_pair(vocab=60, hidden=32, layers=2, seed=0):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    return BertModel(BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64)).eval()
+
+
+def _batches(n=48, seed=0, vocab=60):
+    """Padded pair batches with [CLS]=2 … [SEP]=3 and padding 0; content tokens 5..vocab."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n, 16):
+        b = {}
+        for side in ("q", "a"):
+            lens = rng.integers(4, 12, 16)
+            ids = np.zeros((16, 13), dtype=np.int64)
+            mask = np.zeros((16, 13), dtype=np.int64)
+            for i, length in enumerate(lens):
+                ids[i, : length + 2] = [2, *rng.integers(5, vocab, length), 3]
+                mask[i, : length + 2] = 1
+            b[f"{side}_input_ids"], b[f"{side}_attention_mask"] = torch.from_numpy(ids), torch.from_numpy(mask)
+        out.append(b)
+    return out
+
+
+def test_evaluate_teacher_against_itself_unrelated_model_and_cis():
+    teacher = _bert_pair(seed=0)
+    other = _bert_pair(seed=1)
+    batches = _batches(64)
+    same = metrics.evaluate(teacher, teacher, batches, special_ids=(0, 1, 2, 3, 4), bootstrap=50)
+    assert same["semantic_alignment"] == pytest.approx(100.0)
+    assert same["structural_consistency"] == pytest.approx(100.0)
+    assert same["representation_compactness"] > 95.0
+    assert same["mrr@10"] == pytest.approx(same["teacher_mrr@10"])
+    assert same["eval_pairs"] == 64
+    for k in ("semantic_alignment", "mrr@10", "representation_compactness", "structural_consistency"):
+        assert same[f"{k}_ci_low"] <= same[k] + 1e-9 <= same[f"{k}_ci_high"] + 2e-9
+    diff = metrics.evaluate(other, teacher, batches, special_ids=(0, 1, 2, 3, 4), bootstrap=50)
+    assert diff["semantic_alignment"] < same["semantic_alignment"] - 5
+    assert diff["semantic_alignment_ci_high"] > diff["semantic_alignment_ci_low"]
+
+
+def test_evaluate_y_ignores_special_tokens():
+    """Y is the content-token mean: appending extra [SEP]/padding to every sequence changes nothing."""
+    teacher = _bert_pair(seed=0)
+    batches = _batches(32)
+    y = metrics.content_repr(teacher, batches[0]["q_input_ids"], batches[0]["q_attention_mask"], (0, 1, 2, 3, 4))[2]
+    manual = []
+    for ids, m in zip(batches[0]["q_input_ids"], batches[0]["q_attention_mask"]):
+        h = teacher(input_ids=ids[None], attention_mask=m[None]).last_hidden_state[0]
+        keep = (ids >= 5) & (m > 0)
+        manual.append(h[keep].mean(0))
+    assert torch.allclose(y, torch.stack(manual), atol=1e-5)
 
 
 def test_content_mask_drops_cls_sep_and_padding():
