@@ -343,7 +343,7 @@ def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int =
         n = out["eval_pairs"]
         draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
         for name, s in scores.items():
-            vals = np.array([s.value(idx) for idx in draws], dtype=float)
+            vals = np.array(s.batch(draws) if hasattr(s, "batch") else [s.value(idx) for idx in draws], dtype=float)
             vals = vals[np.isfinite(vals)]
             lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (float("nan"), float("nan")))
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
@@ -361,17 +361,45 @@ class _Score:
 
 
 def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
-    """Semantic Alignment over a resample: the Gram matrices indexed by it, with every pair of
-    positions drawn from one pair zeroed (the unbiased estimator's diagonal, extended to duplicates)."""
+    """Semantic Alignment over a resample: the unbiased estimator on the resampled list of pairs, with
+    every pair of positions drawn from one pair left out (its diagonal, extended to duplicates)."""
     kx, ky = _linear_grams(ys, yt)
+    kx0, ky0 = _zero_diagonal(kx), _zero_diagonal(ky)
 
     def fn(idx):
         if idx is None:
-            return 100.0 * _debiased_cka_from_grams(_zero_diagonal(kx), _zero_diagonal(ky))
-        t = torch.from_numpy(idx)
-        same = t[:, None] == t[None, :]
-        return 100.0 * _debiased_cka_from_grams(kx[t][:, t].masked_fill(same, 0.0), ky[t][:, t].masked_fill(same, 0.0))
-    return _Score(fn)
+            return 100.0 * _debiased_cka_from_grams(kx0, ky0)
+        return float(100.0 * debiased_cka_resampled(kx0, ky0, _counts(idx, kx0.shape[0]))[0])
+    score = _Score(fn)
+    n = kx0.shape[0]
+    score.batch = lambda draws: (100.0 * debiased_cka_resampled(
+        kx0, ky0, torch.cat([_counts(idx, n) for idx in draws], 1))).tolist()
+    return score
+
+
+def _counts(idx: np.ndarray, n: int) -> torch.Tensor:
+    """Multiplicities [n, 1] of each pair in a resample."""
+    return torch.from_numpy(np.bincount(idx, minlength=n).astype(np.float64))[:, None]
+
+
+def debiased_cka_resampled(kx0: torch.Tensor, ky0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Debiased CKA of many resamples at once, from zero-diagonal Gram matrices [n, n] and pair
+    multiplicities w [n, B] (one column per resample): each column's value equals the unbiased
+    estimator on the resampled list with pairs of positions drawn from one pair zeroed, computed as
+    weighted sums (tr(K̃L̃) = wᵀ(K∘L)w, 1ᵀK̃1 = wᵀKw, 1ᵀK̃L̃1 = Σ_j w_j (Kw)_j (Lw)_j, n = Σw) —
+    no n_B × n_B Gram is ever gathered. Returns [B]."""
+    m = w.sum(0)
+    kw, lw = kx0 @ w, ky0 @ w
+
+    def hsic(a0, aw, b0, bw):
+        tr = (w * ((a0 * b0) @ w)).sum(0)
+        sa, sb = (w * aw).sum(0), (w * bw).sum(0)
+        ab1 = (w * aw * bw).sum(0)
+        return (tr + sa * sb / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * ab1) / (m * (m - 3))
+
+    hxy, hxx, hyy = hsic(kx0, kw, ky0, lw), hsic(kx0, kw, kx0, kw), hsic(ky0, lw, ky0, lw)
+    den = hxx * hyy
+    return torch.where(den > 0, hxy / den.clamp_min(1e-300).sqrt(), torch.zeros_like(hxy))
 
 
 def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict[str, _Score]:

@@ -100,7 +100,9 @@ def write_experiment_summary(exp_dir: str, space: dict, metrics: list[str]) -> s
     infos = []
     for name, spec in {**space, "seed": None}.items():
         kind, values = next(iter(spec.items())) if spec else ("number", None)
-        if kind in ("choice", "grid") and values and all(isinstance(v, str) for v in values):
+        if kind in ("choice", "grid") and values and all(isinstance(v, bool) for v in values):
+            infos.append(HParamInfo(name=name, type=DataType.Value("DATA_TYPE_BOOL")))
+        elif kind in ("choice", "grid") and values and all(isinstance(v, str) for v in values):
             dom = struct_pb2.ListValue()
             dom.extend(values)
             infos.append(HParamInfo(name=name, type=DataType.Value("DATA_TYPE_STRING"), domain_discrete=dom))

@@ -529,7 +529,8 @@ def _report_start(core, teacher, evaluation: Evaluation | None, rank: int, world
     """The step-0 report (every rank reports; rank 0 evaluates): the student as built, on validation.
     A reference trial also reports it on test (the ``init`` reference) and the teacher scored as its
     own student under ``teacher/val/…`` and ``teacher/test/…`` (the ``teacher`` reference)."""
-    result = {"step": 0, "world_size": world}
+    result = {"step": 0, "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),  # RAY
+              "worker_pid": os.getpid()}
     if rank == 0:
         result.update(evaluation.split(core, teacher, "val", BOOTSTRAP if config.get("reference") else 0))
         if config.get("reference"):

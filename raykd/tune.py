@@ -207,7 +207,7 @@ def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_
 
     from raykd.pruning import CheckpointPruner
     from raykd.recovery import UploadLogsBeforeRestart
-    from raykd.tblog import TrialHParams, write_experiment_summary
+    from raykd.tblog import TrialHParams
     from raykd.trial import run_trial, trial_resources
 
     space = reference_space(cfg)
@@ -218,7 +218,6 @@ def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
-    write_experiment_summary(path, {}, hparam_metrics(cfg))
     log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
         f"built; the teacher scored as its own student) → {path}")
     return tune.Tuner(
@@ -407,11 +406,13 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
     from raykd.pruning import CheckpointPruner
     from raykd.recovery import UploadLogsBeforeRestart
     from raykd.tblog import TrialHParams, write_experiment_summary
-    from raykd.trial import run_trial, trial_resources
+    from raykd.trial import REFERENCE_KEY, run_trial, trial_resources
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     path = join(storage, name)
-    write_experiment_summary(path, cfg.space, hparam_metrics(cfg))
+    # one HParams table for the trials and the reference trials under references/ (hparam `reference`)
+    write_experiment_summary(path, {**cfg.space, **({REFERENCE_KEY: {"choice": [True]}} if cfg.experiment.references
+                                                     else {})}, hparam_metrics(cfg))
     if resume:
         if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
@@ -529,6 +530,27 @@ def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table), failed
 
 
+def gains_text(exp_path: str, cfg: C.Config) -> str:
+    """Each finished configuration's gain over the ``init`` and ``no_distill`` references on the lead
+    metric (test), paired by seed, as text (what ``raykd.report`` tabulates, printed at the end)."""
+    from raykd.report import gains_over_references, load_experiment, load_references, varied_parameters
+
+    lead = "test/" + cfg.experiment.metric.split("/", 1)[-1]
+    trials = [t for t in load_experiment(exp_path) if t.status == "finished"]
+    names = varied_parameters(trials)
+    rows = gains_over_references(trials, load_references(exp_path), names, lead)
+    if not rows:
+        return f"gains over the references on {lead}: none (no finished trial shares a seed with a reference)"
+    lines = [f"gain over the references on {lead} (paired by seed: mean ± 95 % CI, Holm-adjusted p):"]
+    for r in rows:
+        key = ", ".join(f"{n}={v}" for n, v in zip(names, r["key"])) or "all"
+        ci = "" if r["ci"] != r["ci"] else f" ± {r['ci']:.4f}"
+        verdict = "yes" if r["significant"] else ("no" if r["n"] >= 2 else "one seed: no test")
+        lines.append(f"  {key} over {r['role']}: {r['diff']:+.4f}{ci} (n={r['n']}, p_holm={r['p_holm']:.3g}, "
+                     f"real at 0.05: {verdict})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a study; returns the exit code (0 all trials fine, 1 some trial failed, 2 bad input)."""
     ap = argparse.ArgumentParser(prog="python -m raykd.tune", description=__doc__,
@@ -595,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         ctable, cfailed = summarize(confirmed, cfg)
         failed += cfailed
         print(f"confirm phase ({name}-confirm):\n{ctable}\n")
+    if references is not None and "://" not in storage:
+        print(gains_text(join(storage, name + ("-confirm" if confirmed is not None else "")), cfg))
     print(f"results: {join(storage, name)}")
     print(f"compare trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1   (HParams tab: every trial)")
     print(f"table and figures: python -m raykd.report {join(storage, name)}"

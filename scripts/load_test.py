@@ -22,7 +22,8 @@ def load_study_args(out: Path, trials: int, name: str = "load") -> list[str]:
             "--set", f"data.work_dir={out / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
             "train.eval_pairs=64", f"search.num_samples={trials}", f"search.max_trials={trials}", "train.steps=12",
             "train.eval_every=3", "train.cpus_per_worker=0.4", "train.checkpoint_keep=1",
-            "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=2",
+            "search.scheduler.grace_period=1", "search.scheduler.reduction_factor=2", "experiment.references=false",
+            "train.local_mode=false", "student.hidden=null", "search.confirm.top_k=0",
             "space={depth: {choice: [1, 2, 3]}, projection_dim: {choice: [32, 64]}, lr: {loguniform: [1.0e-4, 3.0e-3]}}"]
 
 

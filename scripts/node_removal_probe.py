@@ -35,7 +35,8 @@ def main() -> int:
 
     work = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / ".raykd" / "node_probe"
     args = study_args(work, "node_removed", "search.algorithm=grid", "train.steps=120", "train.eval_every=8",
-                      "space={}", "train.cpus_per_worker=2", "train.max_failures=2", *sys.argv[2:])
+                      "space={}", "train.cpus_per_worker=2", "train.max_failures=2", "experiment.references=false",
+                      *sys.argv[2:])
     exp = work / "exp" / "node_removed"
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1 (raykd.tune.loopback_only)
     import ray

@@ -49,6 +49,9 @@ def run_module(*args: str, cwd: Path | None = None, env: dict | None = None):
 
 
 SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
+# what the tests' tiny studies keep of the embedded default's shape: worker-group trials, a student of
+# the teacher's width (initialised from its layers), no confirm phase (each test sets what it checks)
+TEST_BASE = ["train.local_mode=false", "student.hidden=null", "search.confirm.top_k=0", "search.confirm.seeds=[]"]
 GRID_ARGS = ["search.algorithm=grid", "train.steps=16", "train.eval_every=8", "space={depth: {grid: [1, 3]}}",
              "experiment.seeds=[0, 1]", "teacher.cache=true"]  # the grid's trials read the teacher cache
 
@@ -57,7 +60,7 @@ def study_args(tmp: Path, name: str, *sets: str) -> list[str]:
     """CLI arguments of a tiny smoke-based study under ``tmp`` (shared data / teacher cache)."""
     return ["--config", SMOKE, "--storage", str(tmp / "exp"), "--name", name, "--set",
             f"data.work_dir={tmp / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
-            "train.eval_pairs=64", *sets]
+            "train.eval_pairs=64", *TEST_BASE, *sets]
 
 
 class ClusterMonitor(PeriodicSampler):

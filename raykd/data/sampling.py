@@ -258,14 +258,16 @@ class RandomMasked(Sampler):
 class HardNegative(Sampler):
     """Examples grouped so that each training batch of ``batch_size`` holds near neighbours in teacher
     space: in-batch negatives become hard negatives. Greedy: start from the first unplaced example
-    (hash-shuffled order), add its nearest unplaced neighbours until the group is full."""
+    (hash-shuffled order, new each epoch), add its nearest unplaced neighbours (equal similarities
+    broken by the same hash) until the group is full — the groups do not depend on the rows' order."""
 
     def __call__(self, batch, epoch=0):
         s = self._need_scores()
         size = int(self.params.get("batch_size", 16))
         n = len(batch["pair_id"])
         emb = s.embedding[s.rows(batch["pair_id"])]
-        order = np.argsort(hash_uniform(self.seed, batch["pair_id"], f"order|{epoch}"))
+        key = hash_uniform(self.seed, batch["pair_id"], f"order|{epoch}")
+        order = np.argsort(key, kind="stable")
         placed = np.zeros(n, dtype=bool)
         out = []
         sims = emb @ emb.T
@@ -276,7 +278,7 @@ class HardNegative(Sampler):
             group = [start]
             cand = np.where(~placed)[0]
             if len(cand):
-                near = cand[np.argsort(-sims[start, cand])[: size - 1]]
+                near = cand[np.lexsort((key[cand], -sims[start, cand]))[: size - 1]]  # ties: by hash, not position
                 placed[near] = True
                 group.extend(near.tolist())
             out.extend(group)

@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 def faulty_study(ray_session, grid_experiment):
     _, _, work, _ = grid_experiment  # its prepared data and teacher
     args = study_args(work, "faults", f"data.prepared={work / 'prepared'}", "search.algorithm=grid",
-                      "train.steps=16", "train.eval_every=4", "train.max_failures=1",
-                      "space={method.params.ablate: {grid: [none, bogus]}, train.fault: {grid: [sigkill@8, exception@8]}}")
+                      "train.steps=16", "train.eval_every=4", "train.max_failures=1", "experiment.references=false",
+                      "space={method.params.ablate: {grid: [none, bogus]}, train.fault: {grid: [sigkill@12, exception@12]}}")
     p = run_module("raykd.tune", "--address", ray_session.get_runtime_context().gcs_address, *args)
     return p, work / "exp" / "faults"
 
@@ -33,13 +33,14 @@ def test_killed_and_raising_workers_resume_from_their_checkpoint(faulty_study):
     for name, rows in trial_results(exp).items():
         if rows and rows[-1]["config"]["method.params.ablate"] == "none":
             finished[rows[-1]["config"]["train.fault"]] = (exp / name, rows)
-    assert set(finished) == {"sigkill@8", "exception@8"}, (p.stdout[-2000:], p.stderr[-2000:])
+    assert set(finished) == {"sigkill@12", "exception@12"}, (p.stdout[-2000:], p.stderr[-2000:])
     for fault, (d, rows) in finished.items():
         kind = fault.split("@")[0]
-        assert (d / f"fault_{kind}_8.injected").exists()  # the fault really fired
-        # resumed from the step-4 checkpoint: every evaluation once, in order, to the planned end
-        assert [r["step"] for r in rows] == [4, 8, 12, 16], (fault, [r["step"] for r in rows])
-        assert all(r["train/loss"] > 0 for r in rows) and "test/semantic_alignment" in rows[-1]
+        assert (d / f"fault_{kind}_12.injected").exists()  # the fault really fired
+        # resumed from its last checkpoint that reached Train (step 8, or step 4 when the step-8 report was
+        # still queued in the killed worker): every evaluation once, in order, from step 0 to the planned end
+        assert [r["step"] for r in rows] == [0, 4, 8, 12, 16], (fault, [r["step"] for r in rows])
+        assert all(r["train/loss"] > 0 for r in rows[1:]) and "test/semantic_alignment" in rows[-1]
         ckpts = sorted(q for q in (d / "train").glob("*/checkpoint_*") if q.is_dir())
         assert 1 <= len(ckpts) <= 2  # pruned to checkpoint_keep
         for c in ckpts:  # written atomically: every kept checkpoint loads

@@ -16,7 +16,7 @@ from tests.integration.test_tune import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 LOCAL = ["train.local_mode=true", "train.cpus_per_worker=1", "search.algorithm=grid", "train.steps=16",
-         "train.eval_every=4", "train.checkpoint_keep=2", "search.max_concurrent=1"]
+         "train.eval_every=4", "train.checkpoint_keep=2", "search.max_concurrent=1", "experiment.references=false"]
 
 
 def _checkpoints(trial_dir):
@@ -41,12 +41,12 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
     assert len(results) == 3
     pids = set()
     for name, rows in results.items():
-        assert [r["step"] for r in rows] == [4, 8, 12, 16], name
+        assert [r["step"] for r in rows] == [0, 4, 8, 12, 16], name
         final = rows[-1]
         assert final["world_size"] == 1 and "test/semantic_alignment" in final and "_step_history" not in final
         pids.add(final["worker_pid"])
-        parts = [rows[0][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
-        assert min(parts) >= 0 and sum(parts) <= rows[0]["startup/first_step_s"]
+        parts = [rows[1][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
+        assert min(parts) >= 0 and sum(parts) <= rows[1]["startup/first_step_s"]
         assert not (exp / name / "train").exists() or not _checkpoints(exp / name / "train")  # no Train run dir
         ckpts = _checkpoints(exp / name)  # Tune keeps the trial's checkpoints, pruned to checkpoint_keep
         assert len(ckpts) == 2, ckpts
@@ -55,7 +55,7 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
         ea = EventAccumulator(str(exp / name), size_guidance={"scalars": 0})
         ea.Reload()
         assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 17)), name  # written without a controller
-        assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [4, 8, 12, 16]
+        assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [0, 4, 8, 12, 16]
     assert len(pids) == 1  # one actor process served every trial (Tune reuse_actors)
     # no Train→Tune result queue: Tune's session would poll it every 0.2 s while the trial trains
     assert not _queue_actors() - queues_before
@@ -74,7 +74,7 @@ def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_
         fault = rows[-1]["config"]["train.fault"]
         assert (exp / name / f"fault_{fault.split('@')[0]}_8.injected").exists()  # the fault really fired
         # resumed from the step-4 checkpoint (the fault fires before the step-8 report): each evaluation once
-        assert [r["step"] for r in rows] == [4, 8, 12, 16], (fault, [r["step"] for r in rows])
+        assert [r["step"] for r in rows] == [0, 4, 8, 12, 16], (fault, [r["step"] for r in rows])
         assert "test/semantic_alignment" in rows[-1]
         if fault.startswith("sigkill"):
             assert rows[0]["worker_pid"] != rows[-1]["worker_pid"]  # a new actor took over

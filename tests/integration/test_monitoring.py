@@ -26,7 +26,7 @@ def test_dashboard_requires_the_token_and_lists_the_trials(grid_experiment):
 
 def test_live_gauges_reach_the_prometheus_export_tagged_by_trial(grid_experiment):
     _, exp, _, monitor = grid_experiment
-    trial_ids = {rows[-1]["trial_id"] for rows in trial_results(exp).values()}
+    trial_ids = {rows[-1]["trial_id"] for d in (exp, exp / "references") for rows in trial_results(d).values()}
     seen: dict[str, set[str]] = {}
     for line in monitor.gauge_lines:
         m = re.match(r'(ray_raykd_\w+)\{.*trial_id="([^"]+)".*\} (\S+)$', line)

@@ -31,6 +31,7 @@ def test_event_files_hold_per_step_scalars_and_one_session_per_trial(grid_experi
     results = trial_results(exp)
     assert rc == 0 and len(results) == 4
     for name, rows in results.items():
+        assert rows[0]["step"] == 0  # the step-0 evaluation: where the student started
         ea = _accumulate(exp / name)
         scalars = ea.Tags()["scalars"]
         # per optimizer step: every loss term and the learning rate, x = step 1…16
@@ -39,11 +40,11 @@ def test_event_files_hold_per_step_scalars_and_one_session_per_trial(grid_experi
         # each step's event carries the time the step ended (not the time of the report that sent it)
         walls = [e.wall_time for e in ea.Scalars("train/loss")]
         assert walls == sorted(walls) and len(set(walls)) == 16, name
-        assert walls[7] <= ea.Scalars("val/semantic_alignment")[0].wall_time
+        assert walls[7] <= ea.Scalars("val/semantic_alignment")[1].wall_time
         # the real (non-pad) tokens each step trained on: whole numbers, at most batch × 2 sides × max length
         assert all(e.value == int(e.value) and 1 <= e.value <= 16 * 2 * 64 for e in ea.Scalars("train/tokens")), name
         # each metric at each evaluation (x = step), test once at the end
-        assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [8, 16]
+        assert [e.step for e in ea.Scalars("val/semantic_alignment")] == [0, 8, 16]
         assert [e.value for e in ea.Scalars("val/semantic_alignment")] == pytest.approx(
             [r["val/semantic_alignment"] for r in rows], rel=1e-6)
         assert [e.step for e in ea.Scalars("test/semantic_alignment")] == [16]
@@ -58,7 +59,7 @@ def test_event_files_hold_per_step_scalars_and_one_session_per_trial(grid_experi
     root = _accumulate(exp)
     exp_pb = plugin_data_pb2.HParamsPluginData.FromString(root.PluginTagToContent("hparams")["_hparams_/experiment"])
     names = {h.name for h in exp_pb.experiment.hparam_infos}
-    assert names == {"depth", "seed"}
+    assert names == {"depth", "seed", "reference"}  # the reference trials (references/) share the table
     depth = next(h for h in exp_pb.experiment.hparam_infos if h.name == "depth")
     assert list(depth.domain_discrete.values) and [v.number_value for v in depth.domain_discrete.values] == [1, 3]
     metric_tags = {m.name.tag for m in exp_pb.experiment.metric_infos}
@@ -109,22 +110,26 @@ def test_served_tensorboard_lists_every_trial_in_hparams(grid_experiment):
                                                           "STATUS_RUNNING"],
                 "colParams": [{"metric": {"tag": "ray/tune/val/semantic_alignment"}}], "startIndex": 0,
                 "sliceSize": 100})
-            if groups.get("totalSize") == 4 or time.time() > deadline:
+            if groups.get("totalSize") == 6 or time.time() > deadline:
                 break
             time.sleep(2)
     finally:
         proc.kill()
         proc.wait()
-    assert {h["name"] for h in experiment["hparamInfos"]} == {"depth", "seed"}
-    assert groups["totalSize"] == 4
-    seen = {}
+    assert {h["name"] for h in experiment["hparamInfos"]} == {"depth", "seed", "reference"}
+    assert groups["totalSize"] == 6  # 4 trials + the no_distill reference of each seed
+    seen, refs = {}, set()
     for g in groups["sessionGroups"]:
         (session,) = g["sessions"]
         run = session["name"].split("/")[0]
+        if run == "references":
+            assert g["hparams"]["reference"] is True
+            refs.add(g["hparams"]["seed"])
+            continue
         value = next(m["value"] for m in session["metricValues"]
                      if m["name"]["tag"] == "ray/tune/val/semantic_alignment")
         seen[run] = ((g["hparams"]["depth"], g["hparams"]["seed"]), value)
-    assert set(seen) == set(results)
+    assert set(seen) == set(results) and refs == {0, 1}
     for name, rows in results.items():
         assert seen[name][0] == (rows[-1]["config"]["depth"], rows[-1]["config"]["seed"])
         assert seen[name][1] == pytest.approx(rows[-1]["val/semantic_alignment"], rel=1e-6)

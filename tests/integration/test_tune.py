@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raykd.tune import main as tune_main
-from tests.conftest import GRID_ARGS, study_args
+from tests.conftest import GRID_ARGS, TEST_BASE, study_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 SMOKE = str(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml")
@@ -19,7 +19,7 @@ SMOKE = str(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 def study(tmp: Path, name: str, *sets: str) -> int:
     return tune_main(["--config", SMOKE, "--storage", str(tmp / "exp"), "--name", name, "--set",
                       f"data.work_dir={tmp / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
-                      "train.eval_pairs=64", *sets])
+                      "train.eval_pairs=64", *TEST_BASE, *sets])
 
 
 def trial_results(exp: Path) -> dict[str, list[dict]]:
@@ -42,16 +42,21 @@ def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
     assert len(results) == 4
     depths, configs = set(), set()
     for name, rows in results.items():
-        assert [r["step"] for r in rows] == [8, 16]
+        assert [r["step"] for r in rows] == [0, 8, 16]  # step 0: where the student started
+        assert "val/mrr@10" in rows[0] and "train/loss" not in rows[0]
         final = rows[-1]
         for split in ("val", "test"):
             for m in ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10",
                       "recall@1", "retained_mrr"):
                 assert isinstance(final[f"{split}/{m}"], float), (name, split, m)
-        assert "test/semantic_alignment" not in rows[0]  # test is evaluated once, at the end
-        parts = [rows[0][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
-        assert min(parts) >= 0 and sum(parts) <= rows[0]["startup/first_step_s"] < 600  # reported once, consistent
-        assert "startup/first_step_s" not in rows[1]
+        assert "test/semantic_alignment" not in rows[1]  # test is evaluated once, at the end
+        for k in ("semantic_alignment", "mrr@10", "representation_compactness", "structural_consistency"):
+            assert final[f"test/{k}_ci_low"] <= final[f"test/{k}"] <= final[f"test/{k}_ci_high"], k
+        assert final["test/semantic_alignment_aggregated"] == final["test/semantic_alignment_aggregated"]
+        assert final["test/mlm_loss"] > 0 and final["test/teacher_mlm_loss"] > 0
+        parts = [rows[1][f"startup/{k}_s"] for k in ("workers", "model", "first_batch")]
+        assert min(parts) >= 0 and sum(parts) <= rows[1]["startup/first_step_s"] < 600  # reported once, consistent
+        assert "startup/first_step_s" not in rows[2]
         assert final["train/loss"] > 0 and final["tokens_per_s"] > 0 and "train/align" in final
         assert final["teacher_source"] == "cache"  # teacher.cache=true: the teacher never ran in the trial
         depths.add(final["config"]["depth"])
@@ -74,13 +79,13 @@ def test_single_machine_ray_starts_no_preemption_watcher_and_reuses_read_workers
     assert grid_experiment[0] == 0
     assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")], limit=10_000)
     tasks = list_tasks(limit=10_000, detail=True)
-    actor_of = {t.task_id: t.actor_id for t in tasks}  # a read's parent: its trial's split coordinator
-    trials_by_pid: dict[int, set] = {}
+    # each trial reads its train split (one Parquet file here) once: one read task per trial
+    reads_by_pid: dict[int, int] = {}
     for t in tasks:
-        if t.name.startswith("ReadParquet") and t.worker_pid and actor_of.get(t.parent_task_id):
-            trials_by_pid.setdefault(t.worker_pid, set()).add(actor_of[t.parent_task_id])
-    assert sum(len(v) for v in trials_by_pid.values()) >= 4, trials_by_pid
-    assert max(len(v) for v in trials_by_pid.values()) >= 2, trials_by_pid  # a process read for several trials
+        if t.name.startswith("ReadParquet") and t.worker_pid:
+            reads_by_pid[t.worker_pid] = reads_by_pid.get(t.worker_pid, 0) + 1
+    assert sum(reads_by_pid.values()) >= 4, reads_by_pid
+    assert max(reads_by_pid.values()) >= 2, reads_by_pid  # a kept process read for several trials
 
 
 def test_prestarted_ray_data_services_are_the_actors_trials_used(grid_experiment):
@@ -113,23 +118,24 @@ def test_resume_of_a_finished_study_reruns_nothing(grid_experiment):
 def test_asha_stops_a_trial_early_and_the_best_is_confirmed(ray_session, work):
     rc = study(work, "asha", "search.num_samples=4", "train.steps=24", "train.eval_every=6",
                "search.scheduler.reduction_factor=2", "search.scheduler.grace_period=1",
-               "search.confirm.top_k=1", "search.confirm.seeds=[1]",
+               "search.confirm.top_k=1", "search.confirm.seeds=[1]", "experiment.references=false",
                "space={projection_dim: {choice: [8, 16, 32, 64]}, depth: {choice: [1, 2, 3]}}")
     assert rc == 0
     finals = {k: v[-1]["step"] for k, v in trial_results(work / "exp" / "asha").items() if v}
     assert len(finals) == 4
     assert min(finals.values()) < 24 and max(finals.values()) == 24, finals
-    best = max((v for v in trial_results(work / "exp" / "asha").values() if v),
-               key=lambda rows: rows[-1]["val/semantic_alignment"])[-1]["config"]
+    finals_rows = [v[-1] for v in trial_results(work / "exp" / "asha").values() if v]
+    top = max(r["val/mrr@10"] for r in finals_rows)
+    best = [{k: r["config"][k] for k in ("projection_dim", "depth")} for r in finals_rows if r["val/mrr@10"] == top]
     (confirm,) = trial_results(work / "exp" / "asha-confirm").values()
     assert confirm[-1]["step"] == 24 and confirm[-1]["config"]["seed"] == 1
-    assert {k: confirm[-1]["config"]["confirm"][k] for k in ("projection_dim", "depth")} == \
-        {k: best[k] for k in ("projection_dim", "depth")}
+    # the confirmed configuration is the best one (MRR@10 on 64 pairs can tie: any of the tied best)
+    assert {k: confirm[-1]["config"]["confirm"][k] for k in ("projection_dim", "depth")} in best
 
 
 def test_ddp_two_workers_see_disjoint_data(ray_session, work):
     rc = study(work, "ddp", "search.algorithm=grid", "train.steps=6", "train.eval_every=6", "train.num_workers=2",
-               "train.cpus_per_worker=0.5", "train.threads_per_worker=1", "space={}")
+               "train.cpus_per_worker=0.5", "train.threads_per_worker=1", "space={}", "experiment.references=false")
     assert rc == 0
     (rows,) = trial_results(work / "exp" / "ddp").values()
     final = rows[-1]
@@ -149,7 +155,7 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_sessio
 
     sets = [f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
             "train.eval_pairs=64", "search.algorithm=grid", "train.steps=12", "train.eval_every=6",
-            "space={depth: {grid: [1, 2, 3]}}"]
+            "space={depth: {grid: [1, 2, 3]}}", "experiment.references=false", *TEST_BASE]
     args = ["--config", SMOKE, "--storage", str(work / "exp"), "--name", "killed", "--set", *sets]
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen([sys.executable, "-m", "raykd.tune", "--address", address, *args],
@@ -195,7 +201,7 @@ def test_each_small_search_space_runs_with_sizes_overridden(ray_session, work, n
     rc = tune_main(["--config", str(path), "--storage", str(work / "exp"), "--name", f"file-{name}", "--set",
                     f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=20",
                     "train.eval_pairs=64", "train.steps=4", "train.eval_every=4", "experiment.seeds=[0]",
-                    f"space={json.dumps(small)}"])
+                    "experiment.references=false", f"space={json.dumps(small)}"])
     assert rc == 0
     (rows,) = trial_results(work / "exp" / f"file-{name}").values()
     assert rows[-1]["step"] == 4 and isinstance(rows[-1]["test/semantic_alignment"], float)

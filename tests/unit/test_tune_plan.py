@@ -40,13 +40,15 @@ def test_param_space_seeds_and_concurrency():
     grid = C.load_config(SMOKE, {"search.algorithm": "grid", "experiment.seeds": [0, 1], "search.max_trials": 60})
     assert param_space(grid)["seed"] == {"grid_search": [0, 1]}
     assert max_concurrent(cfg, 2.0) == 1  # one CPU stays free for Ray Data
-    assert max_concurrent(cfg, 16.0) == 14
+    assert max_concurrent(cfg, 16.0) == 15  # local mode (the shipped default): 1 CPU per trial, nothing more
+    workers = C.load_config(SMOKE, {"train.local_mode": False})
+    assert max_concurrent(workers, 16.0) == 14  # a worker group adds its 0.05-CPU trial driver
 
 
 def test_local_mode_puts_the_worker_in_the_tune_actor_and_needs_one_worker(tmp_path, capsys):
     cfg = C.load_config(SMOKE, {"train.local_mode": True, "train.cpus_per_worker": 2})
     assert trial_resources(cfg.train) == {"CPU": 2}  # the actor trains: it holds the worker's CPUs
-    assert trial_resources(C.load_config(SMOKE).train) == {"CPU": 0.05}  # else only fits the TorchTrainer
+    assert trial_resources(C.load_config(SMOKE, {"train.local_mode": False}).train) == {"CPU": 0.05}  # fits the trainer
     assert max_concurrent(cfg, 5.0) == 2
     check_trial_fits(cfg, 3.0)
     with pytest.raises(RaykdError, match=r"needs 1 × 2 = 2 CPUs, but this Ray has 2 and keeps 1 for Ray Data"):
