@@ -43,10 +43,13 @@ def choose_trial(exp_dir: str | Path, which: str = "best") -> TrialRecord:
 
 
 def latest_checkpoint(trial: TrialRecord) -> Path:
-    """The trial's most recent checkpoint directory (the one its final metrics were reported with)."""
-    ckpts = [p for p in Path(trial.path, "train").glob("*/checkpoint_*") if (p / "model.safetensors").exists()]
+    """The trial's most recent checkpoint directory (the one its final metrics were reported with):
+    under ``train/`` for a worker-group trial (Train keeps them), in the trial directory itself for a
+    Train-local-mode trial (Tune keeps them)."""
+    ckpts = [p for pattern in ("train/*/checkpoint_*", "checkpoint_*") for p in Path(trial.path).glob(pattern)
+             if (p / "model.safetensors").exists()]
     if not ckpts:
-        raise RaykdError(f"trial {trial.trial_id}: no checkpoint under {trial.path}/train")
+        raise RaykdError(f"trial {trial.trial_id}: no checkpoint under {trial.path} (train/*/ or the trial directory)")
     return max(ckpts, key=lambda p: (p.stat().st_mtime, p.name))
 
 

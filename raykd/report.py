@@ -338,7 +338,9 @@ def gains_over_references(finished: list[TrialRecord], refs: list[TrialRecord], 
             if not pairs:
                 continue
             r = paired_t([a for a, _ in pairs], [b for _, b in pairs])
-            rows.append({"key": key, "role": role, **r})
+            label = _key_text(names, key) if names else (", ".join(f"{k}={v}" for k, v in ts[0].params.items())
+                                                         or "all")
+            rows.append({"key": key, "label": label, "role": role, **r})
     for r, ph in zip(rows, holm([r["p"] for r in rows])):
         r["p_holm"] = ph
         r["significant"] = ph == ph and ph < 0.05
@@ -481,7 +483,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
             md += ["| configuration | over | n | gain (95 % CI) | p | p (Holm) | real at 0.05 |",
                    "|---|---|---|---|---|---|---|"]
             for r in gains:
-                md.append(f"| {_key_text(names, r['key'])} | `{r['role']}` | {r['n']} | {_fmt(r['diff'], r['ci'], 4)} | "
+                md.append(f"| {r['label']} | `{r['role']}` | {r['n']} | {_fmt(r['diff'], r['ci'], 4)} | "
                           f"{_p(r['p'])} | {_p(r['p_holm'])} | {'yes' if r['significant'] else 'no'} |")
         else:
             md.append("_No finished trial shares a seed with a finished reference._")

@@ -543,7 +543,7 @@ def gains_text(exp_path: str, cfg: C.Config) -> str:
         return f"gains over the references on {lead}: none (no finished trial shares a seed with a reference)"
     lines = [f"gain over the references on {lead} (paired by seed: mean ± 95 % CI, Holm-adjusted p):"]
     for r in rows:
-        key = ", ".join(f"{n}={v}" for n, v in zip(names, r["key"])) or "all"
+        key = r["label"]
         ci = "" if r["ci"] != r["ci"] else f" ± {r['ci']:.4f}"
         verdict = "yes" if r["significant"] else ("no" if r["n"] >= 2 else "one seed: no test")
         lines.append(f"  {key} over {r['role']}: {r['diff']:+.4f}{ci} (n={r['n']}, p_holm={r['p_holm']:.3g}, "

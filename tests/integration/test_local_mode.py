@@ -5,6 +5,8 @@ is restarted by Tune from its last checkpoint and finishes its planned steps."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -59,6 +61,14 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
     assert len(pids) == 1  # one actor process served every trial (Tune reuse_actors)
     # no Train→Tune result queue: Tune's session would poll it every 0.2 s while the trial trains
     assert not _queue_actors() - queues_before
+    # a local-mode trial's checkpoints live in its Tune trial directory: export finds them there
+    from transformers import AutoModelForMaskedLM
+
+    from raykd.export import export
+
+    out = export(exp, work / "local-student")
+    assert "model.safetensors" in out["files"] and Path(out["checkpoint"]).parent.parent == exp
+    assert AutoModelForMaskedLM.from_pretrained(work / "local-student").config.num_hidden_layers == 3
 
 
 def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_session, grid_experiment):
