@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -166,12 +165,6 @@ def hparam_metrics(cfg: C.Config) -> list[str]:
 
     names = [f"{split}/{m}" for split in ("val", "test") for m in METRIC_KEYS]
     return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
-
-
-def evaluations_per_trial(cfg: C.Config) -> int:
-    """How many times a full trial evaluates after training steps (its step-0 report not counted)."""
-    t = cfg.train
-    return math.ceil(t.steps / t.eval_every)
 
 
 REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
