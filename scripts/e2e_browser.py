@@ -131,7 +131,8 @@ def main() -> int:
     try:
         rc = tune_main(["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(storage),
                         "--name", "e2e", "--set", f"data.work_dir={ROOT / '.raykd' / 'data'}",
-                        "search.num_samples=4", "train.steps=40", "train.eval_every=20", "train.eval_pairs=128"])
+                        "search.num_samples=4", "train.steps=40", "train.eval_every=20", "train.eval_pairs=128",
+                        "search.confirm.top_k=0"])
         print(f"[e2e] study exit code {rc}", flush=True)
         exp = storage / "e2e"
         trials = sorted(p.name for p in exp.glob("trial_*"))
