@@ -343,7 +343,7 @@ def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int =
         n = out["eval_pairs"]
         draws = [rng.integers(0, n, n) for _ in range(bootstrap)]
         for name, s in scores.items():
-            vals = np.array(s.batch(draws) if hasattr(s, "batch") else [s.value(idx) for idx in draws], dtype=float)
+            vals = np.array(s.resampled(draws), dtype=float)
             vals = vals[np.isfinite(vals)]
             lo, hi = (np.percentile(vals, [2.5, 97.5]) if len(vals) else (float("nan"), float("nan")))
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
@@ -351,13 +351,18 @@ def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int =
 
 
 class _Score:
-    """One metric as a function of a resample of the evaluation pairs (None = all of them)."""
+    """One metric as a function of a resample of the evaluation pairs (None = all of them); ``batch``
+    (optional) computes many resamples at once."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, batch=None):
+        self.fn, self.batch = fn, batch
 
     def value(self, idx: np.ndarray | None = None) -> float:
         return float(self.fn(idx))
+
+    def resampled(self, draws: list[np.ndarray]) -> list[float]:
+        """The metric on each resample."""
+        return self.batch(draws) if self.batch is not None else [self.value(idx) for idx in draws]
 
 
 def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
@@ -365,16 +370,12 @@ def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
     every pair of positions drawn from one pair left out (its diagonal, extended to duplicates)."""
     kx, ky = _linear_grams(ys, yt)
     kx0, ky0 = _zero_diagonal(kx), _zero_diagonal(ky)
-
-    def fn(idx):
-        if idx is None:
-            return 100.0 * _debiased_cka_from_grams(kx0, ky0)
-        return float(100.0 * debiased_cka_resampled(kx0, ky0, _counts(idx, kx0.shape[0]))[0])
-    score = _Score(fn)
     n = kx0.shape[0]
-    score.batch = lambda draws: (100.0 * debiased_cka_resampled(
-        kx0, ky0, torch.cat([_counts(idx, n) for idx in draws], 1))).tolist()
-    return score
+
+    def batch(draws):
+        return (100.0 * debiased_cka_resampled(kx0, ky0, torch.cat([_counts(idx, n) for idx in draws], 1))).tolist()
+
+    return _Score(lambda idx: 100.0 * _debiased_cka_from_grams(kx0, ky0) if idx is None else batch([idx])[0], batch)
 
 
 def _counts(idx: np.ndarray, n: int) -> torch.Tensor:
@@ -408,6 +409,8 @@ def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict
         fit_idx, scored_idx = split_fit_scored(n)
     else:
         scored_idx = np.arange(n)
+    row_of = np.full(n, -1, dtype=np.int64)  # evaluation pair → its row among the scored pairs (−1: a fit pair)
+    row_of[scored_idx] = np.arange(len(scored_idx))
     sc = _per_sequence_consistency(ev["sc"])
     views = {"": (ev["ys_q"], ev["ys_a"])}
     if len(ev["ya_q"]):
@@ -423,7 +426,7 @@ def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict
         scores["semantic_alignment" + suffix] = _sa_score(yq, ev["yt_q"])
         scores["representation_compactness" + suffix] = _Score(
             lambda idx, res=res, tot=tot: _r2_percent(res, tot) if idx is None else _r2_percent(
-                *_rows_of_pairs(idx, scored_idx, res, tot)))
+                *_rows_of_pairs(idx, row_of, res, tot)))
         scores["mrr@10" + suffix] = _Score(lambda idx, rr=rr: rr.mean() if idx is None else rr[idx].mean())
         scores["recall@1" + suffix] = _Score(
             lambda idx, rr=rr: (rr == 1.0).mean() if idx is None else (rr[idx] == 1.0).mean())
@@ -431,11 +434,11 @@ def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict
     return scores
 
 
-def _rows_of_pairs(idx: np.ndarray, scored_idx: np.ndarray, res: torch.Tensor, tot: torch.Tensor):
+def _rows_of_pairs(idx: np.ndarray, row_of: np.ndarray, res: torch.Tensor, tot: torch.Tensor):
     """The scored rows (with multiplicity) of the pairs in a resample: compactness's CI resamples the
     scored pairs; its regression stays the one fitted on all fit pairs."""
-    pos = {int(p): i for i, p in enumerate(scored_idx)}
-    rows = torch.tensor([pos[int(p)] for p in idx if int(p) in pos], dtype=torch.long)
+    rows = row_of[idx]
+    rows = torch.from_numpy(rows[rows >= 0])
     return res[rows], tot[rows]
 
 
