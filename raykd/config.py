@@ -139,7 +139,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "auto"
     eval_every: int = 50
-    eval_pairs: int = 256
+    eval_pairs: int = 4096  # validation (and test) pairs per evaluation: all of them on the generated default
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0

@@ -263,28 +263,63 @@ def content_repr(model, input_ids, attention_mask, special_ids=None) -> tuple[to
 
 
 @torch.no_grad()
-def _collect(student, teacher, batches, device, with_answers: bool, special_ids):
+def teacher_outputs(teacher, batches, device, with_answers: bool, special_ids) -> list[tuple]:
+    """What ``evaluate`` needs of the (fixed) teacher on these batches, on CPU, one tuple per batch:
+    (last layer of the questions [b, t, d], Y of the questions [b, d], Y of the answers [b, d] or
+    None). Compute once and pass as ``teacher_cache`` to every later evaluation on the same batches:
+    the teacher is usually the larger model, so this is most of an evaluation's cost."""
+    was = teacher.training
+    teacher.eval()
+    out = []
+    try:
+        for batch in batches:
+            ht, _, yt = content_repr(teacher, batch["q_input_ids"].to(device), batch["q_attention_mask"].to(device),
+                                     special_ids)
+            ya = None
+            if with_answers:
+                ya = content_repr(teacher, batch["a_input_ids"].to(device), batch["a_attention_mask"].to(device),
+                                  special_ids)[2].float().cpu()
+            out.append((ht.float().cpu(), yt.float().cpu(), ya))
+    finally:
+        teacher.train(was)
+    return out
+
+
+@torch.no_grad()
+def _collect(student, teacher, batches, device, with_answers: bool, special_ids, cache=None):
     """Per pair (questions, then answers): content Y of student and teacher, the student's own
-    aggregated Y when it has one, last layers for structural consistency, answer keys."""
+    aggregated Y when it has one, last layers for structural consistency, answer keys. ``cache``:
+    the teacher's part, from ``teacher_outputs`` on these batches (computed here when None)."""
     out = {k: [] for k in ("ys_q", "yt_q", "ya_q", "ys_a", "yt_a", "ya_a", "sc", "akeys")}
-    aggregated = getattr(getattr(student, "student", student), "aggregation", None) is not None
-    for batch in batches:
+    core = getattr(student, "student", student)
+    aggregated = getattr(core, "aggregation", None) is not None  # its own Y = core.represent(last layer, mask)
+    if cache is None:
+        cache = teacher_outputs(teacher, batches, device, with_answers, special_ids)
+    if len(cache) != len(batches):
+        raise ValueError(f"teacher cache has {len(cache)} batches for {len(batches)} evaluation batches")
+    for batch, (ht, yt, yt_a) in zip(batches, cache):
         qi = batch["q_input_ids"].to(device)
         qm = batch["q_attention_mask"].to(device)
-        hs, cm, ys = content_repr(student, qi, qm, special_ids)
-        ht, _, yt = content_repr(teacher, qi, qm, special_ids)
+        if student is teacher:  # the teacher scored as its own student: its outputs are already here
+            hs, cm, ys = ht, content_mask(qm, qi, special_ids), yt
+        else:
+            hs, cm, ys = content_repr(student, qi, qm, special_ids)
         out["ys_q"].append(ys.float().cpu())
-        out["yt_q"].append(yt.float().cpu())
+        out["yt_q"].append(yt)
         if aggregated:
-            out["ya_q"].append(student.encode(qi, qm)[1].float().cpu())
-        out["sc"].append((hs.float().cpu(), ht.float().cpu(), cm.cpu()))
+            out["ya_q"].append(core.represent(hs, qm).float().cpu())
+        out["sc"].append((hs.float().cpu(), ht, cm.cpu()))
         if with_answers:
             ai = batch["a_input_ids"].to(device)
             am = batch["a_attention_mask"].to(device)
-            out["ys_a"].append(content_repr(student, ai, am, special_ids)[2].float().cpu())
-            out["yt_a"].append(content_repr(teacher, ai, am, special_ids)[2].float().cpu())
-            if aggregated:
-                out["ya_a"].append(student.encode(ai, am)[1].float().cpu())
+            if student is teacher:
+                out["ys_a"].append(yt_a)
+            else:
+                hs_a, _, ys_a = content_repr(student, ai, am, special_ids)
+                out["ys_a"].append(ys_a.float().cpu())
+                if aggregated:
+                    out["ya_a"].append(core.represent(hs_a, am).float().cpu())
+            out["yt_a"].append(yt_a)
             ids, lengths = batch["a_input_ids"].cpu(), batch["a_attention_mask"].sum(1).cpu()
             out["akeys"].extend(tuple(ids[r, : int(lengths[r])].tolist()) for r in range(ids.shape[0]))
     return {k: (torch.cat(v) if v and isinstance(v[0], torch.Tensor) else v) for k, v in out.items()}
@@ -308,7 +343,8 @@ def split_fit_scored(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int = 100, seed: int = 0,
-             special_ids: tuple[int, ...] | None = None, bootstrap: int = 0) -> dict:
+             special_ids: tuple[int, ...] | None = None, bootstrap: int = 0,
+             teacher_cache: tuple[list, list | None] | None = None) -> dict:
     """Every metric of the student alone on ``eval_batches`` (dicts with ``q_input_ids,
     q_attention_mask, a_input_ids, a_attention_mask``).
 
@@ -326,8 +362,9 @@ def evaluate(student, teacher, eval_batches, fit_batches=None, candidates: int =
     student.eval()
     teacher.eval()
     try:
-        ev = _collect(student, teacher, eval_batches, device, True, special_ids)
-        fit = _collect(student, teacher, fit_batches, device, False, special_ids) if fit_batches else None
+        ev_cache, fit_cache = teacher_cache if teacher_cache is not None else (None, None)
+        ev = _collect(student, teacher, eval_batches, device, True, special_ids, ev_cache)
+        fit = _collect(student, teacher, fit_batches, device, False, special_ids, fit_cache) if fit_batches else None
     finally:
         student.train(modes[0])
         teacher.train(modes[1])

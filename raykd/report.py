@@ -387,6 +387,38 @@ def paired_differences(finished: list[TrialRecord], names: list[str], metric: st
     return rows
 
 
+def against(finished: list[TrialRecord], names: list[str], base: dict[str, str], metrics: list[str]) -> list[dict]:
+    """``base`` (the configuration whose varied parameters have these values, e.g. ours) against every
+    other configuration on each of ``metrics``, paired by seed (≥ 2 shared), paired t, Holm-adjusted
+    across all rows. Rows: other, metric, n, diff (base − other), ci, p, p_holm, significant."""
+    unknown = sorted(set(base) - set(names))
+    if unknown:
+        raise RaykdError(f"--against: {', '.join(unknown)} is not a varied parameter of this experiment "
+                         f"(varied: {', '.join(names) or 'nothing'})")
+    groups = groups_of(finished, names)
+    base_keys = [k for k in groups if all(str(v) == base[n] for n, v in zip(names, k) if n in base)]
+    if len(base_keys) != 1:
+        raise RaykdError(f"--against {base}: matches {len(base_keys)} finished configurations, not 1 "
+                         f"(configurations: {'; '.join(_key_text(names, k) for k in groups)})")
+    rows = []
+    for metric in metrics:
+        by_seed = {k: {t.seed: t.metrics.get(metric) for t in ts if t.metrics.get(metric) is not None}
+                   for k, ts in groups.items()}
+        ours = by_seed[base_keys[0]]
+        for k in groups:
+            if k == base_keys[0]:
+                continue
+            seeds = sorted(s for s in set(ours) & set(by_seed[k]) if s is not None)
+            if len(seeds) < 2:
+                continue
+            r = paired_t([ours[s] for s in seeds], [by_seed[k][s] for s in seeds])
+            rows.append({"other": k, "metric": metric, **r})
+    for r, ph in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = ph
+        r["significant"] = ph == ph and ph < 0.05
+    return rows
+
+
 def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path,
             refs: list[TrialRecord] | None = None) -> list[Path]:
     """One PNG per (varied parameter, metric): the metric's mean ± 95 % CI at each value of the
@@ -443,9 +475,10 @@ def _safe(s: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ report
-def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
+def build_report(exp_dir: str | Path, out: str | Path | None = None, against_config: dict[str, str] | None = None) -> dict:
     """Write results.csv, table.md and the figures for ``exp_dir`` into ``out``; returns a summary
-    (counts, files, the Markdown text)."""
+    (counts, files, the Markdown text). ``against_config`` (e.g. ``{"method": "structural"}``) adds
+    that configuration against each other one on every test metric of the table (``against``)."""
     if isinstance(exp_dir, str) and "://" in exp_dir:
         exp_dir = fetch_experiment(exp_dir)
     exp = Path(exp_dir).absolute()
@@ -513,6 +546,23 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
     else:
         md.append("_No two configurations share ≥ 2 finished seeds._")
 
+    vs = []
+    if against_config:
+        vs = against(finished, names, against_config, [test_metric] + [f"test/{m}" for m in FIGURE_METRICS
+                                                                      if f"test/{m}" != test_metric])
+        label = ", ".join(f"{k}={v}" for k, v in against_config.items())
+        md += ["", f"### {label} against each other configuration (test; paired by seed, paired t, Holm-adjusted "
+               "over every row)", ""]
+        if vs:
+            md += ["| other | metric | n | difference (95 % CI) | p | p (Holm) | real at 0.05 |",
+                   "|---|---|---|---|---|---|---|"]
+            for r in vs:
+                md.append(f"| {_key_text(names, r['other'])} | `{r['metric']}` | {r['n']} | "
+                          f"{_fmt(r['diff'], r['ci'], 4)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
+                          f"{'yes' if r['significant'] else 'no'} |")
+        else:
+            md.append("_No other configuration shares ≥ 2 finished seeds with it._")
+
     split = "test" if finished else "val"
     figs = figures(finished or trials, names, split, out_dir, refs)
     if figs:
@@ -520,7 +570,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None) -> dict:
     text = "\n".join(md) + "\n"
     (out_dir / "table.md").write_text(text, encoding="utf-8")
     return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
-            "importance": imp, "paired": diffs, "references": len(refs),
+            "importance": imp, "paired": diffs, "references": len(refs), "against": vs,
             "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
 
 
@@ -542,9 +592,18 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", help="experiment directory (STORAGE/NAME)")
     ap.add_argument("--out", default=None, help="output directory (default EXPERIMENT/report)")
+    ap.add_argument("--against", action="append", default=[], metavar="PARAM=VALUE",
+                    help="compare this configuration (e.g. method=structural) with every other one on each test "
+                         "metric (repeat for more parameters)")
     args = ap.parse_args(argv)
     try:
-        summary = build_report(args.experiment, args.out)
+        base = {}
+        for item in args.against:
+            if "=" not in item:
+                raise RaykdError(f"--against {item!r}: expected PARAM=VALUE, e.g. method=structural")
+            k, v = item.split("=", 1)
+            base[k.strip()] = v.strip()
+        summary = build_report(args.experiment, args.out, base or None)
     except RaykdError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

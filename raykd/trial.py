@@ -19,6 +19,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -117,13 +118,38 @@ def _eval_batches(prepared: str, manifest: dict, split: str, pairs: int, batch_s
     return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
 
 
+class _TeacherMemo:
+    """Process-wide memo of what evaluation computes of the fixed teacher (its outputs on a split's
+    pairs, its MLM loss, its scores as its own student), keyed by teacher, data, split and pair
+    count: a reused Tune actor (Train local mode) evaluates the same teacher on the same pairs trial
+    after trial, and the teacher is most of an evaluation's cost. Keeps the ``keep`` latest."""
+
+    def __init__(self, keep: int = 12):
+        self.keep, self.items = keep, OrderedDict()
+
+    def get(self, key: tuple, compute):
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = compute()
+        while len(self.items) > self.keep:
+            self.items.popitem(last=False)
+        return value
+
+
+TEACHER_MEMO = _TeacherMemo()
+
+
 class Evaluation:
     """What rank 0 evaluates: the validation pairs at every report, the test pairs at the end (and
-    at step 0 of a reference trial), the student alone, against the fixed teacher."""
+    at step 0 of a reference trial), the student alone, against the fixed teacher. The teacher's
+    part is computed once per process (``TEACHER_MEMO``, keyed by ``teacher_key``) and reused."""
 
-    def __init__(self, prepared: str, manifest: dict, pairs: int, tokens: TokenIds, vocab_size: int):
+    def __init__(self, prepared: str, manifest: dict, pairs: int, tokens: TokenIds, vocab_size: int,
+                 teacher_key: str | None = None):
         self.prepared, self.manifest, self.pairs = prepared, manifest, pairs
         self.tokens, self.vocab_size = tokens, vocab_size
+        self.teacher_key = teacher_key
         self.val = _eval_batches(prepared, manifest, "validation", pairs)
         self._test: list | None = None
 
@@ -133,17 +159,36 @@ class Evaluation:
             self._test = _eval_batches(self.prepared, self.manifest, "test", self.pairs)
         return self._test
 
+    def _memo(self, teacher, what: str, compute):
+        """``compute()`` once per (teacher, data, pairs, what): per process when the teacher has a
+        ``teacher_key``, else per teacher object."""
+        ident = self.teacher_key if self.teacher_key is not None else f"object:{id(teacher)}"
+        return TEACHER_MEMO.get((ident, self.manifest["key"], self.pairs, self.tokens.special, what), compute)
+
+    def _teacher_outputs(self, teacher, split: str) -> list:
+        batches = self.val if split == "val" else self.test
+        return self._memo(teacher, f"outputs/{split}", lambda: metrics.teacher_outputs(
+            teacher, batches, next(teacher.parameters()).device, True, self.tokens.special))
+
     def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
         """Metrics named ``<prefix><split>/<metric>`` (see ``metrics.evaluate``). Validation fits
         compactness on half of its pairs and scores the other half; test fits on the validation
         pairs. Test adds ``mlm_loss`` (held-out masked-LM loss of the model, nats per masked token,
         fixed masking) and the teacher's ``teacher_mlm_loss``."""
+        if student is teacher:  # the teacher scored as its own student: the same numbers every time
+            return self._memo(teacher, f"self/{split}/{bootstrap}/{prefix}",
+                              lambda: self._split(student, teacher, split, bootstrap, prefix))
+        return self._split(student, teacher, split, bootstrap, prefix)
+
+    def _split(self, student, teacher, split: str, bootstrap: int, prefix: str) -> dict:
         ev, fit = (self.val, None) if split == "val" else (self.test, self.val)
+        cache = (self._teacher_outputs(teacher, split), None if fit is None else self._teacher_outputs(teacher, "val"))
         m = metrics.evaluate(student, teacher, ev, fit, seed=EVAL_SEED, special_ids=self.tokens.special,
-                             bootstrap=bootstrap)
+                             bootstrap=bootstrap, teacher_cache=cache)
         if split == "test":
             m["mlm_loss"] = heldout_mlm_loss(_mlm_of(student), self.test, self.tokens, self.vocab_size)
-            m["teacher_mlm_loss"] = heldout_mlm_loss(teacher, self.test, self.tokens, self.vocab_size)
+            m["teacher_mlm_loss"] = self._memo(teacher, "mlm/test", lambda: heldout_mlm_loss(
+                teacher, self.test, self.tokens, self.vocab_size))
         return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
 
 
@@ -269,8 +314,8 @@ def train_fn_per_worker(config: dict) -> None:
             core.weighting.load_state_dict(state["weighting"])
 
     t_model = time.time()
-    evaluation = Evaluation(config["prepared"], manifest, t.eval_pairs, tokens, teacher.config.vocab_size) \
-        if rank == 0 else None
+    evaluation = Evaluation(config["prepared"], manifest, t.eval_pairs, tokens, teacher.config.vocab_size,
+                            config.get("teacher_key")) if rank == 0 else None
     if step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
         _report_start(core, teacher, evaluation, rank, world, config, send)
     if cache is not None:
@@ -633,6 +678,7 @@ def run_trial(params: dict, plan: dict) -> None:
                               "special_ids": special_token_ids(plan["prepared"], manifest), **cfg.sampler.params}}
     fault_dir = marker_dir(plan, ctx.get_experiment_name(), trial_dir) if cfg.train.fault else None
     loop_config = {"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
+                   "teacher_key": plan.get("teacher_key"),
                    "teacher_load": plan.get("teacher_load", {}), "cache": cache, "metric": cfg.experiment.metric,
                    "mode": cfg.experiment.mode, "trial_id": trial_id, "trial_dir": trial_dir,
                    "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir,

@@ -189,6 +189,22 @@ def test_evaluate_teacher_against_itself_unrelated_model_and_cis():
     assert diff["semantic_alignment_ci_high"] > diff["semantic_alignment_ci_low"]
 
 
+def test_evaluate_with_a_teacher_cache_gives_the_same_numbers_without_running_the_teacher():
+    teacher, student = _bert_pair(seed=0), _bert_pair(seed=1)
+    ev, fit = _batches(48, seed=0), _batches(32, seed=1)
+    direct = metrics.evaluate(student, teacher, ev, fit, special_ids=(0, 1, 2, 3, 4), bootstrap=20)
+    cache = (metrics.teacher_outputs(teacher, ev, torch.device("cpu"), True, (0, 1, 2, 3, 4)),
+             metrics.teacher_outputs(teacher, fit, torch.device("cpu"), False, (0, 1, 2, 3, 4)))
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    cached = metrics.evaluate(student, teacher, ev, fit, special_ids=(0, 1, 2, 3, 4), bootstrap=20,
+                              teacher_cache=cache)
+    assert calls == []
+    assert cached == pytest.approx(direct, rel=0, abs=1e-9)
+    with pytest.raises(ValueError, match="teacher cache has 3 batches for 2"):
+        metrics.evaluate(student, teacher, ev[:2], special_ids=(0, 1, 2, 3, 4), teacher_cache=(cache[0], None))
+
+
 def test_evaluate_y_ignores_special_tokens():
     """Y is the content-token mean: appending extra [SEP]/padding to every sequence changes nothing."""
     teacher = _bert_pair(seed=0)
@@ -236,3 +252,23 @@ def test_resampled_debiased_cka_equals_the_estimator_on_the_resampled_list():
     perm = rng.permutation(40)
     w = metrics._counts(perm, 40)
     assert float(metrics.debiased_cka_resampled(kx0, ky0, w)[0]) == pytest.approx(metrics.debiased_linear_cka(x, y))
+
+
+def test_aggregated_y_is_the_students_own_encoding():
+    """A student with its own aggregation is scored on Y = its ``encode`` output (``_aggregated`` keys),
+    computed from the same forward pass as the content-mean Y."""
+    from raykd.models.student import build_student
+
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=64)).eval()
+    student = build_student(teacher, 1, aggregation=True).eval()
+    batches = _batches(32)
+    got = metrics._collect(student, teacher, batches, torch.device("cpu"), True, (0, 1, 2, 3, 4))
+    with torch.no_grad():
+        want_q = torch.cat([student.encode(b["q_input_ids"], b["q_attention_mask"])[1] for b in batches])
+        want_a = torch.cat([student.encode(b["a_input_ids"], b["a_attention_mask"])[1] for b in batches])
+    assert torch.allclose(got["ya_q"], want_q, atol=1e-6) and torch.allclose(got["ya_a"], want_a, atol=1e-6)
+    assert not torch.allclose(got["ya_q"], got["ys_q"], atol=1e-3)  # not the content mean

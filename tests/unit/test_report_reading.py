@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from raykd.errors import RaykdError
@@ -111,3 +112,27 @@ def test_checkpoints_the_snapshot_does_not_list_are_pruned(tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p in prune_unlisted_checkpoints(fs, str(run))) == ["checkpoint_a",
                                                                                               "checkpoint_b"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint_c", "checkpoint_manager_snapshot.json"]
+
+
+def test_against_pairs_one_configuration_with_each_other_by_seed_and_holm_adjusts():
+    from raykd.report import TrialRecord, against
+    from raykd.stats import holm, paired_t
+
+    vals = {"ours": [0.30, 0.32, 0.31], "a": [0.20, 0.21, 0.23], "b": [0.31, 0.30, 0.33]}
+    trials = [TrialRecord(f"{m}{s}", "", "finished", params={"method": m}, seed=s,
+                          metrics={"test/mrr@10": v, "test/semantic_alignment": 100 * v + s})
+              for m, vs in vals.items() for s, v in enumerate(vs)]
+    trials.append(TrialRecord("lone", "", "finished", params={"method": "c"}, seed=7, metrics={"test/mrr@10": 0.9}))
+    rows = against(trials, ["method"], {"method": "ours"}, ["test/mrr@10", "test/semantic_alignment"])
+    assert [(r["other"], r["metric"]) for r in rows] == [(("a",), "test/mrr@10"), (("b",), "test/mrr@10"),
+                                                         (("a",), "test/semantic_alignment"),
+                                                         (("b",), "test/semantic_alignment")]  # c shares no seed
+    expect = paired_t(vals["ours"], vals["a"])
+    assert rows[0]["diff"] == pytest.approx(np.mean(np.subtract(vals["ours"], vals["a"])))
+    assert rows[0]["p"] == pytest.approx(expect["p"])
+    assert [r["p_holm"] for r in rows] == pytest.approx(holm([r["p"] for r in rows]))
+    assert rows[0]["significant"] and not rows[1]["significant"]
+    with pytest.raises(RaykdError, match="matches 0 finished configurations"):
+        against(trials, ["method"], {"method": "nope"}, ["test/mrr@10"])
+    with pytest.raises(RaykdError, match="sampler is not a varied parameter"):
+        against(trials, ["method"], {"sampler": "uniform"}, ["test/mrr@10"])
