@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="run the teacher once over the train split and store its hidden states")
     b.add_argument("--config", required=True, help="search-space YAML")
-    b.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    b.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     b.add_argument("--max-gb", type=float, default=None, help="size limit (default teacher.cache_max_gb)")
     b.add_argument("--address", default=None, help="an existing Ray cluster (default: a local one)")
     args = ap.parse_args(argv)

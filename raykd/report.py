@@ -448,7 +448,9 @@ def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path,
                 ax.set_xticks(values, [str(v) for v in values])
             else:
                 ax.bar(range(len(values)), means, yerr=errs, capsize=4)
-                ax.set_xticks(range(len(values)), [str(v) for v in values])
+                labels = [str(v) for v in values]
+                long = sum(map(len, labels)) > 40  # would overlap at this width: slant them
+                ax.set_xticks(range(len(values)), labels, rotation=25 if long else 0, ha="right" if long else "center")
             for x, (mean, _, n) in zip(values if numeric else range(len(values)), stats_):
                 if n:
                     ax.annotate(f"n={n}", (x, mean), textcoords="offset points", xytext=(0, 6), ha="center",

@@ -554,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="experiment name; default experiment.name")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="dotted overrides, e.g. train.lr=1e-4 (repeatable)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     try:

@@ -181,13 +181,15 @@ class Structural(DistillMethod):
     teacher's Y_T in the shared space (``sentence``) and optionally by InfoNCE over in-batch
     negatives (``contrastive``). A domain-aware fusion adapter feeds the projected teacher states to
     the student's input embeddings during the first ``anneal_until`` of training, gated per
-    department and annealed to zero. Loss weights fixed or gradient-aware (``dynamic_weights``).
-    Modules can be switched off one at a time for ablations."""
+    department and annealed to zero. Loss weights gradient-aware (``dynamic_weights``, the default:
+    the method as the ablation's full configuration has it) or fixed (``dynamic_weights=False``; with
+    equal fixed weights InfoNCE dominates the gradient and the alignment terms barely train —
+    docs/findings.md (e)). Modules can be switched off one at a time for ablations."""
 
     def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
                  projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,
                  n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.3,
-                 weights: dict | None = None, dynamic_weights: bool = False):
+                 weights: dict | None = None, dynamic_weights: bool = True):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         self.pairs = layer_map(self.t_layers, self.s_layers, depth)
         d = projection_dim if projection else self.t_hidden

@@ -28,6 +28,15 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "s").exists() and not (tmp_path / "w").exists()
 
 
+def test_repeated_set_options_all_apply(tmp_path, capsys):
+    """``--set a=1 --set b=2`` keeps both (argparse's plain nargs would keep only the last)."""
+    assert main(["--config", str(SMOKE), "--dry-run", "--storage", str(tmp_path / "s"),
+                 "--set", f"data.work_dir={tmp_path / 'w'}", "--set", "train.steps=77",
+                 "--set", "search.num_samples=3", "experiment.name=twice"]) == 0
+    out = capsys.readouterr().out
+    assert "3 trials (optuna, ASHA early stopping) × 77 steps" in out and str(tmp_path / "s" / "twice") in out
+
+
 def test_bad_config_exits_2(tmp_path, capsys):
     assert main(["--config", str(SMOKE), "--dry-run", "--set", "method.depth=9"]) == 2
     assert "method.depth" in capsys.readouterr().err
