@@ -354,6 +354,24 @@ def start_local_ray(num_cpus: int | None = None, pythonpath: str | None = None, 
     return ctx, prestart_ray_data_services()
 
 
+def set_aside_previous(storage: str, name: str) -> list[str]:
+    """A fresh study (not ``--resume``) never mixes with an earlier run of the same name: the local
+    experiment directories ``NAME`` and ``NAME-confirm`` that already hold something are renamed to
+    ``NAME.<UTC time>`` / ``NAME-confirm.<UTC time>`` (nothing is deleted). Remote storage is left
+    alone. Returns the new paths."""
+    if "://" in storage:
+        return []
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for exp in (name, f"{name}-confirm"):
+        path = Path(storage) / exp
+        if path.is_dir() and any(path.iterdir()):
+            target = path.with_name(f"{exp}.{stamp}")
+            path.rename(target)
+            moved.append(str(target))
+    return moved
+
+
 def _init_ray(address: str | None, keep_idle_workers: bool = True):
     """Connect to Ray; returns (ray module, whether this call started it). An already initialised
     Ray in this process (library use, tests) is used as it is; a Ray started here keeps idle
@@ -566,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_text(cfg, storage, name))
         if args.dry_run:
             return 0
+        if not args.resume:
+            for moved in set_aside_previous(storage, name):
+                log(f"[tune] an earlier run of this study is kept at {moved} (this one starts fresh; --resume continues one)")
         plan = prepare_inputs(cfg)
         plan["storage"] = storage
         ray, started = _init_ray(args.address, keep_idle_workers=not cfg.train.local_mode)

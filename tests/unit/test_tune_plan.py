@@ -136,3 +136,17 @@ def test_a_ray_for_local_mode_trials_keeps_rays_default_for_idle_workers(no_ray_
     monkeypatch.setenv(tune.SOFT_LIMIT_ENV, "0")  # what the user exported is kept either way
     tune.single_machine_ray(keep_idle_workers=True)
     assert os.environ[tune.SOFT_LIMIT_ENV] == "0"
+
+
+def test_a_fresh_run_sets_an_earlier_one_of_the_same_name_aside(tmp_path):
+    from raykd.tune import set_aside_previous
+
+    (tmp_path / "s" / "study" / "references" / "trial_a").mkdir(parents=True)
+    (tmp_path / "s" / "study-confirm" / "trial_b").mkdir(parents=True)
+    (tmp_path / "s" / "other").mkdir()
+    moved = set_aside_previous(str(tmp_path / "s"), "study")
+    assert len(moved) == 2 and not (tmp_path / "s" / "study").exists()
+    assert not (tmp_path / "s" / "study-confirm").exists() and (tmp_path / "s" / "other").exists()
+    assert (Path(moved[0]) / "references" / "trial_a").is_dir() and (Path(moved[1]) / "trial_b").is_dir()
+    assert set_aside_previous(str(tmp_path / "s"), "study") == []  # nothing left to move
+    assert set_aside_previous("s3://bucket/x", "study") == []
