@@ -518,8 +518,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
             md += ["| configuration | over | n | gain (95 % CI) | p | p (Holm) | real at 0.05 |",
                    "|---|---|---|---|---|---|---|"]
             for r in gains:
-                md.append(f"| {r['label']} | `{r['role']}` | {r['n']} | {_fmt(r['diff'], r['ci'], 4)} | "
-                          f"{_p(r['p'])} | {_p(r['p_holm'])} | {'yes' if r['significant'] else 'no'} |")
+                md.append(_test_row([r["label"], f"`{r['role']}`"], r))
         else:
             md.append("_No finished trial shares a seed with a finished reference._")
     else:
@@ -542,9 +541,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     if diffs:
         md += ["| A | B | n | A − B (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
         for r in diffs:
-            md.append(f"| {_key_text(names, r['a'])} | {_key_text(names, r['b'])} | {r['n']} | "
-                      f"{_fmt(r['diff'], r['ci'], 4)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
-                      f"{'yes' if r['significant'] else 'no'} |")
+            md.append(_test_row([_key_text(names, r["a"]), _key_text(names, r["b"])], r))
     else:
         md.append("_No two configurations share ≥ 2 finished seeds._")
 
@@ -559,9 +556,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
             md += ["| other | metric | n | difference (95 % CI) | p | p (Holm) | real at 0.05 |",
                    "|---|---|---|---|---|---|---|"]
             for r in vs:
-                md.append(f"| {_key_text(names, r['other'])} | `{r['metric']}` | {r['n']} | "
-                          f"{_fmt(r['diff'], r['ci'], 4)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
-                          f"{'yes' if r['significant'] else 'no'} |")
+                md.append(_test_row([_key_text(names, r["other"]), f"`{r['metric']}`"], r))
         else:
             md.append("_No other configuration shares ≥ 2 finished seeds with it._")
 
@@ -574,6 +569,12 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
             "importance": imp, "paired": diffs, "references": len(refs), "against": vs,
             "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
+
+
+def _test_row(cells: list[str], r: dict) -> str:
+    """A Markdown row: ``cells``, then n, difference ± CI, p, Holm p and the verdict of test row ``r``."""
+    return (f"| {' | '.join(cells)} | {r['n']} | {_fmt(r['diff'], r['ci'], 4)} | {_p(r['p'])} | {_p(r['p_holm'])} | "
+            f"{'yes' if r['significant'] else 'no'} |")
 
 
 def _p(p: float) -> str:
