@@ -150,6 +150,7 @@ class Evaluation:
         self.prepared, self.manifest, self.pairs = prepared, manifest, pairs
         self.tokens, self.vocab_size = tokens, vocab_size
         self.teacher_key = teacher_key
+        self._local = _TeacherMemo(keep=8)
         self.val = _eval_batches(prepared, manifest, "validation", pairs)
         self._test: list | None = None
 
@@ -161,9 +162,12 @@ class Evaluation:
 
     def _memo(self, teacher, what: str, compute):
         """``compute()`` once per (teacher, data, pairs, what): per process when the teacher has a
-        ``teacher_key``, else per teacher object."""
-        ident = self.teacher_key if self.teacher_key is not None else f"object:{id(teacher)}"
-        return TEACHER_MEMO.get((ident, self.manifest["key"], self.pairs, self.tokens.special, what), compute)
+        ``teacher_key`` (content-addressed), else for this Evaluation's lifetime only (an object id
+        may be reused by another teacher once this one is gone)."""
+        if self.teacher_key is None:
+            return self._local.get((id(teacher), what), compute)
+        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, self.tokens.special, what),
+                                compute)
 
     def _teacher_outputs(self, teacher, split: str) -> list:
         batches = self.val if split == "val" else self.test
@@ -176,8 +180,8 @@ class Evaluation:
         pairs. Test adds ``mlm_loss`` (held-out masked-LM loss of the model, nats per masked token,
         fixed masking) and the teacher's ``teacher_mlm_loss``."""
         if student is teacher:  # the teacher scored as its own student: the same numbers every time
-            return self._memo(teacher, f"self/{split}/{bootstrap}/{prefix}",
-                              lambda: self._split(student, teacher, split, bootstrap, prefix))
+            return dict(self._memo(teacher, f"self/{split}/{bootstrap}/{prefix}",
+                                   lambda: self._split(student, teacher, split, bootstrap, prefix)))
         return self._split(student, teacher, split, bootstrap, prefix)
 
     def _split(self, student, teacher, split: str, bootstrap: int, prefix: str) -> dict:
