@@ -23,7 +23,8 @@ def load_batches(prepared, split: str, batch_size: int, limit: int | None = None
 
 
 def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr: float = 5e-4, seed: int = 0) -> list[float]:
-    """Train ``method`` for ``steps`` AdamW steps cycling over ``batches``; returns the loss per step."""
+    """Train ``method`` for ``steps`` AdamW steps cycling over ``batches``; returns its objective per step
+    (the weighted total; with gradient-aware weights, the terms summed at their base weights)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
@@ -39,7 +40,11 @@ def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
         opt.step()
-        history.append(float(out["loss"].detach()))
+        # the objective at constant weights: gradient-aware weights move during training, so their
+        # weighted total is not one fixed function of the parameters — each term at its base weight is
+        base = getattr(method.weighting, "base", None)
+        history.append(float(out["loss"].detach()) if base is None else
+                       sum(float(base.get(k, 1.0)) * float(v.detach()) for k, v in out.items() if k != "loss"))
     method.eval()
     return history
 
