@@ -146,7 +146,9 @@ class TrainConfig:
     threads_per_worker: int = 0
     checkpoint_keep: int = 2
     max_failures: int = 1
-    local_mode: bool = False  # run the one worker inside the trial's Tune actor (Ray Train local mode), actors reused
+    # run the one worker inside the trial's Tune actor (Ray Train local mode, actors reused); null (the
+    # default): local mode for one-worker trials on a Ray that raykd starts itself, worker groups otherwise
+    local_mode: bool | None = None
     fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
 
@@ -185,6 +187,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     space: dict = field(default_factory=dict)
+    plugins: list = field(default_factory=list)  # modules imported on the driver and every worker (their
+    #                                              @METHODS / @SAMPLERS registrations become nameable here)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -287,8 +291,7 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
                f"{cfg.student.layers} must divide the teacher's {teacher_layers} layers (uniform layer map)")
     _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method")
     _check_method_params(cfg.method.name, cfg.method.params, src)
-    _check(cfg.sampler.name in SAMPLER_NAMES, src, "sampler.name",
-           f"unknown sampler {cfg.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+    _check_sampler(cfg.sampler.name, src)
     for key, lo in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_every", 1), ("num_workers", 1),
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
@@ -313,8 +316,28 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     return cfg
 
 
+def method_names() -> tuple[str, ...]:
+    """The built-in methods and those a loaded plugin registered."""
+    from raykd.registry import METHODS
+
+    return METHOD_NAMES + tuple(n for n in METHODS.names() if n not in METHOD_NAMES)
+
+
+def sampler_names() -> tuple[str, ...]:
+    """The built-in samplers and those a loaded plugin registered."""
+    from raykd.registry import SAMPLERS
+
+    return SAMPLER_NAMES + tuple(n for n in SAMPLERS.names() if n not in SAMPLER_NAMES)
+
+
+def _check_sampler(name, src) -> None:
+    allowed = sampler_names()
+    _check(name in allowed, src, "sampler.name", f"unknown sampler {name!r}; allowed: {', '.join(allowed)}")
+
+
 def _check_method(name, depth, projection_dim, student_layers, src, where) -> None:
-    _check(name in METHOD_NAMES, src, f"{where}.name", f"unknown method {name!r}; allowed: {', '.join(METHOD_NAMES)}")
+    allowed = method_names()
+    _check(name in allowed, src, f"{where}.name", f"unknown method {name!r}; allowed: {', '.join(allowed)}")
     if depth is not None:
         _check(isinstance(depth, int) and 1 <= depth <= student_layers, src, f"{where}.depth",
                f"{depth} must be between 1 and the student's {student_layers} layers")
@@ -324,7 +347,12 @@ def _check_method(name, depth, projection_dim, student_layers, src, where) -> No
 
 def _check_method_params(name: str, params: dict, src: str) -> None:
     """Every key of ``method.params`` must be a setting method ``name`` takes (no silent drops)."""
-    allowed = METHOD_PARAMS.get(name, ())
+    if name in METHOD_PARAMS:
+        allowed = METHOD_PARAMS[name]
+    else:  # a plugin's method (torch is loaded already: the plugin imported the methods module)
+        from raykd.distill.methods import method_params
+
+        allowed = method_params(name)
     for key in params:
         if key not in allowed:
             near = difflib.get_close_matches(str(key), allowed, n=1)
@@ -360,8 +388,7 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
                 c = _build(Config, probe, "", src)
                 _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method")
                 _check_method_params(c.method.name, c.method.params, src)
-                _check(c.sampler.name in SAMPLER_NAMES, src, "sampler.name",
-                       f"unknown sampler {c.sampler.name!r}; allowed: {', '.join(SAMPLER_NAMES)}")
+                _check_sampler(c.sampler.name, src)
             except ConfigError as e:
                 raise ConfigError(f"{src}: {key}: value {v!r} is invalid: {str(e).split(': ', 1)[1]}") from None
     else:
@@ -440,9 +467,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, plugins: list[str] | tuple = ()) -> Config:
     """Read a YAML config with ``yaml.safe_load`` (a Python tag is refused), apply dotted overrides
-    (the command line wins), build and validate the dataclasses. Raises ConfigError on any problem."""
+    (the command line wins), import its ``plugins`` (and ``plugins`` given here, e.g. ``--plugin``),
+    build and validate the dataclasses. Raises ConfigError on any problem."""
     src = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -452,8 +480,72 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{src}: not valid YAML (Python tags are refused): {str(e).splitlines()[0]}") from None
+    return config_from_dict(data, src, overrides, plugins)
+
+
+def config_from_dict(data: dict, src: str = "<dict>", overrides: dict[str, Any] | None = None,
+                     plugins: list[str] | tuple = ()) -> Config:
+    """A validated Config from nested dicts (as YAML gives them): overrides applied, plugins
+    imported (their registrations are then valid names). ``src`` names the source in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{src}: top level must be a mapping of sections")
     if overrides:
         data = apply_overrides(data, {resolve_key(k) if k in ALIASES else k: v for k, v in overrides.items()})
-    return validate(_build(Config, data, "", src), src)
+    if plugins:
+        data = {**data, "plugins": list(data.get("plugins") or []) + [p for p in plugins
+                                                                        if p not in (data.get("plugins") or [])]}
+    cfg = _build(Config, data, "", src)
+    import_plugins(cfg.plugins, src)
+    return validate(cfg, src)
+
+
+def as_config(config, overrides: dict[str, Any] | None = None) -> Config:
+    """``config`` as a validated Config: a YAML path (str or Path), nested dicts, or a Config
+    (re-validated, with ``overrides`` applied)."""
+    if isinstance(config, Config):
+        return config_from_dict(to_dict(config), "<Config>", overrides)
+    if isinstance(config, dict):
+        return config_from_dict(config, "<dict>", overrides)
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    raise ConfigError(f"config: expected a YAML path, a dict or a Config, got {type(config).__name__}")
+
+
+def import_plugins(names: list, src: str = "<config>", paths: list[str] | tuple = ()) -> list:
+    """Import each plugin module (a dotted name on ``sys.path``; ``paths`` are added to it first
+    when missing: where the driver found them); returns the modules. ConfigError naming the module
+    when one cannot be imported."""
+    import importlib
+    import sys
+
+    for d in paths:
+        if d not in sys.path:
+            sys.path.append(d)
+    modules = []
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{src}: plugins: {name!r} is not a module name")
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as e:  # not found, or the module failed while importing (a name registered twice…)
+            why = str(e).splitlines()[0] if str(e) else ""
+            raise ConfigError(f"{src}: plugins: cannot import {name!r}: {type(e).__name__}: {why}") from None
+    return modules
+
+
+def plugin_paths(names: list) -> list[str]:
+    """The ``sys.path`` entries the (imported) plugin modules were found under, for workers."""
+    import sys
+
+    out = []
+    for name in names:
+        mod = sys.modules.get(name)
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        root = Path(f).resolve().parent
+        for _ in range(name.count(".") + (1 if Path(f).name == "__init__.py" else 0)):
+            root = root.parent
+        if str(root) not in out:
+            out.append(str(root))
+    return out

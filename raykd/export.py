@@ -63,7 +63,7 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
     from raykd.distill.methods import build_method
     from raykd.models.student import build_student
     from raykd.models.teacher import load_teacher
-    from raykd.trial import method_kwargs
+    from raykd.trial_spec import method_kwargs
 
     prov = json.loads(Path(trial.path, "provenance.json").read_text())
     for key in ("teacher", "prepared"):

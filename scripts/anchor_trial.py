@@ -49,7 +49,7 @@ def train_fn(config: dict) -> None:
     import ray.train
     from safetensors.torch import save_model
 
-    from raykd.trial import LocalReporter, train_report
+    from raykd.ray_layer.loop import LocalReporter, train_report
 
     torch.set_num_threads(config["threads"])
     teacher, eval_ids = workload()
@@ -91,7 +91,7 @@ def run_trial(params: dict, train_cfg, train_ds) -> None:
     import ray.data
     from ray import tune
 
-    from raykd.trial import trainer_for
+    from raykd.ray_layer.trial import trainer_for
 
     ctx = tune.get_context()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -97,7 +97,7 @@ def start_ray(cpus: int | None = None, paths: tuple = (), keep_idle_workers: boo
     trial)."""
     import ray
 
-    from raykd.tune import start_local_ray
+    from raykd.ray_layer.cluster import start_local_ray
 
     t = time.perf_counter()
     _, services = start_local_ray(cpus, os.pathsep.join([str(ROOT), *map(str, paths)]), keep_idle_workers)
@@ -120,9 +120,9 @@ def bench_cache(args) -> dict:
     removed entirely (targets free: the bound). Alternating, median of ``--pairs`` rounds."""
     import torch
 
-    from raykd.cache import CachedPairCollator, build_cache, cached_targets, structural_layers
+    from raykd.ray_layer.cache import CachedPairCollator, build_cache, cached_targets, structural_layers
     from raykd.data.shards import shard_paths
-    from raykd.data.stream import PairCollator, department_index
+    from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs
     from raykd.models.student import build_student
     from raykd.models.teacher import load_teacher
@@ -215,7 +215,7 @@ def raykd_study(tmp: Path, name: str, prepared: str, teacher: str, sets: list[st
     out). The study keeps the embedded default's old shape the benchmarks were written for: worker
     groups unless ``sets`` asks for local mode, a student copied from the teacher, no confirm phase,
     no reference trials."""
-    from raykd.tune import main as tune_main
+    from raykd.ray_layer.tune import main as tune_main
 
     exp = tmp / "exp"
     base = [f"data.prepared={prepared}", f"teacher.spec={teacher}", "teacher.adapt=null", "search.algorithm=grid",
@@ -242,13 +242,13 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     it after the set-up, before the first step."""
     import torch
 
-    from raykd.cache import CachedPairCollator, cached_targets, structural_layers
+    from raykd.ray_layer.cache import CachedPairCollator, cached_targets, structural_layers
     from raykd.data.shards import shard_paths
-    from raykd.data.stream import PairCollator, department_index
+    from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs
     from raykd.models.student import build_student
     from raykd.models.teacher import load_teacher
-    from raykd.trial import _lr_lambda
+    from raykd.ray_layer.loop import _lr_lambda
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -313,7 +313,7 @@ def bench_overhead(args) -> dict:
     pairs; ``--slice 0`` runs whole runs in rounds that alternate the two sides instead, median of
     ``--pairs``. ``--local-mode`` runs the raykd trials in ``train.local_mode`` (in a reused Tune
     actor) instead of a one-worker group."""
-    from raykd.cache import build_cache, structural_layers
+    from raykd.ray_layer.cache import build_cache, structural_layers
 
     if args.slice is None:
         args.slice = 4.0 if args.quick else 8.0
@@ -817,7 +817,7 @@ def bench_student(args) -> dict:
     print(f"24 → 6 layers, hidden {args.hidden}, length {args.seq_len}: speedup {out['speedup_b1']:.2f}× at batch 1, "
           f"{out['speedup_b32']:.2f}× at batch 32 (ms/sample teacher {out['teacher_ms_b32']:.2f}, student "
           f"{out['student_ms_b32']:.2f}); params {out['teacher_params']:,} → {out['student_params']:,}")
-    from raykd.tune import main as tune_main
+    from raykd.ray_layer.tune import main as tune_main
 
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -859,7 +859,7 @@ def bench_search(args) -> dict:
     the trial-steps the search spends, in the order its evaluations happened, until one reaches
     within ``--within`` points of the grid's best ``val/semantic_alignment``, as a fraction of the
     grid's total trial-steps."""
-    from raykd.tune import main as tune_main
+    from raykd.ray_layer.tune import main as tune_main
 
     metric = "val/semantic_alignment"
     steps, every = (60, 20) if args.quick else (120, 20)
@@ -929,8 +929,8 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
     from ray.tune.search.optuna import OptunaSearch
 
     from raykd import config as C
-    from raykd.trial import trial_resources
-    from raykd.tune import tune_checkpoints
+    from raykd.ray_layer.trial import trial_resources
+    from raykd.ray_layer.tune import tune_checkpoints
 
     cfg = C.Config()
     # 1 CPU reserved, 2 torch threads (the anchors' 2): raykd leaves a CPU to Ray Data, which hangs without one

@@ -121,8 +121,9 @@ def main() -> int:
 
     import ray
 
-    from raykd.monitoring import auth_token
-    from raykd.tune import main as tune_main, start_local_ray
+    from raykd.ray_layer.monitoring import auth_token
+    from raykd.ray_layer.cluster import start_local_ray
+    from raykd.ray_layer.tune import main as tune_main
 
     ctx, _ = start_local_ray()
     dashboard = f"http://{ctx.dashboard_url}"

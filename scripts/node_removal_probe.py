@@ -38,7 +38,7 @@ def main() -> int:
                       "space={}", "train.cpus_per_worker=2", "train.max_failures=2", "experiment.references=false",
                       *sys.argv[2:])
     exp = work / "exp" / "node_removed"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1 (raykd.tune.loopback_only)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every node on 127.0.0.1 (raykd.ray_layer.cluster.loopback_only)
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors

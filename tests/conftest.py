@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raykd.monitoring import PeriodicSampler, auth_token
+from raykd.ray_layer.monitoring import PeriodicSampler, auth_token
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ def ray_session(tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
-        from raykd.tune import start_local_ray
+        from raykd.ray_layer.cluster import start_local_ray
 
         start_local_ray(2, str(ROOT))
     yield ray
@@ -118,7 +118,7 @@ def grid_experiment(ray_session, tmp_path_factory):
     depth ∈ {1, 3} × seeds {0, 1} = 4 trials of 16 steps (evaluations at 8 and 16), run through the
     CLI's ``main`` on the session's Ray while a ``ClusterMonitor`` watches.
     Returns (exit code, experiment dir, work dir, monitor)."""
-    from raykd.tune import main as tune_main
+    from raykd.ray_layer.tune import main as tune_main
 
     work = tmp_path_factory.mktemp("grid")
     prepared = marked_corpus(work)

@@ -47,7 +47,7 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
     import torch
 
     from raykd.data.shards import load_manifest, shard_paths
-    from raykd.data.stream import PairCollator
+    from raykd.data.collate import PairCollate
 
     manifest = load_manifest(prepared_dir)
     key = scores_key(teacher_id, manifest, mlm_prob, seed)
@@ -59,7 +59,7 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
 
     t = manifest["tokenizer"]
     special = special_token_ids(prepared_dir, manifest)
-    collate = PairCollator(t["pad_token_id"])
+    collate = PairCollate(t["pad_token_id"])
     g = torch.Generator().manual_seed(seed)
     proj = torch.linalg.qr(torch.randn(teacher.config.hidden_size, EMBED_DIM, generator=g))[0] \
         if teacher.config.hidden_size >= EMBED_DIM else torch.eye(teacher.config.hidden_size)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raykd import __version__
+from raykd._version import __version__
 from raykd.atomic import atomic_directory
 from raykd.data import meddialog, tokenizer as tokenization
 from raykd.errors import RaykdError

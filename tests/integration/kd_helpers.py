@@ -7,7 +7,7 @@ import torch
 
 from raykd import metrics
 from raykd.data.shards import load_manifest, shard_paths
-from raykd.data.stream import PairCollator, department_index
+from raykd.data.collate import PairCollate as PairCollator, department_index
 from raykd.distill.methods import TokenIds, make_inputs
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raykd.data.shards import SPLITS
-from raykd.data.stream import PairCollator, department_index, split_datasets
-from raykd.trial import DATA_CPUS
+from raykd.ray_layer.stream import PairCollator, department_index, split_datasets
+from raykd.ray_layer.trial import DATA_CPUS
 
 pytestmark = pytest.mark.integration
 

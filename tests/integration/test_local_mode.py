@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from raykd.tune import main as tune_main
+from raykd.ray_layer.tune import main as tune_main
 from tests.conftest import run_module, study_args
 from tests.integration.test_tune import trial_results
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 DRIVER = textwrap.dedent('''
     import json, os, socket, subprocess, sys
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # both nodes on 127.0.0.1 (see raykd.tune.loopback_only)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # both nodes on 127.0.0.1 (see raykd.ray_layer.cluster.loopback_only)
     from ray.cluster_utils import Cluster
 
     def free_port():

@@ -140,8 +140,8 @@ def test_entropy_scores_every_question(scored):
 
 
 def test_sampler_runs_on_a_ray_data_stream_in_training_batches(ray_session, scored, synth_prepared):
-    from raykd.data.stream import PairCollator, split_datasets
-    from raykd.trial import sampled_batches
+    from raykd.ray_layer.stream import PairCollator, split_datasets
+    from raykd.ray_layer.loop import sampled_batches
 
     prepared, manifest, _, out, table, batch = scored
     ds = split_datasets(prepared, splits=("train",))["train"]

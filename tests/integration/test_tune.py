@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from raykd.tune import main as tune_main
+from raykd.ray_layer.tune import main as tune_main
 from tests.conftest import GRID_ARGS, TEST_BASE, study_args
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -71,7 +71,7 @@ def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
 
 
 def test_single_machine_ray_starts_no_preemption_watcher_and_reuses_read_workers(grid_experiment):
-    """``raykd.tune.single_machine_ray`` reached the session's Ray: Train started no preemption
+    """``raykd.ray_layer.cluster.single_machine_ray`` reached the session's Ray: Train started no preemption
     watcher for the grid's worker-group trials, and their Ray Data reads (one or more per trial)
     ran in kept workers rather than one new process per trial."""
     from ray.util.state import list_actors, list_tasks
@@ -96,7 +96,7 @@ def test_prestarted_ray_data_services_are_the_actors_trials_used(grid_experiment
     import ray
     from ray.util.state import list_actors
 
-    from raykd.tune import prestart_ray_data_services
+    from raykd.ray_layer.cluster import prestart_ray_data_services
 
     assert grid_experiment[0] == 0
     handles = prestart_ray_data_services()

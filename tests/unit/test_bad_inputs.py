@@ -10,7 +10,7 @@ import pytest
 from raykd.data.shards import PrepareSettings, prepare
 from raykd.data.synth import write_corpus
 from raykd.models.teacher import TeacherShape, build_teacher
-from raykd.tune import main as tune_main
+from raykd.ray_layer.tune import main as tune_main
 from tests.conftest import SMOKE
 
 pytestmark = pytest.mark.unit

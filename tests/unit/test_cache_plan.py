@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from raykd import config as C
-from raykd.cache import cache_use, structural_layers, study_layers
-from raykd.trial import trial_cache, trial_config
+from raykd.ray_layer.cache import cache_use, structural_layers, study_layers
+from raykd.ray_layer.trial import trial_cache
+from raykd.trial_spec import trial_config
 
 pytestmark = pytest.mark.unit
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"

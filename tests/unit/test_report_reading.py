@@ -99,7 +99,7 @@ def test_errored_grid_trials_without_results_stay_separate(tmp_path):
 def test_checkpoints_the_snapshot_does_not_list_are_pruned(tmp_path):
     import pyarrow.fs as pafs
 
-    from raykd.pruning import prune_unlisted_checkpoints
+    from raykd.ray_layer.pruning import prune_unlisted_checkpoints
 
     run = tmp_path / "run"
     for name in ("checkpoint_a", "checkpoint_b", "checkpoint_c"):

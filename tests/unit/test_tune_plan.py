@@ -11,9 +11,10 @@ import torch
 from raykd import config as C
 from raykd.distill.methods import build_method, make_inputs
 from raykd.models.student import build_student
-from raykd.trial import method_kwargs, trial_config, trial_resources
+from raykd.ray_layer.trial import trial_resources
+from raykd.trial_spec import method_kwargs, trial_config
 from raykd.errors import RaykdError
-from raykd.tune import check_trial_fits, main, max_concurrent, param_space
+from raykd.ray_layer.tune import check_trial_fits, main, max_concurrent, param_space
 from tests.unit.test_models_methods import TOK, tiny_teacher
 
 pytestmark = pytest.mark.unit
@@ -110,7 +111,7 @@ def test_gradient_accumulation_matches_the_full_batch_for_a_per_token_objective(
 @pytest.fixture
 def no_ray_settings(monkeypatch):
     """None of ``single_machine_ray``'s variables in the environment; the originals come back after the test."""
-    from raykd import tune
+    from raykd.ray_layer import cluster as tune
 
     for k in (tune.LOOPBACK_ENV, tune.PREEMPTION_WATCHER_ENV, tune.SOFT_LIMIT_ENV):
         monkeypatch.setenv(k, "")  # records the original state
@@ -139,7 +140,7 @@ def test_a_ray_for_local_mode_trials_keeps_rays_default_for_idle_workers(no_ray_
 
 
 def test_a_fresh_run_sets_an_earlier_one_of_the_same_name_aside(tmp_path):
-    from raykd.tune import set_aside_previous
+    from raykd.ray_layer.tune import set_aside_previous
 
     (tmp_path / "s" / "study" / "references" / "trial_a").mkdir(parents=True)
     (tmp_path / "s" / "study-confirm" / "trial_b").mkdir(parents=True)
@@ -150,3 +151,17 @@ def test_a_fresh_run_sets_an_earlier_one_of_the_same_name_aside(tmp_path):
     assert (Path(moved[0]) / "references" / "trial_a").is_dir() and (Path(moved[1]) / "trial_b").is_dir()
     assert set_aside_previous(str(tmp_path / "s"), "study") == []  # nothing left to move
     assert set_aside_previous("s3://bucket/x", "study") == []
+
+
+def test_local_mode_is_the_default_for_one_worker_trials_on_a_ray_raykd_starts_itself():
+    from raykd.ray_layer.tune import with_local_mode
+
+    auto = C.load_config(SMOKE, {"train.local_mode": None})
+    assert auto.train.local_mode is None  # null: decided when the study knows where it runs
+    assert with_local_mode(auto, None).train.local_mode is True
+    assert with_local_mode(auto, "auto").train.local_mode is False  # a cluster given by --address: worker groups
+    two = C.load_config(SMOKE, {"train.local_mode": None, "train.num_workers": 2})
+    assert with_local_mode(two, None).train.local_mode is False
+    for forced in (True, False):
+        assert with_local_mode(C.load_config(SMOKE, {"train.local_mode": forced}), None).train.local_mode is forced
+    assert C.TrainConfig().local_mode is None

@@ -1,0 +1,52 @@
+"""Collation of prepared rows into padded torch batches: plain numpy/torch, no Ray (the streaming
+module wraps ``PairCollate`` as Ray Data's ``collate_fn``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def department_index(manifest: dict) -> dict[str, int]:
+    """Department name → integer id, in the manifest's order (most frequent first)."""
+    return {d: i for i, d in enumerate(manifest["departments"])}
+
+
+def pad_ids(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a batch of id sequences to its longest; returns (ids int64 [b, t], attention mask int64 [b, t])."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max()) if len(seqs) else 0
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : lengths[i]] = s
+        mask[i, : lengths[i]] = 1
+    return ids, mask
+
+
+class PairCollate:
+    """Numpy batch of prepared rows → padded torch tensors.
+
+    Returns ``q_input_ids, q_attention_mask, a_input_ids, a_attention_mask`` (int64 [b, t], each
+    padded to the batch's own longest sequence), ``department`` (int64 [b]; unknown names → -1) and
+    ``pair_id`` (a list of str, when the batch has it).
+    """
+
+    def __init__(self, pad_id: int, departments: dict[str, int] | None = None):
+        self.pad_id = pad_id
+        self.departments = departments or {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        out = {}
+        for side in ("q", "a"):
+            if f"{side}_input_ids" in batch:
+                ids, mask = pad_ids(batch[f"{side}_input_ids"], self.pad_id)
+                out[f"{side}_input_ids"] = torch.from_numpy(ids)
+                out[f"{side}_attention_mask"] = torch.from_numpy(mask)
+        if "department" in batch:
+            out["department"] = torch.tensor([self.departments.get(str(d), -1) for d in batch["department"]],
+                                             dtype=torch.long)
+        if "pair_id" in batch:
+            out["pair_id"] = [str(p) for p in batch["pair_id"]]
+        return out

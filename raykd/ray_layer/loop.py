@@ -1,0 +1,547 @@
+"""R: the training loop every worker of a trial runs (``train_fn_per_worker``), in small parts.
+
+Plain PyTorch with a few marked Ray touchpoints (# RAY): the dataset shard, ``prepare_model`` (DDP
+when num_workers > 1), ``report`` with checkpoints, and resume from ``get_checkpoint``. The parts:
+``Worker`` (who and where this worker is), ``TrainStream`` (its epochs of training batches),
+``TrainState`` (model, optimizer, scheduler, scaler, generator, step, best: what a checkpoint holds;
+it saves and restores itself), ``Meter`` (what is summed between reports), ``micro_step`` (one
+forward/backward), ``optimizer_step`` and ``evaluate_and_report``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import ray
+import ray.train
+import ray.train.torch
+from ray import tune
+from ray.train import Checkpoint
+
+from raykd import config as C
+from raykd.data.sampling import ScoreTable, build_sampler
+from raykd.data.shards import load_manifest, special_token_ids
+from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.distill.weighting import GradNormWeights
+from raykd.evaluation import BOOTSTRAP, Evaluation, efficiency_vs_teacher
+from raykd.models.student import build_student
+from raykd.models.teacher import load_teacher
+from raykd.precision import precision_policy
+from raykd.ray_layer.cache import CachedPairCollator, cached_targets
+from raykd.ray_layer.monitoring import LiveMetrics
+from raykd.ray_layer.stream import PairCollator, department_index
+from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
+from raykd.trial_spec import method_kwargs
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def train_fn_per_worker(config: dict) -> None:
+    """Distil a student for ``train.steps`` optimizer steps on this worker's shard, evaluating every
+    ``train.eval_every`` steps (reported to Tune with a checkpoint) and on test once at the end."""
+    t_fn = time.time()
+    cfg = C._build(C.Config, config["cfg"], "", "<trial>")
+    C.import_plugins(cfg.plugins, "<trial>", config.get("plugin_paths", ()))  # their registered objectives
+    worker = Worker.join(config, cfg.train)
+    seed = cfg.experiment.seeds[0]
+    torch.manual_seed(seed)
+    manifest = load_manifest(config["prepared"])
+    tokens = TokenIds.from_manifest(manifest, special_token_ids(config["prepared"], manifest))
+    checkpoint = tune.get_checkpoint() if worker.local else ray.train.get_checkpoint()  # RAY: resume after a failure
+    stream = TrainStream(config, cfg.train, tokens, manifest, seed, checkpoint_state(checkpoint)[1])
+    teacher, state = build_state(config, cfg, worker, manifest, stream.index, seed)
+    if checkpoint:
+        state.restore(checkpoint, worker.device)
+    t_model = time.time()
+    run = Run(cfg, config, worker, tokens, teacher, manifest)
+    if state.step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
+        report_start(state.core, run)
+    run.check_cache_layers(state.core)
+    # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
+    meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
+    while state.step < cfg.train.steps:
+        batches = 0
+        for batch in stream.next_epoch():
+            batches += 1
+            meter.batch_arrived()
+            if micro_step(state, batch, run, meter):
+                optimizer_step(state, run, meter)
+            if state.step >= cfg.train.steps:
+                break
+        if batches == 0:
+            raise RuntimeError(f"worker {worker.rank}: its shard of the train split is empty (too few pairs for "
+                               f"{worker.world} workers?)")
+        if state.step < cfg.train.steps:
+            state.core.epoch = stream.advance()  # checkpointed with the step: a restart resumes the epoch's sampling
+
+
+@dataclass
+class Worker:
+    """Who and where this worker is: rank and world size, whether it runs in Train local mode (then
+    it is the trial's Tune actor, rank 0 of 1), its device and precision, and how it reports."""
+    rank: int
+    world: int
+    local: bool
+    device: torch.device
+    precision: object
+    send: object  # send(result, checkpoint_dir)
+
+    @classmethod
+    def join(cls, config: dict, t: C.TrainConfig) -> "Worker":
+        """This worker, with torch's threads set (Ray sets OMP_NUM_THREADS=1 in its workers)."""
+        local = bool(config.get("local_mode"))  # Train local mode in a Tune actor: ray.train's context,
+        if local:                                # report and checkpoint calls are refused there (Tune's are used)
+            rank, world = 0, 1
+        else:
+            ctx = ray.train.get_context()  # RAY
+            rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(max(1, t.threads_per_worker or int(t.cpus_per_worker)))
+        device = ray.train.torch.get_device()  # RAY
+        send = LocalReporter(config.get("trial_dir")) if local else train_report
+        return cls(rank, world, local, device, precision_policy(device, t.precision), send)
+
+
+class TrainStream:
+    """This worker's epochs of training batches: its shard of the train split (shuffled globally,
+    anew each epoch, by Ray Data), through the trial's sampler when it has one. The first epoch's
+    first batch is fetched ahead, from construction on, while the models build."""
+
+    def __init__(self, config: dict, t: C.TrainConfig, tokens: TokenIds, manifest: dict, seed: int, epoch: int):
+        cache = config.get("cache")
+        if cache is not None:
+            self.collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
+        else:
+            self.collate = PairCollator(tokens.pad, department_index(manifest))
+        self.shard = ray.train.get_dataset_shard("train")  # RAY
+        s = config.get("sampler")
+        self.sampler = s and build_sampler(s["name"], ScoreTable(config["scores"]) if config.get("scores") else None,
+                                           seed, **s["params"])
+        self.batch_size, self.index = t.batch_size, epoch
+        self._ahead = FirstItemAhead(self._epoch(epoch))  # Ray Data starts while the models build
+
+    def _epoch(self, index: int):
+        if not self.sampler:
+            return self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate)  # RAY
+        return sampled_batches(self.shard, self.sampler, index, self.batch_size, self.collate)
+
+    def next_epoch(self):
+        """The batches of the current epoch (the one fetched ahead the first time)."""
+        batches, self._ahead = self._ahead or self._epoch(self.index), None
+        return batches
+
+    def advance(self) -> int:
+        """Move to the next epoch; returns its index."""
+        self.index += 1
+        return self.index
+
+
+class TrainState:
+    """What a checkpoint holds: the model (DDP-wrapped or not; ``core`` is the method itself), the
+    optimizer, LR schedule, grad scaler, the masking generator, the optimizer step, the best
+    validation metric so far and the stream's epoch (``core.epoch``). Saves and restores itself."""
+
+    def __init__(self, model, opt, sched, scaler, gen: torch.Generator):
+        self.model, self.opt, self.sched, self.scaler, self.gen = model, opt, sched, scaler, gen
+        self.core = model.module if hasattr(model, "module") else model
+        self.step, self.best = 0, None
+
+    def improve(self, value, mode: str) -> None:
+        """Keep ``value`` as the best when it beats the best so far (NaN never does)."""
+        if value is not None and value == value:
+            if self.best is None or (value > self.best if mode == "max" else value < self.best):
+                self.best = value
+
+    def save(self, d: str) -> None:
+        """Write ``model.safetensors`` and ``state.pt`` into directory ``d``."""
+        from safetensors.torch import save_model
+
+        core = self.core
+        save_model(core, os.path.join(d, "model.safetensors"))
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                    "scaler": self.scaler.state_dict(), "mask_generator": self.gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() and
+                    next(core.parameters()).is_cuda else None, "step": self.step, "best": self.best,
+                    "epoch": getattr(core, "epoch", 0),
+                    "weighting": core.weighting.state_dict() if isinstance(core.weighting, GradNormWeights)
+                    else None}, os.path.join(d, "state.pt"))
+
+    def restore(self, checkpoint, device: torch.device) -> None:
+        """Load a checkpoint written by ``save`` (weights, optimizer, schedule, scaler, RNGs, step, best)."""
+        with checkpoint.as_directory() as d:
+            from safetensors.torch import load_model
+
+            load_model(self.core, os.path.join(d, "model.safetensors"), device=str(device))
+            state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["mask_generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        self.step, self.best = int(state["step"]), state.get("best")
+        if isinstance(self.core.weighting, GradNormWeights) and state.get("weighting"):
+            self.core.weighting.load_state_dict(state["weighting"])
+
+
+def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epoch: int, seed: int):
+    """(the frozen teacher on the worker's device, a fresh ``TrainState``): the student built from
+    the teacher, the objective around it (DDP-wrapped across several workers), AdamW, the schedule."""
+    t = cfg.train
+    teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(worker.device).eval()
+    teacher.requires_grad_(False)
+    kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
+    student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
+                            init_from_teacher=cfg.student.init_from_teacher)
+    method = build_method(cfg.method.name, student, teacher.config, **kwargs)
+    if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
+        model = method.to(worker.device)
+    else:
+        model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
+    core = model.module if hasattr(model, "module") else model
+    core.epoch = epoch  # the epoch the stream is in (the samplers' salt), saved in checkpoints
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
+    gen = torch.Generator().manual_seed(seed * 1000 + worker.rank)
+    return teacher, TrainState(model, opt, sched, worker.precision.grad_scaler(), gen)
+
+
+class Run:
+    """What stays fixed through a trial's loop: its config, this worker, the token ids, the frozen
+    teacher, the evaluation (rank 0), the teacher cache it reads and the live gauges (rank 0)."""
+
+    def __init__(self, cfg: C.Config, config: dict, worker: Worker, tokens: TokenIds, teacher, manifest: dict):
+        self.cfg, self.t, self.config, self.worker, self.tokens, self.teacher = cfg, cfg.train, config, worker, \
+            tokens, teacher
+        self.cache = config.get("cache")
+        self.evaluation = Evaluation(config["prepared"], manifest, self.t.eval_pairs, tokens,
+                                     teacher.config.vocab_size, config.get("teacher_key")) if worker.rank == 0 else None
+        self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
+
+    def check_cache_layers(self, core) -> None:
+        """Refuse a teacher cache that lacks a layer this trial's objective reads."""
+        if self.cache is not None:
+            needed = set(core.teacher_layers()) | {self.teacher.config.num_hidden_layers}
+            if not needed <= set(self.cache["layers"]):
+                raise RuntimeError(f"teacher cache: this trial needs layers {sorted(needed)}, the dataset has "
+                                   f"{self.cache['layers']}")
+
+
+@dataclass
+class Meter:
+    """What a worker sums between reports: loss terms per micro-step (``sums``, ``n_terms``) and per
+    optimizer step (``step_sums``), tokens, the per-step rows for TensorBoard (``history``), the
+    pairs seen, the micro-step count and, once, where the start-up seconds went (``startup``)."""
+    startup: dict | None
+    sums: dict = field(default_factory=dict)
+    step_sums: dict = field(default_factory=dict)  # this optimizer step's loss terms, summed over its micro-steps
+    history: list = field(default_factory=list)  # per-step scalars since the last report (→ TensorBoard)
+    seen_pairs: set = field(default_factory=set)
+    n_terms: int = 0
+    tokens_seen: int = 0
+    step_tokens: int = 0
+    micro: int = 0
+    t_window: float | None = None
+
+    def batch_arrived(self) -> None:
+        if self.t_window is None:
+            self.t_window = time.perf_counter()
+        if self.startup is not None and "t_batch" not in self.startup:
+            self.startup["t_batch"] = time.time()
+
+    def add(self, out: dict) -> None:
+        """Add one micro-step's loss terms."""
+        for k, v in out.items():
+            x = float(v.detach())
+            self.sums[k] = self.sums.get(k, 0.0) + x
+            self.step_sums[k] = self.step_sums.get(k, 0.0) + x
+        self.n_terms += 1
+
+
+def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
+    """Forward and backward of one micro-batch (teacher targets from the cache or the teacher online);
+    returns whether it completes an optimizer step's gradient accumulation."""
+    core, t, w = state.core, run.t, run.worker
+    meter.seen_pairs.update(batch.pop("pair_id", ()))
+    cached = batch.pop("teacher_hidden", None)
+    if hasattr(core, "resample_batch"):  # DDK: rows redrawn by department sampling weight
+        batch = core.resample_batch(batch, state.gen)
+    batch = {k: v.to(w.device, non_blocking=True) for k, v in batch.items()}
+    core.set_progress(state.step / t.steps)
+    inputs = make_inputs(batch, run.tokens, state.gen, corrupt=core.uses_mlm,
+                         vocab_size=run.teacher.config.vocab_size)
+    last_micro = (meter.micro + 1) % t.grad_accum == 0
+    no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync")
+    with state.model.no_sync() if no_sync else nullcontext():
+        with w.precision.autocast():
+            targets = core.teacher_targets(run.teacher, inputs) if cached is None else cached_targets(cached, w.device)
+            out = state.model(inputs, targets)
+        state.scaler.scale(out["loss"] / t.grad_accum).backward()
+    meter.add(out)
+    meter.step_tokens += int(inputs["mask"].sum())
+    meter.micro += 1
+    return last_micro
+
+
+def optimizer_step(state: TrainState, run: Run, meter: Meter) -> None:
+    """Clip, step and schedule; record the step's row; inject a configured fault; evaluate and report
+    when an evaluation is due (every ``eval_every`` steps and at the last)."""
+    t, w = run.t, run.worker
+    state.scaler.unscale_(state.opt)
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), 1.0)
+    state.scaler.step(state.opt)
+    state.scaler.update()
+    state.opt.zero_grad(set_to_none=True)
+    lr = state.sched.get_last_lr()[0]
+    state.sched.step()
+    state.step += 1
+    core = state.core
+    if hasattr(core, "update_domain_weights") and state.step % core.update_every == 0:
+        _update_domain_weights(core, run.teacher, run.evaluation, run.tokens, w.rank, w.world)
+    meter.tokens_seen += meter.step_tokens
+    if meter.startup is not None and "t_step" not in meter.startup:
+        meter.startup["t_step"] = time.time()
+    if w.rank == 0:
+        row = {"step": state.step, "time": time.time(), "train/lr": lr, "train/tokens": meter.step_tokens * w.world,
+               **{f"train/{k}": v / t.grad_accum for k, v in meter.step_sums.items()}}
+        meter.history.append(row)
+        run.gauges.set_step(state.step, row["train/loss"])
+    meter.step_sums, meter.step_tokens = {}, 0
+    if t.fault and w.rank == 0:
+        inject_fault(t.fault, state.step, run.config.get("fault_dir"))
+    if state.step % t.eval_every == 0 or state.step == t.steps:
+        evaluate_and_report(state, run, meter)
+
+
+def evaluate_and_report(state: TrainState, run: Run, meter: Meter) -> None:
+    """The report of an evaluation step: the training averages since the last report, throughput,
+    (once) the start-up breakdown, then ``report`` (evaluation, checkpoint, send)."""
+    t, w = run.t, run.worker
+    elapsed = time.perf_counter() - meter.t_window
+    result = {"step": state.step, "world_size": w.world, "train/loss": meter.sums.pop("loss") / meter.n_terms,
+              "lr": state.sched.get_last_lr()[0],
+              "tokens_per_s": meter.tokens_seen * w.world / max(elapsed, 1e-9), "precision": w.precision.name,
+              "teacher_source": "cache" if run.cache is not None else "online"}
+    result.update({f"train/{k}": v / meter.n_terms for k, v in meter.sums.items()})
+    meter.sums, meter.n_terms, meter.tokens_seen = {}, 0, 0
+    final = state.step == t.steps
+    if final:
+        result.update(_data_coverage(meter.seen_pairs, w.world))
+    if meter.startup is not None:
+        result.update(startup_breakdown(meter.startup, run.config.get("t_trial_start")))
+        meter.startup = None
+    result["node_id"] = ray.get_runtime_context().get_node_id()  # RAY: where this trial ran
+    result["worker_pid"] = os.getpid()
+    result["worker_rss_mib"] = _rss_mib()  # a reused actor's memory, trial after trial (docs/reliability.md)
+    if w.rank == 0:
+        result[STEP_HISTORY_KEY], meter.history = meter.history, []
+    report(state, run, result, final)
+    if run.gauges is not None:
+        run.gauges.set_report(result)
+    meter.t_window = None
+
+
+def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
+    """Evaluate (rank 0: validation; at the end also test and efficiency), checkpoint (rank 0) and
+    report (every rank) through the worker's ``send``."""
+    w, ev, core = run.worker, run.evaluation, state.core
+    with tempfile.TemporaryDirectory() as d:
+        ckpt_dir = None
+        if w.rank == 0:
+            result.update(ev.split(core, run.teacher, "val", BOOTSTRAP if final else 0))
+            state.improve(result.get(run.config["metric"]), run.config["mode"])
+            result["best_metric"] = state.best
+            if final:
+                result.update(ev.split(core, run.teacher, "test", BOOTSTRAP))
+                result.update(efficiency_vs_teacher(core.student, run.teacher, run.t.batch_size,
+                                                    ev.manifest["max_length"]))
+            state.save(d)
+            ckpt_dir = d
+        w.send(result, ckpt_dir)
+
+
+def report_start(core, run: Run) -> None:
+    """The step-0 report (every rank reports; rank 0 evaluates): the student as built, on validation.
+    A reference trial also reports it on test (the ``init`` reference) and the teacher scored as its
+    own student under ``teacher/val/…`` and ``teacher/test/…`` (the ``teacher`` reference)."""
+    w, ev, teacher, reference = run.worker, run.evaluation, run.teacher, run.config.get("reference")
+    result = {"step": 0, "world_size": w.world, "node_id": ray.get_runtime_context().get_node_id(),  # RAY
+              "worker_pid": os.getpid()}
+    if w.rank == 0:
+        result.update(ev.split(core, teacher, "val", BOOTSTRAP if reference else 0))
+        if reference:
+            result.update(ev.split(core, teacher, "test", BOOTSTRAP))
+            for split in ("val", "test"):
+                result.update(ev.split(teacher, teacher, split, BOOTSTRAP, prefix="teacher/"))
+    w.send(result, None)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _rss_mib() -> float:
+    """Resident memory of this worker process, MiB."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _lr_lambda(warmup: int, total: int):
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (total - s) / max(1, total - warmup))
+    return factor
+
+
+SAMPLER_WINDOW = 4096  # rows a sampler sees at once (rounded up to whole training batches)
+
+
+def sampled_batches(shard, sampler, epoch: int, batch_size: int, collate):
+    """Training batches of one epoch: windows of the shard through ``sampler(window, epoch)``, cut
+    into ``batch_size`` rows in the order the sampler returns (hard-negative groups stay whole;
+    rows left over at a window's end lead the next window)."""
+    import numpy as np
+
+    window = batch_size * -(-SAMPLER_WINDOW // batch_size)
+    carry = None
+    for rows in shard.iter_batches(batch_size=window, batch_format="numpy"):  # RAY
+        rows = sampler(rows, epoch)
+        if carry is not None:
+            rows = {k: np.concatenate([carry[k], v]) for k, v in rows.items()}
+        n = len(rows["pair_id"])
+        full = n - n % batch_size
+        for i in range(0, full, batch_size):
+            yield collate({k: v[i: i + batch_size] for k, v in rows.items()})
+        carry = {k: v[full:] for k, v in rows.items()} if full < n else None
+    if carry is not None:
+        yield collate(carry)
+
+
+def checkpoint_state(checkpoint) -> tuple[int, int]:
+    """(optimizer step, epoch) a checkpoint was taken at ((0, 0) without one)."""
+    if not checkpoint:
+        return 0, 0
+    with checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    return int(state["step"]), int(state.get("epoch", 0))
+
+
+
+class FirstItemAhead:
+    """Iterates ``iterable`` with its first item fetched by a background thread from construction on,
+    so that Ray Data's start-up (the split coordinator, the first read and collation) overlaps the
+    worker's model build instead of following it. An error in that fetch is raised on iteration."""
+
+    def __init__(self, iterable):
+        import threading
+
+        self._it = iter(iterable)
+        self._first: list = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="raykd-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            self._first.append(next(self._it))
+        except StopIteration:
+            pass
+        except BaseException as e:  # re-raised in the training thread
+            self._error = e
+
+    def __iter__(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._it
+
+
+def startup_breakdown(t: dict, t_trial_start: float | None) -> dict:
+    """Seconds from the trial's start (Tune runs its function: its resources are free) to its first
+    optimizer step, split into ``startup/workers_s`` (Train controller + worker group start, until
+    this function runs), ``startup/model_s`` (teacher load, student and objective build, DDP wrap),
+    ``startup/first_batch_s`` (validation batches read, then any wait left for the first batch, which
+    a background thread fetches from the worker's start on) and
+    ``startup/first_step_s`` (the total, to the end of the first optimizer step)."""
+    t0 = t_trial_start if t_trial_start is not None else t["t_fn"]
+    return {"startup/workers_s": t["t_fn"] - t0, "startup/model_s": t["t_model"] - t["t_fn"],
+            "startup/first_batch_s": t["t_batch"] - t["t_model"], "startup/first_step_s": t["t_step"] - t0}
+
+
+def inject_fault(spec: str, step: int, trial_dir: str | None) -> None:
+    """``train.fault`` (recovery tests): at the given optimizer step, once per trial (a marker file in
+    ``trial_dir``, see ``fault_dir``, remembers it across restarts), SIGKILL this worker process or raise."""
+    fault = C.parse_fault(spec)
+    if fault is None:
+        raise C.ConfigError(f"train.fault: {spec!r} is not sigkill@STEP or exception@STEP")
+    kind, at = fault
+    if step != at or not trial_dir:
+        return
+    marker = Path(trial_dir, f"fault_{kind}_{at}.injected")
+    if marker.exists():
+        return
+    marker.write_text(f"{kind} at step {at}, pid {os.getpid()}, {time.time():.3f}\n")
+    if kind == "sigkill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault: exception at step {at}")
+
+
+def _data_coverage(seen: set, world: int) -> dict:
+    """Distinct training pairs this trial saw and how many were seen by more than one worker (0 when
+    the workers' shards are disjoint, as Ray Data's equal split promises)."""
+    if world == 1:
+        return {"data/pairs_seen": len(seen), "data/pairs_on_several_workers": 0}
+    import torch.distributed as dist
+
+    sets: list = [None] * world
+    dist.all_gather_object(sets, seen)
+    union = set().union(*sets)
+    return {"data/pairs_seen": len(union), "data/pairs_on_several_workers": sum(len(s) for s in sets) - len(union),
+            "world_size": world}
+
+
+def train_report(result: dict, checkpoint_dir: str | None) -> None:
+    """Report ``result`` (and the checkpoint in ``checkpoint_dir``) from a Train worker to its
+    controller, whose ``TuneReportCallback`` passes it on to Tune."""
+    ray.train.report(result, checkpoint=Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)  # RAY
+
+
+class LocalReporter:
+    """Reports of a trial in Ray Train local mode: there is no controller to run the run's callbacks,
+    so the per-step TensorBoard scalars are written here and the result and checkpoint go straight
+    to Tune, which keeps ``num_to_keep`` checkpoints and restores the latest on a retry."""
+
+    def __init__(self, trial_dir: str | None):
+        self.step_scalars = StepScalars(trial_dir) if trial_dir else None
+
+    def __call__(self, result: dict, checkpoint_dir: str | None) -> None:
+        if self.step_scalars is not None:
+            self.step_scalars.after_report(None, [result], None)
+        else:
+            result.pop(STEP_HISTORY_KEY, None)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+
+def _update_domain_weights(core, teacher, evaluation: "Evaluation | None", tokens: TokenIds, rank: int,
+                           world: int) -> None:
+    """DDK's sampling weights from the validation discrepancy: measured on rank 0 (which holds the
+    validation pairs), then broadcast so that every rank samples with the same weights."""
+    if rank == 0:
+        core.update_domain_weights(teacher, evaluation.val, tokens, teacher.config.vocab_size)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(core.dept_weight, src=0)
+        dist.broadcast(core.discrepancy, src=0)
+
+

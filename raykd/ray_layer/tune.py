@@ -1,0 +1,515 @@
+"""R: ``python -m raykd.tune`` — a distillation study: Ray Tune (Optuna TPE + ASHA, or a grid) over
+trials that are Ray Train runs. With no arguments it runs ``search_spaces/smoke.yaml`` on a local Ray.
+
+    python -m raykd.tune [--config FILE] [--address auto|HOST:PORT] [--storage PATH] [--name NAME]
+                         [--resume] [--dry-run] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from raykd import config as C
+from raykd.errors import RaykdError
+from raykd.ray_layer.cluster import init_ray
+from raykd.ray_layer.inputs import log, prepare_inputs, teacher_cache_for
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
+DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
+
+
+def join(storage: str, name: str) -> str:
+    """``storage/name`` for a local path or a URI (s3://…)."""
+    return storage.rstrip("/") + "/" + name
+
+
+# ------------------------------------------------------------------------------------------ search
+def param_space(cfg: C.Config) -> dict:
+    """Tune's param space from ``space`` (+ ``seed``: a grid over the seeds for grid/random searches,
+    the first seed for Optuna — one seed per configuration)."""
+    from ray import tune
+
+    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v),
+            "qrandint": lambda v: tune.qrandint(*v)}
+    space = {}
+    for name, spec in cfg.space.items():
+        kind, values = next(iter(spec.items()))
+        if cfg.search.algorithm == "grid" and kind == "choice":
+            kind = "grid"
+        space[name] = make[kind](values)
+    seeds = cfg.experiment.seeds
+    if cfg.search.algorithm == "optuna" or len(seeds) == 1:
+        space["seed"] = seeds[0]
+    else:
+        space["seed"] = tune.grid_search(list(seeds))
+    return space
+
+
+def hparam_metrics(cfg: C.Config) -> list[str]:
+    """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
+    from raykd.ray_layer.tblog import TUNE_PREFIX, tb_tag
+    from raykd.trial_spec import METRIC_KEYS
+
+    names = [f"{split}/{m}" for split in ("val", "test") for m in METRIC_KEYS]
+    return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
+
+
+REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
+
+
+def reference_space(cfg: C.Config) -> dict | None:
+    """Tune's param space of a study's reference trials — one per seed (the search's and the confirm
+    phase's) and per searched student shape — or None with ``experiment.references: false``."""
+    from ray import tune
+
+    from raykd.trial_spec import REFERENCE_KEY
+
+    if not cfg.experiment.references:
+        return None
+    seeds = list(dict.fromkeys(list(cfg.experiment.seeds) + list(cfg.search.confirm.seeds)))
+    space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds)}
+    for name, spec in cfg.space.items():
+        if C.resolve_key(name).startswith("student."):
+            kind, values = next(iter(spec.items()))
+            if kind not in ("choice", "grid"):
+                raise RaykdError(f"space.{name}: references need the student shapes listed (choice or grid), "
+                                 f"got {kind}; or set experiment.references: false")
+            space[name] = tune.grid_search(list(values))
+    return space
+
+
+def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
+    """The study's reference trials (``no_distill`` per seed and student shape; each one's step-0
+    row is the ``init`` reference and carries the ``teacher`` reference) as experiment
+    ``references`` inside the study's directory; None when references are off. Restored with
+    ``resume`` when it was started before."""
+    from ray import tune
+
+    from raykd.ray_layer.pruning import CheckpointPruner
+    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
+    from raykd.ray_layer.tblog import TrialHParams
+    from raykd.ray_layer.trial import run_trial, trial_resources
+
+    space = reference_space(cfg)
+    if space is None:
+        return None
+    parent = join(storage, name)
+    path = join(parent, REFERENCES_DIR)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
+    log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
+        f"built; the teacher scored as its own student) → {path}")
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    reuse_actors=cfg.train.local_mode,
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=REFERENCES_DIR, storage_path=parent,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg), sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
+
+
+def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
+    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + (0 if cfg.train.local_mode else 0.05)
+    fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
+    if cfg.search.max_concurrent:
+        fit = min(fit, cfg.search.max_concurrent)
+    return max(1, fit)
+
+
+def check_trial_fits(cfg: C.Config, cluster_cpus: float) -> None:
+    """Refuse a trial that needs more CPUs than the local cluster has besides ``DATA_RESERVE_CPUS``:
+    it would never be scheduled (worker groups) or would starve its own Ray Data input (local mode)."""
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    if need > cluster_cpus - DATA_RESERVE_CPUS:
+        raise RaykdError(
+            f"train.cpus_per_worker: a trial needs {t.num_workers} × {t.cpus_per_worker:g} = {need:g} CPUs, but this "
+            f"Ray has {cluster_cpus:g} and keeps {DATA_RESERVE_CPUS:g} for Ray Data; use at most "
+            f"{max(cluster_cpus - DATA_RESERVE_CPUS, 0):g} CPUs per trial (torch threads: train.threads_per_worker)")
+
+
+def plan_text(cfg: C.Config, storage: str, name: str) -> str:
+    """The --dry-run plan: trials × steps, resources per trial, compute, directories."""
+    n = C.planned_trials(cfg)
+    t = cfg.train
+    lines = [
+        f"experiment {name}: {n} trials ({cfg.search.algorithm}"
+        f"{', ASHA early stopping' if cfg.search.scheduler.type == 'asha' and cfg.search.algorithm != 'grid' else ''})"
+        f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
+        f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}"
+        f"{' in the Tune actor (Ray Train local mode, actors reused)' if t.local_mode else ''}, "
+        f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
+        f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
+        + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
+           if cfg.search.confirm.top_k else ""),
+        f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
+        f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers; "
+        + (f"teacher cache on (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache else "teacher runs online"),
+        f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
+        f"{Path(cfg.data.work_dir).absolute()}",
+        f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
+        "references: " + (f"no_distill × {len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds))} seed(s) "
+                          "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),
+        f"results: {join(storage, name)}",
+    ]
+    return "\n".join(lines)
+
+
+def set_aside_previous(storage: str, name: str) -> list[str]:
+    """A fresh study (not ``--resume``) never mixes with an earlier run of the same name: the local
+    experiment directories ``NAME`` and ``NAME-confirm`` that already hold something are renamed to
+    ``NAME.<UTC time>`` / ``NAME-confirm.<UTC time>`` (nothing is deleted). Remote storage is left
+    alone. Returns the new paths."""
+    if "://" in storage:
+        return []
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for exp in (name, f"{name}-confirm"):
+        path = Path(storage) / exp
+        if path.is_dir() and any(path.iterdir()):
+            target = path.with_name(f"{exp}.{stamp}")
+            path.rename(target)
+            moved.append(str(target))
+    return moved
+
+
+def sync_config():
+    """Tune's syncing: experiment state every ``SYNC_PERIOD_S``, and each trial actor's own trial
+    directory (provenance.json, per-step TensorBoard events) with every checkpoint. The latter is
+    what brings those files to storage from an actor Tune reused for a later trial, whose trial
+    directory is a working directory that the driver's experiment sync does not cover."""
+    from ray import tune
+
+    return tune.SyncConfig(sync_period=SYNC_PERIOD_S, sync_artifacts=True)
+
+
+def tune_checkpoints(cfg: C.Config):
+    """Tune's checkpoint policy: ``train.checkpoint_keep`` per trial. Only local-mode trials report
+    checkpoints to Tune; the others keep theirs in their Train run (pruned by Train to the same number)."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep)
+
+
+def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
+    """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from raykd.ray_layer.pruning import CheckpointPruner
+    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
+    from raykd.ray_layer.tblog import TrialHParams, write_experiment_summary
+    from raykd.ray_layer.trial import run_trial, trial_resources
+    from raykd.trial_spec import REFERENCE_KEY
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    path = join(storage, name)
+    # one HParams table for the trials and the reference trials under references/ (hparam `reference`)
+    write_experiment_summary(path, {**cfg.space, **({REFERENCE_KEY: {"choice": [True]}} if cfg.experiment.references
+                                                     else {})}, hparam_metrics(cfg))
+    if resume:
+        if not tune.Tuner.can_restore(path):
+            raise RaykdError(f"--resume: {path} holds no experiment to resume")
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
+    metric, mode = cfg.experiment.metric, cfg.experiment.mode
+    search_alg = None
+    if cfg.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=metric, mode=mode, seed=cfg.experiment.seeds[0])
+    early = cfg.search.scheduler.type == "asha" and cfg.search.algorithm != "grid"
+    # rungs on optimizer steps, not on reports: every trial also reports at step 0, which is no rung
+    scheduler = ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
+                              grace_period=cfg.search.scheduler.grace_period * cfg.train.eval_every,
+                              reduction_factor=cfg.search.scheduler.reduction_factor) if early else FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
+            max_concurrent_trials=max_concurrent(cfg, cluster_cpus), time_budget_s=cfg.search.time_budget_s,
+            reuse_actors=cfg.train.local_mode,
+            trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg),
+                                  sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1),
+    )
+
+
+def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, cluster_cpus: float):
+    """The confirm phase: the search's top-k configurations re-run to full length over
+    ``search.confirm.seeds`` (a grid, no early stopping) as experiment ``NAME-confirm``; None when
+    not configured. These are the numbers a table reports."""
+    from ray import tune
+
+    from raykd.ray_layer.pruning import CheckpointPruner
+    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
+    from raykd.ray_layer.tblog import TrialHParams, write_experiment_summary
+    from raykd.ray_layer.trial import run_trial, trial_resources
+
+    k, seeds = cfg.search.confirm.top_k, cfg.search.confirm.seeds
+    if k <= 0 or not seeds or cfg.search.algorithm == "grid":
+        return None
+    sign = 1 if cfg.experiment.mode == "max" else -1
+    ranked = sorted((r for r in results if r.metrics and r.metrics.get(cfg.experiment.metric) is not None),
+                    key=lambda r: -sign * r.metrics[cfg.experiment.metric])
+    top = [{k2: v for k2, v in r.config.items() if k2 != "seed"} for r in ranked[:k]]
+    if not top:
+        return None
+    log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {join(storage, name + '-confirm')}")
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    write_experiment_summary(join(storage, f"{name}-confirm"), cfg.space, hparam_metrics(cfg))
+    return tune.Tuner(
+        trainable,
+        param_space={"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))},
+        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    reuse_actors=cfg.train.local_mode,
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg),
+                                  sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
+
+
+def summarize(results, cfg: C.Config) -> tuple[str, list]:
+    """A compact results table (text) and the list of (trial id, error) of failed trials."""
+    metric = cfg.experiment.metric
+    keys = list(cfg.space) + ["seed"]
+    rows, failed = [], []
+    for r in results:
+        trial_id = Path(r.path).name.replace("trial_", "")
+        if r.error:
+            failed.append((trial_id, str(r.error).strip().splitlines()[-1][:300]))
+        m = r.metrics or {}
+        params = {**(r.config or {}).get("confirm", {}), **(r.config or {})}
+        rows.append((trial_id, "ERROR" if r.error else ("done" if m.get("step") == cfg.train.steps else "stopped"),
+                     [params.get(k) for k in keys], m.get(metric), m.get("test/mrr@10"), m.get("test/semantic_alignment"),
+                     m.get("step")))
+    sign = -1 if cfg.experiment.mode == "max" else 1
+    rows.sort(key=lambda r: (r[3] is None, sign * (r[3] or 0)))
+    head = ["trial", "status"] + keys + [metric, "test/mrr@10", "test/semantic_alignment", "steps"]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = [head] + [[r[0], r[1]] + [fmt(v) for v in r[2]] + [fmt(r[3]), fmt(r[4]), fmt(r[5]), fmt(r[6])] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
+    return text, failed
+
+
+def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
+    """The reference rows (teacher, init, no_distill per seed) as a text table with the lead metric
+    and test Semantic Alignment / MRR@10, and the list of (trial id, error) of failed reference trials."""
+    from raykd.report import load_references
+
+    metric = cfg.experiment.metric
+    rows, failed = [], []
+    try:
+        recs = load_references(exp_path)
+    except RaykdError:
+        recs = []
+    for r in recs:
+        if r.status == "error":
+            failed.append((r.trial_id, r.error))
+        rows.append([r.role, r.trial_id, r.status, r.metrics.get(metric), r.metrics.get("test/mrr@10"),
+                     r.metrics.get("test/semantic_alignment"), r.metrics.get("test/mlm_loss")])
+    head = ["role", "trial", "status", metric, "test/mrr@10", "test/semantic_alignment", "test/mlm_loss"]
+    fmt = lambda v: "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    table = [head] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table), failed
+
+
+def gains_text(exp_path: str, cfg: C.Config) -> str:
+    """Each finished configuration's gain over the ``init`` and ``no_distill`` references on the lead
+    metric (test), paired by seed, as text (what ``raykd.report`` tabulates, printed at the end)."""
+    from raykd.report import gains_over_references, load_experiment, load_references, varied_parameters
+
+    lead = "test/" + cfg.experiment.metric.split("/", 1)[-1]
+    trials = [t for t in load_experiment(exp_path) if t.status == "finished"]
+    names = varied_parameters(trials)
+    rows = gains_over_references(trials, load_references(exp_path), names, lead)
+    if not rows:
+        return f"gains over the references on {lead}: none (no finished trial shares a seed with a reference)"
+    lines = [f"gain over the references on {lead} (paired by seed: mean ± 95 % CI, Holm-adjusted p):"]
+    for r in rows:
+        key = r["label"]
+        ci = "" if r["ci"] != r["ci"] else f" ± {r['ci']:.4f}"
+        verdict = "yes" if r["significant"] else ("no" if r["n"] >= 2 else "one seed: no test")
+        lines.append(f"  {key} over {r['role']}: {r['diff']:+.4f}{ci} (n={r['n']}, p_holm={r['p_holm']:.3g}, "
+                     f"real at 0.05: {verdict})")
+    return "\n".join(lines)
+
+
+class StudyResult(NamedTuple):
+    """What ``run_study`` returns: the main phase's Tune ``ResultGrid`` and its experiment directory
+    (a confirm phase's results are under ``path + "-confirm"``, the references under
+    ``path/references``)."""
+    results: object
+    path: str
+
+
+@dataclass
+class Outcome:
+    """Every phase of a finished study: the main search, the references and the confirm phase
+    (None when the study has none), where they are stored, and the study's config."""
+    cfg: C.Config
+    storage: str
+    name: str
+    results: object
+    references: object = None
+    confirmed: object = None
+
+
+def run_study(config, *, overrides: dict | None = None, storage: str | None = None, name: str | None = None,
+              resume: bool = False, address: str | None = None) -> StudyResult:
+    """Run a study (``python -m raykd.tune`` in Python): ``config`` a YAML path, nested dicts or a
+    ``Config``; ``overrides`` dotted keys → values. On the Ray this process has initialised, else
+    ``address``, else a local Ray started (and stopped) here. Returns ``StudyResult(results, path)``;
+    raises ``RaykdError`` (ConfigError) on bad input."""
+    cfg = C.as_config(config, overrides)
+    out = run_phases(cfg, study_storage(cfg, storage), name or cfg.experiment.name, resume, address)
+    return StudyResult(out.results, join(out.storage, out.name))
+
+
+def study_storage(cfg: C.Config, storage: str | None) -> str:
+    """Where the study's experiments go: ``storage`` or ``experiment.storage``, local paths absolute."""
+    s = storage or cfg.experiment.storage
+    return s if "://" in s else str(Path(s).absolute())
+
+
+def with_local_mode(cfg: C.Config, address: str | None) -> C.Config:
+    """``cfg`` with ``train.local_mode`` decided where it is null: Train local mode (the trial runs in
+    its reused Tune actor: ~1 s to start a trial against ~12 s for a worker group) for one-worker
+    trials on a Ray that raykd starts itself; worker groups for ``num_workers > 1``, for ``--address``
+    clusters and on a Ray this process had initialised already."""
+    if cfg.train.local_mode is not None:
+        return cfg
+    import dataclasses
+
+    import ray
+
+    local = cfg.train.num_workers == 1 and address is None and not ray.is_initialized()
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, local_mode=local))
+
+
+def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: str | None) -> Outcome:
+    """Prepare the inputs, connect to Ray and run the references, the search and its confirm phase,
+    then prune checkpoints nobody needs. Returns every phase's results."""
+    cfg = with_local_mode(cfg, address)
+    if not resume:
+        for moved in set_aside_previous(storage, name):
+            log(f"[tune] an earlier run of this study is kept at {moved} (this one starts fresh; --resume continues one)")
+    plan = prepare_inputs(cfg)
+    plan["storage"] = storage
+    ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
+    log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
+    try:
+        plan["cache"] = teacher_cache_for(cfg, plan)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        if started:  # a cluster given by --address may still be scaling up
+            check_trial_fits(cfg, cpus)
+        refs = reference_tuner(cfg, plan, storage, name, cpus, resume)
+        out = Outcome(cfg, storage, name, None, references=refs.fit() if refs is not None else None)
+        out.results = build_tuner(cfg, plan, storage, name, cpus, resume).fit()
+        confirm = confirm_tuner(cfg, plan, out.results, storage, name, cpus)
+        out.confirmed = confirm.fit() if confirm is not None else None
+        from raykd.ray_layer.pruning import prune_experiment
+
+        for exp in [name] + ([f"{name}-confirm"] if out.confirmed is not None else []):
+            prune_experiment(join(storage, exp))
+        if out.references is not None:
+            prune_experiment(join(join(storage, name), REFERENCES_DIR))
+    finally:
+        if started:
+            ray.shutdown()
+    return out
+
+
+def print_outcome(out: Outcome) -> list:
+    """Print the study's tables (trials, references, confirm phase, gains) and what to run next;
+    returns the failed trials as (trial id, error)."""
+    cfg, storage, name = out.cfg, out.storage, out.name
+    table, failed = summarize(out.results, cfg)
+    if out.references is not None:
+        rtable, rfailed = reference_summary(join(storage, name), cfg)
+        failed += rfailed
+        print(f"\nreferences (where the student starts, what it gets without distillation, the teacher):\n{rtable}")
+    best = None
+    try:
+        best = out.results.get_best_result(cfg.experiment.metric, cfg.experiment.mode, scope="last")
+    except RuntimeError:
+        pass
+    print(f"\n{table}\n")
+    if best is not None and best.metrics:
+        print(f"best trial: {Path(best.path).name} · {cfg.experiment.metric} = "
+              f"{best.metrics.get(cfg.experiment.metric)} · params {json.dumps(best.config)}")
+    final = name + ("-confirm" if out.confirmed is not None else "")
+    if out.confirmed is not None:
+        ctable, cfailed = summarize(out.confirmed, cfg)
+        failed += cfailed
+        print(f"confirm phase ({name}-confirm):\n{ctable}\n")
+    if out.references is not None and "://" not in storage:
+        print(gains_text(join(storage, final), cfg))
+    print(f"results: {join(storage, name)}")
+    print(f"compare trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1   (HParams tab: every trial)")
+    print(f"table and figures: python -m raykd.report {join(storage, name)}"
+          + (f"   (confirm phase: {join(storage, name + '-confirm')})" if out.confirmed is not None else ""))
+    print(f"export the best student: python -m raykd.export {join(storage, final)} --out STUDENT_DIR")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a study; returns the exit code (0 all trials fine, 1 some trial failed, 2 bad input)."""
+    ap = argparse.ArgumentParser(prog="python -m raykd.tune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="search-space YAML (default: smoke.yaml)")
+    ap.add_argument("--address", default=None, help="connect to an existing Ray cluster (auto or HOST:PORT)")
+    ap.add_argument("--storage", default=None, help="experiment storage (path or URI); default experiment.storage")
+    ap.add_argument("--name", default=None, help="experiment name; default experiment.name")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="dotted overrides, e.g. train.lr=1e-4 (repeatable)")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import MODULE (its registered methods / samplers) on the driver and every worker (repeatable)")
+    args = ap.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        cfg = C.load_config(args.config, C.parse_set(args.set), plugins=args.plugin)
+        storage, name = study_storage(cfg, args.storage), args.name or cfg.experiment.name
+        cfg = with_local_mode(cfg, args.address)
+        print(plan_text(cfg, storage, name))
+        if args.dry_run:
+            return 0
+        out = run_phases(cfg, storage, name, args.resume, args.address)
+    except RaykdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    failed = print_outcome(out)
+    print(f"wall time {time.monotonic() - t0:.0f} s")
+    for trial_id, err in failed:
+        print(f"trial {trial_id} failed: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

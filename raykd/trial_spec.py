@@ -1,0 +1,45 @@
+"""What one trial is, from the study's config and the searched parameters: pure config logic shared by
+the Ray layer (which runs trials) and export (which rebuilds a trial's student). No Ray, no torch."""
+
+from __future__ import annotations
+
+from raykd import config as C
+
+ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
+METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
+               "retained_mrr")
+SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")  # samplers that read the teacher's scores
+REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
+
+
+def trial_config(base: dict, params: dict) -> C.Config:
+    """The resolved config of one trial: ``base`` (a Config as dict) with the searched ``params``
+    (aliases or dotted keys; ``seed`` sets the trial seed; ``confirm`` holds a confirm-phase
+    configuration) applied."""
+    params = {**params.get("confirm", {}), **{k: v for k, v in params.items() if k != "confirm"}}
+    overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY)}
+    data = C.apply_overrides(base, overrides)
+    if params.get(REFERENCE_KEY):  # the plain student on its own task loss, on the study's unweighted data
+        data["method"] = {**data["method"], "name": "no_distill", "depth": None, "params": {}}
+        data["sampler"] = {"name": "uniform", "params": {}}
+    if "seed" in params:
+        data["experiment"]["seeds"] = [int(params["seed"])]
+    return C._build(C.Config, data, "", "<trial>")
+
+
+def method_kwargs(cfg: C.Config, n_departments: int) -> tuple[dict, bool]:
+    """(keyword settings for ``build_method``, whether the student gets the aggregation module)."""
+    params = dict(cfg.method.params)
+    ablate = params.pop("ablate", None)
+    kwargs = {"depth": cfg.method.depth, "projection_dim": cfg.method.projection_dim, "n_departments": n_departments,
+              "seed": cfg.experiment.seeds[0], **params}
+    aggregation = cfg.method.name == "structural"
+    if ablate is not None:
+        if ablate not in ABLATIONS:
+            raise C.ConfigError(f"method.params.ablate: {ablate!r} is not one of {', '.join(ABLATIONS)}")
+        kwargs.setdefault("dynamic_weights", True)  # the full method carries every module
+        if ablate == "aggregation":
+            aggregation = False
+        elif ablate != "none":
+            kwargs[ablate] = False
+    return kwargs, aggregation
