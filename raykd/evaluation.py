@@ -12,6 +12,7 @@ from raykd import metrics
 from raykd.data.collate import PairCollate, department_index
 from raykd.data.shards import shard_paths
 from raykd.distill.methods import TokenIds, make_inputs
+from raykd.models.families import family_of
 
 BOOTSTRAP = 200  # resamples of the evaluation pairs behind each final metric's 95 % CI
 EVAL_SEED = 0  # which pairs are evaluation pairs, and the candidates of QA retrieval: the same for every trial
@@ -115,15 +116,16 @@ class Evaluation:
 
 
 def _mlm_of(model):
-    """The masked-LM model inside a method / Student / HF model."""
+    """The HF model (with its task head) inside a method / Student / HF model."""
     model = getattr(model, "student", model)
     return getattr(model, "mlm", model)
 
 
 @torch.no_grad()
 def heldout_mlm_loss(mlm, batches: list[dict], tokens: TokenIds, vocab_size: int, seed: int = EVAL_SEED) -> float:
-    """Masked-LM cross-entropy (nats per masked token) of ``mlm`` on these pairs (questions and
-    answers), corrupted with a fixed-seed BERT masking: the same positions for every model."""
+    """The family's task loss (masked-LM: cross-entropy in nats per masked token) of ``mlm`` on these
+    pairs (questions and answers), corrupted with a fixed seed: the same positions for every model."""
+    fam = family_of(mlm)
     gen = torch.Generator().manual_seed(seed)
     device = next(mlm.parameters()).device
     was = mlm.training
@@ -132,13 +134,12 @@ def heldout_mlm_loss(mlm, batches: list[dict], tokens: TokenIds, vocab_size: int
     try:
         for batch in batches:
             inputs = make_inputs({k: v for k, v in batch.items() if torch.is_tensor(v)}, tokens, gen, corrupt=True,
-                                 vocab_size=vocab_size)
+                                 vocab_size=vocab_size, family=fam)
             chosen = inputs["chosen"]
             if not chosen.any():
                 continue
             logits = mlm(input_ids=inputs["input_ids"].to(device), attention_mask=inputs["mask"].to(device)).logits
-            total += float(torch.nn.functional.cross_entropy(logits[chosen.to(device)].float(),
-                                                             inputs["ids"][chosen].to(device), reduction="sum"))
+            total += float(fam.task_loss(logits.float(), inputs["ids"].to(device), chosen.to(device), reduction="sum"))
             count += int(chosen.sum())
     finally:
         mlm.train(was)
@@ -149,8 +150,8 @@ def efficiency_vs_teacher(student, teacher, batch_size: int, seq_len: int) -> di
     """``test/params``, ``test/teacher_params``, ``test/latency_ms_b{1,B}`` (ms per sample, student
     encoder alone) and ``test/speedup_b{1,B}`` (teacher ÷ student latency) on this worker's device."""
     sizes = (1, batch_size)
-    s = metrics.efficiency(student.mlm.base_model, sizes, seq_len)
-    tt = metrics.efficiency(teacher.base_model, sizes, seq_len)
+    s = metrics.efficiency(student.family.backbone(student.mlm), sizes, seq_len)
+    tt = metrics.efficiency(family_of(teacher).backbone(teacher), sizes, seq_len)
     out = {"test/params": float(s["params"]), "test/teacher_params": float(tt["params"])}
     for b in sizes:
         out[f"test/latency_ms_b{b}"] = s[f"latency_ms_b{b}"]

@@ -97,7 +97,7 @@ def export(exp_dir: str | Path, out: str | Path, which: str = "best") -> dict:
     student, prov, manifest, teacher = load_trial_student(trial, ckpt)
     out = Path(out).absolute()
     with atomic_directory(out) as tmp:
-        student.mlm.save_pretrained(tmp, safe_serialization=True)
+        student.family.save(student.mlm, tmp)
         AutoTokenizer.from_pretrained(os.path.join(prov["prepared"], "tokenizer")).save_pretrained(tmp)
         if student.aggregation is not None:
             agg = {k: v.detach().contiguous() for k, v in student.aggregation.state_dict().items()}

@@ -66,6 +66,9 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
     ids_all, dept_all, ent_all, emb_all = [], [], [], []
     teacher.eval()
     device = next(teacher.parameters()).device
+    from raykd.models.families import family_of
+
+    backbone = family_of(teacher).backbone(teacher)
     with torch.no_grad():
         for path in shard_paths(prepared_dir, "train", manifest):
             for rb in pq.ParquetFile(path).iter_batches(batch_size, columns=["pair_id", "department", "q_input_ids"]):
@@ -76,7 +79,7 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
                 for sid in special:
                     content &= ids != sid
                 ent_all.append(_masked_entropy(teacher, ids, mask, content, t["mask_token_id"], mlm_prob, g, device))
-                h = teacher.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.cpu()
+                h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.cpu()
                 m = content.unsqueeze(-1).float()
                 emb_all.append(((h * m).sum(1) / m.sum(1).clamp_min(1.0)) @ proj)
                 ids_all.extend(cols["pair_id"].tolist())

@@ -24,8 +24,9 @@ from . import losses as L
 from .weighting import FixedWeights, GradNormWeights
 from ..models.mapping import layer_map
 from ..models.modules import DomainAwareFusion, StructuralProjection
+from ..models.families import ModelFamily, family_of
+from ..models.families import family as get_family
 from ..models.student import Student
-from ..models.teacher import mask_tokens
 from ..registry import METHODS
 
 
@@ -53,11 +54,12 @@ class TokenIds:
 
 
 def make_inputs(batch: dict, tokens: TokenIds, generator: torch.Generator | None = None, corrupt: bool = False,
-                mlm_prob: float = 0.15, vocab_size: int | None = None) -> dict:
+                mlm_prob: float = 0.15, vocab_size: int | None = None, family: ModelFamily | None = None) -> dict:
     """Stack a batch's questions and answers into one set of 2b sequences.
 
     Returns ``ids, mask`` [2b, t], ``content`` (real non-special tokens), ``department`` [2b], and with
-    ``corrupt`` the MLM-corrupted ``input_ids`` and ``chosen`` positions (else ``input_ids`` = ids).
+    ``corrupt`` the ``family``'s task corruption (default ``masked_lm``: BERT masking at ``mlm_prob``)
+    as ``input_ids`` and the ``chosen`` positions the task loss is taken at (else ``input_ids`` = ids).
     """
     q, a = batch["q_input_ids"], batch["a_input_ids"]
     width = max(q.shape[1], a.shape[1])
@@ -75,7 +77,8 @@ def make_inputs(batch: dict, tokens: TokenIds, generator: torch.Generator | None
         if vocab_size is None:
             raise ValueError("make_inputs: corrupt=True needs vocab_size")
         gen = generator or torch.Generator().manual_seed(0)
-        corrupted, chosen = mask_tokens(ids.cpu(), mask.cpu(), tokens.mask, vocab_size, mlm_prob, gen, tokens.special)
+        corrupted, chosen = (family or get_family()).corrupt(ids.cpu(), mask.cpu(), tokens.special, tokens.mask,
+                                                            vocab_size, mlm_prob, gen)
         out["input_ids"], out["chosen"] = corrupted.to(ids.device), chosen.to(ids.device)
     return out
 
@@ -85,9 +88,9 @@ def _linear_or_identity(d_in: int, d_out: int) -> nn.Module:
 
 
 def attention_inputs(model, hidden_in: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Query, key and value vectors [b, t, d] of BERT layer ``layer`` (1-based) for its input states."""
-    attn = model.base_model.encoder.layer[layer - 1].attention.self
-    return attn.query(hidden_in), attn.key(hidden_in), attn.value(hidden_in)
+    """Query, key and value vectors [b, t, d] of block ``layer`` (1-based) for its input states (the
+    model's family knows where they are)."""
+    return family_of(model).attention_inputs(model, hidden_in, layer)
 
 
 def _heads(model) -> int:
@@ -120,6 +123,7 @@ class DistillMethod(nn.Module):
         self.s_hidden = student.config.hidden_size
         self.weighting = GradNormWeights(weights) if dynamic_weights else FixedWeights(weights)
         self.progress = 0.0
+        self.family = student.family  # the task loss and corruption of the student's model family
 
     # -- teacher side ------------------------------------------------------------------------------------
     def teacher_layers(self) -> list[int]:
@@ -260,8 +264,7 @@ class NoDistill(DistillMethod):
         return {}
 
     def losses(self, inputs, targets, out):
-        chosen = inputs["chosen"]
-        return {"mlm": F.cross_entropy(out.logits[chosen], inputs["ids"][chosen])}
+        return {"mlm": self.family.task_loss(out.logits, inputs["ids"], inputs["chosen"])}
 
 
 @METHODS.register("tinybert")
@@ -433,7 +436,7 @@ class DDK(DistillMethod):
                     break
                 used += batch["q_input_ids"].shape[0]
                 inputs = make_inputs({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}, tokens, gen,
-                                     corrupt=True, vocab_size=vocab_size)
+                                     corrupt=True, vocab_size=vocab_size, family=self.family)
                 chosen = inputs["chosen"]
                 if not chosen.any():
                     continue

@@ -1,24 +1,20 @@
-"""The student: a BERT masked-LM with L_S layers built from the teacher's config, initialised from
-the teacher's mapped layers when the widths match, plus (for the structural method) the
-multi-granularity aggregation that gives its output representation Y."""
+"""The student: a model of the teacher's family and class with L_S layers built from the teacher's
+config (a BERT masked-LM for ``masked_lm``), initialised from the teacher's mapped layers when the
+widths match, plus (for the structural method) the multi-granularity aggregation that gives its
+output representation Y."""
 
 from __future__ import annotations
-
-import copy
-import re
 
 import torch
 import torch.nn as nn
 
+from .families import family_of
 from .mapping import layer_map
 from .modules import MultiGranularityAggregation
 
 
-_LAYER_KEY = re.compile(r"encoder\.layer\.(\d+)\.")
-
-
 class Student(nn.Module):
-    """A masked-LM encoder and its output representation.
+    """A model of one family (``mlm``: its HF model with the task head) and its output representation.
 
     ``encode`` is the student alone (what every metric measures): (last hidden [b, t, d], Y [b, d]);
     Y is the aggregation when present, else the masked mean of the last layer.
@@ -28,13 +24,14 @@ class Student(nn.Module):
         super().__init__()
         self.mlm = mlm
         self.aggregation = aggregation
+        self.family = family_of(mlm)
 
     @property
     def config(self):
         return self.mlm.config
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_hidden_states=True):
-        """The HF masked-LM output (``logits``, ``hidden_states``) for ids or input embeddings."""
+        """The HF model's output (``logits``, ``hidden_states``) for ids or input embeddings."""
         return self.mlm(input_ids=None if inputs_embeds is not None else input_ids, attention_mask=attention_mask,
                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states)
 
@@ -51,7 +48,7 @@ class Student(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden layer [b, t, d], output representation Y [b, d]) of the student alone."""
-        h = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        h = self.family.backbone(self.mlm)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return h, self.represent(h, attention_mask)
 
 
@@ -59,22 +56,18 @@ def build_student(teacher: nn.Module, layers: int, hidden: int | None = None, he
                   intermediate: int | None = None, aggregation: bool = False, init_from_teacher: bool = True) -> Student:
     """A Student with ``layers`` layers from the teacher's config (optionally narrower).
 
-    With the teacher's width, embeddings, MLM head and layer i ← teacher layer g(i) of the uniform
+    With the teacher's width, embeddings, task head and layer i ← teacher layer g(i) of the uniform
     map are copied; otherwise the student starts from random initialisation.
     """
-    cfg = copy.deepcopy(teacher.config)
-    cfg.num_hidden_layers = layers
-    if hidden is not None and hidden != cfg.hidden_size:
-        cfg.hidden_size = hidden
-        cfg.num_attention_heads = heads or max(1, hidden // 64)
-        cfg.intermediate_size = intermediate or 4 * hidden
-    mlm = type(teacher)(cfg)
+    family = family_of(teacher)
+    mlm = family.student_like(teacher, layers, hidden, heads, intermediate)
+    cfg = mlm.config
     if init_from_teacher and cfg.hidden_size == teacher.config.hidden_size:
         source = {i - 1: g - 1 for i, g in layer_map(teacher.config.num_hidden_layers, layers)}
         t_sd = teacher.state_dict()
         s_sd = mlm.state_dict()
         for name in s_sd:
-            m = _LAYER_KEY.search(name)
+            m = family.layer_key.search(name)
             src = name if m is None else f"{name[:m.start(1)]}{source[int(m.group(1))]}{name[m.end(1):]}"
             if src in t_sd and t_sd[src].shape == s_sd[name].shape:
                 s_sd[name] = t_sd[src]

@@ -1,5 +1,5 @@
-"""The teacher: load an HF masked-LM (directory or hub id; safetensors, no remote code), build one
-from a config, and domain-adapt it (continued MLM + question↔answer contrastive training).
+"""The teacher: load an HF model of a family (directory or hub id; safetensors, no remote code), build
+one from a config, and domain-adapt it (continued MLM + question↔answer contrastive training).
 
 ``python -m raykd.models.teacher adapt --data PREPARED_DIR --out DIR [--from SPEC] [--steps N]``
 """
@@ -20,45 +20,28 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_directory
 from ..errors import RaykdError
+from .families import DEFAULT, TeacherShape, family_of
+from .families import family as get_family
+from .families.masked_lm import mask_tokens  # noqa: F401 (re-exported: the masked-LM corruption)
 
 
-@dataclass
-class TeacherShape:
-    """Size of a teacher built from a config (a BERT encoder with an MLM head)."""
-
-    layers: int = 6
-    hidden: int = 128
-    heads: int = 4
-    intermediate: int = 512
-    max_position: int = 512
-
-
-def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0):
-    """A randomly initialised ``BertForMaskedLM`` of ``shape`` (seeded)."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    if shape.hidden % shape.heads:
-        raise RaykdError(f"teacher: hidden {shape.hidden} is not divisible by heads {shape.heads}")
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
-                     num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
-                     max_position_embeddings=shape.max_position, pad_token_id=pad_token_id)
+def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0, family: str = DEFAULT):
+    """A randomly initialised teacher of ``shape`` in model ``family`` (a ``BertForMaskedLM`` for
+    ``masked_lm``), seeded."""
     torch.manual_seed(seed)
-    return BertForMaskedLM(cfg)
+    return get_family(family).build(shape, vocab_size, pad_token_id)
 
 
-def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | None = None):
-    """Load a masked-LM teacher from an HF directory or hub id with safetensors weights only and,
-    unless the YAML asked for it together with a pinned ``revision``, ``trust_remote_code=False``;
+def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | None = None, family: str = DEFAULT):
+    """Load a teacher of model ``family`` from an HF directory or hub id with safetensors weights only
+    and, unless the YAML asked for it together with a pinned ``revision``, ``trust_remote_code=False``;
     raises RaykdError with the reason when it cannot."""
-    from transformers import AutoModelForMaskedLM
-
     if trust_remote_code and not revision:
         raise RaykdError(f"teacher {spec}: trust_remote_code needs a pinned revision")
     if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
         raise RaykdError(f"teacher {spec}: no such directory")
     try:
-        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
-                                                    use_safetensors=True)
+        return get_family(family).load(spec, trust_remote_code=trust_remote_code, revision=revision)
     except Exception as e:  # transformers raises OSError/ValueError/hub errors
         raise RaykdError(f"teacher {spec}: cannot load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
@@ -78,37 +61,6 @@ class AdaptSettings:
     max_length: int = 128
     seed: int = 0
     threads: int = 0
-
-
-def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, vocab_size: int, prob: float,
-                generator: torch.Generator, special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)):
-    """BERT MLM corruption: choose ``prob`` of the real, non-special tokens; 80 % → [MASK], 10 % →
-    a random non-special token of the vocabulary, 10 % kept. Returns (corrupted ids, chosen-position
-    mask)."""
-    eligible = attention_mask.bool()
-    for s in special_ids:
-        eligible &= ids != s
-    chosen = (torch.rand(ids.shape, generator=generator) < prob) & eligible
-    roll = torch.rand(ids.shape, generator=generator)
-    out = ids.clone()
-    out[chosen & (roll < 0.8)] = mask_id
-    rand = chosen & (roll >= 0.8) & (roll < 0.9)
-    allowed = _non_special(vocab_size, tuple(special_ids))
-    out[rand] = allowed[torch.randint(len(allowed), (int(rand.sum()),), generator=generator)]
-    return out, chosen
-
-
-_NON_SPECIAL: dict = {}
-
-
-def _non_special(vocab_size: int, special_ids: tuple[int, ...]) -> torch.Tensor:
-    """The token ids of a vocabulary that are not special (cached per vocabulary and specials)."""
-    key = (vocab_size, special_ids)
-    if key not in _NON_SPECIAL:
-        keep = torch.ones(vocab_size, dtype=torch.bool)
-        keep[[i for i in special_ids if 0 <= i < vocab_size]] = False
-        _NON_SPECIAL[key] = keep.nonzero().squeeze(1)
-    return _NON_SPECIAL[key]
 
 
 def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +90,7 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)) * max(0.0, 1 - s / max(1, settings.steps)))
     vocab = model.config.vocab_size
+    fam = family_of(model)
     model.train()
     history, t0 = [], time.monotonic()
     order = torch.randperm(len(pairs), generator=g)
@@ -153,10 +106,10 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
         ids = torch.cat([F.pad(q_ids, (0, width - q_ids.shape[1]), value=tok_ids["pad"]),
                          F.pad(a_ids, (0, width - a_ids.shape[1]), value=tok_ids["pad"])])
         mask = torch.cat([F.pad(q_mask, (0, width - q_mask.shape[1])), F.pad(a_mask, (0, width - a_mask.shape[1]))])
-        corrupted, chosen = mask_tokens(ids, mask, tok_ids["mask"], vocab, settings.mlm_prob, g, tok_ids["special"])
+        corrupted, chosen = fam.corrupt(ids, mask, tok_ids["special"], tok_ids["mask"], vocab, settings.mlm_prob, g)
         out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
-        mlm = F.cross_entropy(out.logits[chosen], ids[chosen]) if chosen.any() else out.logits.sum() * 0
-        clean = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        mlm = fam.task_loss(out.logits, ids, chosen) if chosen.any() else out.logits.sum() * 0
+        clean = fam.backbone(model)(input_ids=ids, attention_mask=mask).last_hidden_state
         y = F.normalize(_mean(clean, mask), dim=-1)
         b = len(idx)
         sim = y[:b] @ y[b:].T / settings.temperature

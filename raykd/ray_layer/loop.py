@@ -276,7 +276,7 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     batch = {k: v.to(w.device, non_blocking=True) for k, v in batch.items()}
     core.set_progress(state.step / t.steps)
     inputs = make_inputs(batch, run.tokens, state.gen, corrupt=core.uses_mlm,
-                         vocab_size=run.teacher.config.vocab_size)
+                         vocab_size=run.teacher.config.vocab_size, family=core.family)
     last_micro = (meter.micro + 1) % t.grad_accum == 0
     no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync")
     with state.model.no_sync() if no_sync else nullcontext():

@@ -1,0 +1,29 @@
+"""Model families (registry ``FAMILIES``): one module per architecture family, each implementing
+``base.ModelFamily``. Adding a family = one module + one registration here."""
+
+from __future__ import annotations
+
+from ...registry import Registry
+from .base import INTERFACE, ModelFamily, TeacherShape
+from .masked_lm import MaskedLM
+
+FAMILIES = Registry("model family")
+FAMILIES.register(MaskedLM.name)(MaskedLM())
+DEFAULT = MaskedLM.name
+
+__all__ = ["FAMILIES", "INTERFACE", "ModelFamily", "TeacherShape", "family", "family_of"]
+
+
+def family(name: str = DEFAULT) -> ModelFamily:
+    """The registered family ``name`` (RaykdError naming the allowed ones otherwise)."""
+    return FAMILIES.get(name)
+
+
+def family_of(model) -> ModelFamily:
+    """The family an HF model (or a raykd Student, through its ``mlm``) belongs to."""
+    model = getattr(model, "mlm", model)
+    for name in FAMILIES.names():
+        f = FAMILIES.get(name)
+        if f.matches(model):
+            return f
+    raise ValueError(f"{type(model).__name__}: no registered model family matches it ({', '.join(FAMILIES.names())})")

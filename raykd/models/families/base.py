@@ -1,0 +1,75 @@
+"""The model-family interface: everything raykd needs that depends on one architecture family (where
+layers and attention live, the task loss and its input corruption, special tokens, how a student is
+cut from a teacher, what latency times, the export format). Nothing outside a family module branches
+on the family. Pure torch + transformers, no Ray."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class TeacherShape:
+    """Size of a teacher built from a config (randomly initialised, for tests and the generated corpus)."""
+
+    layers: int = 6
+    hidden: int = 128
+    heads: int = 4
+    intermediate: int = 512
+    max_position: int = 512
+
+
+class ModelFamily:
+    """One architecture family. Subclasses implement every method; ``FAMILIES`` holds one instance each."""
+
+    name: str = ""
+    layer_key: re.Pattern  # matches a state-dict key of transformer block i; group 1 is i (0-based)
+    export_classes: tuple[str, ...] = ()  # the transformers Auto classes that load an exported student
+
+    def matches(self, model: nn.Module) -> bool:
+        """Whether ``model`` (an HF model) belongs to this family."""
+        raise NotImplementedError
+
+    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0) -> nn.Module:
+        """A randomly initialised model of ``shape`` (the caller seeds torch)."""
+        raise NotImplementedError
+
+    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None) -> nn.Module:
+        """The model in an HF directory or hub id (safetensors only); raises on failure."""
+        raise NotImplementedError
+
+    def student_like(self, teacher: nn.Module, layers: int, hidden: int | None = None, heads: int | None = None,
+                     intermediate: int | None = None) -> nn.Module:
+        """A fresh model of the teacher's class and config with ``layers`` blocks (and optionally a
+        narrower width: ``heads`` default width/64, ``intermediate`` 4·width), randomly initialised."""
+        raise NotImplementedError
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        """The trunk without the task head (``last_hidden_state``): what encodes, and what latency times."""
+        raise NotImplementedError
+
+    def attention_inputs(self, model: nn.Module, hidden_in: torch.Tensor, layer: int):
+        """(query, key, value) [b, t, d] of block ``layer`` (1-based) for its input states."""
+        raise NotImplementedError
+
+    def corrupt(self, ids: torch.Tensor, mask: torch.Tensor, special_ids: tuple[int, ...], mask_id: int,
+                vocab_size: int, prob: float, generator: torch.Generator):
+        """The task's input corruption: (model input ids, positions the task loss is taken at [bool])."""
+        raise NotImplementedError
+
+    def task_loss(self, logits: torch.Tensor, ids: torch.Tensor, chosen: torch.Tensor,
+                  reduction: str = "mean") -> torch.Tensor:
+        """The task loss at the ``chosen`` positions (nats per token): logits [n, t, V], true ids [n, t]."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, out) -> None:
+        """Write ``model`` as a plain HF directory (safetensors) that ``export_classes`` load."""
+        raise NotImplementedError
+
+
+INTERFACE = ("matches", "build", "load", "student_like", "backbone", "attention_inputs", "corrupt", "task_loss",
+             "save")

@@ -1,0 +1,97 @@
+"""The ``masked_lm`` family: BERT-style encoders with a masked-LM head (``BertForMaskedLM`` and what
+``AutoModelForMaskedLM`` loads). Task: masked-LM on BERT's 80/10/10 corruption."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...errors import RaykdError
+from .base import ModelFamily, TeacherShape
+
+
+def mask_tokens(ids: torch.Tensor, attention_mask: torch.Tensor, mask_id: int, vocab_size: int, prob: float,
+                generator: torch.Generator, special_ids: tuple[int, ...] = (0, 1, 2, 3, 4)):
+    """BERT MLM corruption: choose ``prob`` of the real, non-special tokens; 80 % → [MASK], 10 % →
+    a random non-special token of the vocabulary, 10 % kept. Returns (corrupted ids, chosen-position
+    mask)."""
+    eligible = attention_mask.bool()
+    for s in special_ids:
+        eligible &= ids != s
+    chosen = (torch.rand(ids.shape, generator=generator) < prob) & eligible
+    roll = torch.rand(ids.shape, generator=generator)
+    out = ids.clone()
+    out[chosen & (roll < 0.8)] = mask_id
+    rand = chosen & (roll >= 0.8) & (roll < 0.9)
+    allowed = _non_special(vocab_size, tuple(special_ids))
+    out[rand] = allowed[torch.randint(len(allowed), (int(rand.sum()),), generator=generator)]
+    return out, chosen
+
+
+_NON_SPECIAL: dict = {}
+
+
+def _non_special(vocab_size: int, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """The token ids of a vocabulary that are not special (cached per vocabulary and specials)."""
+    key = (vocab_size, special_ids)
+    if key not in _NON_SPECIAL:
+        keep = torch.ones(vocab_size, dtype=torch.bool)
+        keep[[i for i in special_ids if 0 <= i < vocab_size]] = False
+        _NON_SPECIAL[key] = keep.nonzero().squeeze(1)
+    return _NON_SPECIAL[key]
+
+
+class MaskedLM(ModelFamily):
+    name = "masked_lm"
+    layer_key = re.compile(r"encoder\.layer\.(\d+)\.")
+    export_classes = ("AutoModel", "AutoModelForMaskedLM")
+
+    def matches(self, model):
+        return hasattr(getattr(model, "base_model", None), "encoder") and not model.config.is_decoder \
+            and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
+
+    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0):
+        from transformers import BertConfig, BertForMaskedLM
+
+        if shape.hidden % shape.heads:
+            raise RaykdError(f"teacher: hidden {shape.hidden} is not divisible by heads {shape.heads}")
+        cfg = BertConfig(vocab_size=vocab_size, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                         num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                         max_position_embeddings=shape.max_position, pad_token_id=pad_token_id)
+        return BertForMaskedLM(cfg)
+
+    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None):
+        from transformers import AutoModelForMaskedLM
+
+        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
+                                                    use_safetensors=True)
+
+    def student_like(self, teacher, layers, hidden=None, heads=None, intermediate=None):
+        cfg = copy.deepcopy(teacher.config)
+        cfg.num_hidden_layers = layers
+        if hidden is not None and hidden != cfg.hidden_size:
+            cfg.hidden_size = hidden
+            cfg.num_attention_heads = heads or max(1, hidden // 64)
+            cfg.intermediate_size = intermediate or 4 * hidden
+        return type(teacher)(cfg)
+
+    def backbone(self, model):
+        return model.base_model
+
+    def attention_inputs(self, model, hidden_in, layer):
+        attn = model.base_model.encoder.layer[layer - 1].attention.self
+        return attn.query(hidden_in), attn.key(hidden_in), attn.value(hidden_in)
+
+    def corrupt(self, ids, mask, special_ids, mask_id, vocab_size, prob, generator):
+        return mask_tokens(ids, mask, mask_id, vocab_size, prob, generator, special_ids)
+
+    def task_loss(self, logits, ids, chosen, reduction="mean"):
+        return F.cross_entropy(logits[chosen], ids[chosen], reduction=reduction)
+
+    def save(self, model: nn.Module, out) -> None:
+        model.save_pretrained(os.fspath(out), safe_serialization=True)
