@@ -1,8 +1,8 @@
 """The anchors' ``kd_task`` workload (../shared/anchors) run as raykd trials, for ``bench.py study``.
 
-Each trial is what ``raykd.trial.run_trial`` makes of a raykd trial, with the anchors' models, data,
+Each trial is what ``raykd.ray_layer.trial.run_trial`` makes of a raykd trial, with the anchors' models, data,
 optimiser and steps in place of raykd's objective: a Tune function trainable that fits
-``raykd.trial.trainer_for``'s ``TorchTrainer`` (local mode in a reused actor, or a worker group)
+``raykd.ray_layer.trial.trainer_for``'s ``TorchTrainer`` (local mode in a reused actor, or a worker group)
 over the study's Ray Data dataset of the anchor's training rows (built before the timed study, as
 the anchors build their data before theirs); its worker function trains and reports the held-out
 loss with a safetensors checkpoint through raykd's reporters. The worker process imports this

@@ -1,16 +1,11 @@
 """The time-sliced `overhead` comparison's arithmetic: only steps that began and ended inside a slice
 count, and steps that also span other work are dropped."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-pytestmark = pytest.mark.unit
+from benchmarks import overhead as bench
 
-_spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[2] / "scripts" / "bench.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+pytestmark = pytest.mark.unit
 
 
 def test_slice_rates_count_only_whole_steps_inside_each_slice():
