@@ -67,6 +67,7 @@ class DataConfig:
     max_length: int = 64
     tokenizer: str = "train:8000"
     work_dir: str = ".raykd/data"
+    train_pairs: int | None = None  # the train split's size for --dry-run when the prepared data is not readable here
 
 
 @dataclass

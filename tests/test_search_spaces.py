@@ -24,7 +24,12 @@ def test_every_search_space_loads(path):
 
 def test_paper_setting_is_the_papers():
     c = load_config(SPACES[[p.stem for p in SPACES].index("paper")])
-    assert (c.teacher.shape.layers, c.student.layers, c.teacher.shape.hidden, c.data.max_length) == (24, 6, 768, 512)
+    # 24 → 6 layers at length 512 from a pretrained Chinese encoder (#23). The paper's width is 768; the
+    # public 24-layer Chinese encoder is 1024 wide (hfl/chinese-roberta-wwm-ext-large), recorded here.
+    assert (c.teacher.shape.layers, c.student.layers, c.data.max_length) == (24, 6, 512)
+    assert c.teacher.spec == "hfl/chinese-roberta-wwm-ext-large" and c.teacher.revision
+    assert (c.teacher.shape.hidden, c.teacher.shape.heads, c.teacher.shape.intermediate) == (1024, 16, 4096)
+    assert c.data.train_pairs == 160_000
     assert (c.train.batch_size, c.train.lr, c.train.precision, c.train.grad_accum, c.train.num_workers) == \
         (64, 2e-4, "fp16", 2, 4)
 

@@ -38,6 +38,12 @@ def scores_key(teacher_id: str, manifest: dict, mlm_prob: float = 0.15, seed: in
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def scores_dir(prepared_dir: str | Path, teacher_id: str, manifest: dict, mlm_prob: float = 0.15, seed: int = 0) -> Path:
+    """Where the scores of this teacher on this data live (``PREPARED/scores/<key>``; complete when
+    ``scores.parquet`` exists)."""
+    return Path(prepared_dir).absolute() / "scores" / scores_key(teacher_id, manifest, mlm_prob, seed)
+
+
 def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_size: int = 64, mlm_prob: float = 0.15,
                    seed: int = 0, log=print) -> Path:
     """Run the teacher once over the train split and write its scores; returns the scores directory.
@@ -50,8 +56,8 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
     from raykd.data.collate import PairCollate
 
     manifest = load_manifest(prepared_dir)
-    key = scores_key(teacher_id, manifest, mlm_prob, seed)
-    out = Path(prepared_dir).absolute() / "scores" / key
+    out = scores_dir(prepared_dir, teacher_id, manifest, mlm_prob, seed)
+    key = out.name
     if (out / "scores.parquet").exists():
         log(f"[scores] reusing {out}")
         return out

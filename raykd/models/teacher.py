@@ -80,9 +80,11 @@ def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict, settings: AdaptSettings,
-                  log=print) -> dict:
-    """Train ``model`` in place on QA pairs of token ids: MLM on both sides + in-batch InfoNCE between
-    the masked-mean representations of each question and its answer. Returns loss history (dict)."""
+                  log=print, device: str | torch.device = "cpu") -> dict:
+    """Train ``model`` in place on ``device`` on QA pairs of token ids: MLM on both sides + in-batch
+    InfoNCE between the masked-mean representations of each question and its answer (batches drawn
+    and corrupted on the CPU with a seeded generator, so any device sees the same inputs). Returns
+    the loss history (dict); the model is left on ``device``."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     g = torch.Generator().manual_seed(settings.seed)
@@ -91,7 +93,7 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
         opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)) * max(0.0, 1 - s / max(1, settings.steps)))
     vocab = model.config.vocab_size
     fam = family_of(model)
-    model.train()
+    model.to(device).train()
     history, t0 = [], time.monotonic()
     order = torch.randperm(len(pairs), generator=g)
     pos = 0
@@ -107,13 +109,14 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
                          F.pad(a_ids, (0, width - a_ids.shape[1]), value=tok_ids["pad"])])
         mask = torch.cat([F.pad(q_mask, (0, width - q_mask.shape[1])), F.pad(a_mask, (0, width - a_mask.shape[1]))])
         corrupted, chosen = fam.corrupt(ids, mask, tok_ids["special"], tok_ids["mask"], vocab, settings.mlm_prob, g)
+        ids, mask, corrupted, chosen = ids.to(device), mask.to(device), corrupted.to(device), chosen.to(device)
         out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
         mlm = fam.task_loss(out.logits, ids, chosen) if chosen.any() else out.logits.sum() * 0
         clean = fam.backbone(model)(input_ids=ids, attention_mask=mask).last_hidden_state
         y = F.normalize(_mean(clean, mask), dim=-1)
         b = len(idx)
         sim = y[:b] @ y[b:].T / settings.temperature
-        target = torch.arange(b)
+        target = torch.arange(b, device=device)
         con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
         loss = mlm + settings.contrastive_weight * con
         opt.zero_grad(set_to_none=True)
@@ -137,11 +140,19 @@ def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settin
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def is_adapted(out: str | Path, key: str) -> bool:
+    """Whether ``out`` holds the adapted teacher of ``key`` (see ``adapt_key``)."""
+    stamp = Path(out).absolute() / "raykd_adapt.json"
+    return stamp.exists() and json.loads(stamp.read_text()).get("key") == key and \
+        (Path(out).absolute() / "model.safetensors").exists()
+
+
 def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape: TeacherShape | None = None,
-                   settings: AdaptSettings | None = None, log=print) -> Path:
-    """Domain-adapt a teacher on a prepared directory's train split and save it (safetensors + tokenizer)
-    to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None to build from ``shape``.
-    Reuses ``out`` when it holds the result of the same inputs and settings; writes atomically."""
+                   settings: AdaptSettings | None = None, log=print, device: str = "cpu") -> Path:
+    """Domain-adapt a teacher on ``device`` on a prepared directory's train split and save it
+    (safetensors + tokenizer) to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None
+    to build from ``shape``. Reuses ``out`` when it holds the result of the same inputs and settings;
+    writes atomically."""
     from ..data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
 
     settings = settings or AdaptSettings()
@@ -149,8 +160,7 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     manifest = load_manifest(prepared_dir)
     key = adapt_key(manifest["key"], source or "config", shape, settings)
     out_p = Path(out).absolute()
-    stamp = out_p / "raykd_adapt.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key and (out_p / "model.safetensors").exists():
+    if is_adapted(out_p, key):
         log(f"[adapt] reusing {out_p} (same data, teacher and settings)")
         return out_p
     import pyarrow.parquet as pq
@@ -172,14 +182,15 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     pairs = list(zip(table.column("q_input_ids").to_pylist(), table.column("a_input_ids").to_pylist()))
     log(f"[adapt] {len(pairs):,} train pairs · {settings.steps} steps · batch {settings.batch_size}")
     t0 = time.monotonic()
-    history = adapt_teacher(model, pairs, tok_ids, settings, log)
+    history = adapt_teacher(model, pairs, tok_ids, settings, log, device=device)
+    model.to("cpu")
     with atomic_directory(out_p) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         (tmp / "raykd_adapt.json").write_text(json.dumps({
             "key": key, "data": str(Path(prepared_dir).absolute()), "data_key": manifest["key"],
             "from": source or "config", "shape": asdict(shape) if shape else None, "settings": asdict(settings),
-            "seconds": time.monotonic() - t0, "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
+            "seconds": time.monotonic() - t0, "device": str(device), "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
             "final_contrastive": sum(history["contrastive"][-50:]) / len(history["contrastive"][-50:])}, indent=1))
     log(f"[adapt] saved {out_p} in {time.monotonic() - t0:.0f} s")
     return out_p

@@ -12,7 +12,7 @@ import sys
 from raykd import config as C
 from raykd.errors import RaykdError
 from raykd.ray_layer.cluster import init_ray
-from raykd.ray_layer.inputs import log, prepare_inputs, teacher_cache_for
+from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = prepare_inputs(cfg)
         ray, started = init_ray(args.address)
         try:
+            complete_inputs(cfg, plan)
             cache = teacher_cache_for(cfg, plan, force=True, max_gb=args.max_gb)
         finally:
             if started:

@@ -19,10 +19,12 @@ def log(msg: str) -> None:
 
 
 def prepare_inputs(cfg: C.Config) -> dict:
-    """Driver-side, content-addressed inputs shared by every trial: the prepared data (synth → prepare),
-    the (domain-adapted) teacher, and sampler scores when a scored sampler may run. Returns the plan."""
+    """The study's inputs that the driver prepares itself, content-addressed: the prepared data
+    (generated corpus → tokenized shards, or a prepared directory verified shard by shard), and the
+    teacher it will use (a spec checked against the data, or the directory its adaptation goes to).
+    Returns the plan; ``complete_inputs`` then does the heavy part on the cluster."""
     from raykd.data.shards import PrepareSettings, load_manifest, prepare
-    from raykd.models.teacher import AdaptSettings, TeacherShape, adapt_key, adapt_prepared, load_teacher
+    from raykd.models.teacher import AdaptSettings, TeacherShape, adapt_key
 
     work = Path(cfg.data.work_dir).absolute()
     if cfg.data.prepared:
@@ -39,13 +41,14 @@ def prepare_inputs(cfg: C.Config) -> dict:
                                            max_length=cfg.data.max_length))
     sh = cfg.teacher.shape
     shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate, max_position=max(cfg.data.max_length, 64))
+    adapt = None
     if cfg.teacher.adapt is not None:
         a = cfg.teacher.adapt
         settings = AdaptSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=cfg.data.max_length,
                                  threads=os.cpu_count() or 1)
         key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings)
         teacher = str(work / "teachers" / key[:16])
-        adapt_prepared(prepared, teacher, cfg.teacher.spec, shape, settings, log=log)
+        adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings}
     elif cfg.teacher.spec:
         teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
         check_teacher_matches_data(teacher, prepared, manifest, cfg.teacher.trust_remote_code, cfg.teacher.revision)
@@ -53,15 +56,86 @@ def prepare_inputs(cfg: C.Config) -> dict:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
     teacher_load = {"trust_remote_code": cfg.teacher.trust_remote_code, "revision": cfg.teacher.revision} \
         if cfg.teacher.spec and cfg.teacher.adapt is None else {}
-    samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
-    scores = None
-    if samplers & set(SCORED_SAMPLERS):
-        from raykd.data.sampling import compute_scores
-
-        scores = str(compute_scores(prepared, load_teacher(teacher, **teacher_load), key, log=log))
     return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_load": teacher_load,
-            "teacher_key": key, "data_key": manifest["key"], "scores": scores,
+            "teacher_key": key, "data_key": manifest["key"], "scores": None, "adapt": adapt,
             "plugin_paths": C.plugin_paths(cfg.plugins)}
+
+
+def complete_inputs(cfg: C.Config, plan: dict) -> dict:
+    """The heavy inputs, each a Ray task on a GPU when the cluster has one (``run_heavy``), skipped
+    when already on disk: the teacher's domain adaptation and, when a scored sampler may run, its
+    scoring pass over the train split. Returns the plan, complete (``adapt`` removed, ``scores`` set)."""
+    from raykd.data.sampling import scores_dir
+    from raykd.data.shards import load_manifest
+    from raykd.models.teacher import is_adapted
+
+    adapt = plan.pop("adapt", None)
+    if adapt is not None:
+        if is_adapted(plan["teacher"], plan["teacher_key"]):
+            log(f"[adapt] reusing {plan['teacher']} (same data, teacher and settings)")
+        else:
+            run_heavy(_adapt_task, plan["prepared"], plan["teacher"], adapt["source"], adapt["shape"],
+                      adapt["settings"], what="teacher adaptation")
+    samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
+    if samplers & set(SCORED_SAMPLERS):
+        out = scores_dir(plan["prepared"], plan["teacher_key"], load_manifest(plan["prepared"]))
+        if (out / "scores.parquet").exists():
+            log(f"[scores] reusing {out}")
+        else:
+            out = run_heavy(_scores_task, plan["prepared"], plan["teacher"], plan["teacher_load"], plan["teacher_key"],
+                            what="sampler scoring")
+        plan["scores"] = str(out)
+    return plan
+
+
+def run_heavy(fn, *args, what: str):
+    """``fn(*args, device=…, log=…)`` as a Ray task that takes a GPU when the cluster has one (else
+    one CPU: the task sets its own torch threads); its log lines are printed here as they come.
+    Returns its result; its error is raised here."""
+    import ray
+    from ray.util.queue import Queue
+
+    gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    log(f"[inputs] {what}: a Ray task on {'a GPU' if gpu else 'CPU (the cluster has no GPU)'}")
+    lines = Queue()
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(_logged)
+    ref = task.remote(fn, lines, *args)
+    try:
+        while True:
+            done, _ = ray.wait([ref], timeout=1.0)
+            while not lines.empty():
+                log(lines.get_nowait())
+            if done:
+                return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, RaykdError):  # bad input found in the task: the usual one-line error
+            raise e.cause from None
+        raise
+    finally:
+        ray.kill(lines.actor)
+
+
+def _logged(fn, lines, *args):
+    """Inside the task: the device (CUDA when Ray gave this task a GPU) and a log into ``lines``."""
+    import torch
+
+    return fn(*args, device="cuda" if torch.cuda.is_available() else "cpu", log=lines.put)
+
+
+def _adapt_task(prepared: str, out: str, source, shape, settings, device: str, log):
+    from raykd.models.teacher import adapt_prepared
+
+    return adapt_prepared(prepared, out, source, shape, settings, log=log, device=device)
+
+
+def _scores_task(prepared: str, teacher: str, teacher_load: dict, key: str, device: str, log):
+    import torch
+
+    from raykd.data.sampling import compute_scores
+    from raykd.models.teacher import load_teacher
+
+    torch.set_num_threads(os.cpu_count() or 1)  # Ray sets OMP_NUM_THREADS=1 in its workers
+    return compute_scores(prepared, load_teacher(teacher, **teacher_load).to(device), key, log=log)
 
 
 def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykd import config as C
+from raykd.budget import budget_text
 from raykd.errors import RaykdError
 from raykd.ray_layer.cluster import init_ray
-from raykd.ray_layer.inputs import log, prepare_inputs, teacher_cache_for
+from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
@@ -165,8 +166,24 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         "references: " + (f"no_distill × {len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds))} seed(s) "
                           "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),
         f"results: {join(storage, name)}",
+        budget_text(cfg, *train_split_size(cfg)),
     ]
     return "\n".join(lines)
+
+
+def train_split_size(cfg: C.Config) -> tuple[int | None, str]:
+    """(training pairs, where that figure comes from): the prepared manifest when it is readable here
+    (``data.prepared``, or the generated corpus already prepared in the work dir), else
+    ``data.train_pairs`` as declared, else (None, "")."""
+    from raykd.data.shards import load_manifest
+
+    d = cfg.data
+    where = Path(d.prepared) if d.prepared else \
+        Path(d.work_dir) / f"prepared-{d.synth.dialogs}-{d.synth.seed}-{d.max_length}"
+    try:
+        return int(load_manifest(str(where))["splits"]["train"]["rows"]), f"{where}/manifest.json"
+    except Exception:  # not prepared here (a cluster path, or not generated yet)
+        return (d.train_pairs, "data.train_pairs, as declared") if d.train_pairs else (None, "")
 
 
 def set_aside_previous(storage: str, name: str) -> list[str]:
@@ -423,6 +440,7 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
     ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
     try:
+        complete_inputs(cfg, plan)
         plan["cache"] = teacher_cache_for(cfg, plan)
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up

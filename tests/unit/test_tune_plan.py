@@ -19,6 +19,7 @@ from tests.unit.test_models_methods import TOK, tiny_teacher
 
 pytestmark = pytest.mark.unit
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
@@ -165,3 +166,21 @@ def test_local_mode_is_the_default_for_one_worker_trials_on_a_ray_raykd_starts_i
     for forced in (True, False):
         assert with_local_mode(C.load_config(SMOKE, {"train.local_mode": forced}), None).train.local_mode is forced
     assert C.TrainConfig().local_mode is None
+
+
+def test_the_dry_run_states_epochs_and_gpu_hours_computed_from_the_models_shapes():
+    from raykd.budget import budget, encoder_flops_per_token, step_flops
+
+    paper = C.load_config(ROOT / "search_spaces" / "paper.yaml")
+    b = budget(paper, paper.data.train_pairs)
+    assert b["pairs_per_trial"] == 30_000 * 64 * 2 * 4 and b["epochs_per_trial"] == pytest.approx(96.0)
+    # written out: BERT-large layer = 4·1024² + 2·1024·4096 weights; attention 4·512·1024 per token
+    layer = 2 * (4 * 1024**2 + 2 * 1024 * 4096) + 4 * 512 * 1024
+    assert encoder_flops_per_token(24, 1024, 4096, 512) == 24 * layer
+    tokens = 2 * 512 * 512  # questions and answers of 512 pairs at 512 tokens
+    assert step_flops(paper) == tokens * (24 * layer + 3 * 6 * layer)
+    runs = 48 + 3 * 3 + 4  # search, confirm top 3 × 3 seeds, references on seeds {0, 1, 2, 3}
+    assert b["trials"] == runs
+    assert b["gpu_hours"] == pytest.approx(runs * 30_000 * step_flops(paper) / (312e12 * 0.4) / 3600)
+    out = main(["--config", str(ROOT / "search_spaces" / "paper.yaml"), "--dry-run"])
+    assert out == 0
