@@ -69,6 +69,14 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
     out = export(exp, work / "local-student")
     assert "model.safetensors" in out["files"] and Path(out["checkpoint"]).parent.parent == exp
     assert AutoModelForMaskedLM.from_pretrained(work / "local-student").config.num_hidden_layers == 3
+    # the report reads a local-mode study, and --resume of the finished study reruns nothing
+    rep = run_module("raykd.report", str(exp), "--out", str(work / "local-report"))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "| 1 | 1 |" in (work / "local-report" / "table.md").read_text()  # depth 1, one seed
+    before = {k: len(v) for k, v in trial_results(exp).items()}
+    assert tune_main(["--resume"] + study_args(work, "local", f"data.prepared={work / 'prepared'}", *LOCAL,
+                                               "space={depth: {grid: [1, 2, 3]}}")) == 0
+    assert {k: len(v) for k, v in trial_results(exp).items()} == before
 
 
 def test_killed_and_raising_local_trials_restart_from_their_tune_checkpoint(ray_session, grid_experiment):
