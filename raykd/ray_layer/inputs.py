@@ -1,6 +1,8 @@
-"""R: a study's inputs, prepared once on the driver and shared by every trial, all content-addressed:
-the prepared data (generated corpus → tokenized shards), the (domain-adapted) teacher, the sampler
-scores when a scored sampler may run, and the teacher-output cache. Returns the study's plan."""
+"""R: a study's inputs, prepared once and shared by every trial, all content-addressed: the prepared
+data (generated corpus → tokenized shards) on the driver (``prepare_inputs``); the teacher's domain
+adaptation and the sampler scores as Ray tasks that take a GPU when the cluster has one
+(``complete_inputs``); the teacher-output cache with Ray Data (``teacher_cache_for``). They make up
+the study's plan (a dict every trial receives)."""
 
 from __future__ import annotations
 
