@@ -493,7 +493,33 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     finished = [t for t in trials if t.status == "finished"]
     refs = load_references(exp)
     write_csv(refs + trials, out_dir / "results.csv")
+    lead = "test/" + metric.split("/", 1)[-1]
+    md = _header_md(exp, trials, counts, names, metric, mode)
+    md += ["## Test metrics by configuration (mean ± 95 % CI over seeds, Student's t, n − 1 df)", ""]
+    md.append(summary_table(finished, names) if finished else "_No finished trial yet._")
+    md += _references_md(finished, refs, names, lead)
+    errors = [t for t in trials if t.status == "error"]
+    if errors:
+        md += ["", "## Errored trials", ""] + [f"- `{t.trial_id}` ({_params_text(t)}): {t.error}" for t in errors]
+    imp, used = importance(finished, names, metric, mode)
+    diffs = paired_differences(finished, names, lead)
+    md += _choices_md(imp, used, diffs, names, metric, lead)
+    vs = against(finished, names, against_config, [lead] + [f"test/{m}" for m in FIGURE_METRICS
+                                                            if f"test/{m}" != lead]) if against_config else []
+    if against_config:
+        md += _against_md(vs, names, against_config)
+    figs = figures(finished or trials, names, "test" if finished else "val", out_dir, refs)
+    if figs:
+        md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs]
+    text = "\n".join(md) + "\n"
+    (out_dir / "table.md").write_text(text, encoding="utf-8")
+    return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
+            "importance": imp, "paired": diffs, "references": len(refs), "against": vs,
+            "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
 
+
+def _header_md(exp: Path, trials: list, counts: dict, names: list, metric: str, mode: str) -> list[str]:
+    """The report's title, trial counts, what is incomplete, where the confirm phase is, what varied."""
     md = [f"# Experiment `{exp.name}`", "",
           f"{len(trials)} trials: " + ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER) + "."]
     if counts["unfinished"]:
@@ -502,73 +528,51 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     confirm = exp.parent / f"{exp.name}-confirm"
     if confirm.is_dir():
         md.append(f"The confirm phase of this search is `{confirm}`: report that one for the final numbers.")
-    md += ["", f"Selection metric: `{metric}` ({mode}), validation split. Varied: "
-           + (", ".join(f"`{n}`" for n in names) or "nothing") + ".", ""]
-    md += ["## Test metrics by configuration (mean ± 95 % CI over seeds, Student's t, n − 1 df)", ""]
-    md.append(summary_table(finished, names) if finished else "_No finished trial yet._")
-    lead = "test/" + metric.split("/", 1)[-1]
-    if refs:
-        md += ["", "## References (test, mean ± 95 % CI over seeds)", "",
-               "`teacher`: the teacher scored as its own student; `init`: the plain student as built, before "
-               "its first step; `no_distill`: the same student trained with the same steps and data on its own "
-               "task loss only.", "", reference_table(refs)]
-        gains = gains_over_references(finished, refs, names, lead)
-        md += ["", f"## Gain over the references on `{lead}` (paired by seed; paired t, Holm-adjusted)", ""]
-        if gains:
-            md += ["| configuration | over | n | gain (95 % CI) | p | p (Holm) | real at 0.05 |",
-                   "|---|---|---|---|---|---|---|"]
-            for r in gains:
-                md.append(_test_row([r["label"], f"`{r['role']}`"], r))
-        else:
-            md.append("_No finished trial shares a seed with a finished reference._")
-    else:
-        md += ["", "_This experiment has no references (`experiment.references: false`): its numbers have no "
-               "reference point._"]
-    errors = [t for t in trials if t.status == "error"]
-    if errors:
-        md += ["", "## Errored trials", ""] + [f"- `{t.trial_id}` ({_params_text(t)}): {t.error}" for t in errors]
+    return md + ["", f"Selection metric: `{metric}` ({mode}), validation split. Varied: "
+                 + (", ".join(f"`{n}`" for n in names) or "nothing") + ".", ""]
 
-    imp, used = importance([t for t in trials if t.status == "finished"], names, metric, mode)
-    md += ["", "## Which choices matter", "", f"### Parameter importance (Optuna fANOVA on `{metric}`, "
-           f"{used} finished trials)", ""]
+
+def _references_md(finished: list, refs: list, names: list, lead: str) -> list[str]:
+    """The references' table and each configuration's gain over them on ``lead`` (or why there is none)."""
+    if not refs:
+        return ["", "_This experiment has no references (`experiment.references: false`): its numbers have no "
+                "reference point._"]
+    md = ["", "## References (test, mean ± 95 % CI over seeds)", "",
+          "`teacher`: the teacher scored as its own student; `init`: the plain student as built, before "
+          "its first step; `no_distill`: the same student trained with the same steps and data on its own "
+          "task loss only.", "", reference_table(refs)]
+    gains = gains_over_references(finished, refs, names, lead)
+    md += ["", f"## Gain over the references on `{lead}` (paired by seed; paired t, Holm-adjusted)", ""]
+    if not gains:
+        return md + ["_No finished trial shares a seed with a finished reference._"]
+    md += ["| configuration | over | n | gain (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
+    return md + [_test_row([r["label"], f"`{r['role']}`"], r) for r in gains]
+
+
+def _choices_md(imp: dict, used: int, diffs: list, names: list, metric: str, test_metric: str) -> list[str]:
+    """'Which choices matter': parameter importance and the paired differences between configurations."""
+    md = ["", "## Which choices matter", "", f"### Parameter importance (Optuna fANOVA on `{metric}`, "
+          f"{used} finished trials)", ""]
     if imp:
         md += ["| parameter | importance |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in imp.items()]
     else:
         md.append(f"_Not computed: needs ≥ 3 finished trials and a varied parameter (have {used})._")
-    test_metric = "test/" + metric.split("/", 1)[-1]
-    diffs = paired_differences(finished, names, test_metric)
     md += ["", f"### Paired differences on `{test_metric}` (same seeds; paired t, Holm-adjusted)", ""]
-    if diffs:
-        md += ["| A | B | n | A − B (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
-        for r in diffs:
-            md.append(_test_row([_key_text(names, r["a"]), _key_text(names, r["b"])], r))
-    else:
-        md.append("_No two configurations share ≥ 2 finished seeds._")
+    if not diffs:
+        return md + ["_No two configurations share ≥ 2 finished seeds._"]
+    md += ["| A | B | n | A − B (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
+    return md + [_test_row([_key_text(names, r["a"]), _key_text(names, r["b"])], r) for r in diffs]
 
-    vs = []
-    if against_config:
-        vs = against(finished, names, against_config, [test_metric] + [f"test/{m}" for m in FIGURE_METRICS
-                                                                      if f"test/{m}" != test_metric])
-        label = ", ".join(f"{k}={v}" for k, v in against_config.items())
-        md += ["", f"### {label} against each other configuration (test; paired by seed, paired t, Holm-adjusted "
-               "over every row)", ""]
-        if vs:
-            md += ["| other | metric | n | difference (95 % CI) | p | p (Holm) | real at 0.05 |",
-                   "|---|---|---|---|---|---|---|"]
-            for r in vs:
-                md.append(_test_row([_key_text(names, r["other"]), f"`{r['metric']}`"], r))
-        else:
-            md.append("_No other configuration shares ≥ 2 finished seeds with it._")
 
-    split = "test" if finished else "val"
-    figs = figures(finished or trials, names, split, out_dir, refs)
-    if figs:
-        md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs]
-    text = "\n".join(md) + "\n"
-    (out_dir / "table.md").write_text(text, encoding="utf-8")
-    return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
-            "importance": imp, "paired": diffs, "references": len(refs), "against": vs,
-            "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
+def _against_md(vs: list, names: list, against_config: dict) -> list[str]:
+    """One configuration against each other one, every test metric (``--against``)."""
+    label = ", ".join(f"{k}={v}" for k, v in against_config.items())
+    md = ["", f"### {label} against each other configuration (test; paired by seed, paired t, Holm-adjusted "
+          "over every row)", ""]
+    if not vs:
+        return md + ["_No other configuration shares ≥ 2 finished seeds with it._"]
+    md += ["| other | metric | n | difference (95 % CI) | p | p (Holm) | real at 0.05 |", "|---|---|---|---|---|---|---|"]
+    return md + [_test_row([_key_text(names, r["other"]), f"`{r['metric']}`"], r) for r in vs]
 
 
 def _test_row(cells: list[str], r: dict) -> str:
