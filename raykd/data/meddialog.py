@@ -228,20 +228,6 @@ def parse_raw_txt(lines: list[str | None], name: str) -> Iterator[Dialogue | Ski
     ``name`` is the file's base name; a dialogue's key is ``name#id``.
     """
     record: dict | None = None
-
-    def finish(rec: dict | None):
-        if rec is None:
-            return None
-        if rec["bad_line"]:
-            return Skipped(name, rec["bad_line"], "undecodable bytes in record")
-        if rec["pending_speaker"]:
-            return Skipped(name, rec["pending_speaker"], "truncated record: speaker line without an utterance")
-        if not rec["dialogue_seen"]:
-            return Skipped(name, rec["line"], "truncated record: no Dialogue block")
-        opening = _opening_turn(rec["fields"])
-        turns = ([(PATIENT, opening)] if opening else []) + [(s, " ".join(t)) for s, t in rec["turns"]]
-        return Dialogue(f"{name}#{rec['id']}", rec["department"], turns, name, rec["line"])
-
     stray_line = 0
     for i, raw in enumerate(lines, 1):
         if raw is None:
@@ -253,58 +239,76 @@ def parse_raw_txt(lines: list[str | None], name: str) -> Iterator[Dialogue | Ski
         line = raw.strip()
         m = _RECORD_RE.match(line)
         if m:
-            done = finish(record)
+            done = _finish_record(record, name)
             if done is not None:
                 yield done
             record = {"id": m.group(1), "line": i, "department": UNKNOWN_DEPARTMENT, "section": None,
                       "fields": {}, "label": None, "turns": [], "pending_speaker": 0,
                       "dialogue_seen": False, "bad_line": 0, "faculty_done": False}
-            continue
-        if record is None:
+        elif record is None:
             if line and not stray_line:
                 stray_line = i
                 yield Skipped(name, i, "text before the first id= record")
-            continue
-        if line in SECTION_HEADERS:
-            record["section"] = line
-            record["label"] = None
-            if line == "Dialogue":
-                record["dialogue_seen"] = True
-            continue
-        section = record["section"]
-        if section == "Doctor faculty":
-            if line and not record["faculty_done"]:
-                record["department"] = line.split()[-1]
-                record["faculty_done"] = True
-        elif section == "Description":
-            if not line:
-                record["label"] = None
-                continue
-            lm = _LABEL_RE.match(line)
-            if lm:
-                record["label"] = DESCRIPTION_LABELS[lm.group(1)]
-                record["fields"].setdefault(record["label"], [])
-                if lm.group(2):
-                    record["fields"][record["label"]].append(lm.group(2))
-            elif record["label"]:
-                record["fields"][record["label"]].append(line)
-        elif section == "Dialogue":
-            sm = _SPEAKER_LINE_RE.match(line)
-            if sm:
-                if record["pending_speaker"]:  # speaker line followed directly by another: empty turn
-                    record["turns"].pop()
-                record["turns"].append((_SPEAKERS[sm.group(1)], []))
-                record["pending_speaker"] = i
-            elif line:
-                if not record["turns"]:
-                    continue  # utterance text with no speaker line before it: unattributable
-                record["turns"][-1][1].append(line)
-                record["pending_speaker"] = 0
-    done = finish(record)
+        else:
+            _record_line(record, line, i)
+    done = _finish_record(record, name)
     if done is not None:
         yield done
     if record is None and not stray_line:
         yield Skipped(name, 1, "no id= record found (not a MedDialog-CN raw txt file?)")
+
+
+def _finish_record(rec: dict | None, name: str) -> Dialogue | Skipped | None:
+    """The dialogue a finished raw record holds, or why it is skipped (None: no record yet)."""
+    if rec is None:
+        return None
+    if rec["bad_line"]:
+        return Skipped(name, rec["bad_line"], "undecodable bytes in record")
+    if rec["pending_speaker"]:
+        return Skipped(name, rec["pending_speaker"], "truncated record: speaker line without an utterance")
+    if not rec["dialogue_seen"]:
+        return Skipped(name, rec["line"], "truncated record: no Dialogue block")
+    opening = _opening_turn(rec["fields"])
+    turns = ([(PATIENT, opening)] if opening else []) + [(s, " ".join(t)) for s, t in rec["turns"]]
+    return Dialogue(f"{name}#{rec['id']}", rec["department"], turns, name, rec["line"])
+
+
+def _record_line(record: dict, line: str, i: int) -> None:
+    """Fold line ``i`` (stripped) of a raw record into it: a section header, the doctor's faculty
+    (the department), a description field, or a dialogue speaker line or utterance."""
+    if line in SECTION_HEADERS:
+        record["section"] = line
+        record["label"] = None
+        if line == "Dialogue":
+            record["dialogue_seen"] = True
+        return
+    section = record["section"]
+    if section == "Doctor faculty":
+        if line and not record["faculty_done"]:
+            record["department"] = line.split()[-1]
+            record["faculty_done"] = True
+    elif section == "Description":
+        if not line:
+            record["label"] = None
+            return
+        lm = _LABEL_RE.match(line)
+        if lm:
+            record["label"] = DESCRIPTION_LABELS[lm.group(1)]
+            record["fields"].setdefault(record["label"], [])
+            if lm.group(2):
+                record["fields"][record["label"]].append(lm.group(2))
+        elif record["label"]:
+            record["fields"][record["label"]].append(line)
+    elif section == "Dialogue":
+        sm = _SPEAKER_LINE_RE.match(line)
+        if sm:
+            if record["pending_speaker"]:  # speaker line followed directly by another: empty turn
+                record["turns"].pop()
+            record["turns"].append((_SPEAKERS[sm.group(1)], []))
+            record["pending_speaker"] = i
+        elif line and record["turns"]:  # utterance text with no speaker line before it: unattributable
+            record["turns"][-1][1].append(line)
+            record["pending_speaker"] = 0
 
 
 # ---------------------------------------------------------------------------------------------- JSON
