@@ -121,34 +121,9 @@ def prepare(settings: PrepareSettings) -> dict:
 
     # 1. read every source (in parallel processes for large inputs), keeping source order
     infos, records = _read_all(sources, progress)
-    skipped = [s for info in infos for s in info.skipped]
-    for s in skipped[:20]:
-        print(f"[prepare] skipped {s.file}:{s.line}: {s.reason}", file=sys.stderr)
-    if len(skipped) > 20:
-        print(f"[prepare] … and {len(skipped) - 20} more skipped items (listed in the manifest)", file=sys.stderr)
-    if settings.strict and skipped:
-        raise RaykdError(f"--strict: {len(skipped)} bad item(s) in the input, first: "
-                         f"{skipped[0].file}:{skipped[0].line}: {skipped[0].reason}")
-
+    skipped = _report_skipped(infos, settings.strict)
     # 2. de-duplicate exact pairs (the first in source order is kept), split by dialogue
-    rows = {s: {c: [] for c in COLUMNS[:5]} for s in SPLITS}
-    seen: set[tuple[str, str]] = set()
-    built = dups = 0
-    for info, recs in zip(infos, records):
-        for dialogue_id, department, pairs in recs:
-            built += len(pairs)
-            cols = rows[split_of(dialogue_id)]
-            for k, (q, a) in enumerate(pairs):
-                if (q, a) in seen:
-                    dups += 1
-                    continue
-                seen.add((q, a))
-                cols["pair_id"].append(f"{dialogue_id}#{k}")
-                cols["dialogue_id"].append(dialogue_id)
-                cols["department"].append(department)
-                cols["question"].append(q)
-                cols["answer"].append(a)
-                info.pairs += 1
+    rows, built, dups = _split_rows(infos, records)
     dialogues = sum(len(r) for r in records)
     total = sum(len(rows[s]["pair_id"]) for s in SPLITS)
     progress(f"{built:,} pairs built · {dups:,} exact duplicates removed · {total:,} kept", force=True)
@@ -173,6 +148,44 @@ def prepare(settings: PrepareSettings) -> dict:
     progress(f"wrote {out}: " + ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in SPLITS)
              + f" pairs · {len(skipped)} skipped · {dt:.1f} s ({total / dt:,.0f} pairs/s)", force=True)
     return manifest
+
+
+def _report_skipped(infos: list, strict: bool) -> list:
+    """The skipped items of every source, the first 20 printed; RaykdError with ``strict`` if any."""
+    skipped = [s for info in infos for s in info.skipped]
+    for s in skipped[:20]:
+        print(f"[prepare] skipped {s.file}:{s.line}: {s.reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"[prepare] … and {len(skipped) - 20} more skipped items (listed in the manifest)", file=sys.stderr)
+    if strict and skipped:
+        raise RaykdError(f"--strict: {len(skipped)} bad item(s) in the input, first: "
+                         f"{skipped[0].file}:{skipped[0].line}: {skipped[0].reason}")
+    return skipped
+
+
+def _split_rows(infos: list, records: list) -> tuple[dict, int, int]:
+    """(rows per split as column lists, pairs built, exact duplicates removed): every dialogue's pairs
+    in source order, an exact (question, answer) repeat dropped (the first kept), each dialogue's
+    pairs in the split its id hashes to. Counts each source's kept pairs into its info."""
+    rows = {s: {c: [] for c in COLUMNS[:5]} for s in SPLITS}
+    seen: set[tuple[str, str]] = set()
+    built = dups = 0
+    for info, recs in zip(infos, records):
+        for dialogue_id, department, pairs in recs:
+            built += len(pairs)
+            cols = rows[split_of(dialogue_id)]
+            for k, (q, a) in enumerate(pairs):
+                if (q, a) in seen:
+                    dups += 1
+                    continue
+                seen.add((q, a))
+                cols["pair_id"].append(f"{dialogue_id}#{k}")
+                cols["dialogue_id"].append(dialogue_id)
+                cols["department"].append(department)
+                cols["question"].append(q)
+                cols["answer"].append(a)
+                info.pairs += 1
+    return rows, built, dups
 
 
 PARALLEL_MIN_BYTES = 8 << 20
