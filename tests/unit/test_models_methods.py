@@ -242,3 +242,28 @@ def test_mixkd_keeps_a_kd_term_on_clean_inputs():
     inputs = make_inputs(tiny_batch(), TOK)
     out = m(inputs, m.teacher_targets(teacher, inputs))
     assert {"kd_clean", "kd", "hidden"} <= set(out)
+
+
+@pytest.mark.parametrize("d_shared", [16, 32, 64])
+def test_the_teacher_side_projection_stays_orthonormal_under_adamw_with_weight_decay(d_shared):
+    """The teacher side of a StructuralProjection (width 32 → d') keeps orthonormal rows (d' < 32),
+    is orthogonal (d' = 32) or keeps orthonormal columns (d' > 32) while AdamW with weight decay trains
+    it: it can rotate the target but never shrink it (torch's householder map collapsed to zero)."""
+    from raykd.models.modules import StructuralProjection
+
+    torch.manual_seed(0)
+    proj = StructuralProjection(8, 32, d_shared)
+    opt = torch.optim.AdamW(proj.parameters(), lr=5e-4, weight_decay=0.01)
+    x_s, x_t = torch.randn(64, 8), torch.randn(64, 32)
+    for _ in range(40):
+        zs, zt = proj(x_s, x_t)
+        loss = (zs - zt).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(proj.parameters(), 1.0)
+        opt.step()
+    w = proj.teacher.weight.detach()
+    gram = w @ w.T if d_shared <= 32 else w.T @ w
+    assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-4), float((gram - torch.eye(gram.shape[0])).abs().max())
+    norms = proj(x_s, x_t)[1].norm(dim=-1) / x_t.norm(dim=-1)
+    assert float(norms.max()) <= 1 + 1e-4 and (d_shared < 32 or torch.allclose(norms, torch.ones_like(norms), atol=1e-4))
