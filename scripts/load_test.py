@@ -34,9 +34,17 @@ def load_study_args(out: Path, trials: int, name: str = "load", local_mode: bool
 def actor_rss_by_trial(records, at=(1, 25, 50)) -> dict:
     """``{"rss_mib_after_trial_N": MiB}``: the resident memory of the actor that ran the N-th trial to
     finish (trials ordered by their last report), as that trial last reported it."""
-    done = sorted((r for r in records if r.metrics.get("worker_rss_mib") is not None),
-                  key=lambda r: r.metrics.get("timestamp", 0))
-    return {f"rss_mib_after_trial_{n}": round(done[n - 1].metrics["worker_rss_mib"], 1) for n in at if n <= len(done)}
+    last = []
+    for r in records:
+        path = Path(r.path, "result.json")
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        rows = [x for x in rows if x.get("worker_rss_mib") is not None]
+        if rows:
+            last.append(rows[-1])
+    last.sort(key=lambda x: x.get("timestamp", 0))
+    out = {f"rss_mib_after_trial_{n}": round(last[n - 1]["worker_rss_mib"], 1) for n in at if n <= len(last)}
+    out["actors"] = len({x.get("worker_pid") for x in last})
+    return out
 
 
 def run(trials: int, out: Path, local_mode: bool = False) -> dict:
@@ -70,7 +78,7 @@ def run(trials: int, out: Path, local_mode: bool = False) -> dict:
             "peak_object_store_mib": round(watch.peak_object_store / 2**20, 1),
             "object_store_capacity_mib": round(store_total / 2**20, 1),
             "max_checkpoints_per_trial": max(ckpts or [0]), "samples": watch.samples, "local_mode": local_mode,
-            "actors": len({r.metrics.get("worker_pid") for r in records}), **actor_rss_by_trial(records)}
+            **actor_rss_by_trial(records)}
 
 
 def main() -> int:

@@ -30,6 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+REGISTER_S = 2.0  # seconds from a checkpoint directory appearing to its registration, with margin
+
+
 def main() -> int:
     from tests.conftest import study_args
 
@@ -54,9 +57,12 @@ def main() -> int:
         proc = subprocess.Popen([sys.executable, "-m", "raykd.tune", "--address", cluster.address, *args])
         deadline = time.time() + 600
         while removed is None and time.time() < deadline and proc.poll() is None:
-            # the first checkpoint is in storage (written directly, unlike Tune's synced results):
-            # remove the node the trial's train worker runs on
+            # the first checkpoint is in storage (written directly, unlike Tune's synced results) and,
+            # REGISTER_S later, registered by the Train controller: remove the node the trial's train
+            # worker runs on. Without the wait the node once went down between the worker persisting
+            # the checkpoint and the controller registering it, and the group restarted from scratch.
             if any(exp.glob("trial_*/train/*/checkpoint_*")):
+                time.sleep(REGISTER_S)
                 alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                 node = next((n for n in nodes if alive and n.node_id == alive[0].node_id), None)
                 if node is not None:
