@@ -74,38 +74,119 @@ def attention_relation_kl(x_s: torch.Tensor, x_t: torch.Tensor, heads: int,
     return _masked_mean_over_tokens(kl, mask)
 
 
-def temperature_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Forward KD: T² · mean over counted positions of KL(softmax(z_t/T) ‖ softmax(z_s/T))."""
-    lt = F.log_softmax(logits_t / temperature, -1)
-    ls = F.log_softmax(logits_s / temperature, -1)
-    return temperature ** 2 * _masked_mean_over_tokens((lt.exp() * (lt - ls)).sum(-1), mask)
+def _token_reduce(values: torch.Tensor, mask: torch.Tensor | None, num_tokens: float | None) -> torch.Tensor:
+    """Per-position values [...] → scalar: the mean over counted positions (mask 1; all when None), or,
+    with ``num_tokens``, their sum divided by ``num_tokens`` — the counted tokens of the *global*
+    batch (every micro-batch of the optimizer step on every rank), so that gradient accumulation and
+    DDP give the gradient of one big batch."""
+    if num_tokens is None:
+        return _masked_mean_over_tokens(values, mask)
+    if mask is not None:
+        values = values * mask.to(values.dtype)
+    return values.sum() / max(float(num_tokens), 1.0)
 
 
-def reverse_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Reverse KL (MiniLLM): mean over counted positions of KL(q_s ‖ p_t) = Σ q_s (log q_s − log p_t)."""
-    ls, lt = F.log_softmax(logits_s, -1), F.log_softmax(logits_t, -1)
-    return _masked_mean_over_tokens((ls.exp() * (ls - lt)).sum(-1), mask)
+def _log_probs(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float):
+    """(log q_s, log p_t): log-softmax of student and teacher logits divided by T (16-bit logits in fp32)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return F.log_softmax(_at_least_fp32(logits_s) / temperature, -1), \
+        F.log_softmax(_at_least_fp32(logits_t) / temperature, -1)
 
 
-def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, beta: float = 0.5,
-                    mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a ‖ b) per position from log-probabilities [..., V] (0·log 0 = 0)."""
+    a = log_a.exp()
+    return (a * (log_a - log_b)).sum(-1)
+
+
+def forward_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
+               mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
+    """Forward KD (Hinton et al.): T² · KL(p_t ‖ q_s), p_t = softmax(z_t/T), q_s = softmax(z_s/T);
+    mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    ls, lt = _log_probs(logits_s, logits_t, temperature)
+    return temperature ** 2 * _token_reduce(_kl(lt, ls), mask, num_tokens)
+
+
+def reverse_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
+               mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
+    """Reverse KL (MiniLLM's token-level objective): KL(q_s ‖ p_t) = Σ q_s (log q_s − log p_t) at
+    temperature T (no T² factor); mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    ls, lt = _log_probs(logits_s, logits_t, temperature)
+    return _token_reduce(_kl(ls, lt), mask, num_tokens)
+
+
+def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, beta: float = 0.5, temperature: float = 1.0,
+                    mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
     """Generalized JSD (GKD, Agarwal et al. 2024; TRL's ``generalized_jsd_loss``): with p_t, q_s the
     softmax of the logits divided by T and M = β·p_t + (1−β)·q_s, JSD_β = β·KL(p_t‖M) + (1−β)·KL(q_s‖M)
     for β in (0, 1); at the endpoints, as TRL, β = 0 is the forward KL(p_t‖q_s) and β = 1 the reverse
-    KL(q_s‖p_t). Mean over counted positions; no T² factor."""
+    KL(q_s‖p_t). Mean over counted positions (or the sum ÷ ``num_tokens``); no T² factor. Nats."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
-    ls = F.log_softmax(logits_s / temperature, -1)
-    lt = F.log_softmax(logits_t / temperature, -1)
+    ls, lt = _log_probs(logits_s, logits_t, temperature)
     if beta == 0.0:
-        per = (lt.exp() * (lt - ls)).sum(-1)
+        per = _kl(lt, ls)
     elif beta == 1.0:
-        per = (ls.exp() * (ls - lt)).sum(-1)
+        per = _kl(ls, lt)
     else:
         lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
-        per = beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
-    return _masked_mean_over_tokens(per, mask)
+        per = beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)
+    return _token_reduce(per, mask, num_tokens)
+
+
+def skew_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, alpha: float = 0.1, reverse: bool = False,
+            temperature: float = 1.0, mask: torch.Tensor | None = None,
+            num_tokens: float | None = None) -> torch.Tensor:
+    """Skew KL (DistiLLM, Ko et al. 2024): KL(p_t ‖ α·p_t + (1−α)·q_s), or with ``reverse`` the skew
+    reverse KL(q_s ‖ α·q_s + (1−α)·p_t), at temperature T (no T² factor); α in [0, 1) (α = 0 is the
+    plain forward / reverse KL). Mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"skew_kl: alpha must be in [0, 1), got {alpha}")
+    ls, lt = _log_probs(logits_s, logits_t, temperature)
+    a, b = (ls, lt) if reverse else (lt, ls)
+    mix = b if alpha == 0.0 else torch.logsumexp(torch.stack([a + math.log(alpha), b + math.log(1 - alpha)]), 0)
+    return _token_reduce(_kl(a, mix), mask, num_tokens)
+
+
+def tvd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
+        mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
+    """Total variation distance ½ Σ |p_t − q_s| at temperature T; mean over counted positions (or the
+    sum ÷ ``num_tokens``). A probability in [0, 1]."""
+    ls, lt = _log_probs(logits_s, logits_t, temperature)
+    return _token_reduce(0.5 * (lt.exp() - ls.exp()).abs().sum(-1), mask, num_tokens)
+
+
+DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": generalized_jsd, "skew_kl": skew_kl,
+               "skew_rkl": lambda s, t, **k: skew_kl(s, t, reverse=True, **k), "tvd": tvd}
+
+
+def divergence(name: str, logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
+               beta: float = 0.5, alpha: float = 0.1, mask: torch.Tensor | None = None,
+               num_tokens: float | None = None) -> torch.Tensor:
+    """The divergence ``name`` (one of ``DIVERGENCES``) with the settings it takes (β for ``jsd``,
+    α for ``skew_kl`` / ``skew_rkl``)."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"divergence {name!r}: expected one of {', '.join(DIVERGENCES)}")
+    kw = {"temperature": temperature, "mask": mask, "num_tokens": num_tokens}
+    if name == "jsd":
+        kw["beta"] = beta
+    elif name.startswith("skew"):
+        kw["alpha"] = alpha
+    return DIVERGENCES[name](logits_s, logits_t, **kw)
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, mask: torch.Tensor | None = None,
+                        num_tokens: float | None = None) -> torch.Tensor:
+    """Cross-entropy of ``logits`` [..., V] against ``labels`` [...] (fp32), mean over counted
+    positions (or the sum ÷ ``num_tokens``). Nats per token."""
+    per = F.cross_entropy(_at_least_fp32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                          reduction="none").view(labels.shape)
+    return _token_reduce(per, mask, num_tokens)
 
 
 def soft_cross_entropy(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float = 1.0,

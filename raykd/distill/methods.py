@@ -371,7 +371,7 @@ class GKD(DistillMethod):
         self.beta, self.temperature = beta, temperature
 
     def losses(self, inputs, targets, out):
-        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], self.beta,
+        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], beta=self.beta,
                                          temperature=self.temperature)}
 
 
@@ -458,7 +458,7 @@ class DDK(DistillMethod):
 
     def losses(self, inputs, targets, out):
         m = inputs["mask"]
-        return {"kd": L.temperature_kl(out.logits[inputs["chosen"]], targets["logits"], self.temperature),
+        return {"kd": L.forward_kl(out.logits[inputs["chosen"]], targets["logits"], temperature=self.temperature),
                 "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
 
 
@@ -504,8 +504,9 @@ class MixKD(DistillMethod):
     def losses(self, inputs, targets, out):
         m = targets["mix_mask"]
         clean = self.student(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_hidden_states=False)
-        return {"kd_clean": L.temperature_kl(clean.logits, targets["clean_logits"], self.temperature, inputs["mask"]),
-                "kd": L.temperature_kl(out.logits, targets["logits"], self.temperature, m),
+        return {"kd_clean": L.forward_kl(clean.logits, targets["clean_logits"], temperature=self.temperature,
+                                         mask=inputs["mask"]),
+                "kd": L.forward_kl(out.logits, targets["logits"], temperature=self.temperature, mask=m),
                 "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
 
 

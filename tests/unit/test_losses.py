@@ -65,8 +65,8 @@ def test_attention_relation_kl_zero_on_equal_and_hand_value():
 def test_kl_family_hand_values():
     zs, zt = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])  # q=(.5,.5) p=(.75,.25)
     p, q = torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.5])
-    assert L.temperature_kl(zs, zt).item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
-    assert L.temperature_kl(zs, zt, temperature=2.0).item() == pytest.approx(
+    assert L.forward_kl(zs, zt).item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    assert L.forward_kl(zs, zt, temperature=2.0).item() == pytest.approx(
         4 * float((lambda pp: (pp * (pp / q).log()).sum())(torch.softmax(zt[0] / 2, 0))), rel=1e-5)
     assert L.reverse_kl(zs, zt).item() == pytest.approx(float((q * (q / p).log()).sum()), rel=1e-5)
     m = 0.5 * p + 0.5 * q
@@ -88,3 +88,114 @@ def test_kl_family_hand_values():
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError):
             L.generalized_jsd(zs, zt, beta=bad)
+
+
+# ---------------------------------------------------------------- causal-family divergences (independent)
+def _np_softmax(z, T):
+    import numpy as np
+
+    e = np.exp((z - z.max(-1, keepdims=True)) / T)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _reference(name, zs, zt, T=1.0, beta=0.5, alpha=0.1):
+    """Each divergence per position, written with numpy from its definition."""
+    import numpy as np
+
+    p, q = _np_softmax(zt, T), _np_softmax(zs, T)
+    kl = lambda a, b: (a * (np.log(a) - np.log(b))).sum(-1)  # noqa: E731
+    if name == "forward_kl":
+        return T * T * kl(p, q)
+    if name == "reverse_kl":
+        return kl(q, p)
+    if name == "jsd":
+        if beta == 0:
+            return kl(p, q)
+        if beta == 1:
+            return kl(q, p)
+        m = beta * p + (1 - beta) * q
+        return beta * kl(p, m) + (1 - beta) * kl(q, m)
+    if name == "skew_kl":
+        return kl(p, alpha * p + (1 - alpha) * q)
+    if name == "skew_rkl":
+        return kl(q, alpha * q + (1 - alpha) * p)
+    if name == "tvd":
+        return 0.5 * np.abs(p - q).sum(-1)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd"])
+@pytest.mark.parametrize("T", [1.0, 2.5])
+def test_divergences_against_numpy_with_mask(name, T):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(2, 5, 11, generator=g, dtype=torch.float64), torch.randn(2, 5, 11, generator=g,
+                                                                                  dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
+    ref = _reference(name, zs.numpy(), zt.numpy(), T=T, beta=0.3, alpha=0.2)
+    want = float((ref * mask.numpy()).sum() / mask.sum())
+    got = L.divergence(name, zs, zt, temperature=T, beta=0.3, alpha=0.2, mask=mask)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    # without a mask: the mean over every position; identical distributions: zero
+    assert L.divergence(name, zs, zt, temperature=T, beta=0.3, alpha=0.2).item() == pytest.approx(float(ref.mean()),
+                                                                                                  rel=1e-5)
+    assert L.divergence(name, zt, zt, temperature=T, beta=0.3, alpha=0.2).item() == pytest.approx(0.0, abs=1e-9)
+    assert np.all(ref >= -1e-12)
+
+
+def test_jsd_endpoints_and_skew_zero_are_the_plain_kls():
+    g = torch.Generator().manual_seed(4)
+    zs, zt = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    for T in (1.0, 2.0):
+        assert L.generalized_jsd(zs, zt, beta=0.0, temperature=T).item() == pytest.approx(
+            L.forward_kl(zs, zt, temperature=T).item() / T ** 2, rel=1e-5)
+        assert L.generalized_jsd(zs, zt, beta=1.0, temperature=T).item() == pytest.approx(
+            L.reverse_kl(zs, zt, temperature=T).item(), rel=1e-5)
+        assert L.skew_kl(zs, zt, alpha=0.0, temperature=T).item() == pytest.approx(
+            L.forward_kl(zs, zt, temperature=T).item() / T ** 2, rel=1e-5)
+        assert L.skew_kl(zs, zt, alpha=0.0, reverse=True, temperature=T).item() == pytest.approx(
+            L.reverse_kl(zs, zt, temperature=T).item(), rel=1e-5)
+    with pytest.raises(ValueError):
+        L.skew_kl(zs, zt, alpha=1.0)
+    with pytest.raises(ValueError):
+        L.divergence("kl", zs, zt)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "tvd"])
+def test_num_tokens_makes_accumulation_equal_one_big_batch(name):
+    """Two micro-batches with unequal response-token counts: summing each micro-batch's loss with
+    num_tokens = the global count gives the same value and gradient as the whole batch at once
+    (and so does DDP, whose all-reduce averages per-rank gradients: num_tokens = global / world)."""
+    g = torch.Generator().manual_seed(5)
+    zs = torch.randn(4, 6, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(4, 6, 13, generator=g, dtype=torch.float64)
+    mask = (torch.rand(4, 6, generator=g) < 0.6).long()
+    mask[0] = 1  # micro-batch 1 holds more counted tokens than micro-batch 2
+    mask[2:, 3:] = 0
+    full = L.divergence(name, zs, zt, temperature=2.0, mask=mask)
+    (g_full,) = torch.autograd.grad(full, zs)
+    n = int(mask.sum())
+    parts = [L.divergence(name, zs[i:i + 2], zt[i:i + 2], temperature=2.0, mask=mask[i:i + 2], num_tokens=n)
+             for i in (0, 2)]
+    (g_acc,) = torch.autograd.grad(sum(parts), zs)
+    assert float(sum(parts)) == pytest.approx(float(full), rel=1e-10)
+    assert torch.allclose(g_acc, g_full, rtol=1e-9, atol=1e-12)
+    # the per-micro-batch mean divided by the accumulation steps (the naive way) is not the same
+    naive = sum(L.divergence(name, zs[i:i + 2], zt[i:i + 2], temperature=2.0, mask=mask[i:i + 2]) / 2 for i in (0, 2))
+    assert abs(float(naive) - float(full)) > 1e-6
+    # DDP: two ranks, each normalising by global/world; the all-reduce mean of their gradients
+    ranks = [torch.autograd.grad(L.divergence(name, zs[i:i + 2], zt[i:i + 2], temperature=2.0, mask=mask[i:i + 2],
+                                              num_tokens=n / 2), zs)[0] for i in (0, 2)]
+    assert torch.allclose((ranks[0] + ranks[1]) / 2, g_full, rtol=1e-9, atol=1e-12)
+
+
+def test_token_cross_entropy_matches_log_softmax():
+    g = torch.Generator().manual_seed(6)
+    z, y = torch.randn(3, 4, 7, generator=g), torch.randint(7, (3, 4), generator=g)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 0, 0]])
+    lp = torch.log_softmax(z, -1).gather(-1, y[..., None]).squeeze(-1)
+    assert L.token_cross_entropy(z, y, mask=mask).item() == pytest.approx(float(-(lp * mask).sum() / mask.sum()),
+                                                                          rel=1e-6)
+    assert L.token_cross_entropy(z, y, mask=mask, num_tokens=12).item() == pytest.approx(
+        float(-(lp * mask).sum() / 12), rel=1e-6)
