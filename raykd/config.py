@@ -17,7 +17,15 @@ import yaml
 
 from raykd.errors import RaykdError
 
-METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq")
+METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq", "sft",
+                "kd", "feature_align")
+FAMILY_NAMES = ("masked_lm", "causal_lm")
+ARCHS = {"bert": "masked_lm", "llama": "causal_lm", "qwen2": "causal_lm", "gpt2": "causal_lm"}  # built-from-config teachers
+# the built-in methods each family runs (plugins' methods run on both); the rest need encoder internals
+FAMILY_METHODS = {"masked_lm": METHOD_NAMES,
+                  "causal_lm": ("sft", "no_distill", "kd", "gkd", "feature_align", "structural", "minillm")}
+DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
+DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 _WEIGHTING = ("weights", "dynamic_weights")
 # what each method takes in ``method.params`` (its constructor's keywords; a unit test keeps this equal
 # to raykd.distill.methods.method_params) — anything else fails at load time
@@ -28,10 +36,14 @@ METHOD_PARAMS = {
     "tinybert": ("temperature", *_WEIGHTING),
     "minilm": ("relation_heads", *_WEIGHTING),
     "minillm": _WEIGHTING,
-    "gkd": ("beta", "temperature", *_WEIGHTING),
+    "gkd": ("beta", "temperature", "lmbda", "seq_kd", "max_new_tokens", *_WEIGHTING),
     "ddk": ("update_every", "smoothing", "tau", "temperature", "eval_pairs", *_WEIGHTING),
     "mixkd": ("alpha", "temperature", *_WEIGHTING),
     "distillseq": _WEIGHTING,
+    "sft": _WEIGHTING,
+    "kd": ("divergence", "temperature", "kd_weight", "beta", "skew_alpha", *_WEIGHTING),
+    "feature_align": ("alignment", "contrastive", "logit", "divergence", "temperature", "kd_weight", "beta",
+                      "skew_alpha", "contrast_temperature", *_WEIGHTING, "ablate"),
 }
 SAMPLER_NAMES = ("uniform", "entropy", "random_masked", "hard_negative", "domain_aware")
 DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
@@ -49,7 +61,9 @@ class ExperimentConfig:
     name: str = "smoke"
     storage: str = ".raykd/experiments"
     seeds: list = field(default_factory=lambda: [0])
-    metric: str = "val/mrr@10"  # the lead metric: QA retrieval of the student alone, which no objective trains on
+    # the lead metric; null: the family's (masked_lm: val/mrr@10, QA retrieval of the student alone, which
+    # no objective trains on; causal_lm: val/answer_accuracy, answer selection by the student's likelihood)
+    metric: str | None = None
     mode: str = "max"
     references: bool = True  # run the teacher / init / no_distill reference trials beside the study
 
@@ -76,6 +90,7 @@ class ShapeConfig:
     hidden: int = 64
     heads: int = 4
     intermediate: int = 256
+    vocab: int | None = None  # recorded for a hub teacher (offline --dry-run); a built one takes the tokenizer's
 
 
 @dataclass
@@ -88,6 +103,10 @@ class AdaptConfig:
 @dataclass
 class TeacherConfig:
     spec: str | None = None
+    # masked_lm | causal_lm; null: read from a local spec's config.json (`architectures`), else from `arch`
+    # (a hub id must name it: validation never reads a hub)
+    family: str | None = None
+    arch: str | None = None  # a teacher built from `shape`: bert | llama | qwen2 | gpt2 (null: the family's first)
     shape: ShapeConfig = field(default_factory=ShapeConfig)
     adapt: AdaptConfig | None = field(default_factory=AdaptConfig)
     cache: bool = False  # trials read a teacher-output cache (raykd.cache) instead of running the teacher
@@ -101,6 +120,10 @@ class StudentConfig:
     layers: int = 3
     hidden: int | None = None
     init_from_teacher: bool = True
+    spec: str | None = None  # the student's own HF directory / hub id (e.g. TinyLlama for a LLaMA-2 teacher);
+    #                          layers / hidden / vocab then describe it (for validation and --dry-run)
+    vocab: int | None = None
+    revision: str | None = None
 
 
 @dataclass
@@ -286,12 +309,14 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            "true only together with a pinned teacher.revision")
     _check(cfg.teacher.cache_max_gb > 0, src, "teacher.cache_max_gb", f"must be positive, got {cfg.teacher.cache_max_gb}")
     _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
-    teacher_layers = sh.layers if cfg.teacher.spec is None else None
-    if teacher_layers is not None:
-        _check(teacher_layers % cfg.student.layers == 0, src, "student.layers",
-               f"{cfg.student.layers} must divide the teacher's {teacher_layers} layers (uniform layer map)")
-    _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method")
-    _check_method_params(cfg.method.name, cfg.method.params, src)
+    _check(cfg.student.layers <= sh.layers, src, "student.layers",
+           f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
+    resolve_family(cfg, src)
+    if e.metric is None:
+        e.metric = DEFAULT_METRIC[cfg.teacher.family]
+    _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",
+                  cfg.teacher.family)
+    _check_method_params(cfg.method.name, cfg.method.params, src, cfg.teacher.family)
     _check_sampler(cfg.sampler.name, src)
     for key, lo in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_every", 1), ("num_workers", 1),
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
@@ -336,9 +361,56 @@ def _check_sampler(name, src) -> None:
     _check(name in allowed, src, "sampler.name", f"unknown sampler {name!r}; allowed: {', '.join(allowed)}")
 
 
-def _check_method(name, depth, projection_dim, student_layers, src, where) -> None:
+def resolve_family(cfg: Config, src: str) -> str:
+    """Set ``teacher.family`` and ``teacher.arch`` when null: the family from a local spec's
+    config.json (its ``architectures``) or from ``arch`` (a built teacher); a hub-id spec must name
+    it. Returns the family; ConfigError naming the key otherwise."""
+    t = cfg.teacher
+    _check(t.family is None or t.family in FAMILY_NAMES, src, "teacher.family",
+           f"{t.family!r} is not one of {', '.join(FAMILY_NAMES)}")
+    _check(t.arch is None or t.arch in ARCHS, src, "teacher.arch", f"{t.arch!r} is not one of {', '.join(ARCHS)}")
+    if t.family is None:
+        if t.spec is None:
+            t.family = ARCHS[t.arch] if t.arch else "masked_lm"
+        else:
+            t.family = _family_of_spec(t.spec, src)
+    if t.arch is not None:
+        _check(ARCHS[t.arch] == t.family, src, "teacher.arch", f"{t.arch!r} is a {ARCHS[t.arch]} architecture, "
+               f"teacher.family is {t.family}")
+    elif t.spec is None:
+        t.arch = "bert" if t.family == "masked_lm" else "llama"
+    return t.family
+
+
+def _family_of_spec(spec: str, src: str) -> str:
+    """The family a local HF directory's config.json names (``architectures``); ConfigError for a hub id."""
+    import json
+    import os
+
+    path = os.path.join(os.path.expanduser(spec), "config.json")
+    if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+        raise ConfigError(f"{src}: teacher.spec {spec}: no such directory")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{src}: teacher.family: set it (one of {', '.join(FAMILY_NAMES)}) for teacher.spec {spec!r}: "
+                          "not a local directory with a config.json, and validation never reads a hub")
+    try:
+        archs = json.loads(open(path, encoding="utf-8").read()).get("architectures") or []
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{src}: teacher.spec {spec!r}: unreadable config.json: {e}") from None
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal_lm"
+    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) or a in ("BertModel", "RobertaModel") for a in archs):
+        return "masked_lm"
+    raise ConfigError(f"{src}: teacher.family: {path} names architectures {archs or '(none)'}, neither a masked- nor a "
+                      f"causal-LM head; set teacher.family ({', '.join(FAMILY_NAMES)})")
+
+
+def _check_method(name, depth, projection_dim, student_layers, src, where, family: str = "masked_lm") -> None:
     allowed = method_names()
     _check(name in allowed, src, f"{where}.name", f"unknown method {name!r}; allowed: {', '.join(allowed)}")
+    runs = [m for m in allowed if m in FAMILY_METHODS[family] or m not in METHOD_NAMES]
+    _check(name in runs, src, f"{where}.name", f"method {name!r} does not run on a {family} teacher; allowed for "
+           f"{family}: {', '.join(runs)}")
     if depth is not None:
         _check(isinstance(depth, int) and 1 <= depth <= student_layers, src, f"{where}.depth",
                f"{depth} must be between 1 and the student's {student_layers} layers")
@@ -346,7 +418,7 @@ def _check_method(name, depth, projection_dim, student_layers, src, where) -> No
            f"must be a positive integer, got {projection_dim!r}")
 
 
-def _check_method_params(name: str, params: dict, src: str) -> None:
+def _check_method_params(name: str, params: dict, src: str, family: str = "masked_lm") -> None:
     """Every key of ``method.params`` must be a setting method ``name`` takes (no silent drops)."""
     if name in METHOD_PARAMS:
         allowed = METHOD_PARAMS[name]
@@ -359,10 +431,31 @@ def _check_method_params(name: str, params: dict, src: str) -> None:
             near = difflib.get_close_matches(str(key), allowed, n=1)
             raise ConfigError(f"{src}: method.params.{key}: method {name!r} takes no {key!r}"
                               f"{f'; did you mean {near[0]!r}?' if near else ''} (allowed: {', '.join(allowed)})")
-    if name == "gkd" and "beta" in params:
+    if "beta" in params:
         b = params["beta"]
         _check(isinstance(b, (int, float)) and 0.0 <= b <= 1.0, src, "method.params.beta",
                f"{b!r} must be in [0, 1] (0 = forward KL, 1 = reverse KL)")
+    if "divergence" in params:
+        _check(params["divergence"] in DIVERGENCE_NAMES, src, "method.params.divergence",
+               f"{params['divergence']!r} is not one of {', '.join(DIVERGENCE_NAMES)}")
+    if "skew_alpha" in params:
+        a = params["skew_alpha"]
+        _check(isinstance(a, (int, float)) and 0.0 <= a < 1.0, src, "method.params.skew_alpha", f"{a!r} must be in [0, 1)")
+    for key in ("temperature", "contrast_temperature"):
+        if key in params:
+            _check(isinstance(params[key], (int, float)) and params[key] > 0, src, f"method.params.{key}",
+                   f"{params[key]!r} must be a positive number")
+    if "lmbda" in params:
+        lam = params["lmbda"]
+        _check(isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0, src, "method.params.lmbda", f"{lam!r} must be in [0, 1]")
+        _check(lam == 0 or family == "causal_lm", src, "method.params.lmbda",
+               "on-policy student generations need a causal_lm teacher (an encoder does not generate)")
+    if params.get("seq_kd"):
+        _check(family == "causal_lm", src, "method.params.seq_kd", "teacher generations need a causal_lm teacher")
+    if "max_new_tokens" in params:
+        n = params["max_new_tokens"]
+        _check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, src, "method.params.max_new_tokens",
+               f"{n!r} must be a positive integer")
 
 
 def resolve_key(name: str) -> str:
@@ -387,8 +480,9 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
             probe = apply_overrides(to_dict(cfg), {path: v})
             try:
                 c = _build(Config, probe, "", src)
-                _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method")
-                _check_method_params(c.method.name, c.method.params, src)
+                _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method",
+                              cfg.teacher.family)
+                _check_method_params(c.method.name, c.method.params, src, cfg.teacher.family)
                 _check_sampler(c.sampler.name, src)
             except ConfigError as e:
                 raise ConfigError(f"{src}: {key}: value {v!r} is invalid: {str(e).split(': ', 1)[1]}") from None

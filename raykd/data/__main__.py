@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="raw txt or JSON files, directories (read recursively), or hf:PATH_OR_ID")
     pr.add_argument("--out", required=True, help="prepared directory to write")
     pr.add_argument("--tokenizer", default="train:8000",
-                    help="HF tokenizer dir / hub id, or train:VOCAB to train WordPiece on the train split (default)")
+                    help="HF tokenizer dir / hub id, train:VOCAB (WordPiece, for encoders; default) or train-bpe:VOCAB "
+                         "(byte-level BPE, for causal LMs) trained on the train split")
     pr.add_argument("--max-length", type=int, default=512)
     pr.add_argument("--shard-rows", type=int, default=50000)
     pr.add_argument("--strict", action="store_true", help="exit 2 if any input item is bad")

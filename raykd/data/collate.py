@@ -50,3 +50,39 @@ class PairCollate:
         if "pair_id" in batch:
             out["pair_id"] = [str(p) for p in batch["pair_id"]]
         return out
+
+
+class CausalCollate:
+    """Numpy batch of prepared rows → one causal-LM sequence per QA pair, right-padded.
+
+    Each row becomes ``template.prompt(question) + template.response(answer)``. Returns
+    ``input_ids``, ``attention_mask`` and ``response_mask`` (1 on the response's tokens, eos
+    included: the tokens every causal loss counts) as int64 [b, t], ``department`` (int64 [b]) and
+    ``pair_id`` (list of str, when the batch has it).
+    """
+
+    def __init__(self, template, departments: dict[str, int] | None = None):
+        self.template = template
+        self.departments = departments or {}
+
+    def sequences(self, questions, answers) -> tuple[list[list[int]], list[int]]:
+        """(prompt + response ids per pair, prompt lengths)."""
+        prompts = [self.template.prompt(q) for q in questions]
+        return [p + self.template.response(a) for p, a in zip(prompts, answers)], [len(p) for p in prompts]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        seqs, plen = self.sequences(batch["q_input_ids"], batch["a_input_ids"])
+        ids, mask = pad_ids(seqs, self.template.pad)
+        response = mask.copy()
+        for i, n in enumerate(plen):
+            response[i, :n] = 0
+        out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+               "response_mask": torch.from_numpy(response)}
+        if "department" in batch:
+            out["department"] = torch.tensor([self.departments.get(str(d), -1) for d in batch["department"]],
+                                             dtype=torch.long)
+        if "pair_id" in batch:
+            out["pair_id"] = [str(p) for p in batch["pair_id"]]
+        return out

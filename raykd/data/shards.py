@@ -230,6 +230,11 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
         texts = texts[:: -(-len(texts) // TOKENIZER_TRAIN_TEXTS)]  # evenly spaced, at most the cap
         progress(f"training a WordPiece tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
         tok = tokenization.train_wordpiece(texts, int(spec))
+    elif kind == "train-bpe":
+        texts = rows["train"]["question"] + rows["train"]["answer"]
+        texts = texts[:: -(-len(texts) // TOKENIZER_TRAIN_TEXTS)]
+        progress(f"training a byte-level BPE tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
+        tok = tokenization.train_bpe(texts, int(spec))
     else:
         tok = tokenization.load_tokenizer(str(spec))
     tok.model_max_length = settings.max_length
@@ -280,7 +285,8 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
         "tokenizer": {"spec": settings.tokenizer, "path": "tokenizer", "vocab_size": len(tok),
                       "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
                       "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id,
-                      "unk_token_id": tok.unk_token_id, "special_ids": sorted(int(i) for i in tok.all_special_ids),
+                      "unk_token_id": tok.unk_token_id, "bos_token_id": tok.bos_token_id,
+                      "eos_token_id": tok.eos_token_id, "special_ids": sorted(int(i) for i in tok.all_special_ids),
                       "sha256": tokenization.tokenizer_sha256(tmp / "tokenizer")},
         "max_length": settings.max_length,
         "shard_rows": settings.shard_rows,

@@ -11,17 +11,42 @@ from raykd.errors import RaykdError
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+BPE_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # pad, bos, eos of the byte-level BPE tokenizer
+BPE_MIN_VOCAB = 256 + len(BPE_SPECIAL_TOKENS) + 10  # the byte alphabet, the specials and some merges
+
+
 def parse_spec(spec: str) -> tuple[str, int | str]:
-    """Split a ``--tokenizer`` spec into ("train", vocab_size) or ("hf", path_or_id)."""
-    if spec.startswith("train:"):
-        try:
-            vocab = int(spec[len("train:"):])
-        except ValueError:
-            raise RaykdError(f"--tokenizer {spec}: expected train:VOCAB with an integer VOCAB, e.g. train:8000") from None
-        if vocab < len(SPECIAL_TOKENS) + 10:
-            raise RaykdError(f"--tokenizer {spec}: VOCAB must be at least {len(SPECIAL_TOKENS) + 10}")
-        return "train", vocab
+    """Split a ``--tokenizer`` spec into ("train", vocab_size) — a WordPiece tokenizer (encoders) —,
+    ("train-bpe", vocab_size) — a byte-level BPE tokenizer (causal LMs) — or ("hf", path_or_id)."""
+    for prefix, kind, low in (("train:", "train", len(SPECIAL_TOKENS) + 10), ("train-bpe:", "train-bpe", BPE_MIN_VOCAB)):
+        if spec.startswith(prefix):
+            try:
+                vocab = int(spec[len(prefix):])
+            except ValueError:
+                raise RaykdError(f"--tokenizer {spec}: expected {prefix}VOCAB with an integer VOCAB, e.g. "
+                                 f"{prefix}8000") from None
+            if vocab < low:
+                raise RaykdError(f"--tokenizer {spec}: VOCAB must be at least {low}")
+            return kind, vocab
     return "hf", spec
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE tokenizer (GPT-2 / LLaMA-3 style: any text encodes, no unknown token)
+    with ``<pad>``, ``<s>`` (bos) and ``</s>`` (eos) and no template of its own (the causal family
+    composes prompt and response itself). Returns a ``transformers`` fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIAL_TOKENS), min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    pad, bos, eos = BPE_SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=pad, bos_token=bos, eos_token=eos,
+                                   model_max_length=512)
 
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int):

@@ -55,32 +55,16 @@ class TokenIds:
 
 def make_inputs(batch: dict, tokens: TokenIds, generator: torch.Generator | None = None, corrupt: bool = False,
                 mlm_prob: float = 0.15, vocab_size: int | None = None, family: ModelFamily | None = None) -> dict:
-    """Stack a batch's questions and answers into one set of 2b sequences.
+    """The objectives' inputs from a collated batch, by the model ``family`` (default ``masked_lm``):
+    ``ids, mask`` [n, t], ``content`` (the tokens hidden-state terms count), ``department`` [n],
+    ``input_ids`` (what the models read) and ``chosen`` (where task loss and logit terms are taken).
 
-    Returns ``ids, mask`` [2b, t], ``content`` (real non-special tokens), ``department`` [2b], and with
-    ``corrupt`` the ``family``'s task corruption (default ``masked_lm``: BERT masking at ``mlm_prob``)
-    as ``input_ids`` and the ``chosen`` positions the task loss is taken at (else ``input_ids`` = ids).
+    ``masked_lm``: a batch's questions and answers stacked into 2b sequences; with ``corrupt`` BERT
+    masking at ``mlm_prob`` gives ``input_ids`` and ``chosen`` (else ``input_ids`` = ids).
+    ``causal_lm``: one prompt + response sequence per pair; ``chosen`` = the positions whose next
+    token is a response token; ``content`` = the response tokens.
     """
-    q, a = batch["q_input_ids"], batch["a_input_ids"]
-    width = max(q.shape[1], a.shape[1])
-    ids = torch.cat([F.pad(q, (0, width - q.shape[1]), value=tokens.pad), F.pad(a, (0, width - a.shape[1]), value=tokens.pad)])
-    mask = torch.cat([F.pad(batch["q_attention_mask"], (0, width - q.shape[1])),
-                      F.pad(batch["a_attention_mask"], (0, width - a.shape[1]))])
-    dept = batch.get("department")
-    dept = torch.full((q.shape[0],), -1, dtype=torch.long) if dept is None else dept
-    content = mask.bool()
-    for s in tokens.special:
-        content &= ids != s
-    out = {"ids": ids, "mask": mask, "content": content, "department": torch.cat([dept, dept]).to(ids.device),
-           "input_ids": ids, "chosen": None}
-    if corrupt:
-        if vocab_size is None:
-            raise ValueError("make_inputs: corrupt=True needs vocab_size")
-        gen = generator or torch.Generator().manual_seed(0)
-        corrupted, chosen = (family or get_family()).corrupt(ids.cpu(), mask.cpu(), tokens.special, tokens.mask,
-                                                            vocab_size, mlm_prob, gen)
-        out["input_ids"], out["chosen"] = corrupted.to(ids.device), chosen.to(ids.device)
-    return out
+    return (family or get_family()).inputs(batch, tokens, generator, corrupt, mlm_prob, vocab_size)
 
 
 def _linear_or_identity(d_in: int, d_out: int) -> nn.Module:

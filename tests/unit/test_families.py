@@ -19,9 +19,28 @@ SHAPE = TeacherShape(layers=4, hidden=32, heads=2, intermediate=64, max_position
 VOCAB, PAD, MASK, SPECIAL = 60, 0, 4, (0, 1, 2, 3, 4)
 
 
-@pytest.mark.parametrize("name", FAMILIES.names())
-def test_every_family_implements_the_whole_interface_on_a_tiny_model(name, tmp_path):
+CASES = [("masked_lm", None), ("causal_lm", "llama"), ("causal_lm", "qwen2"), ("causal_lm", "gpt2")]
+
+
+def test_every_registered_family_is_covered():
+    assert sorted({n for n, _ in CASES}) == sorted(FAMILIES.names())
+
+
+def _expected_labels(name, ids, chosen):
+    """The task's target ids at the chosen positions, written out: the token itself (masked LM) or
+    the next one (causal LM)."""
+    out = []
+    for b, p in chosen.nonzero().tolist():
+        out.append(int(ids[b, p]) if name == "masked_lm" else int(ids[b, p + 1]))
+    return torch.tensor(out, dtype=torch.long)
+
+
+@pytest.mark.parametrize("name,arch", CASES)
+def test_every_family_implements_the_whole_interface_on_a_tiny_model(name, arch, tmp_path):
+    import dataclasses
+
     fam = family(name)
+    SHAPE = dataclasses.replace(globals()["SHAPE"], arch=arch)
     assert isinstance(fam, ModelFamily) and fam.name == name and fam.export_classes
     for method in INTERFACE:  # overridden, not the base's NotImplementedError
         assert getattr(type(fam), method) is not getattr(ModelFamily, method), f"{name} lacks {method}"
@@ -58,10 +77,12 @@ def test_every_family_implements_the_whole_interface_on_a_tiny_model(name, tmp_p
     assert not chosen[mask == 0].any()
     logits = teacher(input_ids=corrupted, attention_mask=mask).logits
     loss = fam.task_loss(logits, ids, chosen)
-    expect = -torch.log_softmax(logits[chosen], -1).gather(1, ids[chosen][:, None]).mean()
+    labels = _expected_labels(name, ids, chosen)
+    assert torch.equal(fam.labels_at(ids, chosen), labels)
+    expect = -torch.log_softmax(logits[chosen], -1).gather(1, labels[:, None]).mean()
     assert math.isfinite(float(loss)) and float(loss) == pytest.approx(float(expect), rel=1e-5)
     total = fam.task_loss(logits, ids, chosen, reduction="sum")
-    assert float(total) == pytest.approx(float(F.cross_entropy(logits[chosen], ids[chosen], reduction="sum")), rel=1e-5)
+    assert float(total) == pytest.approx(float(F.cross_entropy(logits[chosen], labels, reduction="sum")), rel=1e-5)
 
     import transformers
 

@@ -20,8 +20,13 @@ def test_layer_map_uniform_and_errors():
     assert layer_map(4, 2, 1) == [(1, 2)]
     with pytest.raises(RaykdError, match="depth 7"):
         layer_map(24, 6, 7)
-    with pytest.raises(RaykdError, match="multiple"):
-        layer_map(10, 4)
+    # L_S need not divide L_T: g(i) = round(i·L_T/L_S), halves up (LLaMA-2 32 → TinyLLaMA 22)
+    assert layer_map(10, 4) == [(1, 3), (2, 5), (3, 8), (4, 10)]
+    m = layer_map(32, 22)
+    assert [g for _, g in m] == [int(i * 32 / 22 + 0.5) for i in range(1, 23)]
+    assert m[0] == (1, 1) and m[-1] == (22, 32) and len({g for _, g in m}) == 22
+    with pytest.raises(RaykdError, match="student layers"):
+        layer_map(4, 6)
 
 
 def test_hidden_mse_and_cosine_with_mask():

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from ...registry import Registry
 from .base import INTERFACE, ModelFamily, TeacherShape
+from .causal_lm import CausalLM
 from .masked_lm import MaskedLM
 
 FAMILIES = Registry("model family")
 FAMILIES.register(MaskedLM.name)(MaskedLM())
+FAMILIES.register(CausalLM.name)(CausalLM())
 DEFAULT = MaskedLM.name
 
 __all__ = ["FAMILIES", "INTERFACE", "ModelFamily", "TeacherShape", "family", "family_of"]

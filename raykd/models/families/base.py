@@ -21,6 +21,7 @@ class TeacherShape:
     heads: int = 4
     intermediate: int = 512
     max_position: int = 512
+    arch: str | None = None  # the family's architecture to build (causal_lm: llama | qwen2 | gpt2); None: its first
 
 
 class ModelFamily:
@@ -34,8 +35,25 @@ class ModelFamily:
         """Whether ``model`` (an HF model) belongs to this family."""
         raise NotImplementedError
 
-    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0) -> nn.Module:
+    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, bos_token_id: int | None = None,
+              eos_token_id: int | None = None) -> nn.Module:
         """A randomly initialised model of ``shape`` (the caller seeds torch)."""
+        raise NotImplementedError
+
+    def inputs(self, batch: dict, tokens, generator: torch.Generator | None, corrupt: bool, mlm_prob: float,
+               vocab_size: int | None) -> dict:
+        """A collated batch → the objectives' inputs: ``ids``, ``mask`` [n, t], ``content`` (the tokens
+        hidden-state terms count), ``department`` [n], ``input_ids`` (what the models read) and
+        ``chosen`` (the positions the task loss and logit terms are taken at; None without ``corrupt``)."""
+        raise NotImplementedError
+
+    def labels_at(self, ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """The true token ids [k] the logits at the ``chosen`` positions predict."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch: dict) -> int | None:
+        """The tokens of a collated batch its token-level losses count (for ``num_tokens``
+        normalisation over an optimizer step), or None when the family's losses are per-batch means."""
         raise NotImplementedError
 
     def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None) -> nn.Module:
@@ -72,4 +90,4 @@ class ModelFamily:
 
 
 INTERFACE = ("matches", "build", "load", "student_like", "backbone", "attention_inputs", "corrupt", "task_loss",
-             "save")
+             "save", "inputs", "labels_at", "count_tokens")

@@ -55,7 +55,7 @@ class MaskedLM(ModelFamily):
         return hasattr(getattr(model, "base_model", None), "encoder") and not model.config.is_decoder \
             and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
 
-    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0):
+    def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, bos_token_id=None, eos_token_id=None):
         from transformers import BertConfig, BertForMaskedLM
 
         if shape.hidden % shape.heads:
@@ -92,6 +92,35 @@ class MaskedLM(ModelFamily):
 
     def task_loss(self, logits, ids, chosen, reduction="mean"):
         return F.cross_entropy(logits[chosen], ids[chosen], reduction=reduction)
+
+    def inputs(self, batch, tokens, generator, corrupt, mlm_prob, vocab_size):
+        q, a = batch["q_input_ids"], batch["a_input_ids"]
+        width = max(q.shape[1], a.shape[1])
+        ids = torch.cat([F.pad(q, (0, width - q.shape[1]), value=tokens.pad),
+                         F.pad(a, (0, width - a.shape[1]), value=tokens.pad)])
+        mask = torch.cat([F.pad(batch["q_attention_mask"], (0, width - q.shape[1])),
+                          F.pad(batch["a_attention_mask"], (0, width - a.shape[1]))])
+        dept = batch.get("department")
+        dept = torch.full((q.shape[0],), -1, dtype=torch.long) if dept is None else dept
+        content = mask.bool()
+        for s in tokens.special:
+            content &= ids != s
+        out = {"ids": ids, "mask": mask, "content": content, "department": torch.cat([dept, dept]).to(ids.device),
+               "input_ids": ids, "chosen": None}
+        if corrupt:
+            if vocab_size is None:
+                raise ValueError("make_inputs: corrupt=True needs vocab_size")
+            gen = generator or torch.Generator().manual_seed(0)
+            corrupted, chosen = self.corrupt(ids.cpu(), mask.cpu(), tokens.special, tokens.mask, vocab_size, mlm_prob,
+                                             gen)
+            out["input_ids"], out["chosen"] = corrupted.to(ids.device), chosen.to(ids.device)
+        return out
+
+    def labels_at(self, ids, chosen):
+        return ids[chosen]
+
+    def count_tokens(self, batch):
+        return None  # masked-LM terms are per-batch means (the masked count is random)
 
     def save(self, model: nn.Module, out) -> None:
         model.save_pretrained(os.fspath(out), safe_serialization=True)
