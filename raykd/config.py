@@ -312,6 +312,13 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     _check(cfg.student.layers <= sh.layers, src, "student.layers",
            f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
     resolve_family(cfg, src)
+    if cfg.teacher.family == "causal_lm":
+        _check(not cfg.teacher.cache, src, "teacher.cache", "the teacher-output cache serves masked_lm teachers only "
+               "so far: set it false for a causal_lm teacher (the teacher then runs online)")
+        for name in [cfg.sampler.name] + [v for k, sp in cfg.space.items() if resolve_key(k) == "sampler.name"
+                                          for v in next(iter(sp.values())) if isinstance(sp, dict)]:
+            _check(name not in SAMPLER_NAMES or name == "uniform", src, "sampler.name",
+                   f"{name!r} scores pairs with the masked-LM head; a causal_lm study samples uniform")
     if e.metric is None:
         e.metric = DEFAULT_METRIC[cfg.teacher.family]
     _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",

@@ -115,6 +115,11 @@ class Evaluation:
         return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
 
 
+    def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
+        """Size and latency of the student beside the teacher (``efficiency_vs_teacher``)."""
+        return efficiency_vs_teacher(student, teacher, batch_size, seq_len)
+
+
 def _mlm_of(model):
     """The HF model (with its task head) inside a method / Student / HF model."""
     model = getattr(model, "student", model)

@@ -61,7 +61,7 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
     from raykd import config as C
     from raykd.data.shards import load_manifest
     from raykd.distill.methods import build_method
-    from raykd.models.student import build_student
+    from raykd.models.student import student_for
     from raykd.models.teacher import load_teacher
     from raykd.trial_spec import method_kwargs
 
@@ -73,10 +73,10 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
     manifest = load_manifest(prov["prepared"])
     t = prov["config"].get("teacher", {})
     teacher = load_teacher(prov["teacher"], **({"trust_remote_code": t.get("trust_remote_code", False),
-                                                "revision": t.get("revision")} if not t.get("adapt") else {}))
+                                                "revision": t.get("revision")} if not t.get("adapt") else {}),
+                           family=t.get("family"))
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
-    student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
-                            init_from_teacher=False)
+    student = student_for(teacher, cfg.student, aggregation, init_from_teacher=False)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     ckpt = checkpoint or latest_checkpoint(trial)
     try:

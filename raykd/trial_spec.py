@@ -6,8 +6,18 @@ from __future__ import annotations
 from raykd import config as C
 
 ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
+METHOD_ABLATIONS = {"structural": ABLATIONS,  # what `method.params.ablate` may switch off, per method
+                    "feature_align": ("none", "alignment", "contrastive", "logit", "dynamic_weights")}
 METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
                "retained_mrr")
+CAUSAL_METRIC_KEYS = ("perplexity", "answer_accuracy", "retained_accuracy", "param_reduction", "speedup_b1",
+                      "speedup_b32", "decode_tokens_per_s", "rouge_l")
+REFERENCE_METHOD = {"masked_lm": "no_distill", "causal_lm": "sft"}  # what the no_distill reference trains with
+
+
+def metric_keys(family: str | None) -> tuple[str, ...]:
+    """The metric names (without split) a family's trials report and its views show."""
+    return CAUSAL_METRIC_KEYS if family == "causal_lm" else METRIC_KEYS
 SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")  # samplers that read the teacher's scores
 REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
 
@@ -20,7 +30,8 @@ def trial_config(base: dict, params: dict) -> C.Config:
     overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY)}
     data = C.apply_overrides(base, overrides)
     if params.get(REFERENCE_KEY):  # the plain student on its own task loss, on the study's unweighted data
-        data["method"] = {**data["method"], "name": "no_distill", "depth": None, "params": {}}
+        family = (data.get("teacher") or {}).get("family") or "masked_lm"
+        data["method"] = {**data["method"], "name": REFERENCE_METHOD[family], "depth": None, "params": {}}
         data["sampler"] = {"name": "uniform", "params": {}}
     if "seed" in params:
         data["experiment"]["seeds"] = [int(params["seed"])]
@@ -35,8 +46,10 @@ def method_kwargs(cfg: C.Config, n_departments: int) -> tuple[dict, bool]:
               "seed": cfg.experiment.seeds[0], **params}
     aggregation = cfg.method.name == "structural"
     if ablate is not None:
-        if ablate not in ABLATIONS:
-            raise C.ConfigError(f"method.params.ablate: {ablate!r} is not one of {', '.join(ABLATIONS)}")
+        allowed = METHOD_ABLATIONS.get(cfg.method.name, ("none", "dynamic_weights"))
+        if ablate not in allowed:
+            raise C.ConfigError(f"method.params.ablate: {ablate!r} is not one of {', '.join(allowed)} "
+                                f"(method {cfg.method.name})")
         kwargs.setdefault("dynamic_weights", True)  # the full method carries every module
         if ablate == "aggregation":
             aggregation = False

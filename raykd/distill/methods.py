@@ -108,6 +108,9 @@ class DistillMethod(nn.Module):
         self.weighting = GradNormWeights(weights) if dynamic_weights else FixedWeights(weights)
         self.progress = 0.0
         self.family = student.family  # the task loss and corruption of the student's model family
+        # the tokenizer's real vocabulary: logits are compared over it when an embedding matrix is padded
+        # beyond it (e.g. 151,936 vs 152,064 rows over one tokenizer); None: the logits as they are
+        self.vocab: int | None = None
 
     # -- teacher side ------------------------------------------------------------------------------------
     def teacher_layers(self) -> list[int]:
@@ -121,13 +124,24 @@ class DistillMethod(nn.Module):
         hs = out.hidden_states
         targets = {"hidden": {i: hs[i] for i in sorted(set(self.teacher_layers()) | {self.t_layers})}}
         if self.uses_mlm:
-            targets["logits"] = out.logits[inputs["chosen"]]
+            targets["logits"] = self._vocab_slice(out.logits[inputs["chosen"]])
         if self.needs_qkv:
             targets["qkv"] = {i: attention_inputs(teacher, hs[i - 1], i) for i in self.qkv_layers()}
         return targets
 
     def qkv_layers(self) -> list[int]:
         return []
+
+    def _vocab_slice(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.vocab is None or logits.shape[-1] <= self.vocab else logits[..., :self.vocab]
+
+    def task_logits(self, out, inputs: dict) -> torch.Tensor:
+        """The student's logits [k, V] at the task positions (``chosen``), over the tokenizer's vocabulary."""
+        return self._vocab_slice(out.logits[inputs["chosen"]])
+
+    def task_labels(self, inputs: dict) -> torch.Tensor:
+        """The true token ids [k] at the task positions (the family's: masked token / next token)."""
+        return self.family.labels_at(inputs["ids"], inputs["chosen"])
 
     # -- student side ------------------------------------------------------------------------------------
     def student_forward(self, inputs: dict, targets: dict):
@@ -251,6 +265,113 @@ class NoDistill(DistillMethod):
         return {"mlm": self.family.task_loss(out.logits, inputs["ids"], inputs["chosen"])}
 
 
+@METHODS.register("sft")
+class SFT(NoDistill):
+    """Reference point, not a distillation method (the ``no_distill`` reference of causal studies):
+    supervised fine-tuning — cross-entropy of the student's task head against the true tokens at the
+    task positions (``ce``: the response tokens of a causal LM; masked tokens of an encoder),
+    normalised by the step's counted tokens when the trial passes ``num_tokens``."""
+
+    def losses(self, inputs, targets, out):
+        return {"ce": L.token_cross_entropy(self.task_logits(out, inputs), self.task_labels(inputs),
+                                            num_tokens=inputs.get("num_tokens"))}
+
+
+@METHODS.register("kd")
+class KD(DistillMethod):
+    """Logit distillation, as TRL / DistillKit users set it up: cross-entropy on the true tokens
+    (``ce``) + ``kd_weight`` · a divergence between teacher and student distributions at the task
+    positions (``kd``): ``forward_kl`` (Hinton: T²·KL(p_t‖q_s)), ``reverse_kl``, ``jsd`` (β),
+    ``skew_kl`` / ``skew_rkl`` (DistiLLM, α = ``skew_alpha``) or ``tvd``, at temperature T
+    (``raykd.distill.losses``). ``kd_weight`` is the fixed weight of ``kd`` (with ``dynamic_weights``
+    the gradient-aware weights replace it)."""
+
+    uses_mlm = True
+
+    def __init__(self, student, teacher_config, divergence: str = "forward_kl", temperature: float = 1.0,
+                 kd_weight: float = 1.0, beta: float = 0.5, skew_alpha: float = 0.1, weights=None,
+                 dynamic_weights=False):
+        super().__init__(student, teacher_config, {"kd": kd_weight, **(weights or {})}, dynamic_weights)
+        if divergence not in L.DIVERGENCES:
+            raise ValueError(f"kd: divergence {divergence!r} is not one of {', '.join(L.DIVERGENCES)}")
+        self.divergence, self.temperature, self.beta, self.skew_alpha = divergence, temperature, beta, skew_alpha
+
+    def teacher_layers(self):
+        return []
+
+    def losses(self, inputs, targets, out):
+        logits, n = self.task_logits(out, inputs), inputs.get("num_tokens")
+        return {"ce": L.token_cross_entropy(logits, self.task_labels(inputs), num_tokens=n),
+                "kd": L.divergence(self.divergence, logits, targets["logits"], temperature=self.temperature,
+                                   beta=self.beta, alpha=self.skew_alpha, num_tokens=n)}
+
+
+def _identity_linear(d_in: int, d_out: int) -> nn.Linear:
+    """A learned map d_in → d_out, the identity when the widths match (so alignment starts at zero
+    for a student cut from the teacher)."""
+    lin = nn.Linear(d_in, d_out)
+    if d_in == d_out:
+        with torch.no_grad():
+            lin.weight.copy_(torch.eye(d_in))
+            lin.bias.zero_()
+    return lin
+
+
+@METHODS.register("feature_align")
+class FeatureAlign(DistillMethod):
+    """The companion paper's method (feature alignment and representation transfer, LLaMA-2 →
+    TinyLLaMA): over the uniform layer map (i, g(i)) (``depth`` pairs), each student state is mapped
+    to the teacher's width by a learned projection W_i and aligned with the teacher's state
+    (``align``: MSE over response tokens divided by the teacher state's mean square, so every layer's
+    term is scale-free); the response-pooled states of each mapped pair are aligned by in-batch
+    InfoNCE (``contrastive``; the other sequences of the batch are the negatives, temperature
+    ``contrast_temperature``); the logit term is a divergence at the response positions (``logit``,
+    as ``kd``); cross-entropy on the true tokens (``ce``) always. Loss weights gradient-aware
+    (``dynamic_weights``, the default, GradNorm-style over the shared embeddings) or fixed (``logit``
+    weighted by ``kd_weight``). ``alignment``, ``contrastive``, ``logit`` switch modules off for an
+    ablation grid."""
+
+    uses_mlm = True
+
+    def __init__(self, student, teacher_config, depth: int | None = None, alignment: bool = True,
+                 contrastive: bool = True, logit: bool = True, divergence: str = "forward_kl",
+                 temperature: float = 1.0, kd_weight: float = 1.0, beta: float = 0.5, skew_alpha: float = 0.1,
+                 contrast_temperature: float = 0.1, weights=None, dynamic_weights: bool = True):
+        super().__init__(student, teacher_config, {"logit": kd_weight, **(weights or {})}, dynamic_weights)
+        if divergence not in L.DIVERGENCES:
+            raise ValueError(f"feature_align: divergence {divergence!r} is not one of {', '.join(L.DIVERGENCES)}")
+        self.pairs = layer_map(self.t_layers, self.s_layers, depth)
+        self.proj = nn.ModuleList(_identity_linear(self.s_hidden, self.t_hidden) for _ in self.pairs)
+        self.use_alignment, self.use_contrastive, self.use_logit = alignment, contrastive, logit
+        self.divergence, self.temperature, self.beta, self.skew_alpha = divergence, temperature, beta, skew_alpha
+        self.contrast_temperature = contrast_temperature
+
+    def teacher_layers(self):
+        return [g for _, g in self.pairs]
+
+    def losses(self, inputs, targets, out):
+        logits, n = self.task_logits(out, inputs), inputs.get("num_tokens")
+        terms = {"ce": L.token_cross_entropy(logits, self.task_labels(inputs), num_tokens=n)}
+        content, hs = inputs["content"], out.hidden_states
+        align, nce = [], []
+        for (i, g), proj in zip(self.pairs, self.proj):
+            ps, ht = proj(hs[i]), targets["hidden"][g]
+            if self.use_alignment:
+                scale = L.masked_mean(ht.pow(2), content).mean().detach().clamp_min(1e-8)
+                align.append(L.hidden_mse(ps, ht, content) / scale)
+            if self.use_contrastive:
+                nce.append(L.info_nce(L.masked_mean(ps, content), L.masked_mean(ht, content),
+                                      temperature=self.contrast_temperature))
+        if align:
+            terms["align"] = torch.stack(align).mean()
+        if nce:
+            terms["contrastive"] = torch.stack(nce).mean()
+        if self.use_logit:
+            terms["logit"] = L.divergence(self.divergence, logits, targets["logits"], temperature=self.temperature,
+                                          beta=self.beta, alpha=self.skew_alpha, num_tokens=n)
+        return terms
+
+
 @METHODS.register("tinybert")
 class TinyBERT(DistillMethod):
     """TinyBERT (Jiao et al., 2020): embedding-layer MSE (``embedding``), hidden-state MSE through a
@@ -327,36 +448,102 @@ class MiniLM(DistillMethod):
 
 @METHODS.register("minillm")
 class MiniLLM(DistillMethod):
-    """MiniLLM (Gu et al., 2024), token-level form: reverse KL(q_student ‖ p_teacher) of the masked-LM
-    head's distributions at the masked positions (``reverse_kl``), mode-seeking rather than
-    mode-covering."""
+    """MiniLLM (Gu et al., 2024), token-level form: reverse KL(q_student ‖ p_teacher) of the task head's
+    distributions at the task positions (``reverse_kl``; masked tokens of an encoder, response tokens of
+    a causal LM, on the data's own responses), mode-seeking rather than mode-covering.
+
+    What is *not* implemented of MiniLLM: its sequence-level policy-gradient optimisation of the reverse
+    KL over the student's own samples (single-step decomposition, teacher-mixed sampling, length
+    normalisation, the pre-training loss term). Here the reverse KL is minimised per token on the
+    dataset's responses by plain back-propagation — the "token-level reverse KL" baseline of the
+    MiniLLM and DistiLLM papers. On-policy samples are what ``gkd`` with ``lmbda`` > 0 adds."""
 
     uses_mlm = True
 
     def losses(self, inputs, targets, out):
-        return {"reverse_kl": L.reverse_kl(out.logits[inputs["chosen"]], targets["logits"])}
+        return {"reverse_kl": L.reverse_kl(self.task_logits(out, inputs), targets["logits"],
+                                           num_tokens=inputs.get("num_tokens"))}
 
 
 @METHODS.register("gkd")
 class GKD(DistillMethod):
     """GKD (Agarwal et al., 2024): generalized Jensen-Shannon divergence JSD(β) between teacher and
-    student masked-LM distributions at the masked positions (``jsd``), both at temperature T
+    student task-head distributions at the task positions (``jsd``), both at temperature T
     (``temperature``); β ∈ [0, 1] interpolates from the forward KL (β = 0) to the reverse KL (β = 1),
-    as TRL's ``generalized_jsd_loss``. Token level on the masked-LM head: GKD's on-policy student
-    generations do not apply to an encoder."""
+    as TRL's ``generalized_jsd_loss``. Causal LMs, as TRL's ``GKDTrainer``: with probability ``lmbda``
+    per batch the responses are the student's own samples (on-policy; sampled at temperature 1 with a
+    KV cache, at most ``max_new_tokens``, ending at eos), and with ``seq_kd`` the other batches take
+    the teacher's greedy responses (sequence-level KD). An on-policy batch's loss is normalised by its
+    own response tokens (its count is not known before generation). Encoders: token level on the
+    masked-LM head only (an encoder does not generate; ``lmbda`` and ``seq_kd`` are refused)."""
 
     uses_mlm = True
 
-    def __init__(self, student, teacher_config, beta: float = 0.5, temperature: float = 1.0, weights=None,
-                 dynamic_weights=False):
+    def __init__(self, student, teacher_config, beta: float = 0.5, temperature: float = 1.0, lmbda: float = 0.0,
+                 seq_kd: bool = False, max_new_tokens: int = 32, seed: int = 0, weights=None, dynamic_weights=False):
         super().__init__(student, teacher_config, weights, dynamic_weights)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"gkd: beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {beta}")
+        if (lmbda > 0 or seq_kd) and student.family.name != "causal_lm":
+            raise ValueError("gkd: lmbda > 0 and seq_kd need a causal LM (an encoder does not generate)")
         self.beta, self.temperature = beta, temperature
+        self.lmbda, self.seq_kd, self.max_new_tokens = lmbda, seq_kd, max_new_tokens
+        self.generator = torch.Generator().manual_seed(seed)
+        self.generated = {"student": 0, "teacher": 0}  # batches whose responses were generated, by whom
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs):
+        if self.training and "response" in inputs:
+            if self.lmbda > 0 and float(torch.rand(1, generator=self.generator)) < self.lmbda:
+                inputs.update(regenerate_responses(self.student.mlm, inputs, self.max_new_tokens, sample=True))
+                self.generated["student"] += 1
+            elif self.seq_kd:
+                inputs.update(regenerate_responses(teacher, inputs, self.max_new_tokens, sample=False))
+                self.generated["teacher"] += 1
+        return super().teacher_targets(teacher, inputs)
 
     def losses(self, inputs, targets, out):
-        return {"jsd": L.generalized_jsd(out.logits[inputs["chosen"]], targets["logits"], beta=self.beta,
-                                         temperature=self.temperature)}
+        return {"jsd": L.generalized_jsd(self.task_logits(out, inputs), targets["logits"], beta=self.beta,
+                                         temperature=self.temperature, num_tokens=inputs.get("num_tokens"))}
+
+
+@torch.no_grad()
+def regenerate_responses(model, inputs: dict, max_new_tokens: int, sample: bool) -> dict:
+    """New causal inputs with the prompts of ``inputs`` and the responses ``model`` generates for them
+    (sampled at temperature 1, or greedy; KV cache; each response up to and including its first eos,
+    at most ``max_new_tokens``). Returns the keys of ``make_inputs`` for a causal batch; the count of
+    response tokens changes, so ``num_tokens`` is dropped."""
+    ids, mask, response = inputs["ids"], inputs["mask"].bool(), inputs["response"].bool()
+    prompt_len = (mask & ~response).sum(1)
+    cfg = model.config
+    eos = cfg.eos_token_id if not isinstance(cfg.eos_token_id, list) else cfg.eos_token_id[0]
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else eos
+    b, width = ids.shape[0], int(prompt_len.max())
+    left = torch.full((b, width), pad, dtype=ids.dtype, device=ids.device)
+    left_mask = torch.zeros_like(left)
+    for i, n in enumerate(prompt_len.tolist()):
+        left[i, width - n:], left_mask[i, width - n:] = ids[i, :n], 1
+    was = model.training
+    model.eval()
+    try:
+        gen = model.generate(input_ids=left, attention_mask=left_mask, max_new_tokens=max_new_tokens,
+                             do_sample=sample, top_k=0 if sample else None, top_p=1.0 if sample else None,
+                             temperature=1.0 if sample else None, pad_token_id=pad, eos_token_id=eos,
+                             use_cache=True)[:, width:]
+    finally:
+        model.train(was)
+    ended = (gen == eos).int().cumsum(1)
+    keep = (ended == 0) | ((ended == 1) & (gen == eos))  # up to and including the first eos
+    lengths = keep.sum(1)
+    total = int((prompt_len + lengths).max())
+    new_ids = torch.full((b, total), pad, dtype=ids.dtype, device=ids.device)
+    new_mask, new_resp = torch.zeros_like(new_ids), torch.zeros_like(new_ids)
+    for i, (n, r) in enumerate(zip(prompt_len.tolist(), lengths.tolist())):
+        new_ids[i, :n], new_ids[i, n:n + r] = ids[i, :n], gen[i, :r]
+        new_mask[i, :n + r], new_resp[i, n:n + r] = 1, 1
+    chosen = F.pad(new_resp.bool()[:, 1:], (0, 1), value=False)
+    return {"ids": new_ids, "mask": new_mask, "content": new_resp.bool(), "input_ids": new_ids, "chosen": chosen,
+            "response": new_resp, "num_tokens": None}
 
 
 @METHODS.register("ddk")

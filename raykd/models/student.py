@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .families import family_of
+from .families import family as get_family
+from .families import family_of, family_of_spec
 from .mapping import layer_map
 from .modules import MultiGranularityAggregation
 
@@ -73,3 +74,25 @@ def build_student(teacher: nn.Module, layers: int, hidden: int | None = None, he
                 s_sd[name] = t_sd[src]
         mlm.load_state_dict(s_sd)
     return Student(mlm, MultiGranularityAggregation(cfg.hidden_size) if aggregation else None)
+
+
+def load_student(spec: str, revision: str | None = None, aggregation: bool = False) -> Student:
+    """A Student from its own HF directory or hub id (``student.spec``, e.g. TinyLlama for a LLaMA-2
+    teacher; safetensors only, no remote code); its family is what its config.json names."""
+    from ..errors import RaykdError
+
+    fam = get_family(family_of_spec(spec))
+    try:
+        mlm = fam.load(spec, trust_remote_code=False, revision=revision)
+    except Exception as e:  # transformers raises OSError/ValueError/hub errors
+        raise RaykdError(f"student {spec}: cannot load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    return Student(mlm, MultiGranularityAggregation(mlm.config.hidden_size) if aggregation else None)
+
+
+def student_for(teacher: nn.Module, s_cfg, aggregation: bool = False, init_from_teacher: bool | None = None) -> Student:
+    """The trial's student from its config section (``StudentConfig``): loaded from ``spec`` when
+    set, else cut from the teacher (``build_student``; ``init_from_teacher`` overrides the config's)."""
+    if s_cfg.spec:
+        return load_student(s_cfg.spec, s_cfg.revision, aggregation)
+    init = s_cfg.init_from_teacher if init_from_teacher is None else init_from_teacher
+    return build_student(teacher, s_cfg.layers, s_cfg.hidden, aggregation=aggregation, init_from_teacher=init)

@@ -20,22 +20,29 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_directory
 from ..errors import RaykdError
-from .families import DEFAULT, TeacherShape, family_of
+from .families import DEFAULT, TeacherShape, family_of, family_of_spec
 from .families import family as get_family
 from .families.masked_lm import mask_tokens  # noqa: F401 (re-exported: the masked-LM corruption)
 
 
-def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0, family: str = DEFAULT):
-    """A randomly initialised teacher of ``shape`` in model ``family`` (a ``BertForMaskedLM`` for
-    ``masked_lm``), seeded."""
+CAUSAL_ARCHS = ("llama", "qwen2", "gpt2")
+
+
+def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0,
+                  family: str | None = None, bos_token_id: int | None = None, eos_token_id: int | None = None):
+    """A randomly initialised teacher of ``shape`` in model ``family`` (default: ``causal_lm`` when
+    ``shape.arch`` is a causal architecture, else ``masked_lm``: a ``BertForMaskedLM``), seeded."""
     torch.manual_seed(seed)
-    return get_family(family).build(shape, vocab_size, pad_token_id)
+    family = family or ("causal_lm" if shape.arch in CAUSAL_ARCHS else DEFAULT)
+    return get_family(family).build(shape, vocab_size, pad_token_id, bos_token_id, eos_token_id)
 
 
-def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | None = None, family: str = DEFAULT):
-    """Load a teacher of model ``family`` from an HF directory or hub id with safetensors weights only
-    and, unless the YAML asked for it together with a pinned ``revision``, ``trust_remote_code=False``;
-    raises RaykdError with the reason when it cannot."""
+def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | None = None, family: str | None = None):
+    """Load a teacher of model ``family`` (default: what a local directory's config.json names, else
+    ``masked_lm``) from an HF directory or hub id with safetensors weights only and, unless the YAML
+    asked for it together with a pinned ``revision``, ``trust_remote_code=False``; raises RaykdError
+    with the reason when it cannot."""
+    family = family or family_of_spec(spec)
     if trust_remote_code and not revision:
         raise RaykdError(f"teacher {spec}: trust_remote_code needs a pinned revision")
     if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
@@ -80,11 +87,13 @@ def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict, settings: AdaptSettings,
-                  log=print, device: str | torch.device = "cpu") -> dict:
+                  log=print, device: str | torch.device = "cpu", template=None) -> dict:
     """Train ``model`` in place on ``device`` on QA pairs of token ids: MLM on both sides + in-batch
     InfoNCE between the masked-mean representations of each question and its answer (batches drawn
-    and corrupted on the CPU with a seeded generator, so any device sees the same inputs). Returns
-    the loss history (dict); the model is left on ``device``."""
+    and corrupted on the CPU with a seeded generator, so any device sees the same inputs); a causal
+    LM (``template`` given): continued causal-LM training on the dialogues (prompt + response through
+    the template, next-token loss on every real token). Returns the loss history (dict); the model
+    is left on ``device``."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     g = torch.Generator().manual_seed(settings.seed)
@@ -102,6 +111,15 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
             order, pos = torch.randperm(len(pairs), generator=g), 0
         idx = order[pos: pos + settings.batch_size].tolist()
         pos += settings.batch_size
+        if template is not None:
+            lm = _causal_step(model, fam, [pairs[i] for i in idx], template, device)
+            history.append((float(lm.detach()), 0.0))
+            _update(model, opt, sched, lm)
+            if (step + 1) % 50 == 0 or step + 1 == settings.steps:
+                m = history[-50:]
+                log(f"[adapt] step {step + 1}/{settings.steps} · causal-lm {sum(x for x, _ in m) / len(m):.3f} · "
+                    f"{time.monotonic() - t0:.0f} s")
+            continue
         q_ids, q_mask = _pad([pairs[i][0] for i in idx], tok_ids["pad"], settings.max_length)
         a_ids, a_mask = _pad([pairs[i][1] for i in idx], tok_ids["pad"], settings.max_length)
         width = max(q_ids.shape[1], a_ids.shape[1])
@@ -133,9 +151,29 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
     return {"mlm": [h[0] for h in history], "contrastive": [h[1] for h in history]}
 
 
+def _causal_step(model, fam, pairs: list, template, device) -> torch.Tensor:
+    """The next-token loss of one batch of dialogues (prompt + response through ``template``)."""
+    seqs = [template.prompt(q) + template.response(a) for q, a in pairs]
+    ids, mask = _pad(seqs, template.pad, max(len(x) for x in seqs))
+    _, chosen = fam.corrupt(ids, mask, (), 0, 0, 0.0, None)
+    ids, mask, chosen = ids.to(device), mask.to(device), chosen.to(device)
+    return fam.task_loss(model(input_ids=ids, attention_mask=mask).logits, ids, chosen)
+
+
+def _update(model, opt, sched, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
     """Content hash of an adaptation's inputs and settings (the reuse key)."""
-    payload = {"data": manifest_key, "from": source, "shape": asdict(shape) if shape else None,
+    shape_d = asdict(shape) if shape else None
+    if shape_d is not None and shape_d.get("arch") is None:
+        del shape_d["arch"]  # the key of an encoder teacher is what it was before architectures were named
+    payload = {"data": manifest_key, "from": source, "shape": shape_d,
                "settings": asdict(settings), "version": 1}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -148,11 +186,12 @@ def is_adapted(out: str | Path, key: str) -> bool:
 
 
 def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape: TeacherShape | None = None,
-                   settings: AdaptSettings | None = None, log=print, device: str = "cpu") -> Path:
+                   settings: AdaptSettings | None = None, log=print, device: str = "cpu",
+                   family: str | None = None) -> Path:
     """Domain-adapt a teacher on ``device`` on a prepared directory's train split and save it
     (safetensors + tokenizer) to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None
     to build from ``shape``. Reuses ``out`` when it holds the result of the same inputs and settings;
-    writes atomically."""
+    writes atomically. ``family`` names a hub ``source``'s family (a directory's config.json says it)."""
     from ..data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
 
     settings = settings or AdaptSettings()
@@ -172,17 +211,23 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
                "special": tuple(sorted({i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
                                                     t["mask_token_id"], *tok.all_special_ids) if i is not None}))}
     if source:
-        model = load_teacher(source)
+        model = load_teacher(source, family=family)
         if model.config.vocab_size < t["vocab_size"]:
             raise RaykdError(f"teacher {source}: vocabulary ({model.config.vocab_size}) is smaller than the prepared "
                              f"tokenizer's ({t['vocab_size']}): the tokenizer does not match this teacher")
     else:
-        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed)
+        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    template = None
+    if family_of(model).name == "causal_lm":
+        from ..data.template import causal_template
+
+        template = causal_template(tok)
     table = pq.read_table(shard_paths(prepared_dir, "train", manifest), columns=["q_input_ids", "a_input_ids"])
     pairs = list(zip(table.column("q_input_ids").to_pylist(), table.column("a_input_ids").to_pylist()))
     log(f"[adapt] {len(pairs):,} train pairs · {settings.steps} steps · batch {settings.batch_size}")
     t0 = time.monotonic()
-    history = adapt_teacher(model, pairs, tok_ids, settings, log, device=device)
+    history = adapt_teacher(model, pairs, tok_ids, settings, log, device=device, template=template)
     model.to("cpu")
     with atomic_directory(out_p) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

@@ -41,8 +41,11 @@ def prepare_inputs(cfg: C.Config) -> dict:
         prepared = str(work / f"prepared-{s.dialogs}-{s.seed}-{cfg.data.max_length}")
         manifest = prepare(PrepareSettings(raw=[str(raw)], out=prepared, tokenizer=cfg.data.tokenizer,
                                            max_length=cfg.data.max_length))
-    sh = cfg.teacher.shape
-    shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate, max_position=max(cfg.data.max_length, 64))
+    sh, causal = cfg.teacher.shape, cfg.teacher.family == "causal_lm"
+    # a causal sequence is prompt + response (each up to max_length) + the template's tokens
+    shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate,
+                         max_position=max(cfg.data.max_length * (3 if causal else 1), 64),
+                         arch=cfg.teacher.arch if causal else None)
     adapt = None
     if cfg.teacher.adapt is not None:
         a = cfg.teacher.adapt
@@ -50,7 +53,7 @@ def prepare_inputs(cfg: C.Config) -> dict:
                                  threads=os.cpu_count() or 1)
         key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings)
         teacher = str(work / "teachers" / key[:16])
-        adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings}
+        adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings, "family": cfg.teacher.family}
     elif cfg.teacher.spec:
         teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
         check_teacher_matches_data(teacher, prepared, manifest, cfg.teacher.trust_remote_code, cfg.teacher.revision)
@@ -58,9 +61,29 @@ def prepare_inputs(cfg: C.Config) -> dict:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
     teacher_load = {"trust_remote_code": cfg.teacher.trust_remote_code, "revision": cfg.teacher.revision} \
         if cfg.teacher.spec and cfg.teacher.adapt is None else {}
+    if causal:
+        teacher_load["family"] = "causal_lm"
+    template = causal_template_of(prepared, manifest, cfg) if causal else None
+    if cfg.student.spec:
+        check_student_matches_data(cfg.student.spec, cfg.student.revision, prepared, manifest)
     return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_load": teacher_load,
             "teacher_key": key, "data_key": manifest["key"], "scores": None, "adapt": adapt,
-            "plugin_paths": C.plugin_paths(cfg.plugins)}
+            "plugin_paths": C.plugin_paths(cfg.plugins), "template": template}
+
+
+def causal_template_of(prepared: str, manifest: dict, cfg: C.Config) -> dict:
+    """The prompt/response template of a causal study (``data.template``) for the prepared data's
+    tokenizer, as a dict for the plan; RaykdError when that tokenizer cannot end a response."""
+    from transformers import AutoTokenizer
+
+    from raykd.data.template import causal_template
+
+    tok = AutoTokenizer.from_pretrained(os.path.join(prepared, manifest["tokenizer"]["path"]))
+    try:
+        return causal_template(tok).as_dict()
+    except ValueError as e:
+        raise RaykdError(f"data.tokenizer {manifest['tokenizer']['spec']}: {e}: a causal_lm study needs a tokenizer "
+                         "with eos and pad tokens (train-bpe:VOCAB, or the teacher's own)") from None
 
 
 def complete_inputs(cfg: C.Config, plan: dict) -> dict:
@@ -77,7 +100,7 @@ def complete_inputs(cfg: C.Config, plan: dict) -> dict:
             log(f"[adapt] reusing {plan['teacher']} (same data, teacher and settings)")
         else:
             run_heavy(_adapt_task, plan["prepared"], plan["teacher"], adapt["source"], adapt["shape"],
-                      adapt["settings"], what="teacher adaptation")
+                      adapt["settings"], adapt.get("family"), what="teacher adaptation")
     samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
     if samplers & set(SCORED_SAMPLERS):
         out = scores_dir(plan["prepared"], plan["teacher_key"], load_manifest(plan["prepared"]))
@@ -124,10 +147,10 @@ def _logged(fn, lines, *args):
     return fn(*args, device="cuda" if torch.cuda.is_available() else "cpu", log=lines.put)
 
 
-def _adapt_task(prepared: str, out: str, source, shape, settings, device: str, log):
+def _adapt_task(prepared: str, out: str, source, shape, settings, family, device: str, log):
     from raykd.models.teacher import adapt_prepared
 
-    return adapt_prepared(prepared, out, source, shape, settings, log=log, device=device)
+    return adapt_prepared(prepared, out, source, shape, settings, log=log, device=device, family=family)
 
 
 def _scores_task(prepared: str, teacher: str, teacher_load: dict, key: str, device: str, log):
@@ -184,6 +207,33 @@ def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_r
         if mine != theirs:
             raise RaykdError(f"teacher.spec {spec}: its tokenizer does not match the one the prepared shards in "
                              f"{prepared} were tokenized with: prepare the data with --tokenizer {spec}")
+
+
+def check_student_matches_data(spec: str, revision: str | None, prepared: str, manifest: dict) -> None:
+    """Refuse (RaykdError, before Ray starts) a ``student.spec`` that cannot read the prepared data:
+    a missing directory, a tokenizer of its own that differs from the data's (both named, with their
+    sizes: cross-tokenizer distillation is not supported), or an embedding matrix smaller than the
+    data's vocabulary. Embeddings padded beyond the tokenizer are fine (logits are compared over the
+    tokenizer's real vocabulary)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if spec.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(spec)):
+        raise RaykdError(f"student.spec {spec}: no such directory")
+    data_tok = os.path.join(prepared, manifest["tokenizer"]["path"])
+    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, f)) for f in ("tokenizer.json", "vocab.txt")):
+        mine = AutoTokenizer.from_pretrained(spec).get_vocab()
+        theirs = AutoTokenizer.from_pretrained(data_tok).get_vocab()
+        if mine != theirs:
+            raise RaykdError(f"student.spec {spec}: its tokenizer ({len(mine):,} tokens) differs from the data's and the "
+                             f"teacher's ({manifest['tokenizer']['spec']}, {len(theirs):,} tokens): teacher and student "
+                             "must share one tokenizer")
+    try:
+        config = AutoConfig.from_pretrained(spec, revision=revision, trust_remote_code=False)
+    except Exception as e:
+        raise RaykdError(f"student.spec {spec}: cannot read its config: {str(e).splitlines()[0][:200]}") from None
+    if config.vocab_size < int(manifest["tokenizer"]["vocab_size"]):
+        raise RaykdError(f"student.spec {spec}: its vocabulary ({config.vocab_size:,}) is smaller than the data's "
+                         f"tokenizer ({manifest['tokenizer']['vocab_size']:,} tokens, {manifest['tokenizer']['spec']})")
 
 
 def space_values(cfg: C.Config, path: str) -> list:

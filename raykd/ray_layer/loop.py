@@ -30,13 +30,13 @@ from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
-from raykd.evaluation import BOOTSTRAP, Evaluation, efficiency_vs_teacher
-from raykd.models.student import build_student
+from raykd.evaluation import BOOTSTRAP, Evaluation
+from raykd.models.student import student_for
 from raykd.models.teacher import load_teacher
 from raykd.precision import precision_policy
 from raykd.ray_layer.cache import CachedPairCollator, cached_targets
 from raykd.ray_layer.monitoring import LiveMetrics
-from raykd.ray_layer.stream import PairCollator, department_index
+from raykd.ray_layer.stream import CausalCollator, PairCollator, department_index
 from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
 from raykd.trial_spec import method_kwargs
 
@@ -67,7 +67,8 @@ def train_fn_per_worker(config: dict) -> None:
     meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
     while state.step < cfg.train.steps:
         batches = 0
-        for batch in stream.next_epoch():
+        for batch in token_groups(stream.next_epoch(), state.core.family, cfg.train.grad_accum, worker.world,
+                                  meter.micro):
             batches += 1
             meter.batch_arrived()
             if micro_step(state, batch, run, meter):
@@ -114,7 +115,11 @@ class TrainStream:
 
     def __init__(self, config: dict, t: C.TrainConfig, tokens: TokenIds, manifest: dict, seed: int, epoch: int):
         cache = config.get("cache")
-        if cache is not None:
+        if config.get("template") is not None:  # a causal trial: prompt + response sequences
+            from raykd.data.template import CausalTemplate
+
+            self.collate = CausalCollator(CausalTemplate.from_dict(config["template"]), department_index(manifest))
+        elif cache is not None:
             self.collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
         else:
             self.collate = PairCollator(tokens.pad, department_index(manifest))
@@ -134,6 +139,35 @@ class TrainStream:
         """The batches of the current epoch (the one fetched ahead the first time)."""
         batches, self._ahead = self._ahead or self._epoch(self.index), None
         return batches
+
+
+def token_groups(batches, family, grad_accum: int, world: int, micro: int):
+    """``batches`` with, for a family whose losses count tokens (``count_tokens``), each batch's
+    ``num_tokens``: the counted tokens of its optimizer step's micro-batches summed over every rank
+    (an all-reduce), divided by world × ``grad_accum`` — with the loop's usual division by
+    ``grad_accum`` and DDP's gradient mean, every counted token of the step then weighs 1 / (the
+    step's global count): the gradient of one big batch. Micro-batches are read a step ahead
+    (``micro``: micro-steps done so far, so a step that spans two epochs is grouped as it runs; its
+    part in the earlier epoch was normalised by that part's count)."""
+    import itertools
+
+    it = iter(batches)
+    size = grad_accum - micro % grad_accum
+    while True:
+        group = list(itertools.islice(it, size))
+        if not group:
+            return
+        counts = [family.count_tokens(b) for b in group]
+        if counts[0] is not None:
+            total = torch.tensor(float(sum(counts)))
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(total)  # RAY's process group: every rank reads the same number of batches
+            for b in group:
+                b["num_tokens"] = float(total) / (world * grad_accum)
+        yield from group
+        size = grad_accum
 
     def advance(self) -> int:
         """Move to the next epoch; returns its index."""
@@ -198,9 +232,9 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(worker.device).eval()
     teacher.requires_grad_(False)
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
-    student = build_student(teacher, cfg.student.layers, cfg.student.hidden, aggregation=aggregation,
-                            init_from_teacher=cfg.student.init_from_teacher)
+    student = student_for(teacher, cfg.student, aggregation)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
+    method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
     if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
         model = method.to(worker.device)
     else:
@@ -221,8 +255,8 @@ class Run:
         self.cfg, self.t, self.config, self.worker, self.tokens, self.teacher = cfg, cfg.train, config, worker, \
             tokens, teacher
         self.cache = config.get("cache")
-        self.evaluation = Evaluation(config["prepared"], manifest, self.t.eval_pairs, tokens,
-                                     teacher.config.vocab_size, config.get("teacher_key")) if worker.rank == 0 else None
+        self.evaluation = evaluation_for(config, manifest, self.t.eval_pairs, tokens, teacher) \
+            if worker.rank == 0 else None
         self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
 
     def check_cache_layers(self, core) -> None:
@@ -271,12 +305,15 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     core, t, w = state.core, run.t, run.worker
     meter.seen_pairs.update(batch.pop("pair_id", ()))
     cached = batch.pop("teacher_hidden", None)
+    num_tokens = batch.pop("num_tokens", None)
     if hasattr(core, "resample_batch"):  # DDK: rows redrawn by department sampling weight
         batch = core.resample_batch(batch, state.gen)
     batch = {k: v.to(w.device, non_blocking=True) for k, v in batch.items()}
     core.set_progress(state.step / t.steps)
     inputs = make_inputs(batch, run.tokens, state.gen, corrupt=core.uses_mlm,
                          vocab_size=run.teacher.config.vocab_size, family=core.family)
+    if num_tokens is not None:
+        inputs["num_tokens"] = num_tokens
     last_micro = (meter.micro + 1) % t.grad_accum == 0
     no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync")
     with state.model.no_sync() if no_sync else nullcontext():
@@ -360,8 +397,7 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
             result["best_metric"] = state.best
             if final:
                 result.update(ev.split(core, run.teacher, "test", BOOTSTRAP))
-                result.update(efficiency_vs_teacher(core.student, run.teacher, run.t.batch_size,
-                                                    ev.manifest["max_length"]))
+                result.update(ev.efficiency(core.student, run.teacher, run.t.batch_size, ev.manifest["max_length"]))
             state.save(d)
             ckpt_dir = d
         w.send(result, ckpt_dir)
@@ -384,6 +420,18 @@ def report_start(core, run: Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def evaluation_for(config: dict, manifest: dict, pairs: int, tokens: TokenIds, teacher):
+    """The trial's evaluation: ``CausalEvaluation`` for a causal trial (it has a template), else the
+    encoder ``Evaluation``."""
+    if config.get("template") is not None:
+        from raykd.data.template import CausalTemplate
+        from raykd.evaluation_causal import CausalEvaluation
+
+        return CausalEvaluation(config["prepared"], manifest, pairs, CausalTemplate.from_dict(config["template"]),
+                                config.get("teacher_key"))
+    return Evaluation(config["prepared"], manifest, pairs, tokens, teacher.config.vocab_size, config.get("teacher_key"))
+
+
 def _rss_mib() -> float:
     """Resident memory of this worker process, MiB."""
     import psutil

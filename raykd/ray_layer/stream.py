@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from raykd.data.collate import PairCollate, department_index, pad_ids  # noqa: F401 (re-exported)
+from raykd.data.collate import CausalCollate, PairCollate, department_index, pad_ids  # noqa: F401 (re-exported)
 from raykd.data.shards import SPLITS, load_manifest, shard_paths
 
 TOKEN_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids")
@@ -62,3 +62,7 @@ def read_parquet(paths: list[str], num_cpus: float | None = None, blocks: int | 
 class PairCollator(PairCollate, NumpyBatchCollateFn):
     """Ray Data ``collate_fn`` (a ``NumpyBatchCollateFn``, so Ray hands it numpy batches): see
     ``PairCollate`` for what it returns."""
+
+
+class CausalCollator(CausalCollate, NumpyBatchCollateFn):
+    """Ray Data ``collate_fn`` of causal trials: see ``CausalCollate`` for what it returns."""

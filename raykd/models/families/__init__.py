@@ -13,7 +13,7 @@ FAMILIES.register(MaskedLM.name)(MaskedLM())
 FAMILIES.register(CausalLM.name)(CausalLM())
 DEFAULT = MaskedLM.name
 
-__all__ = ["FAMILIES", "INTERFACE", "ModelFamily", "TeacherShape", "family", "family_of"]
+__all__ = ["FAMILIES", "INTERFACE", "ModelFamily", "TeacherShape", "family", "family_of", "family_of_spec"]
 
 
 def family(name: str = DEFAULT) -> ModelFamily:
@@ -29,3 +29,17 @@ def family_of(model) -> ModelFamily:
         if f.matches(model):
             return f
     raise ValueError(f"{type(model).__name__}: no registered model family matches it ({', '.join(FAMILIES.names())})")
+
+
+def family_of_spec(spec: str) -> str:
+    """The family of the model in a local HF directory, from its config.json's ``architectures``
+    (a causal-LM head → ``causal_lm``); ``DEFAULT`` for a hub id or a config that names none."""
+    import json
+    import os
+
+    path = os.path.join(os.path.expanduser(spec), "config.json")
+    try:
+        archs = json.loads(open(path, encoding="utf-8").read()).get("architectures") or []
+    except (OSError, ValueError):
+        return DEFAULT
+    return "causal_lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else DEFAULT

@@ -1,0 +1,189 @@
+"""What a causal trial's rank 0 measures, in the companion paper's claim form: the student alone on the
+validation pairs at every report and on the test pairs at the end, the fixed teacher beside it (its
+part computed once per process). Pure torch, no Ray.
+
+Per split (``val/…`` at each evaluation, ``test/…`` once):
+
+- ``perplexity`` = exp(Σ NLL / Σ response tokens) of the true doctor answers given the patient's
+  turn (template of ``data.template``), and ``teacher_perplexity``;
+- ``answer_accuracy``: each question's true answer among ``DISTRACTORS`` answers of *other*
+  dialogues of the same department (seeded; other departments only when one has too few), chosen
+  by the length-normalised log-likelihood of the answer given the prompt (ties count 1/k: a
+  constant model scores chance, 1/5); ``teacher_answer_accuracy``; ``retained_accuracy`` = student ÷
+  teacher (a fraction);
+- ``param_reduction`` = 1 − student ÷ teacher parameters.
+
+Test adds ``rouge_l`` (character ROUGE-L F1 of greedy generations on ``ROUGE_PROMPTS`` seeded test
+prompts, ``teacher_rouge_l`` beside it) and, from ``efficiency``, ``speedup_b1``, ``speedup_b32``
+(teacher ÷ student prefill latency per sequence at batch 1 and 32), ``decode_tokens_per_s`` (student,
+batch 1, KV cache) and the teacher's."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from raykd import causal_metrics as CM
+from raykd import metrics
+from raykd.data.collate import CausalCollate, department_index
+from raykd.data.shards import shard_paths
+from raykd.evaluation import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
+
+DISTRACTORS = 4
+ROUGE_PROMPTS = 32
+DECODE_TOKENS = 32
+
+
+def _order(ids: list[str], what: str) -> list[int]:
+    return sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{EVAL_SEED}|{what}|{ids[i]}".encode(),
+                                                                  digest_size=8).digest())
+
+
+def _lm(model):
+    """The HF causal LM inside a method / Student / HF model."""
+    model = getattr(model, "student", model)
+    return getattr(model, "mlm", model)
+
+
+class CausalSplit:
+    """One split's evaluation pairs: prompts, true responses, the answer-selection candidates, the
+    ROUGE prompts with their reference texts."""
+
+    def __init__(self, prepared: str, manifest: dict, split: str, pairs: int, template, tokenizer):
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(shard_paths(prepared, split, manifest),
+                          columns=["pair_id", "dialogue_id", "department", "q_input_ids", "a_input_ids"])
+        cols = {c: t.column(c).to_pylist() for c in t.column_names}
+        chosen = _order(cols["pair_id"], "eval")[:pairs]
+        self.template = template
+        self.prompts = [template.prompt(cols["q_input_ids"][i]) for i in chosen]
+        self.responses = [template.response(cols["a_input_ids"][i]) for i in chosen]
+        self.departments = [cols["department"][i] for i in chosen]
+        self.candidates, self.true_index = self._candidates(cols, chosen)
+        rouge = chosen[:ROUGE_PROMPTS]
+        self.rouge_prompts = [template.prompt(cols["q_input_ids"][i]) for i in rouge]
+        strip = set(template.strip)
+        self.rouge_refs = [tokenizer.decode([x for x in cols["a_input_ids"][i] if x not in strip]) for i in rouge]
+        self.max_new = max(len(r) for r in self.responses) if self.responses else 1
+        collate = CausalCollate(template, department_index(manifest))
+        self.batches = [collate({"q_input_ids": [cols["q_input_ids"][i] for i in chosen[k: k + 64]],
+                                 "a_input_ids": [cols["a_input_ids"][i] for i in chosen[k: k + 64]],
+                                 "department": np.array([cols["department"][i] for i in chosen[k: k + 64]])})
+                        for k in range(0, len(chosen), 64)]
+
+    def _candidates(self, cols: dict, chosen: list[int]) -> tuple[list[list[list[int]]], list[int]]:
+        """Per question: [true answer, DISTRACTORS answers of other dialogues] as response ids (the
+        true one first: ties are shared, so its place cannot favour it), drawn by a generator seeded
+        with the pair id."""
+        by_dept: dict[str, list[int]] = {}
+        for i, d in enumerate(cols["department"]):
+            by_dept.setdefault(d, []).append(i)
+        everyone = list(range(len(cols["pair_id"])))
+        out = []
+        for i in chosen:
+            rng = np.random.default_rng(int.from_bytes(hashlib.blake2b(
+                f"{EVAL_SEED}|distract|{cols['pair_id'][i]}".encode(), digest_size=8).digest(), "little"))
+            picks: list[int] = []
+            for pool in (by_dept[cols["department"][i]], everyone):
+                need = DISTRACTORS - len(picks)
+                if need <= 0:
+                    break
+                others = [j for j in pool if cols["dialogue_id"][j] != cols["dialogue_id"][i] and j not in picks
+                          and cols["a_input_ids"][j] != cols["a_input_ids"][i]]
+                if others:
+                    picks += [others[k] for k in rng.choice(len(others), size=min(need, len(others)), replace=False)]
+            out.append([self.template.response(cols["a_input_ids"][i])] +
+                       [self.template.response(cols["a_input_ids"][j]) for j in picks])
+        return out, [0] * len(out)
+
+
+class CausalEvaluation:
+    """What rank 0 evaluates for a causal trial (see the module docstring). The teacher's part is
+    computed once per process (``TEACHER_MEMO`` keyed by ``teacher_key``) and reused."""
+
+    def __init__(self, prepared: str, manifest: dict, pairs: int, template, teacher_key: str | None = None):
+        from transformers import AutoTokenizer
+
+        self.prepared, self.manifest, self.pairs, self.template = prepared, manifest, pairs, template
+        self.teacher_key = teacher_key
+        self.tokenizer = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
+        self._local = _TeacherMemo(keep=8)
+        self._splits: dict[str, CausalSplit] = {}
+
+    def data(self, split: str) -> CausalSplit:
+        name = "validation" if split == "val" else split
+        if name not in self._splits:
+            self._splits[name] = CausalSplit(self.prepared, self.manifest, name, self.pairs, self.template,
+                                             self.tokenizer)
+        return self._splits[name]
+
+    @property
+    def val(self) -> list[dict]:
+        return self.data("val").batches
+
+    def _memo(self, teacher, what: str, compute):
+        if self.teacher_key is None:
+            return self._local.get((id(teacher), what), compute)
+        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, "causal", what), compute)
+
+    def _scores(self, model, split: str) -> dict:
+        """Perplexity and answer accuracy of ``model`` on ``split`` (raw: no prefix)."""
+        d = self.data(split)
+        nll, count = CM.score_pairs(model, d.prompts, d.responses, self.template.pad)
+        flat_p = [p for p, c in zip(d.prompts, d.candidates) for _ in c]
+        flat_r = [r for c in d.candidates for r in c]
+        s, n = CM.score_pairs(model, flat_p, flat_r, self.template.pad)
+        per = (s / np.maximum(n, 1)).tolist()
+        rows, k = [], 0
+        for c in d.candidates:
+            rows.append(per[k: k + len(c)] + [-np.inf] * (DISTRACTORS + 1 - len(c)))
+            k += len(c)
+        return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
+                "answer_accuracy": CM.selection_accuracy(rows, d.true_index)}
+
+    def _rouge(self, model, split: str) -> float:
+        d = self.data(split)
+        gen = CM.greedy_responses(model, d.rouge_prompts, min(d.max_new, 96), self.template.eos, self.template.pad)
+        strip = set(self.template.strip)
+        texts = [self.tokenizer.decode([x for x in g if x not in strip]) for g in gen]
+        return float(np.mean([CM.rouge_l(p, r) for p, r in zip(texts, d.rouge_refs)]))
+
+    def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
+        """Metrics named ``<prefix><split>/<metric>`` (see the module docstring)."""
+        lm, t_lm = _lm(student), _lm(teacher)
+        mine = self._memo(teacher, f"self/{split}", lambda: self._scores(t_lm, split)) if lm is t_lm \
+            else self._scores(lm, split)
+        theirs = self._memo(teacher, f"scores/{split}", lambda: self._scores(t_lm, split))
+        m = {**mine, "teacher_perplexity": theirs["perplexity"], "teacher_answer_accuracy": theirs["answer_accuracy"],
+             "retained_accuracy": mine["answer_accuracy"] / theirs["answer_accuracy"]
+             if theirs["answer_accuracy"] > 0 else float("nan"),
+             "param_reduction": 1.0 - CM.param_count(lm) / CM.param_count(t_lm)}
+        if split == "test":
+            m["teacher_rouge_l"] = self._memo(teacher, f"rouge/{split}", lambda: self._rouge(t_lm, split))
+            m["rouge_l"] = m["teacher_rouge_l"] if lm is t_lm else self._rouge(lm, split)
+        return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
+
+    def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
+        """``test/params``, ``test/teacher_params``, ``test/latency_ms_b{1,32}`` (prefill ms per
+        sequence, student), ``test/speedup_b{1,32}`` (teacher ÷ student), ``test/decode_tokens_per_s``
+        and ``test/teacher_decode_tokens_per_s`` (batch 1, KV cache), ``test/decode_speedup``."""
+        lm, t_lm = _lm(student), _lm(teacher)
+        sizes = (1, 32)
+        prompt = self.data("test").prompts[0]
+        s = metrics.efficiency(lm, sizes, seq_len)
+        t = self._memo(teacher, f"efficiency/{seq_len}", lambda: {
+            **metrics.efficiency(t_lm, sizes, seq_len),
+            "decode": CM.decode_tokens_per_s(t_lm, prompt, DECODE_TOKENS, self.template.pad)})
+        dec = CM.decode_tokens_per_s(lm, prompt, DECODE_TOKENS, self.template.pad)
+        out = {"test/params": float(s["params"]), "test/teacher_params": float(t["params"]),
+               "test/decode_tokens_per_s": dec, "test/teacher_decode_tokens_per_s": t["decode"],
+               "test/decode_speedup": dec / max(t["decode"], 1e-9)}
+        for b in sizes:
+            out[f"test/latency_ms_b{b}"] = s[f"latency_ms_b{b}"]
+            out[f"test/speedup_b{b}"] = t[f"latency_ms_b{b}"] / max(s[f"latency_ms_b{b}"], 1e-9)
+        return out
+
+
+__all__ = ["CausalEvaluation", "CausalSplit", "DISTRACTORS", "ROUGE_PROMPTS"]
