@@ -97,6 +97,10 @@ def export(exp_dir: str | Path, out: str | Path, which: str = "best") -> dict:
     student, prov, manifest, teacher = load_trial_student(trial, ckpt)
     out = Path(out).absolute()
     with atomic_directory(out) as tmp:
+        if student.family.name == "causal_lm":  # generate() stops and pads as in training
+            t = manifest["tokenizer"]
+            student.mlm.generation_config.eos_token_id = t.get("eos_token_id", student.mlm.config.eos_token_id)
+            student.mlm.generation_config.pad_token_id = t.get("pad_token_id")
         student.family.save(student.mlm, tmp)
         AutoTokenizer.from_pretrained(os.path.join(prov["prepared"], "tokenizer")).save_pretrained(tmp)
         if student.aggregation is not None:
@@ -141,26 +145,13 @@ def model_card(trial: TrialRecord, prov: dict, manifest: dict, teacher, ckpt: Pa
     for k in rows:
         metric_lines.append(f"| {k} | {_num(m.get('val/' + k))} | {_num(m.get('test/' + k))} |")
     eff = [f"| {k.split('/', 1)[1]} | {_num(v)} |" for k, v in sorted(m.items())
-           if k.startswith("test/") and any(s in k for s in ("params", "latency", "speedup"))]
-    y_text = ("Y = the mean of the last hidden state over content tokens (no [CLS], [SEP], padding or other "
-              "special tokens), the same for every student and the teacher.")
-    if student.aggregation is not None:
-        y_text += (" This student also has its own multi-granularity aggregation of the last hidden state (token "
-                   "mean, phrase windows, [CLS], attention-fused; the metrics ending `_aggregated`): apply it with "
-                   "the code below.")
+           if k.startswith("test/") and any(s in k for s in ("params", "latency", "speedup", "decode", "reduction"))]
+    intro = _causal_intro(trial, cfg, teacher, student, prov) if student.family.name == "causal_lm" \
+        else _encoder_intro(cfg, teacher, student)
     splits = manifest.get("splits", {})
     lines = [
         "---", "library_name: transformers", "tags: [knowledge-distillation, raykd, medical-dialogue]", "---", "",
-        f"# raykd student `{trial.trial_id}`", "",
-        f"A {student.config.num_hidden_layers}-layer, {student.config.hidden_size}-wide BERT encoder distilled by "
-        f"raykd (`{cfg['method']['name']}`) from a {teacher.config.num_hidden_layers}-layer teacher. "
-        "Load it with plain transformers (no remote code):", "",
-        "```python", "from transformers import AutoModel, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(DIR); model = AutoModel.from_pretrained(DIR)", "```", "",
-        f"Sentence representation (what every metric below measures): {y_text}", "",
-    ]
-    if student.aggregation is not None:
-        lines += ["```python", AGGREGATION_CODE.rstrip(), "```", ""]
+        f"# raykd student `{trial.trial_id}`", "", *intro]
     lines += [
         "## Trial", "",
         f"- searched parameters: `{json.dumps(trial.params, sort_keys=True)}`, seed {trial.seed}",
@@ -183,6 +174,57 @@ def model_card(trial: TrialRecord, prov: dict, manifest: dict, teacher, ckpt: Pa
         "",
     ]
     return "\n".join(lines)
+
+
+def _causal_intro(trial: TrialRecord, cfg: dict, teacher, student, prov: dict) -> list[str]:
+    """The card's opening for a causal student: the claim numbers and how to generate with it."""
+    from transformers import AutoTokenizer
+
+    from raykd.data.template import PLAIN, causal_template
+
+    m = trial.metrics
+    kind = causal_template(AutoTokenizer.from_pretrained(os.path.join(prov["prepared"], "tokenizer"))).kind
+    prompt = ('text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, '
+              'add_generation_prompt=True)') if kind == "chat" else \
+        f'text = (tok.bos_token or "") + {PLAIN[0]!r} + question + {PLAIN[1]!r}'
+    return [
+        f"A {student.config.num_hidden_layers}-layer, {student.config.hidden_size}-wide causal LM "
+        f"(`{type(student.mlm).__name__}`) distilled by raykd (`{cfg['method']['name']}`) from a "
+        f"{teacher.config.num_hidden_layers}-layer, {teacher.config.hidden_size}-wide teacher. On the test split: "
+        f"retained accuracy **{_num(m.get('test/retained_accuracy'))}** (answer selection {_num(m.get('test/answer_accuracy'))}"
+        f" vs the teacher's {_num(m.get('test/teacher_answer_accuracy'))}), parameter reduction "
+        f"**{_num(m.get('test/param_reduction'))}**, prefill speedup {_num(m.get('test/speedup_b1'))}× (batch 1) / "
+        f"{_num(m.get('test/speedup_b32'))}× (batch 32), response perplexity {_num(m.get('test/perplexity'))} "
+        f"(teacher {_num(m.get('test/teacher_perplexity'))}). Load it with plain transformers (no remote code):", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(DIR); model = AutoModelForCausalLM.from_pretrained(DIR)",
+        "question = \"最近总是头痛，需要做什么检查？\"", prompt,
+        "ids = tok(text, add_special_tokens=False, return_tensors=\"pt\")",
+        "out = model.generate(**ids, max_new_tokens=64, do_sample=False)",
+        "print(tok.decode(out[0, ids[\"input_ids\"].shape[1]:], skip_special_tokens=True))", "```", "",
+        f"Prompt format ({kind} template, as in training): the patient's turn is the prompt, the doctor's the "
+        "response; every metric scores the response tokens only.", ""]
+
+
+def _encoder_intro(cfg: dict, teacher, student) -> list[str]:
+    """The card's opening for an encoder student: how to load it and what its representation is."""
+    y_text = ("Y = the mean of the last hidden state over content tokens (no [CLS], [SEP], padding or other "
+              "special tokens), the same for every student and the teacher.")
+    if student.aggregation is not None:
+        y_text += (" This student also has its own multi-granularity aggregation of the last hidden state (token "
+                   "mean, phrase windows, [CLS], attention-fused; the metrics ending `_aggregated`): apply it with "
+                   "the code below.")
+    lines = [
+        f"A {student.config.num_hidden_layers}-layer, {student.config.hidden_size}-wide BERT encoder distilled by "
+        f"raykd (`{cfg['method']['name']}`) from a {teacher.config.num_hidden_layers}-layer teacher. "
+        "Load it with plain transformers (no remote code):", "",
+        "```python", "from transformers import AutoModel, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(DIR); model = AutoModel.from_pretrained(DIR)", "```", "",
+        f"Sentence representation (what every metric below measures): {y_text}", "",
+    ]
+    if student.aggregation is not None:
+        lines += ["```python", AGGREGATION_CODE.rstrip(), "```", ""]
+    return lines
 
 
 def _num(v) -> str:

@@ -39,6 +39,31 @@ TABLE_METRICS = (  # (result key without split, column title, decimals): the pap
     ("speedup_b1", "Speedup (b=1)", 2),
 )
 FIGURE_METRICS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10")
+CAUSAL_TABLE_METRICS = (  # the companion paper's claim form
+    ("answer_accuracy", "Answer accuracy", 3),
+    ("retained_accuracy", "Retained accuracy", 3),
+    ("perplexity", "Perplexity", 2),
+    ("rouge_l", "ROUGE-L", 3),
+    ("param_reduction", "Param. reduction", 3),
+    ("speedup_b1", "Speedup (b=1)", 2),
+    ("speedup_b32", "Speedup (b=32)", 2),
+)
+CAUSAL_FIGURE_METRICS = ("answer_accuracy", "perplexity", "rouge_l")
+
+
+def is_causal(records) -> bool:
+    """Whether these trials are a causal-LM study's (they report answer-selection accuracy)."""
+    return any(k.endswith("/answer_accuracy") for r in records for k in r.metrics)
+
+
+def table_metrics(records) -> tuple:
+    """The (metric, title, decimals) columns of the tables for these trials' family."""
+    return CAUSAL_TABLE_METRICS if is_causal(records) else TABLE_METRICS
+
+
+def figure_metrics(records) -> tuple:
+    """The metrics drawn against each varied parameter for these trials' family."""
+    return CAUSAL_FIGURE_METRICS if is_causal(records) else FIGURE_METRICS
 FIGSIZE, DPI = (6.0, 4.0), 100  # every figure is 600 × 400 px
 STATUS_ORDER = ("finished", "stopped early", "error", "unfinished")
 
@@ -293,11 +318,12 @@ def groups_of(trials: list[TrialRecord], names: list[str]) -> dict[tuple, list[T
 
 def summary_table(finished: list[TrialRecord], names: list[str]) -> str:
     """Markdown: one row per configuration with test metrics as mean ± 95 % CI and n (seeds)."""
-    head = names + ["n"] + [title for _, title, _ in TABLE_METRICS]
+    columns = table_metrics(finished)
+    head = names + ["n"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, ts in groups_of(finished, names).items():
         cells = list(key) + [str(len(ts))]
-        for m, _, decimals in TABLE_METRICS:
+        for m, _, decimals in columns:
             mean, half, _ = mean_ci([t.metrics.get(f"test/{m}") for t in ts])
             cells.append(_fmt(mean, half, decimals))
         lines.append("| " + " | ".join(cells) + " |")
@@ -306,14 +332,15 @@ def summary_table(finished: list[TrialRecord], names: list[str]) -> str:
 
 def reference_table(refs: list[TrialRecord]) -> str:
     """Markdown: one row per reference role, test metrics as mean ± 95 % CI over seeds."""
-    head = ["reference", "n"] + [title for _, title, _ in TABLE_METRICS] + ["MLM loss (test)"]
+    columns = table_metrics(refs) if is_causal(refs) else TABLE_METRICS + (("mlm_loss", "MLM loss (test)", 3),)
+    head = ["reference", "n"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role in ROLES:
         ts = [r for r in refs if r.role == role and r.status == "finished"]
         if not ts:
             continue
         cells = [f"`{role}`", str(len(ts))]
-        for m, _, decimals in TABLE_METRICS + (("mlm_loss", "", 3),):
+        for m, _, decimals in columns:
             mean, half, _ = mean_ci([t.metrics.get(f"test/{m}") for t in ts])
             cells.append(_fmt(mean, half, decimals))
         lines.append("| " + " | ".join(cells) + " |")
@@ -433,7 +460,7 @@ def figures(trials: list[TrialRecord], names: list[str], split: str, out: Path,
     for name in names:
         values = sorted({t.params.get(name) for t in trials}, key=lambda v: (isinstance(v, str), v))
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        for m in FIGURE_METRICS:
+        for m in figure_metrics(trials):
             stats_ = [mean_ci([t.metrics.get(f"{split}/{m}") for t in trials if t.params.get(name) == v])
                       for v in values]
             if all(n == 0 for _, _, n in stats_):
@@ -504,7 +531,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     imp, used = importance(finished, names, metric, mode)
     diffs = paired_differences(finished, names, lead)
     md += _choices_md(imp, used, diffs, names, metric, lead)
-    vs = against(finished, names, against_config, [lead] + [f"test/{m}" for m in FIGURE_METRICS
+    vs = against(finished, names, against_config, [lead] + [f"test/{m}" for m in figure_metrics(trials)
                                                             if f"test/{m}" != lead]) if against_config else []
     if against_config:
         md += _against_md(vs, names, against_config)

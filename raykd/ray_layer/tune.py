@@ -57,9 +57,9 @@ def param_space(cfg: C.Config) -> dict:
 def hparam_metrics(cfg: C.Config) -> list[str]:
     """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
     from raykd.ray_layer.tblog import TUNE_PREFIX, tb_tag
-    from raykd.trial_spec import METRIC_KEYS
+    from raykd.trial_spec import metric_keys
 
-    names = [f"{split}/{m}" for split in ("val", "test") for m in METRIC_KEYS]
+    names = [f"{split}/{m}" for split in ("val", "test") for m in metric_keys(cfg.teacher.family)]
     return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
 
 
@@ -308,9 +308,17 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
                                   callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
 
 
+def view_columns(cfg: C.Config, references: bool = False) -> list[str]:
+    """The test metrics printed beside the lead metric: the family's headline numbers."""
+    if cfg.teacher.family == "causal_lm":
+        return ["test/answer_accuracy", "test/retained_accuracy", "test/perplexity"]
+    return ["test/mrr@10", "test/semantic_alignment"] + (["test/mlm_loss"] if references else [])
+
+
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
     """A compact results table (text) and the list of (trial id, error) of failed trials."""
     metric = cfg.experiment.metric
+    cols = view_columns(cfg)
     keys = list(cfg.space) + ["seed"]
     rows, failed = [], []
     for r in results:
@@ -320,13 +328,12 @@ def summarize(results, cfg: C.Config) -> tuple[str, list]:
         m = r.metrics or {}
         params = {**(r.config or {}).get("confirm", {}), **(r.config or {})}
         rows.append((trial_id, "ERROR" if r.error else ("done" if m.get("step") == cfg.train.steps else "stopped"),
-                     [params.get(k) for k in keys], m.get(metric), m.get("test/mrr@10"), m.get("test/semantic_alignment"),
-                     m.get("step")))
+                     [params.get(k) for k in keys], m.get(metric), *(m.get(c) for c in cols), m.get("step")))
     sign = -1 if cfg.experiment.mode == "max" else 1
     rows.sort(key=lambda r: (r[3] is None, sign * (r[3] or 0)))
-    head = ["trial", "status"] + keys + [metric, "test/mrr@10", "test/semantic_alignment", "steps"]
+    head = ["trial", "status"] + keys + [metric, *cols, "steps"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = [head] + [[r[0], r[1]] + [fmt(v) for v in r[2]] + [fmt(r[3]), fmt(r[4]), fmt(r[5]), fmt(r[6])] for r in rows]
+    table = [head] + [[r[0], r[1]] + [fmt(v) for v in r[2]] + [fmt(v) for v in r[3:]] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table)
     return text, failed
@@ -338,6 +345,7 @@ def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
     from raykd.report import load_references
 
     metric = cfg.experiment.metric
+    cols = view_columns(cfg, references=True)
     rows, failed = [], []
     try:
         recs = load_references(exp_path)
@@ -346,9 +354,8 @@ def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
     for r in recs:
         if r.status == "error":
             failed.append((r.trial_id, r.error))
-        rows.append([r.role, r.trial_id, r.status, r.metrics.get(metric), r.metrics.get("test/mrr@10"),
-                     r.metrics.get("test/semantic_alignment"), r.metrics.get("test/mlm_loss")])
-    head = ["role", "trial", "status", metric, "test/mrr@10", "test/semantic_alignment", "test/mlm_loss"]
+        rows.append([r.role, r.trial_id, r.status, r.metrics.get(metric), *(r.metrics.get(c) for c in cols)])
+    head = ["role", "trial", "status", metric, *cols]
     fmt = lambda v: "–" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     table = [head] + [[fmt(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]

@@ -1,0 +1,172 @@
+"""The causal-LM family end to end without Ray: the template and collation, one training step of every
+causal method on tiny LLaMA / Qwen2 / GPT-2 models (loss finite, gradients reach the student), vocab
+padding, token-count normalisation in a method, on-policy generation, and the causal metrics against
+values written out here (a metric must be able to fail: chance for a constant model, the vocabulary
+size as the perplexity of a uniform one)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from raykd import causal_metrics as CM
+from raykd.data.collate import CausalCollate
+from raykd.data.template import PLAIN, CausalTemplate, causal_template
+from raykd.data.tokenizer import train_bpe
+from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.models.families import TeacherShape, family
+from raykd.models.student import build_student
+
+pytestmark = pytest.mark.unit
+VOCAB, PAD, BOS, EOS = 50, 0, 1, 2
+TEMPLATE = CausalTemplate(prefix=(BOS, 5), middle=(6, 7), suffix=(EOS,), strip=(PAD, BOS, EOS), eos=EOS, pad=PAD)
+TOKENS = TokenIds(PAD, None, None, None, (BOS, EOS))
+CAUSAL_METHODS = {"sft": {}, "kd": {"divergence": "skew_kl", "temperature": 2.0, "kd_weight": 0.5},
+                  "gkd": {"beta": 0.3, "lmbda": 1.0, "max_new_tokens": 4}, "feature_align": {},
+                  "structural": {"projection_dim": 16}, "minillm": {}, "no_distill": {}}
+
+
+def _batch(rows=4, seed=0):
+    g = np.random.default_rng(seed)
+    q = [list(g.integers(8, VOCAB, size=int(g.integers(2, 6)))) for _ in range(rows)]
+    a = [list(g.integers(8, VOCAB, size=int(g.integers(1, 5)))) for _ in range(rows)]
+    batch = CausalCollate(TEMPLATE, {"x": 0})({"q_input_ids": q, "a_input_ids": a,
+                                               "department": np.array(["x"] * rows)})
+    return batch, q, a
+
+
+def test_template_and_collate_mark_the_response_tokens_only():
+    batch, q, a = _batch()
+    for i in range(len(q)):
+        n = int(batch["attention_mask"][i].sum())
+        seq = batch["input_ids"][i, :n].tolist()
+        assert seq == [BOS, 5, *q[i], 6, 7, *a[i], EOS]
+        resp = batch["response_mask"][i, :n].tolist()
+        assert resp == [0] * (len(q[i]) + 4) + [1] * (len(a[i]) + 1)
+        assert batch["response_mask"][i, n:].sum() == 0
+    inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=family("causal_lm"))
+    # the logits at p predict p + 1: the chosen positions are those just before each response token
+    assert torch.equal(inputs["chosen"][:, :-1], batch["response_mask"][:, 1:].bool())
+    assert not inputs["chosen"][:, -1].any()
+    labels = family("causal_lm").labels_at(inputs["ids"], inputs["chosen"])
+    assert torch.equal(labels, batch["input_ids"][batch["response_mask"].bool()])
+    # specials carried by the shards' ids are stripped from the turns
+    assert TEMPLATE.prompt([BOS, 9, EOS]) == [BOS, 5, 9, 6, 7]
+
+
+def test_plain_and_chat_templates_of_a_trained_bpe_tokenizer():
+    tok = train_bpe(["患者：头痛三天了", "医生：建议休息，多喝水", "hello world"] * 20, 300)
+    t = causal_template(tok)
+    assert t.kind == "plain" and t.eos == tok.eos_token_id and t.pad == tok.pad_token_id
+    assert tok.decode(list(t.prefix), skip_special_tokens=True) == PLAIN[0]
+    assert tok.decode(list(t.middle)) == PLAIN[1] and t.prefix[0] == tok.bos_token_id and t.suffix == (tok.eos_token_id,)
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    c = causal_template(tok)
+    assert c.kind == "chat" and c.suffix[-1] == tok.eos_token_id
+    q, a = tok("头痛", add_special_tokens=False)["input_ids"], tok("休息", add_special_tokens=False)["input_ids"]
+    text = tok.decode(c.prompt(q) + c.response(a))
+    assert text.startswith("<s>user: 头痛\n<s>assistant: 休息") and text.endswith("</s>")
+    with pytest.raises(ValueError, match="eos"):
+        tok2 = train_bpe(["abc"] * 5, 270)
+        tok2.eos_token = None
+        causal_template(tok2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("name", sorted(CAUSAL_METHODS))
+def test_one_training_step_of_every_causal_method(arch, name):
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, arch), VOCAB, PAD, BOS, EOS).eval()
+    student = build_student(teacher, 2, aggregation=name == "structural")
+    method = build_method(name, student, teacher.config, n_departments=1, seed=0, **CAUSAL_METHODS[name])
+    method.train()
+    batch, _, _ = _batch()
+    inputs = make_inputs(batch, TOKENS, corrupt=method.uses_mlm, vocab_size=VOCAB, family=fam)
+    targets = method.teacher_targets(teacher, inputs)
+    out = method(inputs, targets)
+    assert math.isfinite(float(out["loss"])) and float(out["loss"]) > 0
+    out["loss"].backward()
+    grads = [p.grad for p in method.student.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    if name == "gkd":  # λ = 1: every batch's responses were sampled from the student
+        assert method.generated["student"] == 1 and inputs["num_tokens"] is None
+
+
+def test_logits_compared_over_the_tokenizers_vocabulary_when_embeddings_are_padded():
+    """A student whose embedding matrix is padded beyond the tokenizer (as 151,936 vs 152,064 rows)
+    is distilled over the tokenizer's real vocabulary: padding rows never enter the divergence."""
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    padded = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), VOCAB + 14, PAD, BOS, EOS)
+    from raykd.models.student import Student
+
+    method = build_method("kd", Student(padded), teacher.config)
+    method.vocab = VOCAB
+    batch, _, _ = _batch()
+    inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+    targets = method.teacher_targets(teacher, inputs)
+    out = method(inputs, targets)
+    logits = padded(input_ids=inputs["ids"], attention_mask=inputs["mask"]).logits[inputs["chosen"]][:, :VOCAB]
+    lt = torch.log_softmax(targets["logits"], -1)
+    ls = torch.log_softmax(logits, -1)
+    assert float(out["kd"]) == pytest.approx(float((lt.exp() * (lt - ls)).sum(-1).mean()), rel=1e-5)
+
+
+def test_sft_with_num_tokens_sums_over_micro_batches_to_the_big_batch_gradient():
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    method = build_method("sft", build_student(teacher, 2), teacher.config)
+    batch, _, _ = _batch(rows=6, seed=3)
+    full = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+    method(full, {})["loss"].backward()
+    g_full = [p.grad.clone() for p in method.parameters() if p.grad is not None]
+    method.zero_grad()
+    n = int(batch["response_mask"].sum())
+    for sl in (slice(0, 2), slice(2, 6)):
+        part = make_inputs({k: v[sl] for k, v in batch.items()}, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+        part["num_tokens"] = n / 2  # the loop's convention: global count / (world × grad_accum); loss ÷ grad_accum
+        (method(part, {})["loss"] / 2).backward()
+    g_acc = [p.grad for p in method.parameters() if p.grad is not None]
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(g_acc, g_full))
+
+
+def test_selection_accuracy_ties_and_chance():
+    assert CM.selection_accuracy([[1.0, 0.0, 0.0]], [0]) == 1.0
+    assert CM.selection_accuracy([[0.0, 1.0, 0.0]], [0]) == 0.0
+    assert CM.selection_accuracy(np.zeros((7, 5)), [0] * 7) == pytest.approx(0.2)  # a constant model: chance
+    assert CM.selection_accuracy([[2.0, 2.0, 1.0]], [1]) == 0.5
+
+
+def test_rouge_l_and_lcs_hand_values():
+    assert CM.lcs_length("ABCBDAB", "BDCABA") == 4
+    assert CM.rouge_l("头痛 休息", "头痛，多休息") == pytest.approx(2 * (4 / 4) * (4 / 6) / (4 / 4 + 4 / 6))
+    assert CM.rouge_l("", "abc") == 0.0 and CM.rouge_l("xyz", "abc") == 0.0 and CM.rouge_l("abc", "abc") == 1.0
+
+
+class _Uniform(torch.nn.Module):
+    """A causal LM whose logits are all zero: every token has probability 1/V."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.w = vocab, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.zeros(*input_ids.shape, self.vocab) * self.w)
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size_and_its_answer_accuracy_is_chance():
+    prompts = [[1, 5, 9, 6], [1, 5, 10, 11, 6]]
+    responses = [[12, 13, 2], [14, 2]]
+    s, n = CM.score_pairs(_Uniform(VOCAB), prompts, responses, PAD)
+    assert n.tolist() == [3, 2]
+    assert CM.perplexity(-float(s.sum()), int(n.sum())) == pytest.approx(VOCAB, rel=1e-6)
+    per = (s / n).reshape(1, 2)
+    assert CM.selection_accuracy(per, [0]) == pytest.approx(0.5)
