@@ -376,13 +376,14 @@ def gains_over_references(finished: list[TrialRecord], refs: list[TrialRecord], 
 
 def importance(trials: list[TrialRecord], names: list[str], metric: str, mode: str) -> tuple[dict, int]:
     """({parameter: importance in [0, 1]}, trials used) by Optuna's fANOVA evaluator on the trials'
-    final validation ``metric``; {} when fewer than 3 usable trials or nothing varies."""
+    final validation ``metric``; {} when fewer than 3 usable trials, nothing varies, or every trial
+    scored the same (no variance to attribute)."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
     usable = [t for t in trials if t.metrics.get(metric) is not None and math.isfinite(t.metrics[metric])
               and all(isinstance(t.params.get(n), (int, float, str, bool)) for n in names)]
-    if len(usable) < 3 or not names:
+    if len(usable) < 3 or not names or len({t.metrics[metric] for t in usable}) < 2:
         return {}, len(usable)
     dists = {n: CategoricalDistribution(sorted({t.params[n] for t in usable}, key=str)) for n in names}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -583,7 +584,8 @@ def _choices_md(imp: dict, used: int, diffs: list, names: list, metric: str, tes
     if imp:
         md += ["| parameter | importance |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in imp.items()]
     else:
-        md.append(f"_Not computed: needs ≥ 3 finished trials and a varied parameter (have {used})._")
+        md.append(f"_Not computed: needs ≥ 3 finished trials, a varied parameter and trials that differ on the metric "
+                  f"(have {used} trials)._")
     md += ["", f"### Paired differences on `{test_metric}` (same seeds; paired t, Holm-adjusted)", ""]
     if not diffs:
         return md + ["_No two configurations share ≥ 2 finished seeds._"]

@@ -68,3 +68,45 @@ def test_set_overrides_win_and_are_yaml_typed(tmp_path):
     assert (c.train.lr, c.search.num_samples, c.method.depth) == (1e-4, 4, 2)
     with pytest.raises(ConfigError, match="key=value"):
         parse_set(["train.lr"])
+
+
+def test_causal_paper_setting_is_the_companion_papers_and_validates_offline():
+    c = load_config(SPACES[[p.stem for p in SPACES].index("causal_paper")])
+    assert c.teacher.family == "causal_lm" and c.teacher.spec == "meta-llama/Llama-2-7b-hf" and c.teacher.revision
+    assert (c.teacher.shape.layers, c.teacher.shape.hidden, c.teacher.shape.vocab) == (32, 4096, 32000)
+    assert c.student.spec == "TinyLlama/TinyLlama_v1.1" and (c.student.layers, c.student.hidden) == (22, 2048)
+    assert c.student.vocab == c.teacher.shape.vocab  # one tokenizer
+    assert c.method.name == "feature_align" and c.train.precision == "bf16"
+    assert c.experiment.metric == "val/answer_accuracy"  # the causal family's lead metric
+    from raykd.models.mapping import layer_map
+
+    assert [g for _, g in layer_map(32, 22)][-1] == 32  # 32 → 22 needs the rounded uniform map
+
+
+def test_causal_smoke_and_losses_cover_the_objectives():
+    smoke = load_config(SPACES[[p.stem for p in SPACES].index("causal_smoke")])
+    assert smoke.teacher.family == "causal_lm" and smoke.teacher.arch == "llama" and smoke.student.layers * 3 == \
+        smoke.teacher.shape.layers and smoke.data.tokenizer.startswith("train-bpe:")
+    assert planned_trials(smoke) >= 6 and {"method.params.divergence", "method.params.temperature",
+                                           "method.params.kd_weight", "student.layers"} <= set(smoke.space)
+    losses = load_config(SPACES[[p.stem for p in SPACES].index("causal_losses")])
+    assert set(losses.space["method"]["grid"]) == {"sft", "kd", "gkd", "minillm", "feature_align", "structural"}
+    assert losses.experiment.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("teacher: {spec: some-org/some-llm}", "teacher.family: set it"),
+    ("teacher: {family: seq2seq}", "'seq2seq' is not one of masked_lm, causal_lm"),
+    ("teacher: {family: causal_lm, arch: bert}", "'bert' is a masked_lm architecture"),
+    ("teacher: {arch: llama}\nmethod: {name: tinybert}", "does not run on a causal_lm teacher"),
+    ("teacher: {arch: llama}\nmethod: {name: kd, params: {divergence: kl}}", "'kl' is not one of forward_kl"),
+    ("teacher: {arch: llama}\nmethod: {name: kd, params: {skew_alpha: 1.0}}", "must be in [0, 1)"),
+    ("method: {name: gkd, params: {lmbda: 0.5}}", "need a causal_lm teacher"),
+    ("teacher: {arch: llama, cache: true}", "teacher.cache"),
+    ("teacher: {arch: llama}\nsampler: {name: entropy}", "a causal_lm study samples uniform"),
+    ("teacher: {arch: llama}\nmethod: {name: feature_align, params: {temperature: 0}}", "must be a positive number"),
+])
+def test_bad_causal_config_fails_at_load_naming_the_key(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert needle in str(e.value) and "x.yaml" in str(e.value)

@@ -1,0 +1,124 @@
+"""A causal-LM study end to end on the session's Ray (shared by every test here): the generated corpus
+with a byte-level BPE tokenizer trained here, a tiny LLaMA-arch teacher built and adapted here, a
+student with a third of its layers; a grid over three causal methods with the references (teacher,
+init, sft) in Ray Train local mode — Tune, Train, Data, the causal evaluation, TensorBoard, the
+report, export, and the exported student reloaded with ``AutoModelForCausalLM`` and generating
+without raykd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import raykd
+from tests.conftest import ROOT
+from tests.integration.test_tune import trial_results
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+CAUSAL = str(ROOT / "search_spaces" / "causal_smoke.yaml")
+METHODS = ["kd", "feature_align", "gkd"]
+KEYS = ("perplexity", "answer_accuracy", "retained_accuracy", "param_reduction", "teacher_perplexity",
+        "teacher_answer_accuracy")
+TEST_ONLY = ("speedup_b1", "speedup_b32", "decode_tokens_per_s", "rouge_l")
+
+
+@pytest.fixture(scope="module")
+def causal_study(ray_session, tmp_path_factory):
+    work = tmp_path_factory.mktemp("causal")
+    overrides = {"data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
+                 "train.steps": 8, "train.eval_every": 4, "train.eval_pairs": 32, "method.params": {},
+                 "search.algorithm": "grid", "search.scheduler.type": "none",
+                 "space": {"method": {"grid": METHODS}}}
+    results, path = raykd.run_study(CAUSAL, overrides=overrides, storage=str(work / "exp"), name="causal")
+    return work, Path(path), results
+
+
+def test_every_causal_trial_reports_the_claim_metrics(causal_study):
+    work, exp, results = causal_study
+    assert len(results) == len(METHODS) and not results.errors
+    rows = trial_results(exp)
+    assert len(rows) == len(METHODS)
+    for name, rs in rows.items():
+        assert [r["step"] for r in rs] == [0, 4, 8], name
+        final = rs[-1]
+        for k in KEYS:
+            assert isinstance(final[f"val/{k}"], float) and isinstance(final[f"test/{k}"], float), (name, k)
+        for k in TEST_ONLY:
+            assert isinstance(final[f"test/{k}"], float), (name, k)
+        assert 0.0 <= final["test/answer_accuracy"] <= 1.0 and final["test/perplexity"] > 1.0
+        assert final["test/retained_accuracy"] == pytest.approx(final["test/answer_accuracy"]
+                                                                / final["test/teacher_answer_accuracy"])
+        assert final["test/speedup_b1"] > 0 and final["test/decode_tokens_per_s"] > 0
+        assert 0.0 <= final["test/rouge_l"] <= 1.0
+        assert final["train/loss"] == final["train/loss"]  # finite, not NaN
+    # parameter reduction against counts made here: the 6-layer teacher and a 2-layer cut of it
+    from raykd.models.student import build_student
+    from raykd.models.teacher import load_teacher
+
+    prov = json.loads(next(exp.glob("trial_*/provenance.json")).read_text())
+    teacher = load_teacher(prov["teacher"])
+    student = build_student(teacher, 2).mlm
+    n_t, n_s = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters())
+    final = next(iter(rows.values()))[-1]
+    assert final["test/param_reduction"] == pytest.approx(1 - n_s / n_t)
+    assert type(teacher).__name__ == "LlamaForCausalLM" and teacher.config.num_hidden_layers == 6
+    # the lead metric of a causal study is answer accuracy unless the config names another
+    assert prov["config"]["experiment"]["metric"] == "val/answer_accuracy"
+    assert prov["config"]["teacher"]["family"] == "causal_lm"
+
+
+def test_causal_references_run_sft_and_report_teacher_and_init(causal_study):
+    _, exp, _ = causal_study
+    from raykd.report import load_references
+
+    refs = load_references(exp)
+    assert {r.role for r in refs} == {"teacher", "init", "no_distill"}
+    prov = json.loads(next((exp / "references").glob("trial_*/provenance.json")).read_text())
+    assert prov["config"]["method"]["name"] == "sft"  # no distillation: cross-entropy on the responses
+    teacher = [r for r in refs if r.role == "teacher"][0].metrics
+    assert teacher["test/retained_accuracy"] == pytest.approx(1.0) and teacher["test/param_reduction"] == 0.0
+    init = [r for r in refs if r.role == "init"][0].metrics
+    assert init["test/perplexity"] > teacher["test/perplexity"]  # a student cut from the teacher starts worse
+
+
+def test_causal_study_in_tensorboard_and_the_report(causal_study):
+    work, exp, _ = causal_study
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raykd.report import build_report
+
+    trial = next(exp.glob("trial_*"))
+    ea = EventAccumulator(str(trial), size_guidance={"scalars": 0})
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("val/answer_accuracy")] == [0, 4, 8]
+    out = build_report(exp, work / "report")
+    text = (work / "report" / "table.md").read_text()
+    assert "Answer accuracy" in text and "Retained accuracy" in text and "`no_distill`" in text
+    assert all(m in text for m in METHODS)
+    assert any("answer_accuracy" in Path(f).name for f in out["figures"])
+
+
+def test_export_reloads_with_auto_model_for_causal_lm_and_generates_without_raykd(causal_study):
+    work, exp, _ = causal_study
+    from raykd.export import export
+
+    out = export(exp, work / "student")
+    card = (work / "student" / "README.md").read_text()
+    assert "retained accuracy" in card and "parameter reduction" in card and "AutoModelForCausalLM" in card
+    code = ("import sys; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"d = {str(work / 'student')!r}\n"
+            "tok = AutoTokenizer.from_pretrained(d); m = AutoModelForCausalLM.from_pretrained(d)\n"
+            "text = (tok.bos_token or '') + '患者：' + '最近总是头痛' + '\\n医生：'\n"
+            "ids = tok(text, add_special_tokens=False, return_tensors='pt')\n"
+            "g = m.generate(**ids, max_new_tokens=8, do_sample=False)\n"
+            "assert 'raykd' not in sys.modules\n"
+            "print(type(m).__name__, g.shape[1] - ids['input_ids'].shape[1])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(work), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    name, new = res.stdout.split()
+    assert name == "LlamaForCausalLM" and 1 <= int(new) <= 8
+    assert out["files"] and "model.safetensors" in out["files"]
