@@ -170,3 +170,47 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size_and_its_answer_acc
     assert CM.perplexity(-float(s.sum()), int(n.sum())) == pytest.approx(VOCAB, rel=1e-6)
     per = (s / n).reshape(1, 2)
     assert CM.selection_accuracy(per, [0]) == pytest.approx(0.5)
+
+
+def test_a_student_spec_with_another_tokenizer_stops_before_ray_naming_both(synth_prepared, tmp_path):
+    from raykd.errors import RaykdError
+    from raykd.ray_layer.inputs import check_student_matches_data
+
+    _, prepared, manifest = synth_prepared  # WordPiece, trained on the generated corpus
+    fam = family("causal_lm")
+    other = train_bpe(["患者：头痛三天了", "医生：建议休息"] * 10, 300)
+    student = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), len(other), other.pad_token_id)
+    student.save_pretrained(tmp_path / "s")
+    other.save_pretrained(tmp_path / "s")
+    with pytest.raises(RaykdError) as e:
+        check_student_matches_data(str(tmp_path / "s"), None, str(prepared), manifest)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{len(other):,} tokens" in msg and f"{manifest['tokenizer']['vocab_size']:,} tokens" in msg
+    # the data's own tokenizer with an embedding matrix padded beyond it: accepted
+    from transformers import AutoTokenizer
+
+    same = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))
+    padded = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), len(same) + 64, same.pad_token_id)
+    padded.save_pretrained(tmp_path / "p")
+    same.save_pretrained(tmp_path / "p")
+    check_student_matches_data(str(tmp_path / "p"), None, str(prepared), manifest)
+    small = fam.build(TeacherShape(2, 32, 2, 64, 64, "llama"), 100, 0)
+    small.save_pretrained(tmp_path / "q")
+    with pytest.raises(RaykdError, match="smaller than the data's tokenizer"):
+        check_student_matches_data(str(tmp_path / "q"), None, str(prepared), manifest)
+
+
+def test_token_groups_give_every_micro_batch_the_steps_token_count():
+    """The loop's step grouping: each micro-batch gets (the step's counted tokens) / (world × accum),
+    steps aligned to the micro-steps already done (a step spanning two epochs is grouped as it runs)."""
+    from raykd.ray_layer.loop import token_groups
+
+    fam = family("causal_lm")
+    batches = [{"response_mask": torch.ones(1, n)} for n in (3, 5, 2, 4, 6)]
+    out = [b["num_tokens"] for b in token_groups(batches, fam, grad_accum=2, world=1, micro=0)]
+    assert out == [4.0, 4.0, 3.0, 3.0, 3.0]  # steps (3+5), (2+4), then a lone last micro-batch (6) / 2
+    again = [{"response_mask": torch.ones(1, n)} for n in (3, 5, 2)]
+    out = [b["num_tokens"] for b in token_groups(again, fam, grad_accum=2, world=1, micro=1)]
+    assert out == [1.5, 3.5, 3.5]  # one micro-step of the step done in the previous epoch
+    masked = [{"q_input_ids": torch.ones(1, 3)}]
+    assert "num_tokens" not in next(token_groups(masked, family("masked_lm"), 2, 1, 0))
