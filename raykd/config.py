@@ -173,6 +173,10 @@ class TrainConfig:
     # run the one worker inside the trial's Tune actor (Ray Train local mode, actors reused); null (the
     # default): local mode for one-worker trials on a Ray that raykd starts itself, worker groups otherwise
     local_mode: bool | None = None
+    # a causal micro-batch with more response tokens than this computes its logit losses chunk by chunk,
+    # this many tokens at a time, from the final hidden states and the LM heads (never [tokens × vocabulary]
+    # logits of both models at once; same value and gradients); 0: always the plain logits
+    chunked_loss_tokens: int = 2048
     fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
 
@@ -329,6 +333,8 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
     _check(t.lr > 0, src, "train.lr", "must be positive")
+    _check(t.chunked_loss_tokens >= 0, src, "train.chunked_loss_tokens",
+           f"must be 0 (never chunk) or a positive number of tokens, got {t.chunked_loss_tokens}")
     _check(not t.local_mode or t.num_workers == 1, src, "train.local_mode",
            f"runs the trial's single worker inside its Tune actor: needs train.num_workers 1, got {t.num_workers}")
     _check(t.fault is None or parse_fault(t.fault) is not None, src, "train.fault",

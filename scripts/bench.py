@@ -9,6 +9,7 @@
     python scripts/bench.py idle [--quick]       what idle Ray worker processes cost a training trial
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
+    python scripts/bench.py kdloss [--quick]     chunked vs naive KD loss at V=151,936: peak memory and time
     python scripts/bench.py study [--quick] [--anchors DIR]   the anchors' 6-trial study: raykd vs Optuna
                                                  in one process vs HF Trainer + Ray Tune
 
@@ -75,6 +76,15 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=9, help="search trials")
     p.add_argument("--within", type=float, default=1.0, help="points of val/semantic_alignment (0-100)")
     p.add_argument("--quick", action="store_true")
+    p = sub.add_parser("kdloss", help="chunked vs naive KD loss: peak memory and time, forward + backward")
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--hidden", type=int, default=896)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--chunk", type=int, default=256, help="tokens per chunk of the chunked loss")
+    p.add_argument("--divergence", default="forward_kl")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each side a fresh process (median)")
+    p.add_argument("--quick", action="store_true", help="1,024 tokens, 3 rounds")
     p = sub.add_parser("study", help="the anchors' 6-trial study: raykd vs Optuna in one process vs HF + Ray Tune")
     p.add_argument("--anchors", default=str(ROOT.parent / "shared" / "anchors"), help="the anchors folder")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported; --quick: 1)")

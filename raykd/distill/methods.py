@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import losses as L
+from .chunked import chunked_cross_entropy, chunked_divergence
 from .weighting import FixedWeights, GradNormWeights
 from ..models.mapping import layer_map
 from ..models.modules import DomainAwareFusion, StructuralProjection
@@ -96,6 +97,7 @@ class DistillMethod(nn.Module):
 
     uses_mlm = False
     needs_qkv = False
+    chunkable = False  # computes its logit terms through ce_term / divergence_term (chunked when large)
 
     def __init__(self, student: Student, teacher_config, weights: dict | None = None, dynamic_weights: bool = False):
         super().__init__()
@@ -111,19 +113,36 @@ class DistillMethod(nn.Module):
         # the tokenizer's real vocabulary: logits are compared over it when an embedding matrix is padded
         # beyond it (e.g. 151,936 vs 152,064 rows over one tokenizer); None: the logits as they are
         self.vocab: int | None = None
+        # a causal batch with more task positions than this computes its logit terms chunk by chunk, this
+        # many tokens at a time, never holding [tokens × vocabulary] logits (train.chunked_loss_tokens; 0: never)
+        self.chunk_tokens: int = 0
 
     # -- teacher side ------------------------------------------------------------------------------------
     def teacher_layers(self) -> list[int]:
         """Indices into the teacher's ``hidden_states`` this method needs (0 = embeddings)."""
         return [self.t_layers]
 
+    def use_chunked(self, inputs: dict) -> bool:
+        """Whether this batch's logit terms run chunked (decided once per batch, kept in ``inputs``)."""
+        if "chunked" not in inputs:
+            inputs["chunked"] = bool(self.chunkable and self.chunk_tokens > 0 and self.family.name == "causal_lm"
+                                     and int(inputs["chosen"].sum()) > self.chunk_tokens)
+        return inputs["chunked"]
+
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs: dict) -> dict:
-        """What the objective needs from the teacher for these inputs (no gradients)."""
-        out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=True)
+        """What the objective needs from the teacher for these inputs (no gradients). Chunked: the
+        final hidden states at the task positions and the LM head instead of the logits."""
+        chunked = self.uses_mlm and self.use_chunked(inputs)
+        model = teacher.base_model if chunked else teacher
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=True)
         hs = out.hidden_states
         targets = {"hidden": {i: hs[i] for i in sorted(set(self.teacher_layers()) | {self.t_layers})}}
-        if self.uses_mlm:
+        if chunked:
+            head = teacher.get_output_embeddings()
+            targets["final_hidden"] = out.last_hidden_state[inputs["chosen"]]
+            targets["head"] = (head.weight, head.bias)
+        elif self.uses_mlm:
             targets["logits"] = self._vocab_slice(out.logits[inputs["chosen"]])
         if self.needs_qkv:
             targets["qkv"] = {i: attention_inputs(teacher, hs[i - 1], i) for i in self.qkv_layers()}
@@ -143,8 +162,35 @@ class DistillMethod(nn.Module):
         """The true token ids [k] at the task positions (the family's: masked token / next token)."""
         return self.family.labels_at(inputs["ids"], inputs["chosen"])
 
+    def ce_term(self, out, inputs: dict) -> torch.Tensor:
+        """Cross-entropy of the student's task head against the true tokens at the task positions
+        (÷ ``num_tokens`` when the trial passes it); chunked when the batch is (``use_chunked``)."""
+        n = inputs.get("num_tokens")
+        if inputs.get("chunked"):
+            head = self.student.mlm.get_output_embeddings()
+            return chunked_cross_entropy(out.last_hidden_state[inputs["chosen"]], head.weight, self.task_labels(inputs),
+                                         b=head.bias, num_tokens=n, chunk_tokens=self.chunk_tokens, vocab=self.vocab)
+        return L.token_cross_entropy(self.task_logits(out, inputs), self.task_labels(inputs), num_tokens=n)
+
+    def divergence_term(self, out, inputs: dict, targets: dict, name: str, temperature: float = 1.0,
+                        beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+        """``losses.divergence(name, …)`` between student and teacher at the task positions (÷
+        ``num_tokens`` when passed); chunked from hidden states and heads when the batch is."""
+        n = inputs.get("num_tokens")
+        if inputs.get("chunked"):
+            head = self.student.mlm.get_output_embeddings()
+            w_t, b_t = targets["head"]
+            return chunked_divergence(out.last_hidden_state[inputs["chosen"]], head.weight, targets["final_hidden"], w_t,
+                                      b_s=head.bias, b_t=b_t, divergence=name, temperature=temperature, beta=beta,
+                                      alpha=alpha, num_tokens=n, chunk_tokens=self.chunk_tokens, vocab=self.vocab)
+        return L.divergence(name, self.task_logits(out, inputs), targets["logits"], temperature=temperature, beta=beta,
+                            alpha=alpha, num_tokens=n)
+
     # -- student side ------------------------------------------------------------------------------------
     def student_forward(self, inputs: dict, targets: dict):
+        if self.uses_mlm and self.use_chunked(inputs):  # the trunk only: the head runs chunk by chunk in the loss
+            return self.student.mlm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"],
+                                               output_hidden_states=True)
         return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
 
     def losses(self, inputs: dict, targets: dict, out) -> dict[str, torch.Tensor]:
@@ -272,9 +318,10 @@ class SFT(NoDistill):
     task positions (``ce``: the response tokens of a causal LM; masked tokens of an encoder),
     normalised by the step's counted tokens when the trial passes ``num_tokens``."""
 
+    chunkable = True
+
     def losses(self, inputs, targets, out):
-        return {"ce": L.token_cross_entropy(self.task_logits(out, inputs), self.task_labels(inputs),
-                                            num_tokens=inputs.get("num_tokens"))}
+        return {"ce": self.ce_term(out, inputs)}
 
 
 @METHODS.register("kd")
@@ -299,11 +346,12 @@ class KD(DistillMethod):
     def teacher_layers(self):
         return []
 
+    chunkable = True
+
     def losses(self, inputs, targets, out):
-        logits, n = self.task_logits(out, inputs), inputs.get("num_tokens")
-        return {"ce": L.token_cross_entropy(logits, self.task_labels(inputs), num_tokens=n),
-                "kd": L.divergence(self.divergence, logits, targets["logits"], temperature=self.temperature,
-                                   beta=self.beta, alpha=self.skew_alpha, num_tokens=n)}
+        return {"ce": self.ce_term(out, inputs),
+                "kd": self.divergence_term(out, inputs, targets, self.divergence, self.temperature, self.beta,
+                                           self.skew_alpha)}
 
 
 def _identity_linear(d_in: int, d_out: int) -> nn.Linear:
@@ -332,6 +380,7 @@ class FeatureAlign(DistillMethod):
     ablation grid."""
 
     uses_mlm = True
+    chunkable = True
 
     def __init__(self, student, teacher_config, depth: int | None = None, alignment: bool = True,
                  contrastive: bool = True, logit: bool = True, divergence: str = "forward_kl",
@@ -350,8 +399,7 @@ class FeatureAlign(DistillMethod):
         return [g for _, g in self.pairs]
 
     def losses(self, inputs, targets, out):
-        logits, n = self.task_logits(out, inputs), inputs.get("num_tokens")
-        terms = {"ce": L.token_cross_entropy(logits, self.task_labels(inputs), num_tokens=n)}
+        terms = {"ce": self.ce_term(out, inputs)}
         content, hs = inputs["content"], out.hidden_states
         align, nce = [], []
         for (i, g), proj in zip(self.pairs, self.proj):
@@ -367,8 +415,8 @@ class FeatureAlign(DistillMethod):
         if nce:
             terms["contrastive"] = torch.stack(nce).mean()
         if self.use_logit:
-            terms["logit"] = L.divergence(self.divergence, logits, targets["logits"], temperature=self.temperature,
-                                          beta=self.beta, alpha=self.skew_alpha, num_tokens=n)
+            terms["logit"] = self.divergence_term(out, inputs, targets, self.divergence, self.temperature, self.beta,
+                                                  self.skew_alpha)
         return terms
 
 
@@ -459,10 +507,10 @@ class MiniLLM(DistillMethod):
     MiniLLM and DistiLLM papers. On-policy samples are what ``gkd`` with ``lmbda`` > 0 adds."""
 
     uses_mlm = True
+    chunkable = True
 
     def losses(self, inputs, targets, out):
-        return {"reverse_kl": L.reverse_kl(self.task_logits(out, inputs), targets["logits"],
-                                           num_tokens=inputs.get("num_tokens"))}
+        return {"reverse_kl": self.divergence_term(out, inputs, targets, "reverse_kl")}
 
 
 @METHODS.register("gkd")
@@ -478,6 +526,7 @@ class GKD(DistillMethod):
     masked-LM head only (an encoder does not generate; ``lmbda`` and ``seq_kd`` are refused)."""
 
     uses_mlm = True
+    chunkable = True
 
     def __init__(self, student, teacher_config, beta: float = 0.5, temperature: float = 1.0, lmbda: float = 0.0,
                  seq_kd: bool = False, max_new_tokens: int = 32, seed: int = 0, weights=None, dynamic_weights=False):
@@ -503,8 +552,7 @@ class GKD(DistillMethod):
         return super().teacher_targets(teacher, inputs)
 
     def losses(self, inputs, targets, out):
-        return {"jsd": L.generalized_jsd(self.task_logits(out, inputs), targets["logits"], beta=self.beta,
-                                         temperature=self.temperature, num_tokens=inputs.get("num_tokens"))}
+        return {"jsd": self.divergence_term(out, inputs, targets, "jsd", self.temperature, self.beta)}
 
 
 @torch.no_grad()

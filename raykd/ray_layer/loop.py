@@ -235,6 +235,7 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     student = student_for(teacher, cfg.student, aggregation)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
+    method.chunk_tokens = cfg.train.chunked_loss_tokens
     if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
         model = method.to(worker.device)
     else:

@@ -214,3 +214,32 @@ def test_token_groups_give_every_micro_batch_the_steps_token_count():
     assert out == [1.5, 3.5, 3.5]  # one micro-step of the step done in the previous epoch
     masked = [{"q_input_ids": torch.ones(1, 3)}]
     assert "num_tokens" not in next(token_groups(masked, family("masked_lm"), 2, 1, 0))
+
+
+@pytest.mark.parametrize("name", ["sft", "kd", "feature_align", "gkd", "minillm"])
+def test_a_chunked_training_step_equals_the_plain_one(name):
+    """Above train.chunked_loss_tokens the logit terms run chunk by chunk from the trunks' hidden states
+    and the heads: the same loss terms and the same gradients as with the full logits."""
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    kw = {"kd": {"divergence": "jsd", "temperature": 2.0}, "feature_align": {"dynamic_weights": False}}.get(name, {})
+    runs = []
+    for chunk in (0, 3):
+        torch.manual_seed(1)
+        method = build_method(name, build_student(teacher, 2), teacher.config, seed=0, **kw)
+        method.vocab, method.chunk_tokens = VOCAB, chunk
+        batch, _, _ = _batch(rows=5, seed=2)
+        inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+        out = method(inputs, method.teacher_targets(teacher, inputs))
+        assert inputs["chunked"] == (chunk > 0)
+        out["loss"].backward()
+        runs.append(({k: float(v) for k, v in out.items()},
+                     {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}))
+    (plain, g_plain), (chunked, g_chunked) = runs
+    assert plain.keys() == chunked.keys()
+    for k in plain:
+        assert chunked[k] == pytest.approx(plain[k], rel=1e-5), k
+    assert g_plain.keys() == g_chunked.keys()
+    for n in g_plain:
+        assert float((g_chunked[n] - g_plain[n]).norm()) <= 1e-4 * float(g_plain[n].norm()) + 1e-8, n

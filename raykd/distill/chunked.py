@@ -1,0 +1,119 @@
+"""A KD loss that never materialises the vocabulary for every token at once: from the final hidden
+states of student and teacher and their LM heads, a chunk of tokens at a time (the approach of
+Liger-Kernel's fused linear JSD). Pure torch, no Ray.
+
+The naive loss holds [tokens × V] logits of both models, their softmaxes and the student logits'
+gradient: at V = 151,936 and 2,048 tokens each such tensor is 1.2 GiB in fp32. Here, inside the
+forward pass, each chunk's logits are computed in fp32, the divergence of the chunk and its gradients
+with respect to the chunk's student hidden states and the student head are taken at once, and the
+chunk's logits are dropped; the backward pass only scales the stored gradients. Value and gradients
+equal the unchunked ``losses.divergence`` (tested to 1e-5 relative). Peak memory: a few chunks of
+logits, the student head's gradient (as the naive path has too) and the hidden states' gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import losses as L
+
+
+class _Chunked(torch.autograd.Function):
+    """Σ over chunks of ``part(student logits of the chunk, chunk slice)``, each chunk's gradients
+    taken in the forward pass (the chunk's logits are then dropped); backward scales them."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, part, chunk):
+        w32 = w_s.detach().float().requires_grad_(True)
+        b32 = None if b_s is None else b_s.detach().float().requires_grad_(True)
+        grad_h = torch.zeros(h_s.shape, dtype=torch.float32, device=h_s.device)
+        grad_w = torch.zeros_like(w32)
+        grad_b = None if b32 is None else torch.zeros_like(b32)
+        total = torch.zeros((), dtype=torch.float32, device=h_s.device)
+        for start in range(0, h_s.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            with torch.enable_grad():
+                hs = h_s[sl].detach().float().requires_grad_(True)
+                ls = hs @ w32.T
+                if b32 is not None:
+                    ls = ls + b32
+                value = part(ls, sl)
+                leaves = (hs, w32) if b32 is None else (hs, w32, b32)
+                grads = torch.autograd.grad(value, leaves)
+            grad_h[sl] = grads[0]
+            grad_w += grads[1]
+            if b32 is not None:
+                grad_b += grads[2]
+            total += value.detach()
+            del ls, value, grads, hs
+        ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
+        ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
+        ctx.has_bias = b_s is not None
+        return total
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        dh, dw = (saved[0] * g).to(ctx.dtypes[0]), (saved[1] * g).to(ctx.dtypes[1])
+        db = (saved[2] * g).to(ctx.dtypes[2]) if ctx.has_bias else None
+        return dh, dw, db, None, None
+
+
+def _check(h_s: torch.Tensor, n: int, chunk_tokens: int) -> None:
+    if h_s.dim() != 2 or h_s.shape[0] != n:
+        raise ValueError(f"chunked loss: hidden states must be [n, d] with one n, got {tuple(h_s.shape)} for n = {n}")
+    if chunk_tokens < 1:
+        raise ValueError(f"chunked loss: chunk_tokens must be positive, got {chunk_tokens}")
+
+
+def _denominator(n: int, mask: torch.Tensor | None, num_tokens: float | None) -> float:
+    """What the chunks' sums are divided by: ``num_tokens``, else the counted positions of the whole set."""
+    if num_tokens is not None:
+        return num_tokens
+    return float(n if mask is None else mask.sum())
+
+
+def chunked_divergence(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, *,
+                       divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                       alpha: float = 0.1, mask: torch.Tensor | None = None, num_tokens: float | None = None,
+                       chunk_tokens: int = 256, b_s: torch.Tensor | None = None, b_t: torch.Tensor | None = None,
+                       vocab: int | None = None) -> torch.Tensor:
+    """``losses.divergence(divergence, h_s @ w_sᵀ + b_s, h_t @ w_tᵀ + b_t, …)`` computed ``chunk_tokens``
+    tokens at a time: h_s [n, d_s], h_t [n, d_t] (final hidden states at the task positions; the
+    teacher's carry no gradient), w_s [V_s, d_s], w_t [V_t, d_t] (LM head weights), optional biases,
+    ``vocab`` (compare over the first ``vocab`` entries: the tokenizer's real vocabulary). The mean
+    over counted positions (``mask`` [n]), or the sum ÷ ``num_tokens``. Gradients reach h_s, w_s, b_s."""
+    _check(h_s, h_t.shape[0] if h_t.dim() == 2 else -1, chunk_tokens)
+    if divergence not in L.DIVERGENCES:
+        raise ValueError(f"divergence {divergence!r}: expected one of {', '.join(L.DIVERGENCES)}")
+    denom = _denominator(h_s.shape[0], mask, num_tokens)
+    wt = w_t.detach().float()
+    bt = None if b_t is None else b_t.detach().float()
+
+    def part(ls: torch.Tensor, sl: slice) -> torch.Tensor:
+        with torch.no_grad():
+            lt = h_t[sl].detach().float() @ wt.T
+            if bt is not None:
+                lt = lt + bt
+        if vocab is not None:
+            ls, lt = ls[..., :vocab], lt[..., :vocab]
+        return L.divergence(divergence, ls, lt, temperature=temperature, beta=beta, alpha=alpha,
+                            mask=None if mask is None else mask[sl], num_tokens=denom)
+
+    return _Chunked.apply(h_s, w_s, b_s, part, chunk_tokens)
+
+
+def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, *, b: torch.Tensor | None = None,
+                          mask: torch.Tensor | None = None, num_tokens: float | None = None,
+                          chunk_tokens: int = 256, vocab: int | None = None) -> torch.Tensor:
+    """``losses.token_cross_entropy(h @ wᵀ + b, labels, …)`` computed ``chunk_tokens`` tokens at a
+    time (h [n, d], w [V, d], labels [n]); gradients reach h, w, b. Nats per token."""
+    _check(h, labels.shape[0], chunk_tokens)
+    denom = _denominator(h.shape[0], mask, num_tokens)
+
+    def part(logits: torch.Tensor, sl: slice) -> torch.Tensor:
+        if vocab is not None:
+            logits = logits[..., :vocab]
+        return L.token_cross_entropy(logits, labels[sl], mask=None if mask is None else mask[sl], num_tokens=denom)
+
+    return _Chunked.apply(h, w, b, part, chunk_tokens)
