@@ -205,9 +205,9 @@ def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_r
         mine = AutoTokenizer.from_pretrained(spec).get_vocab()
         theirs = AutoTokenizer.from_pretrained(os.path.join(prepared, manifest["tokenizer"]["path"])).get_vocab()
         if mine != theirs:
-            raise RaykdError(f"teacher.spec {spec}: its tokenizer ({len(mine):,} tokens) does not match the one the "
-                             f"prepared shards in {prepared} were tokenized with ({manifest['tokenizer']['spec']}, "
-                             f"{len(theirs):,} tokens): prepare the data with --tokenizer {spec}")
+            raise RaykdError(f"teacher.spec {spec}: its tokenizer does not match the one the prepared shards in "
+                             f"{prepared} were tokenized with ({len(mine):,} vs {len(theirs):,} tokens, "
+                             f"{manifest['tokenizer']['spec']}): prepare the data with --tokenizer {spec}")
 
 
 def check_student_matches_data(spec: str, revision: str | None, prepared: str, manifest: dict) -> None:
