@@ -33,16 +33,34 @@ def perplexity(total_nll: float, tokens: int) -> float:
     return math.exp(total_nll / tokens) if tokens > 0 else math.inf
 
 
-def selection_accuracy(scores, true_index) -> float:
-    """Fraction of questions whose true candidate has the highest score; a tie for the highest score
-    counts 1/k for k tied candidates (so a constant model scores exactly chance, 1/candidates)."""
+def selection_credit(scores, true_index) -> np.ndarray:
+    """Per question: 1 when its true candidate has the highest score, 1/k when it ties with k − 1
+    others for the highest, else 0 (so a constant model earns exactly 1/candidates)."""
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(true_index, dtype=np.int64)
     if s.ndim != 2 or len(s) != len(t):
         raise ValueError(f"selection_accuracy: scores {s.shape} and true_index {t.shape} do not match")
+    if not len(t):
+        return np.zeros(0)
     best = s.max(1, keepdims=True)
     top = np.isclose(s, best, rtol=1e-6, atol=1e-9)  # fp32 log-probabilities: equal up to rounding
-    return float(np.mean(top[np.arange(len(t)), t] / top.sum(1))) if len(t) else math.nan
+    return top[np.arange(len(t)), t] / top.sum(1)
+
+
+def selection_accuracy(scores, true_index) -> float:
+    """Fraction of questions whose true candidate has the highest score (``selection_credit``'s mean;
+    ties share the credit)."""
+    credit = selection_credit(scores, true_index)
+    return float(credit.mean()) if len(credit) else math.nan
+
+
+def bootstrap_ci(stat, n: int, draws: int, seed: int) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of ``stat(idx)`` over ``draws`` resamples of n items with
+    replacement (non-finite values dropped)."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(draws)], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    return tuple(float(v) for v in np.percentile(vals, [2.5, 97.5])) if len(vals) else (math.nan, math.nan)
 
 
 def lcs_length(a: str, b: str) -> int:
@@ -157,5 +175,5 @@ def score_pairs(model, prompts: list[list[int]], responses: list[list[int]], pad
     return np.concatenate(sums), np.concatenate(counts)
 
 
-__all__ = ["response_logprobs", "perplexity", "selection_accuracy", "lcs_length", "rouge_l", "greedy_responses",
+__all__ = ["response_logprobs", "perplexity", "selection_accuracy", "selection_credit", "bootstrap_ci", "lcs_length", "rouge_l", "greedy_responses",
            "decode_tokens_per_s", "param_count", "score_pairs", "left_pad"]

@@ -140,8 +140,9 @@ class CausalEvaluation:
         for c in d.candidates:
             rows.append(per[k: k + len(c)] + [-np.inf] * (DISTRACTORS + 1 - len(c)))
             k += len(c)
+        credit = CM.selection_credit(rows, d.true_index)
         return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
-                "answer_accuracy": CM.selection_accuracy(rows, d.true_index)}
+                "answer_accuracy": float(credit.mean()), "_credit": credit, "_nll": -nll, "_count": count}
 
     def _rouge(self, model, split: str) -> float:
         d = self.data(split)
@@ -153,17 +154,32 @@ class CausalEvaluation:
     def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
         """Metrics named ``<prefix><split>/<metric>`` (see the module docstring)."""
         lm, t_lm = _lm(student), _lm(teacher)
-        mine = self._memo(teacher, f"self/{split}", lambda: self._scores(t_lm, split)) if lm is t_lm \
-            else self._scores(lm, split)
         theirs = self._memo(teacher, f"scores/{split}", lambda: self._scores(t_lm, split))
+        mine = theirs if lm is t_lm else self._scores(lm, split)
         m = {**mine, "teacher_perplexity": theirs["perplexity"], "teacher_answer_accuracy": theirs["answer_accuracy"],
              "retained_accuracy": mine["answer_accuracy"] / theirs["answer_accuracy"]
              if theirs["answer_accuracy"] > 0 else float("nan"),
              "param_reduction": 1.0 - CM.param_count(lm) / CM.param_count(t_lm)}
+        if bootstrap > 0:
+            m.update(self._intervals(mine, theirs, bootstrap))
+        m = {k: v for k, v in m.items() if not k.startswith("_")}
         if split == "test":
             m["teacher_rouge_l"] = self._memo(teacher, f"rouge/{split}", lambda: self._rouge(t_lm, split))
             m["rouge_l"] = m["teacher_rouge_l"] if lm is t_lm else self._rouge(lm, split)
         return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
+
+    @staticmethod
+    def _intervals(mine: dict, theirs: dict, draws: int) -> dict:
+        """Bootstrap 95 % intervals over the evaluation pairs (one resample for student and teacher, so
+        the retained ratio is paired): ``<metric>_ci_low`` / ``_ci_high``."""
+        out, n = {}, len(mine["_credit"])
+        stats = {"answer_accuracy": lambda i: mine["_credit"][i].mean(),
+                 "retained_accuracy": lambda i: mine["_credit"][i].mean() / theirs["_credit"][i].mean(),
+                 "perplexity": lambda i: float(np.exp(mine["_nll"][i].sum() / max(mine["_count"][i].sum(), 1)))}
+        for name, stat in stats.items():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{name}_ci_low"], out[f"{name}_ci_high"] = CM.bootstrap_ci(stat, n, draws, EVAL_SEED + 1)
+        return out
 
     def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
         """``test/params``, ``test/teacher_params``, ``test/latency_ms_b{1,32}`` (prefill ms per

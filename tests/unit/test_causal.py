@@ -243,3 +243,13 @@ def test_a_chunked_training_step_equals_the_plain_one(name):
     assert g_plain.keys() == g_chunked.keys()
     for n in g_plain:
         assert float((g_chunked[n] - g_plain[n]).norm()) <= 1e-4 * float(g_plain[n].norm()) + 1e-8, n
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_pairs():
+    rng = np.random.default_rng(0)
+    small, large = rng.random(50) < 0.4, rng.random(5000) < 0.4
+    lo_s, hi_s = CM.bootstrap_ci(lambda i: small[i].mean(), len(small), 300, 1)
+    lo_l, hi_l = CM.bootstrap_ci(lambda i: large[i].mean(), len(large), 300, 1)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 5
+    assert CM.selection_credit([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]], [0, 2]).tolist() == [0.5, 0.0]
