@@ -69,3 +69,89 @@ def budget_text(cfg: C.Config, train_pairs: int | None, source: str) -> str:
 
 def _hours(h: float) -> str:
     return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
+
+
+# ------------------------------------------------------------------------------------------ memory per GPU
+GIB = 2**30
+A100_GIB = 80.0
+
+
+def decoder_params(layers: int, hidden: int, heads: int, kv_heads: int | None, intermediate: int, vocab: int,
+                   tied: bool = False) -> int:
+    """Parameters of a LLaMA-style decoder: embeddings (and an untied head) V·d, per layer q and o
+    projections 2·d², k and v 2·d·(d·kv/heads), a gated feed-forward 3·d·I and two norms 2·d, a final norm d."""
+    kv = hidden * (kv_heads or heads) // heads
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate + 2 * hidden
+    return vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
+
+
+def encoder_params(layers: int, hidden: int, intermediate: int, vocab: int, positions: int = 512) -> int:
+    """Parameters of a BERT-style encoder with a tied masked-LM head: embeddings (V + positions + 2)·d,
+    per layer 4·d² + 2·d·I (+ biases and norms ≈ 9·d + I), the head's transform d² + V biases."""
+    per_layer = 4 * hidden * hidden + 2 * hidden * intermediate + 9 * hidden + intermediate
+    return (vocab + positions + 2) * hidden + layers * per_layer + hidden * hidden + vocab
+
+
+def _shapes(cfg: C.Config) -> dict:
+    """Teacher and student sizes as the config records them (vocabulary: recorded, else a stated 32,000)."""
+    sh, st = cfg.teacher.shape, cfg.student
+    vocab = sh.vocab or st.vocab or 32000
+    s_hidden = st.hidden or sh.hidden
+    s_heads = st.heads or (sh.heads if s_hidden == sh.hidden else max(1, s_hidden // 64))
+    s_inter = st.intermediate or (sh.intermediate if s_hidden == sh.hidden else 4 * s_hidden)
+    s_kv = st.kv_heads or (sh.kv_heads if s_hidden == sh.hidden else None)
+    return {"vocab": vocab, "teacher": (sh.layers, sh.hidden, sh.heads, sh.kv_heads, sh.intermediate),
+            "student": (st.layers, s_hidden, s_heads, s_kv, s_inter)}
+
+
+def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
+    """Estimated memory per GPU of one trial, in GiB (upper-bound arithmetic, stated assumptions):
+    student weights fp32 (4 B/param: master weights under bf16/fp16 autocast), gradients fp32 (4 B),
+    AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher in bf16/fp16
+    (2 B/param; fp32 on CPU); activations of the student at the configured length without gradient
+    checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
+    and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
+    logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
+    4 B) for the plain loss, or one chunk of ``train.chunked_loss_tokens`` tokens for the chunked one.
+    Tokens per micro-batch: ``batch_size`` × 2 × ``data.max_length`` (a causal sequence is prompt +
+    response, an encoder batch holds questions and answers)."""
+    t, fam = cfg.train, cfg.teacher.family
+    shp = _shapes(cfg)
+    V = shp["vocab"]
+    if fam == "causal_lm":
+        p_t, p_s = decoder_params(*shp["teacher"], V), decoder_params(*shp["student"], V)
+    else:
+        p_t = encoder_params(shp["teacher"][0], shp["teacher"][1], shp["teacher"][4], V)
+        p_s = encoder_params(shp["student"][0], shp["student"][1], shp["student"][4], V)
+    gpus = gpus_per_trial or t.num_workers
+    half = 2 if t.use_gpu or t.precision in ("bf16", "fp16") else 4
+    tokens = t.batch_size * 2 * cfg.data.max_length
+    s_layers, s_hidden = shp["student"][0], shp["student"][1]
+    act = 34 * s_hidden * tokens * s_layers / GIB
+    act_ckpt = (2 * s_hidden * tokens * s_layers + 34 * s_hidden * tokens) / GIB
+    task_tokens = tokens // 2 if fam == "causal_lm" else int(tokens * 0.15)  # responses / masked positions
+    chunk = min(t.chunked_loss_tokens or task_tokens, task_tokens)
+    out = {"student_params": p_s, "teacher_params": p_t, "gpus": gpus, "tokens_per_micro_batch": tokens,
+           "weights_grads_optimizer": 16 * p_s / GIB, "weights_grads_optimizer_fsdp": 16 * p_s / GIB / gpus,
+           "teacher": half * p_t / GIB, "teacher_fsdp": half * p_t / GIB / gpus, "activations": act,
+           "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,
+           "logits_chunked": 5 * chunk * V * 4 / GIB}
+    out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher"] + act + out["logits_plain"]
+    out["total_best"] = (out["weights_grads_optimizer_fsdp"] + out["teacher_fsdp"] + act_ckpt + out["logits_chunked"])
+    return out
+
+
+def memory_text(cfg: C.Config) -> str:
+    """The --dry-run lines of ``memory_plan``: each part, the plain DDP total and the total with FSDP
+    over the trial's GPUs, gradient checkpointing and the chunked loss, against an A100's 80 GiB."""
+    m = memory_plan(cfg)
+    fits = lambda g: "fits" if g <= A100_GIB * 0.9 else "does NOT fit"  # noqa: E731 (10 % for the allocator, CUDA)
+    return (f"memory per GPU (estimate; student {m['student_params'] / 1e9:.2f} B params, teacher "
+            f"{m['teacher_params'] / 1e9:.2f} B, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
+            f"student weights+grads+AdamW {m['weights_grads_optimizer']:.1f} GiB "
+            f"({m['weights_grads_optimizer_fsdp']:.1f} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
+            f"{m['teacher']:.1f} GiB ({m['teacher_fsdp']:.1f} sharded), activations {m['activations']:.1f} GiB "
+            f"({m['activations_checkpointed']:.1f} with gradient checkpointing), logits {m['logits_plain']:.1f} GiB "
+            f"plain / {m['logits_chunked']:.2f} GiB chunked → {m['total_ddp']:.1f} GiB per GPU with DDP and the plain "
+            f"loss ({fits(m['total_ddp'])} an A100 80 GB), {m['total_best']:.1f} GiB with FSDP, checkpointing and the "
+            f"chunked loss ({fits(m['total_best'])})")

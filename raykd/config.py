@@ -91,6 +91,7 @@ class ShapeConfig:
     heads: int = 4
     intermediate: int = 256
     vocab: int | None = None  # recorded for a hub teacher (offline --dry-run); a built one takes the tokenizer's
+    kv_heads: int | None = None  # recorded grouped-query attention heads (null: as many as heads)
 
 
 @dataclass
@@ -124,6 +125,9 @@ class StudentConfig:
     #                          layers / hidden / vocab then describe it (for validation and --dry-run)
     vocab: int | None = None
     revision: str | None = None
+    heads: int | None = None  # a narrower student's attention heads (null: width / 64); recorded for a spec
+    kv_heads: int | None = None  # recorded for a spec student with grouped-query attention (--dry-run)
+    intermediate: int | None = None  # a narrower student's feed-forward width (null: 4 × width)
 
 
 @dataclass
@@ -313,6 +317,9 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            "true only together with a pinned teacher.revision")
     _check(cfg.teacher.cache_max_gb > 0, src, "teacher.cache_max_gb", f"must be positive, got {cfg.teacher.cache_max_gb}")
     _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
+    if cfg.student.hidden and cfg.student.heads:
+        _check(cfg.student.hidden % cfg.student.heads == 0, src, "student.heads",
+               f"{cfg.student.hidden} (student.hidden) is not divisible by {cfg.student.heads} heads")
     _check(cfg.student.layers <= sh.layers, src, "student.layers",
            f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
     resolve_family(cfg, src)

@@ -95,4 +95,5 @@ def student_for(teacher: nn.Module, s_cfg, aggregation: bool = False, init_from_
     if s_cfg.spec:
         return load_student(s_cfg.spec, s_cfg.revision, aggregation)
     init = s_cfg.init_from_teacher if init_from_teacher is None else init_from_teacher
-    return build_student(teacher, s_cfg.layers, s_cfg.hidden, aggregation=aggregation, init_from_teacher=init)
+    return build_student(teacher, s_cfg.layers, s_cfg.hidden, getattr(s_cfg, "heads", None),
+                         getattr(s_cfg, "intermediate", None), aggregation=aggregation, init_from_teacher=init)

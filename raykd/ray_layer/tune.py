@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykd import config as C
-from raykd.budget import budget_text
+from raykd.budget import budget_text, memory_text
 from raykd.errors import RaykdError
 from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
@@ -167,6 +167,7 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
                           "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),
         f"results: {join(storage, name)}",
         budget_text(cfg, *train_split_size(cfg)),
+        memory_text(cfg),
     ]
     return "\n".join(lines)
 

@@ -184,3 +184,25 @@ def test_the_dry_run_states_epochs_and_gpu_hours_computed_from_the_models_shapes
     assert b["gpu_hours"] == pytest.approx(runs * 30_000 * step_flops(paper) / (312e12 * 0.4) / 3600)
     out = main(["--config", str(ROOT / "search_spaces" / "paper.yaml"), "--dry-run"])
     assert out == 0
+
+
+def test_the_memory_plan_counts_the_published_models_and_says_whether_the_paper_setting_fits():
+    """Parameter counts against the models' published sizes (LLaMA-2-7B 6,738,415,616; TinyLlama-1.1B
+    1,100,048,384; Qwen2-0.5B 494,032,768), and the causal paper plan's parts added up."""
+    from raykd.budget import decoder_params, memory_plan, memory_text
+    from raykd.config import load_config
+
+    assert decoder_params(32, 4096, 32, 32, 11008, 32000) == 6_738_415_616
+    assert decoder_params(22, 2048, 32, 4, 5632, 32000) == 1_100_048_384
+    assert abs(decoder_params(24, 896, 14, 2, 4864, 151936, tied=True) - 494_032_768) / 494_032_768 < 0.001  # + biases
+    cfg = load_config(ROOT / "search_spaces" / "causal_paper.yaml")
+    m = memory_plan(cfg)
+    assert m["student_params"] == 1_100_048_384 and m["teacher_params"] == 6_738_415_616 and m["gpus"] == 8
+    assert m["weights_grads_optimizer"] == pytest.approx(16 * 1_100_048_384 / 2**30)
+    assert m["teacher"] == pytest.approx(2 * 6_738_415_616 / 2**30)  # bf16 on GPUs
+    tokens = 8 * 2 * 512
+    assert m["tokens_per_micro_batch"] == tokens
+    assert m["logits_plain"] == pytest.approx(5 * (tokens // 2) * 32000 * 4 / 2**30)
+    assert m["logits_chunked"] == pytest.approx(5 * 2048 * 32000 * 4 / 2**30)
+    assert m["total_ddp"] > m["total_best"]
+    assert "fits an A100 80 GB" in memory_text(cfg)
