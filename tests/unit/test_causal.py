@@ -253,3 +253,40 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_pairs():
     assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 5
     assert CM.selection_credit([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]], [0, 2]).tolist() == [0.5, 0.0]
+
+
+@pytest.fixture
+def meta_nonzero():
+    import torch.fx.experimental._config as fx_config
+
+    old = fx_config.meta_nonzero_assume_all_nonzero
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    yield
+    fx_config.meta_nonzero_assume_all_nonzero = old
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("name", ["sft", "kd", "feature_align", "gkd", "minillm", "structural"])
+def test_every_causal_method_runs_on_the_meta_device(name, chunked, meta_nonzero, monkeypatch):
+    """Forward + backward with every tensor on `meta` (plain and chunked logit terms): a tensor a
+    method creates on the CPU meets a meta tensor and raises, as it would meet a CUDA one."""
+    import transformers.masking_utils as mu
+
+    monkeypatch.setattr(mu, "_ignore_causal_mask_sdpa", lambda *a, **k: False, raising=False)
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    kw = {"structural": {"projection_dim": 16}, "feature_align": {"dynamic_weights": True}}.get(name, {})
+    method = build_method(name, build_student(teacher, 2, aggregation=name == "structural"), teacher.config,
+                          n_departments=1, seed=0, **kw).train()
+    method.vocab, method.chunk_tokens = VOCAB, 3
+    batch, _, _ = _batch()
+    inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+    method.to("meta")
+    teacher.to("meta")
+    inputs = {k: (v.to("meta") if torch.is_tensor(v) else v) for k, v in inputs.items()}
+    inputs["chunked"] = chunked and method.chunkable  # decided before the move (the count needs the host)
+    method.set_progress(0.0)
+    out = method(inputs, method.teacher_targets(teacher, inputs))
+    assert out["loss"].device.type == "meta"
+    out["loss"].backward()
