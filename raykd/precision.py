@@ -1,5 +1,6 @@
 """The device / precision policy, in one place (DESIGN.md §6): CUDA → fp16 autocast with a
-GradScaler (bf16 autocast, no scaler, when asked); CPU → fp32 (CPU autocast is ~15× slower here)."""
+GradScaler for encoders, bf16 autocast (no scaler) for causal LMs (either on request); CPU → fp32
+(CPU autocast is ~15× slower here)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ class Precision:
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
 
-def precision_policy(device: torch.device, requested: str = "auto") -> Precision:
-    """The precision for ``device``: ``auto`` → fp16 + scaler on CUDA, fp32 on CPU; ``fp16``/``bf16``
-    on CPU fall back to fp32 (autocast there is far slower than fp32)."""
+def precision_policy(device: torch.device, requested: str = "auto", family: str = "masked_lm") -> Precision:
+    """The precision for ``device``: ``auto`` → on CUDA fp16 + scaler for a ``masked_lm`` family, bf16
+    for ``causal_lm`` (the dtype decoder LMs are pretrained in; fp16 overflows their activations), fp32
+    on CPU; ``fp16``/``bf16`` on CPU fall back to fp32 (autocast there is far slower than fp32)."""
     if requested not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision {requested!r}: expected auto, fp32, fp16 or bf16")
     if device.type != "cuda" or requested == "fp32":
         return Precision(device.type, None, False)
-    if requested == "bf16":
+    if requested == "bf16" or (requested == "auto" and family == "causal_lm"):
         return Precision("cuda", torch.bfloat16, False)
     return Precision("cuda", torch.float16, True)

@@ -105,7 +105,8 @@ class Worker:
         torch.set_num_threads(max(1, t.threads_per_worker or int(t.cpus_per_worker)))
         device = ray.train.torch.get_device()  # RAY
         send = LocalReporter(config.get("trial_dir")) if local else train_report
-        return cls(rank, world, local, device, precision_policy(device, t.precision), send)
+        family = config["cfg"].get("teacher", {}).get("family") or "masked_lm"
+        return cls(rank, world, local, device, precision_policy(device, t.precision, family), send)
 
 
 class TrainStream:

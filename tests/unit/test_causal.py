@@ -290,3 +290,14 @@ def test_every_causal_method_runs_on_the_meta_device(name, chunked, meta_nonzero
     out = method(inputs, method.teacher_targets(teacher, inputs))
     assert out["loss"].device.type == "meta"
     out["loss"].backward()
+
+
+def test_precision_auto_is_bf16_for_causal_and_fp16_with_a_scaler_for_encoders_on_cuda():
+    from raykd.precision import precision_policy
+
+    cuda = torch.device("cuda")
+    assert precision_policy(cuda, "auto", "causal_lm").name == "bf16" and not precision_policy(cuda, "auto",
+                                                                                            "causal_lm").scaler
+    assert precision_policy(cuda, "auto", "masked_lm").name == "fp16" and precision_policy(cuda, "auto").scaler
+    assert precision_policy(cuda, "fp16", "causal_lm").name == "fp16"  # on request
+    assert precision_policy(torch.device("cpu"), "auto", "causal_lm").name == "fp32"
