@@ -181,6 +181,7 @@ class TrainConfig:
     # this many tokens at a time, from the final hidden states and the LM heads (never [tokens × vocabulary]
     # logits of both models at once; same value and gradients); 0: always the plain logits
     chunked_loss_tokens: int = 2048
+    gradient_checkpointing: bool = False  # recompute the student's blocks in backward: less activation memory
     fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
 

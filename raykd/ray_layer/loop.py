@@ -234,6 +234,8 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     teacher.requires_grad_(False)
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
     student = student_for(teacher, cfg.student, aggregation)
+    if t.gradient_checkpointing:  # recompute each block in backward (HF's non-reentrant checkpointing)
+        student.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
     method.chunk_tokens = cfg.train.chunked_loss_tokens

@@ -301,3 +301,22 @@ def test_precision_auto_is_bf16_for_causal_and_fp16_with_a_scaler_for_encoders_o
     assert precision_policy(cuda, "auto", "masked_lm").name == "fp16" and precision_policy(cuda, "auto").scaler
     assert precision_policy(cuda, "fp16", "causal_lm").name == "fp16"  # on request
     assert precision_policy(torch.device("cpu"), "auto", "causal_lm").name == "fp32"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(1)
+        student = build_student(teacher, 2)
+        if ckpt:
+            student.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        method = build_method("kd", student, teacher.config).train()
+        batch, _, _ = _batch()
+        inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+        method(inputs, method.teacher_targets(teacher, inputs))["loss"].backward()
+        grads.append([p.grad.clone() for p in method.parameters() if p.grad is not None])
+    assert student.mlm.is_gradient_checkpointing
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
