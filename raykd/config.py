@@ -25,6 +25,7 @@ ARCHS = {"bert": "masked_lm", "llama": "causal_lm", "qwen2": "causal_lm", "gpt2"
 FAMILY_METHODS = {"masked_lm": METHOD_NAMES,
                   "causal_lm": ("sft", "no_distill", "kd", "gkd", "feature_align", "structural", "minillm")}
 DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
+DYNAMIC_BY_DEFAULT = ("structural", "feature_align")  # methods whose loss weights are gradient-aware unless told
 DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 _WEIGHTING = ("weights", "dynamic_weights")
 # what each method takes in ``method.params`` (its constructor's keywords; a unit test keeps this equal
@@ -181,6 +182,7 @@ class TrainConfig:
     # this many tokens at a time, from the final hidden states and the LM heads (never [tokens × vocabulary]
     # logits of both models at once; same value and gradients); 0: always the plain logits
     chunked_loss_tokens: int = 2048
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2: the student sharded over the trial's workers; worker groups only)
     gradient_checkpointing: bool = False  # recompute the student's blocks in backward: less activation memory
     fault: str | None = None  # fault injection for recovery tests: "sigkill@STEP" or "exception@STEP", once per trial
 
@@ -345,6 +347,14 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            f"must be 0 (never chunk) or a positive number of tokens, got {t.chunked_loss_tokens}")
     _check(not t.local_mode or t.num_workers == 1, src, "train.local_mode",
            f"runs the trial's single worker inside its Tune actor: needs train.num_workers 1, got {t.num_workers}")
+    _check(t.strategy in ("ddp", "fsdp"), src, "train.strategy", f"{t.strategy!r} is not one of ddp, fsdp")
+    _check(t.strategy == "ddp" or not t.local_mode, src, "train.strategy",
+           "fsdp shards the student over a worker group: it needs train.local_mode false (or null)")
+    _check(t.strategy == "ddp" or not cfg.method.params.get("dynamic_weights", cfg.method.name in DYNAMIC_BY_DEFAULT),
+           src, "train.strategy", f"fsdp: method {cfg.method.name!r} with gradient-aware weights (their extra "
+           "gradient passes meet FSDP's resharding): set method.params.dynamic_weights: false")
+    _check(t.strategy == "ddp" or cfg.method.name != "ddk", src, "train.strategy",
+           "ddk measures its department gaps on rank 0 alone, which a sharded student cannot do: use ddp")
     _check(t.fault is None or parse_fault(t.fault) is not None, src, "train.fault",
            f"{t.fault!r} is not KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} (e.g. sigkill@8)")
     _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",

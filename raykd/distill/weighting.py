@@ -77,7 +77,10 @@ class GradNormWeights:
             sq = torch.zeros((), dtype=torch.float32, device=device)
             for g in grads:
                 if g is not None:
-                    sq = sq + g.detach().float().pow(2).sum()
+                    part = g.detach().float().pow(2).sum()
+                    if hasattr(part, "full_tensor"):  # FSDP: a sharded parameter's gradient (a DTensor):
+                        part = part.full_tensor()       # the sum over every rank's shard (a collective)
+                    sq = sq + part
             norms.append(torch.sqrt(sq + 1e-12))
         g = torch.stack(norms)
         ratio = torch.stack([terms[n].detach().float() / torch.as_tensor(self.initial[n], device=device) for n in names])

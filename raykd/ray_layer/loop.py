@@ -10,6 +10,7 @@ forward/backward), ``optimizer_step`` and ``evaluate_and_report``.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -26,6 +27,7 @@ from ray import tune
 from ray.train import Checkpoint
 
 from raykd import config as C
+from raykd import parallel
 from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -61,7 +63,7 @@ def train_fn_per_worker(config: dict) -> None:
     t_model = time.time()
     run = Run(cfg, config, worker, tokens, teacher, manifest)
     if state.step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
-        report_start(state.core, run)
+        report_start(state.eval_model(), run)
     run.check_cache_layers(state.core)
     # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
     meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
@@ -185,6 +187,22 @@ class TrainState:
         self.model, self.opt, self.sched, self.scaler, self.gen = model, opt, sched, scaler, gen
         self.core = model.module if hasattr(model, "module") else model
         self.step, self.best = 0, None
+        self.replica = None  # FSDP: rank 0's unsharded copy (evaluation and checkpoints)
+        self.sharded = parallel.is_sharded(model)
+
+    def eval_model(self):
+        """What rank 0 evaluates: the objective itself, or under FSDP its replica (synced by ``gather``)."""
+        return self.replica if self.sharded else self.core
+
+    def gather(self) -> dict | None:
+        """FSDP: the full weights loaded into rank 0's replica and the full optimizer state returned
+        (a collective: every rank calls it before a report); None otherwise."""
+        if not self.sharded:
+            return None
+        model_sd, optim_sd = parallel.full_state(self.model, self.opt)
+        if self.replica is not None:
+            self.replica.load_state_dict(model_sd)
+        return optim_sd
 
     def improve(self, value, mode: str) -> None:
         """Keep ``value`` as the best when it beats the best so far (NaN never does)."""
@@ -192,17 +210,19 @@ class TrainState:
             if self.best is None or (value > self.best if mode == "max" else value < self.best):
                 self.best = value
 
-    def save(self, d: str) -> None:
-        """Write ``model.safetensors`` and ``state.pt`` into directory ``d``."""
+    def save(self, d: str, optim_sd: dict | None = None) -> None:
+        """Write ``model.safetensors`` and ``state.pt`` into directory ``d`` (FSDP: the replica's full
+        weights and the gathered ``optim_sd``)."""
         from safetensors.torch import save_model
 
         core = self.core
-        save_model(core, os.path.join(d, "model.safetensors"))
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        save_model(self.eval_model(), os.path.join(d, "model.safetensors"))
+        torch.save({"optimizer": optim_sd if self.sharded else self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
                     "scaler": self.scaler.state_dict(), "mask_generator": self.gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() and
-                    next(core.parameters()).is_cuda else None, "step": self.step, "best": self.best,
+                    next(self.eval_model().parameters()).is_cuda else None, "step": self.step, "best": self.best,
                     "epoch": getattr(core, "epoch", 0),
                     "weighting": core.weighting.state_dict() if isinstance(core.weighting, GradNormWeights)
                     else None}, os.path.join(d, "state.pt"))
@@ -210,11 +230,19 @@ class TrainState:
     def restore(self, checkpoint, device: torch.device) -> None:
         """Load a checkpoint written by ``save`` (weights, optimizer, schedule, scaler, RNGs, step, best)."""
         with checkpoint.as_directory() as d:
-            from safetensors.torch import load_model
+            from safetensors.torch import load_file, load_model
 
-            load_model(self.core, os.path.join(d, "model.safetensors"), device=str(device))
+            if self.sharded:  # every rank reads the full weights and keeps its shard; rank 0 fills its replica
+                full = load_file(os.path.join(d, "model.safetensors"))
+                if self.replica is not None:
+                    load_model(self.replica, os.path.join(d, "model.safetensors"), device=str(device))
+            else:
+                load_model(self.core, os.path.join(d, "model.safetensors"), device=str(device))
             state = torch.load(os.path.join(d, "state.pt"), map_location=device, weights_only=True)
-        self.opt.load_state_dict(state["optimizer"])
+        if self.sharded:
+            parallel.load_full_state(self.model, self.opt, full, state["optimizer"])
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["mask_generator"].cpu())
@@ -239,8 +267,13 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
     method.chunk_tokens = cfg.train.chunked_loss_tokens
+    replica = None
     if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
         model = method.to(worker.device)
+    elif t.strategy == "fsdp":  # FSDP2 over the worker group; rank 0 evaluates an unsharded replica
+        method.to(worker.device)
+        replica = copy.deepcopy(method).eval() if worker.rank == 0 else None
+        model = parallel.shard(method, student.family.blocks(student.mlm))
     else:
         model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
     core = model.module if hasattr(model, "module") else model
@@ -248,7 +281,9 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
     gen = torch.Generator().manual_seed(seed * 1000 + worker.rank)
-    return teacher, TrainState(model, opt, sched, worker.precision.grad_scaler(), gen)
+    state = TrainState(model, opt, sched, worker.precision.grad_scaler(), gen)
+    state.replica = replica
+    return teacher, state
 
 
 class Run:
@@ -319,7 +354,9 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     if num_tokens is not None:
         inputs["num_tokens"] = num_tokens
     last_micro = (meter.micro + 1) % t.grad_accum == 0
-    no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync")
+    if state.sharded:  # FSDP: reduce-scatter the gradients on the accumulation's last micro-step only
+        parallel.set_gradient_sync(state.model, last_micro)
+    no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync") and not state.sharded
     with state.model.no_sync() if no_sync else nullcontext():
         with w.precision.autocast():
             targets = core.teacher_targets(run.teacher, inputs) if cached is None else cached_targets(cached, w.device)
@@ -392,7 +429,9 @@ def evaluate_and_report(state: TrainState, run: Run, meter: Meter) -> None:
 def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
     """Evaluate (rank 0: validation; at the end also test and efficiency), checkpoint (rank 0) and
     report (every rank) through the worker's ``send``."""
-    w, ev, core = run.worker, run.evaluation, state.core
+    w, ev = run.worker, run.evaluation
+    optim_sd = state.gather()  # FSDP: every rank takes part; rank 0's replica now holds the weights
+    core = state.eval_model()
     with tempfile.TemporaryDirectory() as d:
         ckpt_dir = None
         if w.rank == 0:
@@ -402,7 +441,7 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
             if final:
                 result.update(ev.split(core, run.teacher, "test", BOOTSTRAP))
                 result.update(ev.efficiency(core.student, run.teacher, run.t.batch_size, ev.manifest["max_length"]))
-            state.save(d)
+            state.save(d, optim_sd)
             ckpt_dir = d
         w.send(result, ckpt_dir)
 

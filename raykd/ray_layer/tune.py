@@ -424,15 +424,15 @@ def study_storage(cfg: C.Config, storage: str | None) -> str:
 def with_local_mode(cfg: C.Config, address: str | None) -> C.Config:
     """``cfg`` with ``train.local_mode`` decided where it is null: Train local mode (the trial runs in
     its reused Tune actor: ~1 s to start a trial against ~12 s for a worker group) for one-worker
-    trials on a Ray that raykd starts itself; worker groups for ``num_workers > 1``, for ``--address``
-    clusters and on a Ray this process had initialised already."""
+    trials on a Ray that raykd starts itself; worker groups for ``num_workers > 1``, for FSDP, for
+    ``--address`` clusters and on a Ray this process had initialised already."""
     if cfg.train.local_mode is not None:
         return cfg
     import dataclasses
 
     import ray
 
-    local = cfg.train.num_workers == 1 and address is None and not ray.is_initialized()
+    local = cfg.train.num_workers == 1 and address is None and not ray.is_initialized() and cfg.train.strategy == "ddp"
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, local_mode=local))
 
 

@@ -58,6 +58,7 @@ def test_every_family_implements_the_whole_interface_on_a_tiny_model(name, arch,
         h = fam.backbone(teacher)(input_ids=ids, attention_mask=mask).last_hidden_state
     assert h.shape == (3, 9, SHAPE.hidden)
 
+    assert len(fam.blocks(teacher)) == SHAPE.layers and all(isinstance(b, torch.nn.Module) for b in fam.blocks(teacher))
     narrow = fam.student_like(teacher, 2, hidden=16)
     assert narrow.config.num_hidden_layers == 2 and narrow.config.hidden_size == 16 and type(narrow) is type(teacher)
     student = build_student(teacher, 2)  # same width: mapped layers copied (layer i ← teacher layer 2i)

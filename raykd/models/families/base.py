@@ -66,6 +66,10 @@ class ModelFamily:
         narrower width: ``heads`` default width/64, ``intermediate`` 4·width), randomly initialised."""
         raise NotImplementedError
 
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's transformer blocks, in order (what FSDP shards one by one)."""
+        raise NotImplementedError
+
     def backbone(self, model: nn.Module) -> nn.Module:
         """The trunk without the task head (``last_hidden_state``): what encodes, and what latency times."""
         raise NotImplementedError
@@ -89,5 +93,5 @@ class ModelFamily:
         raise NotImplementedError
 
 
-INTERFACE = ("matches", "build", "load", "student_like", "backbone", "attention_inputs", "corrupt", "task_loss",
+INTERFACE = ("matches", "build", "load", "student_like", "blocks", "backbone", "attention_inputs", "corrupt", "task_loss",
              "save", "inputs", "labels_at", "count_tokens")

@@ -79,6 +79,9 @@ class CausalLM(ModelFamily):
             cfg.layer_types = list(cfg.layer_types)[:layers]
         return type(teacher)(cfg)
 
+    def blocks(self, model):
+        return _blocks(model)
+
     def backbone(self, model):
         return model.base_model
 

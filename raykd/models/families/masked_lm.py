@@ -80,6 +80,9 @@ class MaskedLM(ModelFamily):
             cfg.intermediate_size = intermediate or 4 * hidden
         return type(teacher)(cfg)
 
+    def blocks(self, model):
+        return model.base_model.encoder.layer
+
     def backbone(self, model):
         return model.base_model
 

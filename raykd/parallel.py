@@ -1,0 +1,61 @@
+"""FSDP for students that do not fit one GPU (``train.strategy: fsdp``): PyTorch FSDP2 (``fully_shard``)
+of every transformer block of the student and of the objective's remaining parameters, full state
+dicts gathered for checkpoints and for rank 0's evaluation replica. Pure torch (``torch.distributed``;
+the process group is Ray Train's), no Ray. Works on CUDA (NCCL) and on CPU (gloo), where it is tested.
+
+Why a replica: with FSDP every forward pass is collective, but a trial evaluates on rank 0 alone. Rank
+0 keeps an unsharded copy of the objective (inference only: the fp32 weights, no gradients or optimizer
+state — a quarter of what training one full copy needs) and loads the gathered weights into it at
+each report; the other ranks wait at the gather."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def shard(method: nn.Module, blocks: nn.ModuleList) -> nn.Module:
+    """``method`` sharded in place over the default process group: each of ``blocks`` (the student's
+    transformer blocks) one FSDP unit, the rest (embeddings, head, projections) the root unit.
+    Returns ``method`` (its class is now an FSDP module)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(method)
+    return method
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by ``shard`` (FSDP2)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP's reduce-scatter of gradients on (the last micro-step of an accumulation) or off."""
+    model.set_requires_gradient_sync(enabled)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict | None]:
+    """(model state dict, optimizer state dict) unsharded on CPU on rank 0 ({} elsewhere): a collective,
+    every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return model_sd, optim_sd
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict, optim_sd: dict) -> None:
+    """Load unsharded state dicts (every rank holds them, e.g. read from a checkpoint) into the
+    sharded model and its optimizer: a collective, every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
