@@ -26,6 +26,17 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+@pytest.fixture
+def meta_nonzero():
+    """Boolean indexing on the meta device (task positions) with the all-nonzero assumption."""
+    import torch.fx.experimental._config as fx_config
+
+    old = fx_config.meta_nonzero_assume_all_nonzero
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    yield
+    fx_config.meta_nonzero_assume_all_nonzero = old
+
+
 @pytest.fixture(scope="session")
 def synth_prepared(tmp_path_factory):
     """A generated corpus (300 dialogues) prepared once per session: (raw dir, prepared dir, manifest)."""

@@ -23,6 +23,18 @@ def pad_ids(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
+def _with_row_keys(out: dict, batch: dict, departments: dict[str, int]) -> dict:
+    """``out`` with the batch's ``department`` (int64 [b]; unknown names → -1) and ``pair_id`` (list
+    of str), where the batch has them."""
+    import torch
+
+    if "department" in batch:
+        out["department"] = torch.tensor([departments.get(str(d), -1) for d in batch["department"]], dtype=torch.long)
+    if "pair_id" in batch:
+        out["pair_id"] = [str(p) for p in batch["pair_id"]]
+    return out
+
+
 class PairCollate:
     """Numpy batch of prepared rows → padded torch tensors.
 
@@ -44,12 +56,7 @@ class PairCollate:
                 ids, mask = pad_ids(batch[f"{side}_input_ids"], self.pad_id)
                 out[f"{side}_input_ids"] = torch.from_numpy(ids)
                 out[f"{side}_attention_mask"] = torch.from_numpy(mask)
-        if "department" in batch:
-            out["department"] = torch.tensor([self.departments.get(str(d), -1) for d in batch["department"]],
-                                             dtype=torch.long)
-        if "pair_id" in batch:
-            out["pair_id"] = [str(p) for p in batch["pair_id"]]
-        return out
+        return _with_row_keys(out, batch, self.departments)
 
 
 class CausalCollate:
@@ -80,9 +87,4 @@ class CausalCollate:
             response[i, :n] = 0
         out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
                "response_mask": torch.from_numpy(response)}
-        if "department" in batch:
-            out["department"] = torch.tensor([self.departments.get(str(d), -1) for d in batch["department"]],
-                                             dtype=torch.long)
-        if "pair_id" in batch:
-            out["pair_id"] = [str(p) for p in batch["pair_id"]]
-        return out
+        return _with_row_keys(out, batch, self.departments)

@@ -255,16 +255,6 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_pairs():
     assert CM.selection_credit([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]], [0, 2]).tolist() == [0.5, 0.0]
 
 
-@pytest.fixture
-def meta_nonzero():
-    import torch.fx.experimental._config as fx_config
-
-    old = fx_config.meta_nonzero_assume_all_nonzero
-    fx_config.meta_nonzero_assume_all_nonzero = True
-    yield
-    fx_config.meta_nonzero_assume_all_nonzero = old
-
-
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("name", ["sft", "kd", "feature_align", "gkd", "minillm", "structural"])
 def test_every_causal_method_runs_on_the_meta_device(name, chunked, meta_nonzero, monkeypatch):

@@ -138,17 +138,6 @@ def test_structural_depth_and_switches():
 ALL_METHODS = ["structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq"]
 
 
-@pytest.fixture
-def meta_nonzero():
-    """Boolean indexing on the meta device (masked-LM positions) with the all-nonzero assumption."""
-    import torch.fx.experimental._config as fx_config
-
-    old = fx_config.meta_nonzero_assume_all_nonzero
-    fx_config.meta_nonzero_assume_all_nonzero = True
-    yield
-    fx_config.meta_nonzero_assume_all_nonzero = old
-
-
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_every_method_runs_on_the_meta_device(name, meta_nonzero, monkeypatch):
     """One forward + backward and a gradient-aware weighting update with every tensor on `meta`: a
