@@ -144,6 +144,12 @@ class TrainStream:
         return batches
 
 
+    def advance(self) -> int:
+        """Move to the next epoch; returns its index."""
+        self.index += 1
+        return self.index
+
+
 def token_groups(batches, family, grad_accum: int, world: int, micro: int):
     """``batches`` with, for a family whose losses count tokens (``count_tokens``), each batch's
     ``num_tokens``: the counted tokens of its optimizer step's micro-batches summed over every rank
@@ -171,11 +177,6 @@ def token_groups(batches, family, grad_accum: int, world: int, micro: int):
                 b["num_tokens"] = float(total) / (world * grad_accum)
         yield from group
         size = grad_accum
-
-    def advance(self) -> int:
-        """Move to the next epoch; returns its index."""
-        self.index += 1
-        return self.index
 
 
 class TrainState:
