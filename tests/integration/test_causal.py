@@ -150,3 +150,22 @@ def test_fsdp_on_two_cpu_workers_trains_as_ddp_does_and_exports_full_weights(cau
     export(work / "exp" / "fsdp", work / "fsdp-student")
     student = AutoModelForCausalLM.from_pretrained(work / "fsdp-student")
     assert student.config.num_hidden_layers == 2 and all(p.abs().sum() > 0 for p in student.parameters())
+
+
+def test_a_causal_trial_with_accumulation_runs_past_an_epoch(causal_study):
+    """Gradient accumulation over micro-batches grouped by step (each carrying the step's token count)
+    through the end of an epoch into the next: every training pair seen, every step taken."""
+    work, exp, _ = causal_study
+    prov = json.loads(next(exp.glob("trial_*/provenance.json")).read_text())
+    from raykd.data.shards import load_manifest
+
+    train_pairs = load_manifest(prov["prepared"])["splits"]["train"]["rows"]
+    steps = -(-train_pairs // 128) + 2  # 128 pairs per step: a little more than one epoch
+    overrides = {"data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
+                 "train.steps": steps, "train.eval_every": steps, "train.eval_pairs": 32, "train.batch_size": 64,
+                 "train.grad_accum": 2, "method.name": "sft", "method.params": {}, "search.algorithm": "grid",
+                 "search.scheduler.type": "none", "space": {}, "experiment.references": False}
+    results, path = raykd.run_study(CAUSAL, overrides=overrides, storage=str(work / "exp"), name="epochs")
+    assert not results.errors, results.errors
+    (rows,) = trial_results(Path(path)).values()
+    assert rows[-1]["step"] == steps and rows[-1]["data/pairs_seen"] == train_pairs
