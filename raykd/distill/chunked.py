@@ -19,33 +19,35 @@ from . import losses as L
 
 
 class _Chunked(torch.autograd.Function):
-    """Σ over chunks of ``part(student logits of the chunk, chunk slice)``, each chunk's gradients
-    taken in the forward pass (the chunk's logits are then dropped); backward scales them."""
+    """Σ over chunks of ``part(student logits of the chunk, chunk slice)``. Per chunk: the logits in
+    fp32 (no graph), the part's gradient with respect to them, then the gradients of the hidden
+    states (into their slot) and of the head (accumulated in place) by two matrix products — no
+    per-chunk copy of the head's gradient; the chunk's logits are then dropped. Backward scales the
+    stored gradients (a copy only when the incoming gradient is not 1)."""
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, part, chunk):
-        w32 = w_s.detach().float().requires_grad_(True)
-        b32 = None if b_s is None else b_s.detach().float().requires_grad_(True)
-        grad_h = torch.zeros(h_s.shape, dtype=torch.float32, device=h_s.device)
+        w32 = w_s.detach().float()
+        b32 = None if b_s is None else b_s.detach().float()
+        grad_h = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)
         grad_w = torch.zeros_like(w32)
         grad_b = None if b32 is None else torch.zeros_like(b32)
         total = torch.zeros((), dtype=torch.float32, device=h_s.device)
         for start in range(0, h_s.shape[0], chunk):
             sl = slice(start, start + chunk)
+            hs = h_s[sl].detach().float()
+            with torch.no_grad():
+                logits = hs @ w32.T if b32 is None else torch.addmm(b32, hs, w32.T)
             with torch.enable_grad():
-                hs = h_s[sl].detach().float().requires_grad_(True)
-                ls = hs @ w32.T
-                if b32 is not None:
-                    ls = ls + b32
-                value = part(ls, sl)
-                leaves = (hs, w32) if b32 is None else (hs, w32, b32)
-                grads = torch.autograd.grad(value, leaves)
-            grad_h[sl] = grads[0]
-            grad_w += grads[1]
-            if b32 is not None:
-                grad_b += grads[2]
+                logits.requires_grad_(True)
+                value = part(logits, sl)
+                (g_logits,) = torch.autograd.grad(value, logits)
+            grad_h[sl] = g_logits @ w32
+            grad_w.addmm_(g_logits.T, hs)
+            if grad_b is not None:
+                grad_b += g_logits.sum(0)
             total += value.detach()
-            del ls, value, grads, hs
+            del logits, value, g_logits
         ctx.save_for_backward(grad_h, grad_w, *(() if grad_b is None else (grad_b,)))
         ctx.dtypes = (h_s.dtype, w_s.dtype, None if b_s is None else b_s.dtype)
         ctx.has_bias = b_s is not None
@@ -54,8 +56,11 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         saved = ctx.saved_tensors
-        dh, dw = (saved[0] * g).to(ctx.dtypes[0]), (saved[1] * g).to(ctx.dtypes[1])
-        db = (saved[2] * g).to(ctx.dtypes[2]) if ctx.has_bias else None
+        # the common case (incoming gradient 1) needs no scaled copy; never in place: the graph may be walked again
+        unit = g.device.type != "meta" and bool((g == 1).all())
+        scaled = [t if unit else t * g for t in saved]
+        dh, dw = scaled[0].to(ctx.dtypes[0]), scaled[1].to(ctx.dtypes[1])
+        db = scaled[2].to(ctx.dtypes[2]) if ctx.has_bias else None
         return dh, dw, db, None, None
 
 
