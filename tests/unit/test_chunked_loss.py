@@ -70,3 +70,18 @@ def test_chunked_cross_entropy_equals_the_token_cross_entropy():
     gc = torch.autograd.grad(got, (h, w))
     assert float(got) == pytest.approx(float(naive), rel=1e-5)
     assert all(float((a - b).norm()) <= 1e-5 * float(b.norm()) for a, b in zip(gc, gn))
+
+
+def test_walking_the_graph_twice_gives_the_same_gradient_twice():
+    """GradNorm-style weights take a term's gradient with retain_graph before the main backward: the
+    stored chunk gradients must not be scaled in place."""
+    g = torch.Generator().manual_seed(3)
+    h_s = torch.randn(9, 8, generator=g, requires_grad=True)
+    w_s = torch.randn(20, 8, generator=g, requires_grad=True)
+    h_t, w_t = torch.randn(9, 8, generator=g), torch.randn(20, 8, generator=g)
+    loss = 0.5 * chunked_divergence(h_s, w_s, h_t, w_t, chunk_tokens=4)
+    (first,) = torch.autograd.grad(loss, h_s, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, h_s)
+    assert torch.equal(first, second)
+    ref = torch.autograd.grad(0.5 * L.forward_kl(h_s @ w_s.T, h_t @ w_t.T), h_s)[0]
+    assert torch.allclose(first, ref, rtol=1e-5, atol=1e-7)
