@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
 # Re-run the studies behind docs/findings.md and their reports (about 2 hours on 2 cores in all).
-#   scripts/findings.sh [STUDY ...]    STUDY ∈ baselines ablation sampling depth projection (default: all)
+#   scripts/findings.sh [STUDY ...]    STUDY ∈ baselines ablation sampling depth projection causal_losses
+#                                      causal_divergences causal_ablation (default: all)
 # Each study is `python -m raykd.tune --config search_spaces/STUDY.yaml` followed by
 # `python -m raykd.report .raykd/experiments/STUDY`; the wall time of each is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 studies=("$@")
-[ ${#studies[@]} -eq 0 ] && studies=(baselines ablation sampling depth projection)
+[ ${#studies[@]} -eq 0 ] && studies=(baselines ablation sampling depth projection causal_losses causal_divergences
+                                      causal_ablation)
 declare -A against=([baselines]="method=structural" [ablation]="method.params.ablate=none"
-                    [sampling]="sampler=domain_aware" [depth]="" [projection]="")
+                    [sampling]="sampler=domain_aware" [depth]="" [projection]="" [causal_losses]="method=feature_align"
+                    [causal_divergences]="" [causal_ablation]="method.params.ablate=none")
+# the two causal variants run causal_losses.yaml with these settings (its docstring says why)
+# (one --set item per line)
+declare -A sets=([causal_divergences]="experiment.name=causal-divergences
+method.name=kd
+experiment.references=false
+space={method.params.divergence: {grid: [forward_kl, reverse_kl, jsd, skew_kl]}}"
+                 [causal_ablation]="experiment.name=causal-ablation
+method.name=feature_align
+experiment.references=false
+space={method.params.ablate: {grid: [none, alignment, contrastive, logit]}}")
 for s in "${studies[@]}"; do
-  [ -f "search_spaces/$s.yaml" ] || { echo "unknown study $s (search_spaces/$s.yaml missing)" >&2; exit 2; }
+  config=$s name=$s extra=()
+  if [ -n "${sets[$s]:-}" ]; then
+    config=causal_losses name=${s//_/-}
+    mapfile -t extra <<< "${sets[$s]}"
+    extra=(--set "${extra[@]}")
+  elif [ "$s" = causal_losses ]; then
+    name=causal-losses
+  fi
+  [ -f "search_spaces/$config.yaml" ] || { echo "unknown study $s (search_spaces/$config.yaml missing)" >&2; exit 2; }
   t0=$(date +%s)
-  PYTHONHASHSEED=0 "$PY" -m raykd.tune --config "search_spaces/$s.yaml"
-  args=(".raykd/experiments/$s")
+  PYTHONHASHSEED=0 "$PY" -m raykd.tune --config "search_spaces/$config.yaml" "${extra[@]}"
+  args=(".raykd/experiments/$name")
   [ -n "${against[$s]:-}" ] && args+=(--against "${against[$s]}")
   "$PY" -m raykd.report "${args[@]}" > /dev/null
-  echo "[findings] $s: $(( $(date +%s) - t0 )) s · report .raykd/experiments/$s/report/table.md" >&2
+  echo "[findings] $s: $(( $(date +%s) - t0 )) s · report .raykd/experiments/$name/report/table.md" >&2
 done
