@@ -323,14 +323,16 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     if cfg.student.hidden and cfg.student.heads:
         _check(cfg.student.hidden % cfg.student.heads == 0, src, "student.heads",
                f"{cfg.student.hidden} (student.hidden) is not divisible by {cfg.student.heads} heads")
-    _check(cfg.student.layers <= sh.layers, src, "student.layers",
-           f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
+    if cfg.teacher.spec is None:  # a built teacher: its shape is the config's (a spec's may not be recorded)
+        _check(cfg.student.layers <= sh.layers, src, "student.layers",
+               f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
     resolve_family(cfg, src)
     if cfg.teacher.family == "causal_lm":
         _check(not cfg.teacher.cache, src, "teacher.cache", "the teacher-output cache serves masked_lm teachers only "
                "so far: set it false for a causal_lm teacher (the teacher then runs online)")
-        for name in [cfg.sampler.name] + [v for k, sp in cfg.space.items() if resolve_key(k) == "sampler.name"
-                                          for v in next(iter(sp.values())) if isinstance(sp, dict)]:
+        searched = [next(iter(sp.values())) for k, sp in cfg.space.items()
+                    if resolve_key(k) == "sampler.name" and isinstance(sp, dict) and sp]
+        for name in [cfg.sampler.name] + [v for vals in searched if isinstance(vals, list) for v in vals]:
             _check(name not in SAMPLER_NAMES or name == "uniform", src, "sampler.name",
                    f"{name!r} scores pairs with the masked-LM head; a causal_lm study samples uniform")
     if e.metric is None:

@@ -110,3 +110,17 @@ def test_bad_causal_config_fails_at_load_naming_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, text))
     assert needle in str(e.value) and "x.yaml" in str(e.value)
+
+
+def test_a_spec_teacher_without_a_recorded_shape_takes_any_student_depth(tmp_path):
+    """teacher.shape describes a teacher built from config; a local spec's depth is its own (the
+    default shape, 6 layers, must not cap a 12-layer student of a 24-layer spec)."""
+    import json
+
+    spec = tmp_path / "t"
+    spec.mkdir()
+    (spec / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "num_hidden_layers": 24}))
+    cfg = load_config(write(tmp_path, f"teacher: {{spec: {spec}, adapt: null}}\nstudent: {{layers: 12}}"))
+    assert cfg.student.layers == 12 and cfg.teacher.family == "masked_lm"
+    with pytest.raises(ConfigError, match="more than the teacher's 6 layers"):
+        load_config(write(tmp_path, "student: {layers: 12}"))
