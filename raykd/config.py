@@ -25,6 +25,7 @@ ARCHS = {"bert": "masked_lm", "llama": "causal_lm", "qwen2": "causal_lm", "gpt2"
 FAMILY_METHODS = {"masked_lm": METHOD_NAMES,
                   "causal_lm": ("sft", "no_distill", "kd", "gkd", "feature_align", "structural", "minillm")}
 DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
+CACHE_KINDS = ("none", "hidden", "logits", "both")
 DYNAMIC_BY_DEFAULT = ("structural", "feature_align")  # methods whose loss weights are gradient-aware unless told
 DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 _WEIGHTING = ("weights", "dynamic_weights")
@@ -111,7 +112,10 @@ class TeacherConfig:
     arch: str | None = None  # a teacher built from `shape`: bert | llama | qwen2 | gpt2 (null: the family's first)
     shape: ShapeConfig = field(default_factory=ShapeConfig)
     adapt: AdaptConfig | None = field(default_factory=AdaptConfig)
-    cache: bool = False  # trials read a teacher-output cache (raykd.cache) instead of running the teacher
+    # none | hidden | logits | both: what trials read from the teacher-output cache (raykd.cache) instead of
+    # running the teacher — hidden states, the top-k logits (causal_lm), or both (true ≡ hidden, false ≡ none)
+    cache: str | bool = "none"
+    cache_topk: int = 64  # the logit cache's tokens per position (a study caches its largest searched value)
     cache_max_gb: float = 20.0  # the cache build refuses above this estimated size
     trust_remote_code: bool = False
     revision: str | None = None
@@ -318,6 +322,10 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     _check(sh.hidden % sh.heads == 0, src, "teacher.shape.hidden", f"{sh.hidden} is not divisible by heads {sh.heads}")
     _check(not cfg.teacher.trust_remote_code or cfg.teacher.revision, src, "teacher.trust_remote_code",
            "true only together with a pinned teacher.revision")
+    cfg.teacher.cache = {True: "hidden", False: "none"}.get(cfg.teacher.cache, cfg.teacher.cache)
+    _check(cfg.teacher.cache in CACHE_KINDS, src, "teacher.cache",
+           f"{cfg.teacher.cache!r} is not one of {', '.join(CACHE_KINDS)} (true ≡ hidden, false ≡ none)")
+    _check(cfg.teacher.cache_topk >= 1, src, "teacher.cache_topk", f"must be at least 1, got {cfg.teacher.cache_topk}")
     _check(cfg.teacher.cache_max_gb > 0, src, "teacher.cache_max_gb", f"must be positive, got {cfg.teacher.cache_max_gb}")
     _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
     if cfg.student.hidden and cfg.student.heads:
@@ -328,13 +336,14 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
                f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
     resolve_family(cfg, src)
     if cfg.teacher.family == "causal_lm":
-        _check(not cfg.teacher.cache, src, "teacher.cache", "the teacher-output cache serves masked_lm teachers only "
-               "so far: set it false for a causal_lm teacher (the teacher then runs online)")
         searched = [next(iter(sp.values())) for k, sp in cfg.space.items()
                     if resolve_key(k) == "sampler.name" and isinstance(sp, dict) and sp]
         for name in [cfg.sampler.name] + [v for vals in searched if isinstance(vals, list) for v in vals]:
             _check(name not in SAMPLER_NAMES or name == "uniform", src, "sampler.name",
                    f"{name!r} scores pairs with the masked-LM head; a causal_lm study samples uniform")
+    _check(cfg.teacher.family == "causal_lm" or cfg.teacher.cache in ("none", "hidden"), src, "teacher.cache",
+           f"{cfg.teacher.cache!r}: the top-k logit cache serves causal_lm teachers (an encoder's distillation logits "
+           "are taken on freshly masked inputs every step); allowed here: none, hidden")
     if e.metric is None:
         e.metric = DEFAULT_METRIC[cfg.teacher.family]
     _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",

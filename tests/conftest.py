@@ -38,6 +38,16 @@ def meta_nonzero():
 
 
 @pytest.fixture(scope="session")
+def causal_work(tmp_path_factory):
+    """One work directory for the causal integration tests: the generated corpus, its BPE tokenizer
+    and the adapted causal teacher are content-addressed there, so they are built once per session."""
+    return tmp_path_factory.mktemp("causal")
+
+
+CAUSAL_OVERRIDES = {"data.synth.dialogs": 600, "teacher.adapt.steps": 40}  # the causal tests' shared inputs
+
+
+@pytest.fixture(scope="session")
 def synth_prepared(tmp_path_factory):
     """A generated corpus (300 dialogues) prepared once per session: (raw dir, prepared dir, manifest)."""
     from raykd.data.shards import PrepareSettings, prepare

@@ -122,3 +122,27 @@ def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, labels: torch.Tensor
         return L.token_cross_entropy(logits, labels[sl], mask=None if mask is None else mask[sl], num_tokens=denom)
 
     return _Chunked.apply(h, w, b, part, chunk_tokens)
+
+
+def chunked_topk_divergence(h_s: torch.Tensor, w_s: torch.Tensor, ids: torch.Tensor, teacher_lp: torch.Tensor, *,
+                            divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
+                            alpha: float = 0.1, mask: torch.Tensor | None = None, num_tokens: float | None = None,
+                            chunk_tokens: int = 256, b_s: torch.Tensor | None = None,
+                            vocab: int | None = None) -> torch.Tensor:
+    """``topk.sparse_divergence`` against a cached top-k teacher (``ids`` [n, k], ``teacher_lp``
+    [n, k + 1]) from the student's final hidden states h_s [n, d] and head (w_s, b_s), ``chunk_tokens``
+    positions at a time; gradients reach h_s, w_s, b_s. Nats per counted position."""
+    from .topk import sparse_divergence
+
+    _check(h_s, ids.shape[0], chunk_tokens)
+    if divergence not in L.DIVERGENCES:
+        raise ValueError(f"divergence {divergence!r}: expected one of {', '.join(L.DIVERGENCES)}")
+    denom = _denominator(h_s.shape[0], mask, num_tokens)
+
+    def part(ls: torch.Tensor, sl: slice) -> torch.Tensor:
+        if vocab is not None:
+            ls = ls[..., :vocab]
+        return sparse_divergence(divergence, ls, ids[sl], teacher_lp[sl], temperature=temperature, beta=beta,
+                                 alpha=alpha, mask=None if mask is None else mask[sl], num_tokens=denom)
+
+    return _Chunked.apply(h_s, w_s, b_s, part, chunk_tokens)

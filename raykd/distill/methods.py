@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import losses as L
-from .chunked import chunked_cross_entropy, chunked_divergence
+from .chunked import chunked_cross_entropy, chunked_divergence, chunked_topk_divergence
+from .topk import sparse_divergence
 from .weighting import FixedWeights, GradNormWeights
 from ..models.mapping import layer_map
 from ..models.modules import DomainAwareFusion, StructuralProjection
@@ -177,6 +178,8 @@ class DistillMethod(nn.Module):
         """``losses.divergence(name, …)`` between student and teacher at the task positions (÷
         ``num_tokens`` when passed); chunked from hidden states and heads when the batch is."""
         n = inputs.get("num_tokens")
+        if "topk_ids" in targets:  # a cached top-k teacher (raykd.distill.topk): k tokens + the tail bucket
+            return self._topk_term(out, inputs, targets, name, temperature, beta, alpha)
         if inputs.get("chunked"):
             head = self.student.mlm.get_output_embeddings()
             w_t, b_t = targets["head"]
@@ -185,6 +188,22 @@ class DistillMethod(nn.Module):
                                       alpha=alpha, num_tokens=n, chunk_tokens=self.chunk_tokens, vocab=self.vocab)
         return L.divergence(name, self.task_logits(out, inputs), targets["logits"], temperature=temperature, beta=beta,
                             alpha=alpha, num_tokens=n)
+
+    def _topk_term(self, out, inputs: dict, targets: dict, name: str, temperature: float, beta: float,
+                   alpha: float) -> torch.Tensor:
+        """``divergence_term`` against a cached top-k teacher (``targets["topk_ids"]``, ``["topk_lp"]``
+        at ``temperature``), chunked when the batch is."""
+        n, ids, lp = inputs.get("num_tokens"), targets["topk_ids"], targets["topk_lp"]
+        if targets.get("topk_temperature", temperature) != temperature:
+            raise ValueError(f"cached top-k teacher at T = {targets['topk_temperature']}, the objective uses T = "
+                             f"{temperature}")
+        if inputs.get("chunked"):
+            head = self.student.mlm.get_output_embeddings()
+            return chunked_topk_divergence(out.last_hidden_state[inputs["chosen"]], head.weight, ids, lp,
+                                           b_s=head.bias, divergence=name, temperature=temperature, beta=beta,
+                                           alpha=alpha, num_tokens=n, chunk_tokens=self.chunk_tokens, vocab=self.vocab)
+        return sparse_divergence(name, self.task_logits(out, inputs), ids, lp, temperature=temperature, beta=beta,
+                                 alpha=alpha, num_tokens=n)
 
     # -- student side ------------------------------------------------------------------------------------
     def student_forward(self, inputs: dict, targets: dict):

@@ -169,7 +169,9 @@ def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: fl
     "teacher_layers"}`` for the plan, else None. Needs a running Ray."""
     from raykd.ray_layer.cache import build_cache, cache_use, study_layers, teacher_config
 
-    if not (cfg.teacher.cache or force):
+    if cfg.teacher.family == "causal_lm":
+        return causal_teacher_cache_for(cfg, plan, force, max_gb)
+    if cfg.teacher.cache == "none" and not force:
         return None
     methods = {cfg.method.name} | set(space_values(cfg, "method.name"))
     samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
@@ -182,6 +184,24 @@ def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: fl
     limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
     out = build_cache(plan["prepared"], plan["teacher"], layers, plan.get("teacher_load"), max_bytes=limit, log=log)
     return {"dir": str(out), "layers": layers, "hidden": tconf.hidden_size, "teacher_layers": tconf.num_hidden_layers}
+
+
+def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:
+    """``teacher_cache_for`` of a causal study: its top-k logits and / or hidden states
+    (``causal_cache.study_cache_request``); returns the plan's entry, or None."""
+    from raykd.ray_layer.cache import teacher_config
+    from raykd.ray_layer.causal_cache import build_causal_cache, study_cache_request
+
+    tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
+    req = study_cache_request(cfg, tconf.num_hidden_layers, lambda key: space_values(cfg, key), force)
+    if req is None:
+        log(f"[cache] teacher.cache {cfg.teacher.cache}: no trial of this study reads a cache: teacher runs online")
+        return None
+    limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
+    out, meta = build_causal_cache(plan["prepared"], plan["teacher"], plan["template"], req["layers"], req["topk"],
+                                   req["temperatures"], plan.get("teacher_load"), max_bytes=limit, log=log)
+    return {"family": "causal_lm", "dir": str(out), "layers": meta["layers"], "hidden": meta["hidden"],
+            "teacher_layers": tconf.num_hidden_layers, "topk": meta["topk"], "temperatures": meta["temperatures"]}
 
 
 def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_remote_code: bool = False,

@@ -37,6 +37,7 @@ from raykd.models.student import student_for
 from raykd.models.teacher import load_teacher
 from raykd.precision import precision_policy
 from raykd.ray_layer.cache import CachedPairCollator, cached_targets
+from raykd.ray_layer.causal_cache import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
 from raykd.ray_layer.monitoring import LiveMetrics
 from raykd.ray_layer.stream import CausalCollator, PairCollator, department_index
 from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
@@ -121,7 +122,10 @@ class TrainStream:
         if config.get("template") is not None:  # a causal trial: prompt + response sequences
             from raykd.data.template import CausalTemplate
 
-            self.collate = CausalCollator(CausalTemplate.from_dict(config["template"]), department_index(manifest))
+            template = CausalTemplate.from_dict(config["template"])
+            self.collate = CausalCollator(template, department_index(manifest)) if cache is None else \
+                CausalCachedCollator(template, department_index(manifest), cache["layers"], cache["hidden"],
+                                     **{k: cache[k] for k in CACHED_TOPK_KEYS if k in cache})
         elif cache is not None:
             self.collate = CachedPairCollator(tokens.pad, department_index(manifest), cache["layers"], cache["hidden"])
         else:
@@ -301,7 +305,7 @@ class Run:
 
     def check_cache_layers(self, core) -> None:
         """Refuse a teacher cache that lacks a layer this trial's objective reads."""
-        if self.cache is not None:
+        if self.cache is not None and (self.cache["layers"] or self.cache.get("family") != "causal_lm"):
             needed = set(core.teacher_layers()) | {self.teacher.config.num_hidden_layers}
             if not needed <= set(self.cache["layers"]):
                 raise RuntimeError(f"teacher cache: this trial needs layers {sorted(needed)}, the dataset has "
@@ -345,6 +349,7 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     core, t, w = state.core, run.t, run.worker
     meter.seen_pairs.update(batch.pop("pair_id", ()))
     cached = batch.pop("teacher_hidden", None)
+    cached_causal = batch.pop("teacher_cached", None)
     num_tokens = batch.pop("num_tokens", None)
     if hasattr(core, "resample_batch"):  # DDK: rows redrawn by department sampling weight
         batch = core.resample_batch(batch, state.gen)
@@ -360,7 +365,12 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     no_sync = w.world > 1 and not last_micro and hasattr(state.model, "no_sync") and not state.sharded
     with state.model.no_sync() if no_sync else nullcontext():
         with w.precision.autocast():
-            targets = core.teacher_targets(run.teacher, inputs) if cached is None else cached_targets(cached, w.device)
+            if cached_causal is not None:
+                targets = causal_cached_targets(cached_causal, w.device)
+            elif cached is not None:
+                targets = cached_targets(cached, w.device)
+            else:
+                targets = core.teacher_targets(run.teacher, inputs)
             out = state.model(inputs, targets)
         state.scaler.scale(out["loss"] / t.grad_accum).backward()
     meter.add(out)

@@ -29,6 +29,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raykd import config as C
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.ray_layer.cache import cache_use, cached_dataset, structural_layers
+from raykd.ray_layer.causal_cache import causal_cached_dataset, trial_causal_cache
 from raykd.ray_layer.loop import train_fn_per_worker
 from raykd.ray_layer.stream import split_datasets
 from raykd.ray_layer.tblog import StepScalars
@@ -68,9 +69,11 @@ def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
 
 
 def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
-    """``{"layers", "hidden"}`` of the teacher cache this trial reads, or None when it runs the
+    """``{"layers", "hidden"}`` (causal: see ``trial_causal_cache``) of the teacher cache this trial reads, or None when it runs the
     teacher online (no cache in the plan, or its method / sampler cannot use one: ``cache_use``)."""
     c = plan.get("cache")
+    if c and c.get("family") == "causal_lm":
+        return trial_causal_cache(cfg, c)
     if not c or cache_use(cfg.method.name, cfg.sampler.name) is not None:
         return None
     return {"layers": structural_layers(c["teacher_layers"], cfg.student.layers, cfg.method.depth),
@@ -91,7 +94,9 @@ def run_trial(params: dict, plan: dict) -> None:
 
     DataContext.get_current().enable_progress_bars = False
     cache = trial_cache(cfg, plan)
-    if cache is not None:
+    if cache is not None and cache.get("family") == "causal_lm":
+        ds = causal_cached_dataset(plan["cache"]["dir"], cache["layers"], bool(cache["topk"]), num_cpus=DATA_CPUS)
+    elif cache is not None:
         ds = cached_dataset(plan["cache"]["dir"], cache["layers"], num_cpus=DATA_CPUS)
     else:
         ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]

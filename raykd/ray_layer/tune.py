@@ -159,7 +159,8 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
            if cfg.search.confirm.top_k else ""),
         f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
         f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers; "
-        + (f"teacher cache on (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache else "teacher runs online"),
+        + (f"teacher cache {cfg.teacher.cache} (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache != "none"
+           else "teacher runs online"),
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
         f"{Path(cfg.data.work_dir).absolute()}",
         f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",

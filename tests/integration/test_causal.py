@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import raykd
-from tests.conftest import ROOT
+from tests.conftest import CAUSAL_OVERRIDES, ROOT
 from tests.integration.test_tune import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -27,9 +27,9 @@ TEST_ONLY = ("speedup_b1", "speedup_b32", "decode_tokens_per_s", "rouge_l")
 
 
 @pytest.fixture(scope="module")
-def causal_study(ray_session, tmp_path_factory):
-    work = tmp_path_factory.mktemp("causal")
-    overrides = {"data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
+def causal_study(ray_session, causal_work):
+    work = causal_work
+    overrides = {"data.work_dir": str(work / "work"), **CAUSAL_OVERRIDES,
                  "train.steps": 8, "train.eval_every": 4, "train.eval_pairs": 32, "method.params": {},
                  "search.algorithm": "grid", "search.scheduler.type": "none",
                  "space": {"method": {"grid": METHODS}}}
