@@ -102,7 +102,9 @@ def test_causal_smoke_and_losses_cover_the_objectives():
     ("teacher: {arch: llama}\nmethod: {name: kd, params: {divergence: kl}}", "'kl' is not one of forward_kl"),
     ("teacher: {arch: llama}\nmethod: {name: kd, params: {skew_alpha: 1.0}}", "must be in [0, 1)"),
     ("method: {name: gkd, params: {lmbda: 0.5}}", "need a causal_lm teacher"),
-    ("teacher: {arch: llama, cache: true}", "teacher.cache"),
+    ("teacher: {arch: llama, cache: topk}", "teacher.cache: 'topk' is not one of none, hidden, logits, both"),
+    ("teacher: {cache: logits}", "the top-k logit cache serves causal_lm teachers"),
+    ("teacher: {arch: llama, cache_topk: 0}", "teacher.cache_topk"),
     ("teacher: {arch: llama}\nsampler: {name: entropy}", "a causal_lm study samples uniform"),
     ("teacher: {arch: llama}\nmethod: {name: feature_align, params: {temperature: 0}}", "must be a positive number"),
 ])
