@@ -10,6 +10,8 @@
     python scripts/bench.py student [--quick]    teacher vs student latency (24 → 6) and retained MRR@10
     python scripts/bench.py search [--quick]     ASHA+TPE vs the grid: compute to within 1 point of its best
     python scripts/bench.py kdloss [--quick]     chunked vs naive KD loss at V=151,936: peak memory and time
+    python scripts/bench.py logit_cache [--quick] causal kd at V=151,936: teacher online vs its top-k logits from
+                                                 the cache vs no teacher; the cache's bytes per token
     python scripts/bench.py study [--quick] [--anchors DIR]   the anchors' 6-trial study: raykd vs Optuna
                                                  in one process vs HF Trainer + Ray Tune
 
@@ -85,6 +87,14 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each side a fresh process (median)")
     p.add_argument("--quick", action="store_true", help="1,024 tokens, 3 rounds")
+    p = sub.add_parser("logit_cache", help="causal kd: teacher online vs top-k logit cache vs no teacher, V=151,936")
+    p.add_argument("--teacher-layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--k", type=int, default=64, help="cached tokens per response position")
+    p.add_argument("--rounds", type=int, default=0, help="alternating rounds (median; default 3, --quick 2)")
+    p.add_argument("--quick", action="store_true", help="600 dialogues, 4 steps per round, 2 rounds")
     p = sub.add_parser("study", help="the anchors' 6-trial study: raykd vs Optuna in one process vs HF + Ray Tune")
     p.add_argument("--anchors", default=str(ROOT.parent / "shared" / "anchors"), help="the anchors folder")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported; --quick: 1)")

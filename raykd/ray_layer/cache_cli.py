@@ -1,5 +1,6 @@
 """R: ``python -m raykd.cache build`` — prepare a study's inputs and build its teacher-output cache
-(see ``raykd.ray_layer.cache``) ahead of the study, on a local Ray or ``--address``.
+(see ``raykd.ray_layer.cache``; causal teachers ``raykd.ray_layer.causal_cache``) ahead of the study,
+on a local Ray or ``--address``. With ``teacher.cache: none`` it builds what the study's trials would read.
 
     python -m raykd.cache build --config search_spaces/depth.yaml [--set key=value ...] [--max-gb G]
 """
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m raykd.cache", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="run the teacher once over the train split and store its hidden states")
+    b = sub.add_parser("build", help="run the teacher once over the train split and store what the study's trials read "
+                       "(hidden states; a causal teacher's top-k logits with teacher.cache logits/both)")
     b.add_argument("--config", required=True, help="search-space YAML")
     b.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     b.add_argument("--max-gb", type=float, default=None, help="size limit (default teacher.cache_max_gb)")

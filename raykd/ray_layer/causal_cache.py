@@ -66,9 +66,9 @@ def provides(kind: str) -> set[str]:
 
 
 def causal_cache_key(fingerprint: str, manifest: dict, template: dict, layers: list[int], topk: int,
-                     temperatures: list[float]) -> str:
+                     temperatures: list[float], vocab: int) -> str:
     """Content hash of everything a causal cache depends on."""
-    payload = {"teacher": fingerprint, "data": manifest["key"], "max_length": manifest["max_length"],
+    payload = {"vocab": vocab, "teacher": fingerprint, "data": manifest["key"], "max_length": manifest["max_length"],
                "template": template, "layers": sorted(layers), "topk": topk, "temperatures": sorted(temperatures),
                "family": "causal_lm", "version": CAUSAL_CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -153,7 +153,7 @@ class CausalTeacherOutputs:
 
 def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list[int], topk: int,
                        temperatures: list[float], teacher_load: dict | None = None, max_bytes: float = 20e9,
-                       batch_size: int = 32, log=print) -> tuple[Path, dict]:
+                       batch_size: int = 32, vocab: int | None = None, log=print) -> tuple[Path, dict]:
     """Write (or reuse) the causal teacher cache of ``prepared``'s train split: hidden states of
     ``layers`` and / or the top-``topk`` logits (0: none) at ``temperatures``. Returns (directory, its
     manifest). Prints the estimated size first and refuses (RaykdError) above ``max_bytes``. Needs a
@@ -169,10 +169,10 @@ def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list
     bad = [x for x in layers if not 1 <= x <= tconf.num_hidden_layers]
     if bad:
         raise RaykdError(f"teacher cache: layers {bad} are outside the teacher's 1..{tconf.num_hidden_layers}")
-    vocab = int(manifest["tokenizer"]["vocab_size"])
+    vocab = vocab or int(manifest["tokenizer"]["vocab_size"])
     topk = min(topk, vocab - 1) if topk else 0
     key = causal_cache_key(teacher_fingerprint(teacher, teacher_load.get("revision")), manifest, template, layers,
-                           topk, temperatures)
+                           topk, temperatures, vocab)
     out = cache_dir_for(prepared, key)
     if (out / "manifest.json").exists():
         log(f"[cache] reusing {out}")
