@@ -53,7 +53,8 @@ def _column_bytes(files: list[Path], columns: tuple[str, ...]) -> int:
 
 def bench_logit_cache(args) -> dict:
     """Step time (forward + backward + AdamW) of forward-KL kd from an ``--teacher-layers`` LLaMA teacher
-    into a 2-layer cut of it, both with a 151,936-row head: teacher online (the full-vocabulary loss),
+    into a 2-layer student ``--student-hidden`` wide (0: cut from the teacher at its width), both with a
+    151,936-row head (as a 7B teacher and a 0.5B student of one tokenizer: teacher width ÷ student ≈ 4): teacher online (the full-vocabulary loss),
     top-k read from the cache (Parquet rows → ``CausalCachedCollate`` → the sparse loss: the trial's
     own path), and no teacher at all (the same sparse step with its targets already in memory: the
     bound). Median of ``--rounds`` alternating rounds; the cache built through Ray Data first."""
@@ -83,7 +84,8 @@ def bench_logit_cache(args) -> dict:
         ray.shutdown()
         files = sorted((Path(cache_dir) / "train").glob("*.parquet"))
         topk_bytes = _column_bytes(files, TOPK_COLUMNS) / meta["response_tokens"]
-        teacher = load_teacher(teacher_dir).eval()
+        dev = torch.device(args.device)
+        teacher = load_teacher(teacher_dir).to(dev).eval()
         tokens = TokenIds.from_manifest(manifest)
         tpl = CausalTemplate.from_dict(template)
         data_rows = table_rows(shard_paths(prepared, "train", manifest))
@@ -91,7 +93,9 @@ def bench_logit_cache(args) -> dict:
         plain = CausalCollate(tpl)
         cached = CausalCachedCollate(tpl, None, [], args.hidden, topk=meta["topk"], cached_topk=meta["topk"])
         torch.manual_seed(0)
-        method = build_method("kd", build_student(teacher, 2), teacher.config, divergence="forward_kl")
+        student = build_student(teacher, 2, hidden=args.student_hidden or None,
+                                heads=max(1, args.student_hidden // 64) if args.student_hidden else None)
+        method = build_method("kd", student, teacher.config, divergence="forward_kl").to(dev)
         method.train()
         opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
         b = args.batch_size
@@ -108,12 +112,11 @@ def bench_logit_cache(args) -> dict:
             if mode == "online":
                 batch = plain(rows(data_rows, i))
                 batch.pop("pair_id", None)
-                inputs = make_inputs(batch, tokens, family=causal)
-                return inputs, None
+                return make_inputs({k: v.to(dev) for k, v in batch.items()}, tokens, family=causal), None
             batch = cached(rows(cache_rows, i))
             batch.pop("pair_id", None)
-            targets = causal_cached_targets(batch.pop("teacher_cached"), "cpu")
-            return make_inputs(batch, tokens, family=causal), targets
+            targets = causal_cached_targets(batch.pop("teacher_cached"), dev)
+            return make_inputs({k: v.to(dev) for k, v in batch.items()}, tokens, family=causal), targets
 
         free = {i: batch_of("cache", i) for i in range(steps)}  # the bound's targets, made outside its timing
 
@@ -125,6 +128,8 @@ def bench_logit_cache(args) -> dict:
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
 
         times: dict[str, list[float]] = {"online": [], "cache": [], "student_only": []}
         for r in range(rounds):
@@ -138,7 +143,7 @@ def bench_logit_cache(args) -> dict:
     med = {k: median(v) for k, v in times.items()}
     speedup, bound = med["online"] / med["cache"], med["online"] / med["student_only"]
     dense_row = 2 * VOCAB
-    print(f"{args.teacher_layers}→2 layers, hidden {args.hidden}, vocabulary {VOCAB:,}, batch {b} pairs, top-{meta['topk']}: "
+    print(f"{args.teacher_layers}→2 layers, hidden {args.hidden}→{args.student_hidden or args.hidden}, vocabulary {VOCAB:,}, batch {b} pairs, top-{meta['topk']}: "
           f"online {med['online'] * 1000:.0f} ms/step, cache {med['cache'] * 1000:.0f}, no teacher "
           f"{med['student_only'] * 1000:.0f} → speedup {speedup:.2f}× of a {bound:.2f}× bound ({speedup / bound:.0%}); "
           f"{topk_bytes:.0f} bytes per response token on disk = {topk_bytes / dense_row:.3%} of a dense fp16 row "
@@ -149,5 +154,5 @@ def bench_logit_cache(args) -> dict:
             "bytes_fraction_of_dense_fp16": round(topk_bytes / dense_row, 5), "vocab": VOCAB, "topk": meta["topk"],
             "online_ms": round(med["online"] * 1000, 1), "cache_ms": round(med["cache"] * 1000, 1),
             "student_only_ms": round(med["student_only"] * 1000, 1), "ms_range": spread, "build_s": round(build_s, 1),
-            "teacher_layers": args.teacher_layers, "hidden": args.hidden, "batch_pairs": b, "rounds": rounds,
-            "steps": steps, "cores": os.cpu_count()}
+            "teacher_layers": args.teacher_layers, "hidden": args.hidden, "student_hidden": args.student_hidden, "batch_pairs": b, "rounds": rounds,
+            "steps": steps, "cores": os.cpu_count(), "device": args.device}

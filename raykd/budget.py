@@ -107,8 +107,9 @@ def _shapes(cfg: C.Config) -> dict:
 def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     """Estimated memory per GPU of one trial, in GiB (upper-bound arithmetic, stated assumptions):
     student weights fp32 (4 B/param: master weights under bf16/fp16 autocast), gradients fp32 (4 B),
-    AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher in bf16/fp16
-    (2 B/param; fp32 on CPU); activations of the student at the configured length without gradient
+    AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it:
+    fp32 weights (4 B/param; autocast computes in bf16/fp16 from them), one full copy on every GPU (the
+    teacher is not sharded); activations of the student at the configured length without gradient
     checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
     and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
     logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
@@ -124,7 +125,6 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
         p_t = encoder_params(shp["teacher"][0], shp["teacher"][1], shp["teacher"][4], V)
         p_s = encoder_params(shp["student"][0], shp["student"][1], shp["student"][4], V)
     gpus = gpus_per_trial or t.num_workers
-    half = 2 if t.use_gpu or t.precision in ("bf16", "fp16") else 4
     tokens = t.batch_size * 2 * cfg.data.max_length
     s_layers, s_hidden = shp["student"][0], shp["student"][1]
     act = 34 * s_hidden * tokens * s_layers / GIB
@@ -133,11 +133,11 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     chunk = min(t.chunked_loss_tokens or task_tokens, task_tokens)
     out = {"student_params": p_s, "teacher_params": p_t, "gpus": gpus, "tokens_per_micro_batch": tokens,
            "weights_grads_optimizer": 16 * p_s / GIB, "weights_grads_optimizer_fsdp": 16 * p_s / GIB / gpus,
-           "teacher": half * p_t / GIB, "teacher_fsdp": half * p_t / GIB / gpus, "activations": act,
+           "teacher": 4 * p_t / GIB, "activations": act,
            "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,
            "logits_chunked": 5 * chunk * V * 4 / GIB}
     out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher"] + act + out["logits_plain"]
-    out["total_best"] = (out["weights_grads_optimizer_fsdp"] + out["teacher_fsdp"] + act_ckpt + out["logits_chunked"])
+    out["total_best"] = (out["weights_grads_optimizer_fsdp"] + out["teacher"] + act_ckpt + out["logits_chunked"])
     return out
 
 
@@ -150,7 +150,7 @@ def memory_text(cfg: C.Config) -> str:
             f"{m['teacher_params'] / 1e9:.2f} B, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
             f"student weights+grads+AdamW {m['weights_grads_optimizer']:.1f} GiB "
             f"({m['weights_grads_optimizer_fsdp']:.1f} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
-            f"{m['teacher']:.1f} GiB ({m['teacher_fsdp']:.1f} sharded), activations {m['activations']:.1f} GiB "
+            f"{m['teacher']:.1f} GiB (fp32, a full copy per GPU), activations {m['activations']:.1f} GiB "
             f"({m['activations_checkpointed']:.1f} with gradient checkpointing), logits {m['logits_plain']:.1f} GiB "
             f"plain / {m['logits_chunked']:.2f} GiB chunked → {m['total_ddp']:.1f} GiB per GPU with DDP and the plain "
             f"loss ({fits(m['total_ddp'])} an A100 80 GB), {m['total_best']:.1f} GiB with FSDP, checkpointing and the "

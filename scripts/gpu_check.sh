@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the causal family (issue #25 §4), one prepared script, ≤ 5 minutes, no network:
-#   1. scripts/bench.py kdloss on CUDA (chunked vs naive KD loss at V = 151,936: peak memory, time);
+#   1. scripts/bench.py kdloss on CUDA (chunked vs naive KD loss at V = 151,936: peak memory, time) and
+#      scripts/bench.py logit_cache --quick on CUDA (online teacher vs top-k cache vs no teacher);
 #   2. a 20-step causal trial (tiny LLaMA teacher → 2-layer student, `kd`) with precision auto = bf16,
 #      reporting tokens/s and the fraction of the GPU's bf16 peak that the student's training reaches;
 #   3. a 20-step encoder trial on the fp16 + GradScaler path (precision auto for masked_lm).
@@ -20,8 +21,9 @@ if not torch.cuda.is_available():
 p = torch.cuda.get_device_properties(0)
 print(f"[gpu_check] {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}", flush=True)
 PYEOF
-echo "[gpu_check] 1/3 kdloss on CUDA" >&2
+echo "[gpu_check] 1/3 kdloss and logit_cache on CUDA" >&2
 "$PY" scripts/bench.py kdloss --device cuda --rounds 3 | tail -1 | tee "$OUTDIR/kdloss.json"
+"$PY" scripts/bench.py logit_cache --quick --device cuda | tail -1 | tee "$OUTDIR/logit_cache.json"
 study() {  # NAME CONFIG SETS...
   local name=$1 config=$2; shift 2
   "$PY" -m raykd.tune --config "$config" --storage "$OUTDIR/exp" --name "$name" --set \

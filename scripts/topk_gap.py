@@ -103,7 +103,7 @@ def main() -> int:
     torch.manual_seed(cfg.experiment.seeds[0])
     method = build_method("kd", build_student(teacher, cfg.student.layers), teacher.config, divergence="forward_kl")
     method.vocab = vocab
-    val = _batches(plan["prepared"], manifest, "val", plan["template"], 32, args.pairs)
+    val = _batches(plan["prepared"], manifest, "validation", plan["template"], 32, args.pairs)
     train = _batches(plan["prepared"], manifest, "train", plan["template"], cfg.train.batch_size,
                      args.steps * cfg.train.batch_size)
     results = {"init": measure(method, teacher, val, tokens, vocab)}
@@ -115,7 +115,7 @@ def main() -> int:
         loss.backward()
         opt.step()
         if (i + 1) % 100 == 0:
-            print(f"  step {i + 1}: loss {float(loss):.3f}", flush=True)
+            print(f"  step {i + 1}: loss {float(loss.detach()):.3f}", flush=True)
     results[f"kd_{args.steps}"] = measure(method, teacher, val, tokens, vocab)
     print(f"\nforward KL, full vocabulary ({vocab:,}) vs top-k + tail bucket, {args.pairs} validation pairs:")
     print(f"{'student':>10} {'T':>4} {'full':>8} " + " ".join(f"{'k=' + str(k):>16}" for k in KS))
