@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-run the studies behind docs/findings.md and their reports (about 2 hours on 2 cores in all).
 #   scripts/findings.sh [STUDY ...]    STUDY ∈ baselines ablation sampling depth projection causal_losses
-#                                      causal_divergences causal_ablation (default: all)
+#                                      causal_divergences causal_ablation causal_topk (default: all)
+# causal_topk also runs scripts/topk_gap.py (the top-k loss against the full-vocabulary one).
 # Each study is `python -m raykd.tune --config search_spaces/STUDY.yaml` followed by
 # `python -m raykd.report .raykd/experiments/STUDY`; the wall time of each is printed.
 set -euo pipefail
@@ -9,10 +10,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 studies=("$@")
 [ ${#studies[@]} -eq 0 ] && studies=(baselines ablation sampling depth projection causal_losses causal_divergences
-                                      causal_ablation)
+                                      causal_ablation causal_topk)
 declare -A against=([baselines]="method=structural" [ablation]="method.params.ablate=none"
                     [sampling]="sampler=domain_aware" [depth]="" [projection]="" [causal_losses]="method=feature_align"
-                    [causal_divergences]="" [causal_ablation]="method.params.ablate=none")
+                    [causal_divergences]="" [causal_ablation]="method.params.ablate=none"
+                    [causal_topk]="teacher.cache_topk=128")
 # the two causal variants run causal_losses.yaml with these settings (its docstring says why)
 # (one --set item per line)
 declare -A sets=([causal_divergences]="experiment.name=causal-divergences
@@ -29,8 +31,8 @@ for s in "${studies[@]}"; do
     config=causal_losses name=${s//_/-}
     mapfile -t extra <<< "${sets[$s]}"
     extra=(--set "${extra[@]}")
-  elif [ "$s" = causal_losses ]; then
-    name=causal-losses
+  elif [ "$s" = causal_losses ] || [ "$s" = causal_topk ]; then
+    name=${s//_/-}
   fi
   [ -f "search_spaces/$config.yaml" ] || { echo "unknown study $s (search_spaces/$config.yaml missing)" >&2; exit 2; }
   t0=$(date +%s)
@@ -38,5 +40,6 @@ for s in "${studies[@]}"; do
   args=(".raykd/experiments/$name")
   [ -n "${against[$s]:-}" ] && args+=(--against "${against[$s]}")
   "$PY" -m raykd.report "${args[@]}" > /dev/null
+  [ "$s" = causal_topk ] && "$PY" scripts/topk_gap.py | tail -1 > ".raykd/experiments/$name/topk_gap.json"
   echo "[findings] $s: $(( $(date +%s) - t0 )) s · report .raykd/experiments/$name/report/table.md" >&2
 done

@@ -159,10 +159,6 @@ def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: di
     """Write (or reuse) the teacher cache of ``prepared``'s train split for ``layers``; returns its
     directory. Prints the estimated size first and refuses (RaykdError) above ``max_bytes``. Needs
     a running Ray (``ray.init``); uses one actor per GPU, or CPU actors leaving one CPU for reads."""
-    import ray
-
-    from raykd.atomic import atomic_directory
-
     teacher_load = teacher_load or {}
     manifest = load_manifest(prepared)
     tconf = teacher_config(teacher, teacher_load)
@@ -179,26 +175,59 @@ def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: di
     train_rows = manifest["splits"]["train"]["rows"]
     log(f"[cache] teacher layers {layers} of {tconf.num_hidden_layers} (hidden {tconf.hidden_size}) over "
         f"{train_rows:,} train pairs: about {size / 1e9:.2f} GB (fp16) → {out}")
+    refuse_above(size, max_bytes, "cache fewer layers (search fewer depths)")
+    ds = teacher_pass(prepared, TeacherStates, {"teacher": teacher, "teacher_load": teacher_load, "layers": sorted(layers),
+                                                "pad_id": manifest["tokenizer"]["pad_token_id"]}, batch_size)
+    write_cache(ds, out, train_rows, size, {"key": key, "version": CACHE_VERSION, "data_key": manifest["key"],
+                                            "teacher": teacher, "layers": sorted(layers), "hidden": tconf.hidden_size,
+                                            "dtype": DTYPE}, log)
+    return out
+
+
+def refuse_above(size: float, max_bytes: float, advice: str) -> None:
+    """RaykdError when a cache's estimated ``size`` (bytes) exceeds ``max_bytes``, with ``advice``."""
     if size > max_bytes:
         raise RaykdError(f"teacher cache: {size / 1e9:.2f} GB estimated exceeds the limit teacher.cache_max_gb = "
-                         f"{max_bytes / 1e9:g} GB: raise the limit, cache fewer layers (search fewer depths), or "
-                         "set teacher.cache: false to run the teacher online")
+                         f"{max_bytes / 1e9:g} GB: raise the limit, {advice}, or set teacher.cache: none to run the "
+                         "teacher online")
+
+
+def teacher_pass(prepared: str, actor, kwargs: dict, batch_size: int):
+    """The train split through the Ray Data actor class ``actor`` (constructed with ``kwargs`` and its
+    torch ``threads``), one actor per GPU or CPU actors (``actor_plan``): a lazy ``Dataset``."""
+    import ray
+
+    from raykd.ray_layer.stream import split_datasets
+
+    actors, resources, threads = actor_plan()
+    # blocks enough for every actor to have work (a read gives one block per shard file by default)
+    ds = split_datasets(prepared, splits=("train",), num_cpus=0.25, blocks=max(8 * actors, 32))["train"]
+    return ds.map_batches(actor, fn_constructor_kwargs={**kwargs, "threads": threads}, batch_size=batch_size,
+                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+
+
+def actor_plan() -> tuple[int, dict, int]:
+    """(actors, resources per actor, torch threads per actor; 0 = leave them) of a cache build on the
+    running Ray: one actor per GPU, else CPU actors leaving one CPU for the reads."""
+    import ray
+
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = ray.cluster_resources().get("CPU", 1.0)
     if gpus:
-        actors, resources = gpus, {"num_gpus": 1}
-    else:
-        actors = max(1, int(cpus - 1) // 2)
-        resources = {"num_cpus": max(1.0, (cpus - 1) / actors) if cpus > 1 else 0.5}
-    threads = max(1, int((os.cpu_count() or 1) / actors))
-    from raykd.ray_layer.stream import split_datasets
+        return gpus, {"num_gpus": 1}, 0
+    actors = max(1, int(cpus - 1) // 2)
+    resources = {"num_cpus": max(1.0, (cpus - 1) / actors) if cpus > 1 else 0.5}
+    return actors, resources, max(1, int((os.cpu_count() or 1) / actors))
 
-    # blocks enough for every actor to have work (a read gives one block per shard file by default)
-    ds = split_datasets(prepared, splits=("train",), num_cpus=0.25, blocks=max(8 * actors, 32))["train"]
-    ds = ds.map_batches(TeacherStates, fn_constructor_kwargs={
-        "teacher": teacher, "teacher_load": teacher_load, "layers": sorted(layers),
-        "pad_id": manifest["tokenizer"]["pad_token_id"], "threads": 0 if gpus else threads},
-        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
+
+def write_cache(ds, out: Path, train_rows: int, size: float, meta: dict, log=print) -> dict:
+    """Write the teacher-output dataset ``ds`` to ``out/train/`` and ``out/manifest.json`` (``meta``
+    plus the row count and every shard's rows and bytes) in a temporary directory renamed into place
+    when complete; RaykdError when the rows written are not the train split's. Returns the manifest."""
+    import pyarrow.parquet as pq
+
+    from raykd.atomic import atomic_directory
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
         # row groups of ~64 MB: a reader holds one row group at a time (a whole 8,192-row file is one
@@ -206,19 +235,15 @@ def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: di
         row_group = int(min(8192, max(16, 64e6 * train_rows / max(size, 1))))
         ds.write_parquet(str(tmp / "train"), compression="zstd", min_rows_per_file=8192, row_group_size=row_group)
         files = sorted((tmp / "train").glob("*.parquet"))
-        import pyarrow.parquet as pq
-
         rows = {p.name: pq.ParquetFile(p).metadata.num_rows for p in files}
         if sum(rows.values()) != train_rows:
-            raise RaykdError(f"teacher cache: wrote {sum(rows.values())} rows, the train split has "
-                             f"{train_rows}")
-        meta = {"key": key, "version": CACHE_VERSION, "data_key": manifest["key"], "teacher": teacher,
-                "layers": sorted(layers), "hidden": tconf.hidden_size, "dtype": DTYPE, "rows": sum(rows.values()),
+            raise RaykdError(f"teacher cache: wrote {sum(rows.values())} rows, the train split has {train_rows}")
+        meta = {**meta, "rows": sum(rows.values()),
                 "files": {n: {"rows": r, "bytes": (tmp / "train" / n).stat().st_size} for n, r in rows.items()}}
         (tmp / "manifest.json").write_text(json.dumps(meta, indent=1))
     total = sum(f["bytes"] for f in meta["files"].values())
     log(f"[cache] wrote {meta['rows']:,} rows in {len(files)} shard(s), {total / 1e9:.3f} GB on disk")
-    return out
+    return meta
 
 
 # ------------------------------------------------------------------------------------------ reading

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ import numpy as np
 from raykd.data.collate import CausalCollate
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.errors import RaykdError
-from raykd.ray_layer.cache import cache_dir_for, load_cache_manifest, teacher_config, teacher_fingerprint
+from raykd.ray_layer.cache import (cache_dir_for, load_cache_manifest, refuse_above, teacher_config,
+                                   teacher_fingerprint, teacher_pass, write_cache)
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raykd.ray_layer.stream import TOKEN_COLUMNS, read_parquet
@@ -158,11 +158,6 @@ def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list
     ``layers`` and / or the top-``topk`` logits (0: none) at ``temperatures``. Returns (directory, its
     manifest). Prints the estimated size first and refuses (RaykdError) above ``max_bytes``. Needs a
     running Ray; one actor per GPU, or CPU actors leaving one CPU for the reads."""
-    import ray
-
-    from raykd.atomic import atomic_directory
-    from raykd.ray_layer.stream import split_datasets
-
     teacher_load = teacher_load or {}
     manifest = load_manifest(prepared)
     tconf = teacher_config(teacher, teacher_load)
@@ -185,38 +180,14 @@ def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list
         ([f"top-{topk} logits at T = {sorted(temperatures)} ({resp:,} response tokens)"] if topk else [])
     log(f"[cache] causal teacher ({tconf.num_hidden_layers} layers, hidden {tconf.hidden_size}) over {train_rows:,} "
         f"train pairs: {' and '.join(what)}: about {size / 1e9:.3f} GB → {out}")
-    if size > max_bytes:
-        raise RaykdError(f"teacher cache: {size / 1e9:.2f} GB estimated exceeds the limit teacher.cache_max_gb = "
-                         f"{max_bytes / 1e9:g} GB: raise the limit, lower teacher.cache_topk, cache fewer layers, or "
-                         "set teacher.cache: none to run the teacher online")
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    actors = gpus or max(1, int(cpus - 1) // 2)
-    resources = {"num_gpus": 1} if gpus else {"num_cpus": max(1.0, (cpus - 1) / actors) if cpus > 1 else 0.5}
-    ds = split_datasets(prepared, splits=("train",), num_cpus=0.25, blocks=max(8 * actors, 32))["train"]
-    ds = ds.map_batches(CausalTeacherOutputs, fn_constructor_kwargs={
+    refuse_above(size, max_bytes, "lower teacher.cache_topk, cache fewer layers")
+    ds = teacher_pass(prepared, CausalTeacherOutputs, {
         "teacher": teacher, "teacher_load": teacher_load, "template": template, "layers": sorted(layers),
-        "topk": topk, "temperatures": sorted(temperatures), "vocab": vocab,
-        "threads": 0 if gpus else max(1, int((os.cpu_count() or 1) / actors))},
-        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **resources)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(out) as tmp:
-        row_group = int(min(8192, max(16, 64e6 * train_rows / max(size, 1))))
-        ds.write_parquet(str(tmp / "train"), compression="zstd", min_rows_per_file=8192, row_group_size=row_group)
-        import pyarrow.parquet as pq
-
-        files = sorted((tmp / "train").glob("*.parquet"))
-        rows = {p.name: pq.ParquetFile(p).metadata.num_rows for p in files}
-        if sum(rows.values()) != train_rows:
-            raise RaykdError(f"teacher cache: wrote {sum(rows.values())} rows, the train split has {train_rows}")
-        meta = {"key": key, "version": CAUSAL_CACHE_VERSION, "family": "causal_lm", "data_key": manifest["key"],
-                "teacher": teacher, "layers": sorted(layers), "hidden": tconf.hidden_size, "topk": topk,
-                "temperatures": sorted(temperatures), "vocab": vocab, "rows": sum(rows.values()),
-                "sequence_tokens": seq, "response_tokens": resp,
-                "files": {n: {"rows": r, "bytes": (tmp / "train" / n).stat().st_size} for n, r in rows.items()}}
-        (tmp / "manifest.json").write_text(json.dumps(meta, indent=1))
-    total = sum(f["bytes"] for f in meta["files"].values())
-    log(f"[cache] wrote {meta['rows']:,} rows in {len(files)} shard(s), {total / 1e9:.3f} GB on disk")
+        "topk": topk, "temperatures": sorted(temperatures), "vocab": vocab}, batch_size)
+    meta = write_cache(ds, out, train_rows, size, {
+        "key": key, "version": CAUSAL_CACHE_VERSION, "family": "causal_lm", "data_key": manifest["key"],
+        "teacher": teacher, "layers": sorted(layers), "hidden": tconf.hidden_size, "topk": topk,
+        "temperatures": sorted(temperatures), "vocab": vocab, "sequence_tokens": seq, "response_tokens": resp}, log)
     return out, meta
 
 
