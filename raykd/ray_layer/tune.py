@@ -159,7 +159,9 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
            if cfg.search.confirm.top_k else ""),
         f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
         f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers; "
-        + (f"teacher cache {cfg.teacher.cache} (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache != "none"
+        + (f"teacher cache {cfg.teacher.cache}"
+           + (f" (top-{cfg.teacher.cache_topk} + tail bucket)" if cfg.teacher.cache in ("logits", "both") else "")
+           + f" (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache != "none"
            else "teacher runs online"),
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
         f"{Path(cfg.data.work_dir).absolute()}",
