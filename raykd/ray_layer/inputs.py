@@ -195,7 +195,9 @@ def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max
     tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
     req = study_cache_request(cfg, tconf.num_hidden_layers, lambda key: space_values(cfg, key), force)
     if req is None:
-        log(f"[cache] teacher.cache {cfg.teacher.cache}: no trial of this study reads a cache: teacher runs online")
+        if cfg.teacher.cache != "none":
+            log(f"[cache] teacher.cache {cfg.teacher.cache}: no trial of this study could read such a cache (their "
+                "methods need what it lacks, generate, or read no teacher): the teacher runs online")
         return None
     limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
     out, meta = build_causal_cache(plan["prepared"], plan["teacher"], plan["template"], req["layers"], req["topk"],

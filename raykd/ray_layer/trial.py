@@ -69,8 +69,9 @@ def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
 
 
 def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
-    """``{"layers", "hidden"}`` (causal: see ``trial_causal_cache``) of the teacher cache this trial reads, or None when it runs the
-    teacher online (no cache in the plan, or its method / sampler cannot use one: ``cache_use``)."""
+    """``{"layers", "hidden"}`` of the teacher cache this trial reads (causal: ``trial_causal_cache``),
+    or None when it runs the teacher online (no cache in the plan, or its method / sampler cannot use
+    one: ``cache_use``)."""
     c = plan.get("cache")
     if c and c.get("family") == "causal_lm":
         return trial_causal_cache(cfg, c)
