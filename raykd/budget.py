@@ -107,9 +107,9 @@ def _shapes(cfg: C.Config) -> dict:
 def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     """Estimated memory per GPU of one trial, in GiB (upper-bound arithmetic, stated assumptions):
     student weights fp32 (4 B/param: master weights under bf16/fp16 autocast), gradients fp32 (4 B),
-    AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it:
-    fp32 weights (4 B/param; autocast computes in bf16/fp16 from them), one full copy on every GPU (the
-    teacher is not sharded); activations of the student at the configured length without gradient
+    AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it
+    (``precision.frozen_on``): bf16 weights (2 B/param) for a causal teacher on GPUs under a bf16
+    policy (auto or bf16), else fp32 (4 B), one full copy on every GPU (not sharded); activations of the student at the configured length without gradient
     checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
     and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
     logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
@@ -126,6 +126,7 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
         p_s = encoder_params(shp["student"][0], shp["student"][1], shp["student"][4], V)
     gpus = gpus_per_trial or t.num_workers
     tokens = t.batch_size * 2 * cfg.data.max_length
+    teacher_bytes = 2 if t.use_gpu and fam == "causal_lm" and t.precision in ("auto", "bf16") else 4
     s_layers, s_hidden = shp["student"][0], shp["student"][1]
     act = 34 * s_hidden * tokens * s_layers / GIB
     act_ckpt = (2 * s_hidden * tokens * s_layers + 34 * s_hidden * tokens) / GIB
@@ -133,7 +134,8 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     chunk = min(t.chunked_loss_tokens or task_tokens, task_tokens)
     out = {"student_params": p_s, "teacher_params": p_t, "gpus": gpus, "tokens_per_micro_batch": tokens,
            "weights_grads_optimizer": 16 * p_s / GIB, "weights_grads_optimizer_fsdp": 16 * p_s / GIB / gpus,
-           "teacher": 4 * p_t / GIB, "activations": act,
+           "teacher": teacher_bytes * p_t / GIB, "teacher_dtype": "bf16" if teacher_bytes == 2 else "fp32",
+           "activations": act,
            "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,
            "logits_chunked": 5 * chunk * V * 4 / GIB}
     out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher"] + act + out["logits_plain"]
@@ -150,7 +152,7 @@ def memory_text(cfg: C.Config) -> str:
             f"{m['teacher_params'] / 1e9:.2f} B, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
             f"student weights+grads+AdamW {m['weights_grads_optimizer']:.1f} GiB "
             f"({m['weights_grads_optimizer_fsdp']:.1f} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
-            f"{m['teacher']:.1f} GiB (fp32, a full copy per GPU), activations {m['activations']:.1f} GiB "
+            f"{m['teacher']:.1f} GiB ({m['teacher_dtype']}, a full copy per GPU), activations {m['activations']:.1f} GiB "
             f"({m['activations_checkpointed']:.1f} with gradient checkpointing), logits {m['logits_plain']:.1f} GiB "
             f"plain / {m['logits_chunked']:.2f} GiB chunked → {m['total_ddp']:.1f} GiB per GPU with DDP and the plain "
             f"loss ({fits(m['total_ddp'])} an A100 80 GB), {m['total_best']:.1f} GiB with FSDP, checkpointing and the "

@@ -46,6 +46,17 @@ def _lm(model):
     return getattr(model, "mlm", model)
 
 
+def in_dtype_of(model, reference):
+    """``model``, or a copy of it in ``reference``'s weight dtype when they differ: latencies are
+    compared in one dtype (a bf16 teacher against a bf16 copy of an fp32-trained student)."""
+    dtype = next(reference.parameters()).dtype
+    if next(model.parameters()).dtype == dtype:
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(dtype)
+
+
 class CausalSplit:
     """One split's evaluation pairs: prompts, true responses, the answer-selection candidates, the
     ROUGE prompts with their reference texts."""
@@ -183,9 +194,9 @@ class CausalEvaluation:
 
     def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
         """``test/params``, ``test/teacher_params``, ``test/latency_ms_b{1,32}`` (prefill ms per
-        sequence, student), ``test/speedup_b{1,32}`` (teacher ÷ student), ``test/decode_tokens_per_s``
+        sequence, student, timed in the teacher's weight dtype: ``in_dtype_of``), ``test/speedup_b{1,32}`` (teacher ÷ student), ``test/decode_tokens_per_s``
         and ``test/teacher_decode_tokens_per_s`` (batch 1, KV cache), ``test/decode_speedup``."""
-        lm, t_lm = _lm(student), _lm(teacher)
+        lm, t_lm = in_dtype_of(_lm(student), _lm(teacher)), _lm(teacher)
         sizes = (1, 32)
         prompt = self.data("test").prompts[0]
         s = metrics.efficiency(lm, sizes, seq_len)

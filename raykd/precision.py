@@ -44,3 +44,16 @@ def precision_policy(device: torch.device, requested: str = "auto", family: str 
     if requested == "bf16" or (requested == "auto" and family == "causal_lm"):
         return Precision("cuda", torch.bfloat16, False)
     return Precision("cuda", torch.float16, True)
+
+
+def frozen_on(model: torch.nn.Module, device: torch.device, precision: Precision,
+              family: str = "masked_lm") -> torch.nn.Module:
+    """``model`` as a frozen, inference-only teacher on ``device``: eval mode, no gradients and, for a
+    ``causal_lm`` family whose policy computes in bf16 (CUDA), bf16 weights: half the memory of fp32.
+    Encoder teachers keep fp32 weights (their evaluation compares teacher and student embeddings in
+    one dtype), as does everything on CPU. Returns the model."""
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    if precision.dtype is torch.bfloat16 and family == "causal_lm":
+        model.to(torch.bfloat16)
+    return model

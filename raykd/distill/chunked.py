@@ -13,6 +13,8 @@ logits, the student head's gradient (as the naive path has too) and the hidden s
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from . import losses as L
@@ -27,6 +29,14 @@ class _Chunked(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, part, chunk):
+        # fp32 inside, whatever autocast the caller runs under (bf16 / fp16 on CUDA): the chunk's logits,
+        # softmaxes and gradients are exactly the unchunked fp32 loss's
+        dev = h_s.device.type
+        with torch.autocast(dev, enabled=False) if dev in ("cuda", "cpu") else nullcontext():  # meta: no autocast
+            return _Chunked._forward(ctx, h_s, w_s, b_s, part, chunk)
+
+    @staticmethod
+    def _forward(ctx, h_s, w_s, b_s, part, chunk):
         w32 = w_s.detach().float()
         b32 = None if b_s is None else b_s.detach().float()
         grad_h = torch.empty(h_s.shape, dtype=torch.float32, device=h_s.device)

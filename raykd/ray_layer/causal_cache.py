@@ -99,7 +99,8 @@ def bytes_per_response_token(topk: int, temperatures: int) -> int:
 # ------------------------------------------------------------------------------------------ writing
 class CausalTeacherOutputs:
     """Ray Data actor: a pyarrow batch of prepared rows → the same rows plus the cached columns (see
-    the module docstring). Loads the teacher once per actor; bf16 autocast on CUDA, fp32 on CPU."""
+    the module docstring). Loads the teacher once per actor, as trials hold it (bf16 weights and
+    autocast on CUDA, fp32 on CPU)."""
 
     def __init__(self, teacher: str, teacher_load: dict, template: dict, layers: list[int], topk: int,
                  temperatures: list[float], vocab: int | None, threads: int = 0, chunk_tokens: int = 1024):
@@ -107,13 +108,13 @@ class CausalTeacherOutputs:
 
         from raykd.data.template import CausalTemplate
         from raykd.models.teacher import load_teacher
-        from raykd.precision import precision_policy
+        from raykd.precision import frozen_on, precision_policy
 
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision_policy(self.device, "auto", "causal_lm")
-        self.teacher = load_teacher(teacher, **teacher_load).to(self.device).eval()
+        self.teacher = frozen_on(load_teacher(teacher, **teacher_load), self.device, self.precision, "causal_lm")
         self.collate = CausalCollate(CausalTemplate.from_dict(template))
         self.layers, self.topk, self.temperatures = sorted(layers), topk, list(temperatures)
         self.vocab, self.chunk_tokens = vocab, chunk_tokens

@@ -310,3 +310,43 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in method.parameters() if p.grad is not None])
     assert student.mlm.is_gradient_checkpointing
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_bf16_teacher_serves_every_causal_method_under_bf16_autocast(chunked):
+    """What a trial on CUDA does (``precision.frozen_on`` + bf16 autocast), run here with CPU's bf16:
+    the student is cut from the fp32 teacher first, the teacher then holds bf16 weights and no
+    gradients, and every method's step runs (no dtype mix-up) with a finite loss and fp32 student
+    gradients; an encoder teacher keeps fp32 weights."""
+    from raykd.evaluation_causal import in_dtype_of
+    from raykd.precision import Precision, frozen_on
+
+    bf16 = Precision("cpu", torch.bfloat16, False)
+    fam = family("causal_lm")
+    for name in sorted(CAUSAL_METHODS):
+        torch.manual_seed(0)
+        teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS)
+        student = build_student(teacher, 2, aggregation=name == "structural")
+        frozen_on(teacher, torch.device("cpu"), bf16, "causal_lm")
+        assert {p.dtype for p in teacher.parameters()} == {torch.bfloat16}
+        assert not any(p.requires_grad for p in teacher.parameters())
+        assert {p.dtype for p in student.parameters()} == {torch.float32}
+        params = {**CAUSAL_METHODS[name], **({"lmbda": 0.0} if name == "gkd" else {})}
+        method = build_method(name, student, teacher.config, n_departments=1, seed=0, **params)
+        method.chunk_tokens = 1 if chunked else 0
+        method.train()
+        batch, _, _ = _batch()
+        inputs = make_inputs(batch, TOKENS, vocab_size=VOCAB, family=fam)
+        with bf16.autocast():
+            out = method(inputs, method.teacher_targets(teacher, inputs))
+        assert math.isfinite(float(out["loss"].detach())), name
+        out["loss"].backward()
+        grads = [p.grad for p in method.student.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 for g in grads), name
+    # latencies are compared in one dtype: a bf16 copy of the fp32 student, the student itself untouched
+    timed = in_dtype_of(student.mlm, teacher)
+    assert next(timed.parameters()).dtype == torch.bfloat16 and next(student.mlm.parameters()).dtype == torch.float32
+    assert in_dtype_of(student.mlm, student.mlm) is student.mlm
+    encoder = family("masked_lm").build(TeacherShape(2, 32, 2, 64, 64, None), VOCAB, PAD, None, None)
+    frozen_on(encoder, torch.device("cpu"), bf16, "masked_lm")
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}

@@ -199,8 +199,10 @@ def test_the_memory_plan_counts_the_published_models_and_says_whether_the_paper_
     m = memory_plan(cfg)
     assert m["student_params"] == 1_100_048_384 and m["teacher_params"] == 6_738_415_616 and m["gpus"] == 8
     assert m["weights_grads_optimizer"] == pytest.approx(16 * 1_100_048_384 / 2**30)
-    # what trials hold: fp32 teacher weights (autocast computes in bf16 from them), a full copy per GPU
-    assert m["teacher"] == pytest.approx(4 * 6_738_415_616 / 2**30)
+    # what trials hold (precision.frozen_on): a causal teacher's bf16 weights on GPUs, a full copy per GPU
+    assert m["teacher"] == pytest.approx(2 * 6_738_415_616 / 2**30) and m["teacher_dtype"] == "bf16"
+    assert memory_plan(load_config(ROOT / "search_spaces" / "causal_paper.yaml", {"train.precision": "fp16"})
+                       )["teacher"] == pytest.approx(4 * 6_738_415_616 / 2**30)  # fp16 policy: fp32 weights
     assert m["total_best"] == pytest.approx(m["weights_grads_optimizer_fsdp"] + m["teacher"]
                                             + m["activations_checkpointed"] + m["logits_chunked"])
     tokens = 8 * 2 * 512
