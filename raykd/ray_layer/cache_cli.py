@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     if cache is None:
         return 0  # teacher_cache_for said why: no trial of this study can read a cache
-    log(f"[cache] ready: {cache['dir']} (layers {cache['layers']})")
+    held = ([f"layers {cache['layers']}"] if cache["layers"] else []) + \
+        ([f"top-{cache['topk']} logits at T = {cache['temperatures']}"] if cache.get("topk") else [])
+    log(f"[cache] ready: {cache['dir']} ({', '.join(held)})")
     print(cache["dir"])
     return 0
 
