@@ -79,6 +79,9 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             on_disk = torch.load(out, weights_only=False)
             assert all(torch.equal(again[k], on_disk["sd"][k]) for k in on_disk["sd"])
             assert again_opt["state"].keys() == on_disk["osd"]["state"].keys()
+        # both ranks done before either tears gloo down: a rank that destroys its group and exits while the
+        # other still holds its connections aborts that one ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
