@@ -154,17 +154,24 @@ def cache_dir_for(prepared: str, key: str) -> Path:
     return Path(prepared).absolute() / CACHE_DIR / key
 
 
+def build_inputs(prepared: str, teacher: str, teacher_load: dict, layers: list[int]) -> tuple[dict, object]:
+    """(the prepared data's manifest, the teacher's HF config) for a cache build; RaykdError when a
+    requested layer is not one of the teacher's 1..L."""
+    manifest = load_manifest(prepared)
+    tconf = teacher_config(teacher, teacher_load)
+    bad = [x for x in layers if not 1 <= x <= tconf.num_hidden_layers]
+    if bad:
+        raise RaykdError(f"teacher cache: layers {bad} are outside the teacher's 1..{tconf.num_hidden_layers}")
+    return manifest, tconf
+
+
 def build_cache(prepared: str, teacher: str, layers: list[int], teacher_load: dict | None = None,
                 max_bytes: float = 20e9, batch_size: int = 64, log=print) -> Path:
     """Write (or reuse) the teacher cache of ``prepared``'s train split for ``layers``; returns its
     directory. Prints the estimated size first and refuses (RaykdError) above ``max_bytes``. Needs
     a running Ray (``ray.init``); uses one actor per GPU, or CPU actors leaving one CPU for reads."""
     teacher_load = teacher_load or {}
-    manifest = load_manifest(prepared)
-    tconf = teacher_config(teacher, teacher_load)
-    bad = [x for x in layers if not 1 <= x <= tconf.num_hidden_layers]
-    if bad:
-        raise RaykdError(f"teacher cache: layers {bad} are outside the teacher's 1..{tconf.num_hidden_layers}")
+    manifest, tconf = build_inputs(prepared, teacher, teacher_load, layers)
     key = cache_key(teacher_fingerprint(teacher, teacher_load.get("revision")), manifest, layers)
     out = cache_dir_for(prepared, key)
     if (out / "manifest.json").exists():

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from raykd.data.collate import CausalCollate
-from raykd.data.shards import load_manifest, shard_paths
+from raykd.data.shards import shard_paths
 from raykd.errors import RaykdError
-from raykd.ray_layer.cache import (cache_dir_for, load_cache_manifest, refuse_above, teacher_config,
+from raykd.ray_layer.cache import (build_inputs, cache_dir_for, load_cache_manifest, refuse_above,
                                    teacher_fingerprint, teacher_pass, write_cache)
 from ray.data.collate_fn import NumpyBatchCollateFn
 
@@ -160,11 +160,7 @@ def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list
     manifest). Prints the estimated size first and refuses (RaykdError) above ``max_bytes``. Needs a
     running Ray; one actor per GPU, or CPU actors leaving one CPU for the reads."""
     teacher_load = teacher_load or {}
-    manifest = load_manifest(prepared)
-    tconf = teacher_config(teacher, teacher_load)
-    bad = [x for x in layers if not 1 <= x <= tconf.num_hidden_layers]
-    if bad:
-        raise RaykdError(f"teacher cache: layers {bad} are outside the teacher's 1..{tconf.num_hidden_layers}")
+    manifest, tconf = build_inputs(prepared, teacher, teacher_load, layers)
     vocab = vocab or int(manifest["tokenizer"]["vocab_size"])
     topk = min(topk, vocab - 1) if topk else 0
     key = causal_cache_key(teacher_fingerprint(teacher, teacher_load.get("revision")), manifest, template, layers,
