@@ -76,6 +76,23 @@ GIB = 2**30
 A100_GIB = 80.0
 
 
+TEACHER_GPU_SHARE = 0.4  # teacher.shard auto: shard the frozen teacher when its full copy exceeds this share of a GPU
+
+
+def shard_teacher(setting: str, strategy: str, family: str, workers: int, teacher_bytes: float,
+                  gpu_bytes: float | None) -> bool:
+    """Whether a trial shards its frozen teacher over its workers (``teacher.shard``): ``always``
+    (validated to need ``train.strategy`` fsdp and a causal_lm teacher), ``never``, or ``auto`` = a
+    causal_lm teacher under fsdp, over two or more workers, on GPUs (``gpu_bytes``: one GPU's memory,
+    None on CPU) whose full weights (``teacher_bytes``, in the dtype trials hold them) exceed
+    ``TEACHER_GPU_SHARE`` of one GPU: the student's training state, its activations and the logits
+    need the rest."""
+    if setting != "auto":
+        return setting == "always"
+    return (strategy == "fsdp" and family == "causal_lm" and workers > 1 and gpu_bytes is not None
+            and teacher_bytes > TEACHER_GPU_SHARE * gpu_bytes)
+
+
 def decoder_params(layers: int, hidden: int, heads: int, kv_heads: int | None, intermediate: int, vocab: int,
                    tied: bool = False) -> int:
     """Parameters of a LLaMA-style decoder: embeddings (and an untied head) V·d, per layer q and o
@@ -109,7 +126,8 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     student weights fp32 (4 B/param: master weights under bf16/fp16 autocast), gradients fp32 (4 B),
     AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it
     (``precision.frozen_on``): bf16 weights (2 B/param) for a causal teacher on GPUs under a bf16
-    policy (auto or bf16), else fp32 (4 B), one full copy on every GPU (not sharded); activations of the student at the configured length without gradient
+    policy (auto or bf16), else fp32 (4 B), one full copy on every GPU unless ``shard_teacher`` shards it
+under FSDP (then 1/GPUs of it; an A100's 80 GiB decides ``auto``); activations of the student at the configured length without gradient
     checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
     and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
     logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
@@ -134,11 +152,14 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     chunk = min(t.chunked_loss_tokens or task_tokens, task_tokens)
     out = {"student_params": p_s, "teacher_params": p_t, "gpus": gpus, "tokens_per_micro_batch": tokens,
            "weights_grads_optimizer": 16 * p_s / GIB, "weights_grads_optimizer_fsdp": 16 * p_s / GIB / gpus,
-           "teacher": teacher_bytes * p_t / GIB, "teacher_dtype": "bf16" if teacher_bytes == 2 else "fp32",
+           "teacher_full": teacher_bytes * p_t / GIB, "teacher_dtype": "bf16" if teacher_bytes == 2 else "fp32",
+           "teacher_sharded": t.use_gpu and shard_teacher(cfg.teacher.shard, t.strategy, fam, gpus,
+                                                          teacher_bytes * p_t, A100_GIB * GIB),
            "activations": act,
            "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,
            "logits_chunked": 5 * chunk * V * 4 / GIB}
-    out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher"] + act + out["logits_plain"]
+    out["teacher"] = out["teacher_full"] / gpus if out["teacher_sharded"] else out["teacher_full"]
+    out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher_full"] + act + out["logits_plain"]
     out["total_best"] = (out["weights_grads_optimizer_fsdp"] + out["teacher"] + act_ckpt + out["logits_chunked"])
     return out
 
@@ -147,12 +168,14 @@ def memory_text(cfg: C.Config) -> str:
     """The --dry-run lines of ``memory_plan``: each part, the plain DDP total and the total with FSDP
     over the trial's GPUs, gradient checkpointing and the chunked loss, against an A100's 80 GiB."""
     m = memory_plan(cfg)
+    teacher_where = (f"sharded over {m['gpus']} GPUs under FSDP: {m['teacher']:.1f} per GPU" if m["teacher_sharded"]
+                     else "a full copy per GPU")
     fits = lambda g: "fits" if g <= A100_GIB * 0.9 else "does NOT fit"  # noqa: E731 (10 % for the allocator, CUDA)
     return (f"memory per GPU (estimate; student {m['student_params'] / 1e9:.2f} B params, teacher "
             f"{m['teacher_params'] / 1e9:.2f} B, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
             f"student weights+grads+AdamW {m['weights_grads_optimizer']:.1f} GiB "
             f"({m['weights_grads_optimizer_fsdp']:.1f} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
-            f"{m['teacher']:.1f} GiB ({m['teacher_dtype']}, a full copy per GPU), activations {m['activations']:.1f} GiB "
+            f"{m['teacher_full']:.1f} GiB ({m['teacher_dtype']}, {teacher_where}), activations {m['activations']:.1f} GiB "
             f"({m['activations_checkpointed']:.1f} with gradient checkpointing), logits {m['logits_plain']:.1f} GiB "
             f"plain / {m['logits_chunked']:.2f} GiB chunked → {m['total_ddp']:.1f} GiB per GPU with DDP and the plain "
             f"loss ({fits(m['total_ddp'])} an A100 80 GB), {m['total_best']:.1f} GiB with FSDP, checkpointing and the "

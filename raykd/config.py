@@ -26,6 +26,7 @@ FAMILY_METHODS = {"masked_lm": METHOD_NAMES,
                   "causal_lm": ("sft", "no_distill", "kd", "gkd", "feature_align", "structural", "minillm")}
 DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
 CACHE_KINDS = ("none", "hidden", "logits", "both")
+TEACHER_SHARD = ("auto", "never", "always")
 DYNAMIC_BY_DEFAULT = ("structural", "feature_align")  # methods whose loss weights are gradient-aware unless told
 DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 _WEIGHTING = ("weights", "dynamic_weights")
@@ -117,6 +118,10 @@ class TeacherConfig:
     cache: str | bool = "none"
     cache_topk: int = 64  # the logit cache's tokens per position (a study caches its largest searched value)
     cache_max_gb: float = 20.0  # the cache build refuses above this estimated size
+    # auto | never | always: the frozen causal teacher sharded by FSDP2 over the trial's workers (train.strategy
+    # fsdp) instead of one full copy per GPU; auto shards when the full copy would exceed budget.TEACHER_GPU_SHARE
+    # of a GPU's memory (never on CPU)
+    shard: str = "auto"
     trust_remote_code: bool = False
     revision: str | None = None
 
@@ -366,6 +371,14 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            "gradient passes meet FSDP's resharding): set method.params.dynamic_weights: false")
     _check(t.strategy == "ddp" or cfg.method.name != "ddk", src, "train.strategy",
            "ddk measures its department gaps on rank 0 alone, which a sharded student cannot do: use ddp")
+    _check(t.strategy == "ddp" or not cfg.method.params.get("lmbda"), src, "train.strategy",
+           "fsdp: gkd's on-policy batches (method.params.lmbda > 0) generate with the student, which FSDP "
+           "shards: use ddp or lmbda 0")
+    _check(cfg.teacher.shard in TEACHER_SHARD, src, "teacher.shard",
+           f"{cfg.teacher.shard!r} is not one of {', '.join(TEACHER_SHARD)}")
+    _check(cfg.teacher.shard != "always" or (t.strategy == "fsdp" and cfg.teacher.family == "causal_lm"), src,
+           "teacher.shard", "always shards a causal_lm teacher over an FSDP worker group: it needs train.strategy "
+           f"fsdp and teacher.family causal_lm (got {t.strategy}, {cfg.teacher.family}; an encoder teacher fits one GPU)")
     _check(t.fault is None or parse_fault(t.fault) is not None, src, "train.fault",
            f"{t.fault!r} is not KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} (e.g. sigkill@8)")
     _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",

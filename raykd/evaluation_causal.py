@@ -25,7 +25,7 @@ import hashlib
 import numpy as np
 
 from raykd import causal_metrics as CM
-from raykd import metrics
+from raykd import metrics, parallel
 from raykd.data.collate import CausalCollate, department_index
 from raykd.data.shards import shard_paths
 from raykd.evaluation import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
@@ -33,6 +33,7 @@ from raykd.evaluation import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
 DISTRACTORS = 4
 ROUGE_PROMPTS = 32
 DECODE_TOKENS = 32
+LATENCY_BATCHES = (1, 32)
 
 
 def _order(ids: list[str], what: str) -> list[int]:
@@ -121,6 +122,7 @@ class CausalEvaluation:
         self.teacher_key = teacher_key
         self.tokenizer = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
         self._local = _TeacherMemo(keep=8)
+        self._pinned: dict[str, object] = {}  # what teacher_part computed (a sharded teacher's part)
         self._splits: dict[str, CausalSplit] = {}
 
     def data(self, split: str) -> CausalSplit:
@@ -134,7 +136,25 @@ class CausalEvaluation:
     def val(self) -> list[dict]:
         return self.data("val").batches
 
+    def teacher_part(self, teacher, seq_len: int) -> None:
+        """Compute and keep everything this evaluation reads of ``teacher``: its scores on validation
+        and test, its test generations (ROUGE-L) and its efficiency at ``seq_len`` tokens. For a teacher
+        sharded over the worker group (``parallel.shard_frozen``) every rank calls this together: each
+        forward pass is a collective (generation runs in step on every rank: ``synced_gpus``); rank 0's
+        reports then read what is kept here and never run the teacher alone."""
+        t_lm = _lm(teacher)
+        synced = parallel.is_sharded(t_lm)
+        for split in ("val", "test"):
+            self._pinned[f"scores/{split}"] = self._scores(t_lm, split)
+        self._pinned["rouge/test"] = self._rouge(t_lm, "test", synced)
+        self._pinned[f"efficiency/{seq_len}"] = self._teacher_efficiency(t_lm, seq_len)
+
     def _memo(self, teacher, what: str, compute):
+        if what in self._pinned:
+            return self._pinned[what]
+        if parallel.is_sharded(_lm(teacher)):  # alone on rank 0 its collectives would wait for ever
+            raise RuntimeError(f"the sharded teacher's {what} was not computed by every rank together: call "
+                               "teacher_part on every rank first")
         if self.teacher_key is None:
             return self._local.get((id(teacher), what), compute)
         return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, "causal", what), compute)
@@ -155,9 +175,10 @@ class CausalEvaluation:
         return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
                 "answer_accuracy": float(credit.mean()), "_credit": credit, "_nll": -nll, "_count": count}
 
-    def _rouge(self, model, split: str) -> float:
+    def _rouge(self, model, split: str, synced: bool = False) -> float:
         d = self.data(split)
-        gen = CM.greedy_responses(model, d.rouge_prompts, min(d.max_new, 96), self.template.eos, self.template.pad)
+        gen = CM.greedy_responses(model, d.rouge_prompts, min(d.max_new, 96), self.template.eos, self.template.pad,
+                                  synced=synced)
         strip = set(self.template.strip)
         texts = [self.tokenizer.decode([x for x in g if x not in strip]) for g in gen]
         return float(np.mean([CM.rouge_l(p, r) for p, r in zip(texts, d.rouge_refs)]))
@@ -197,20 +218,22 @@ class CausalEvaluation:
         sequence, student, timed in the teacher's weight dtype: ``in_dtype_of``), ``test/speedup_b{1,32}`` (teacher ÷ student), ``test/decode_tokens_per_s``
         and ``test/teacher_decode_tokens_per_s`` (batch 1, KV cache), ``test/decode_speedup``."""
         lm, t_lm = in_dtype_of(_lm(student), _lm(teacher)), _lm(teacher)
-        sizes = (1, 32)
-        prompt = self.data("test").prompts[0]
-        s = metrics.efficiency(lm, sizes, seq_len)
-        t = self._memo(teacher, f"efficiency/{seq_len}", lambda: {
-            **metrics.efficiency(t_lm, sizes, seq_len),
-            "decode": CM.decode_tokens_per_s(t_lm, prompt, DECODE_TOKENS, self.template.pad)})
-        dec = CM.decode_tokens_per_s(lm, prompt, DECODE_TOKENS, self.template.pad)
+        s = metrics.efficiency(lm, LATENCY_BATCHES, seq_len)
+        t = self._memo(teacher, f"efficiency/{seq_len}", lambda: self._teacher_efficiency(t_lm, seq_len))
+        dec = CM.decode_tokens_per_s(lm, self.data("test").prompts[0], DECODE_TOKENS, self.template.pad)
         out = {"test/params": float(s["params"]), "test/teacher_params": float(t["params"]),
                "test/decode_tokens_per_s": dec, "test/teacher_decode_tokens_per_s": t["decode"],
                "test/decode_speedup": dec / max(t["decode"], 1e-9)}
-        for b in sizes:
+        for b in LATENCY_BATCHES:
             out[f"test/latency_ms_b{b}"] = s[f"latency_ms_b{b}"]
             out[f"test/speedup_b{b}"] = t[f"latency_ms_b{b}"] / max(s[f"latency_ms_b{b}"], 1e-9)
         return out
+
+    def _teacher_efficiency(self, t_lm, seq_len: int) -> dict:
+        """The teacher's ``params``, ``latency_ms_b{1,32}`` and ``decode`` (tokens/s): the same fixed
+        number of forward passes on every rank (a sharded teacher times its collectives too)."""
+        return {**metrics.efficiency(t_lm, LATENCY_BATCHES, seq_len),
+                "decode": CM.decode_tokens_per_s(t_lm, self.data("test").prompts[0], DECODE_TOKENS, self.template.pad)}
 
 
 __all__ = ["CausalEvaluation", "CausalSplit", "DISTRACTORS", "ROUGE_PROMPTS"]

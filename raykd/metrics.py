@@ -156,6 +156,9 @@ def _consistency_scores(h_student, h_teacher, mask) -> list[float]:
     return scores
 
 
+TIE_TOLERANCE = 1e-12  # cosines (float64) closer than this are ties: a matmul's blocking leaves ~1e-17 noise
+
+
 def qa_retrieval(q, a, candidates: int = 100, seed: int = 0, answer_keys=None) -> dict:
     """QA retrieval of each question's own answer among ``candidates`` answers, by cosine similarity.
 
@@ -164,7 +167,7 @@ def qa_retrieval(q, a, candidates: int = 100, seed: int = 0, answer_keys=None) -
     fewer exist). With ``answer_keys`` (one hashable per answer, e.g. a hash of its text) competitors
     are drawn only among answers whose key differs from answer i's, so a duplicate of the true answer
     never competes with it. Ties count against the true answer: rank = 1 + the number of competitors
-    at least as similar, so a constant representation scores 0.
+    at least as similar (within ``TIE_TOLERANCE``: rounding noise), so a constant representation scores 0.
     Returns ``{"mrr@10": mean(1/rank if rank ≤ 10 else 0), "recall@1": mean(rank == 1)}`` in [0, 1].
     """
     rr = reciprocal_ranks(q, a, candidates, seed, answer_keys)
@@ -190,7 +193,7 @@ def reciprocal_ranks(q, a, candidates: int = 100, seed: int = 0, answer_keys=Non
             pool = pool[keys[pool] != keys[i]]
         k = min(candidates - 1, len(pool))
         others = pool if k == len(pool) else rng.choice(pool, size=k, replace=False)
-        rank = 1 + int((sims[i, others] >= sims[i, i]).sum())
+        rank = 1 + int((sims[i, others] >= sims[i, i] - TIE_TOLERANCE).sum())
         out[i] = 1.0 / rank if rank <= 10 else 0.0
     return out
 

@@ -6,7 +6,11 @@ the process group is Ray Train's), no Ray. Works on CUDA (NCCL) and on CPU (gloo
 Why a replica: with FSDP every forward pass is collective, but a trial evaluates on rank 0 alone. Rank
 0 keeps an unsharded copy of the objective (inference only: the fp32 weights, no gradients or optimizer
 state — a quarter of what training one full copy needs) and loads the gathered weights into it at
-each report; the other ranks wait at the gather."""
+each report; the other ranks wait at the gather.
+
+A teacher too large for one copy per GPU (``teacher.shard``) is sharded too (``shard_frozen``); its part
+of the evaluation is then computed by every rank together, once, before the first report
+(``CausalEvaluation.teacher_part``)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,21 @@ def shard(method: nn.Module, blocks: nn.ModuleList) -> nn.Module:
         fully_shard(block)
     fully_shard(method)
     return method
+
+
+def shard_frozen(model: nn.Module, blocks: nn.ModuleList) -> nn.Module:
+    """A frozen, inference-only model (the teacher under ``teacher.shard``) sharded in place over the
+    default process group: each of ``blocks`` one FSDP unit, the rest the root unit, parameters moved
+    to this rank's device unit by unit (on CUDA a rank never holds more than its shards plus one
+    unit). Every forward pass is then a collective: all ranks run it the same number of times.
+    Returns ``model``."""
+    from torch.distributed.fsdp import fully_shard
+
+    model.requires_grad_(False)
+    for block in blocks:
+        fully_shard(block, reshard_after_forward=True)
+    fully_shard(model, reshard_after_forward=True)
+    return model
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -54,6 +54,17 @@ def frozen_on(model: torch.nn.Module, device: torch.device, precision: Precision
     one dtype), as does everything on CPU. Returns the model."""
     model = model.to(device).eval()
     model.requires_grad_(False)
-    if precision.dtype is torch.bfloat16 and family == "causal_lm":
-        model.to(torch.bfloat16)
-    return model
+    return model.to(frozen_dtype(precision, family))
+
+
+def frozen_dtype(precision: Precision, family: str = "masked_lm") -> torch.dtype:
+    """The weight dtype ``frozen_on`` gives a teacher: bf16 for a ``causal_lm`` family under a bf16
+    policy (CUDA), else fp32."""
+    return torch.bfloat16 if precision.dtype is torch.bfloat16 and family == "causal_lm" else torch.float32
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The total memory of ``device`` in bytes when it is a GPU; None on CPU (no fixed budget)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)

@@ -29,6 +29,7 @@ from ..models.modules import DomainAwareFusion, StructuralProjection
 from ..models.families import ModelFamily, family_of
 from ..models.families import family as get_family
 from ..models.student import Student
+from ..parallel import is_sharded
 from ..registry import METHODS
 
 
@@ -596,7 +597,7 @@ def regenerate_responses(model, inputs: dict, max_new_tokens: int, sample: bool)
         gen = model.generate(input_ids=left, attention_mask=left_mask, max_new_tokens=max_new_tokens,
                              do_sample=sample, top_k=0 if sample else None, top_p=1.0 if sample else None,
                              temperature=1.0 if sample else None, pad_token_id=pad, eos_token_id=eos,
-                             use_cache=True)[:, width:]
+                             use_cache=True, synced_gpus=is_sharded(model))[:, width:]
     finally:
         model.train(was)
     ended = (gen == eos).int().cumsum(1)

@@ -28,14 +28,16 @@ from ray.train import Checkpoint
 
 from raykd import config as C
 from raykd import parallel
+from raykd.budget import shard_teacher
 from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
 from raykd.evaluation import BOOTSTRAP, Evaluation
+from raykd.models.families import family_of
 from raykd.models.student import student_for
 from raykd.models.teacher import load_teacher
-from raykd.precision import frozen_on, precision_policy
+from raykd.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
 from raykd.ray_layer.cache import CachedPairCollator, cached_targets
 from raykd.ray_layer.causal_cache import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
 from raykd.ray_layer.monitoring import LiveMetrics
@@ -63,6 +65,7 @@ def train_fn_per_worker(config: dict) -> None:
         state.restore(checkpoint, worker.device)
     t_model = time.time()
     run = Run(cfg, config, worker, tokens, teacher, manifest)
+    run.evaluate_sharded_teacher()
     if state.step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
         report_start(state.eval_model(), run)
     run.check_cache_layers(state.core)
@@ -263,11 +266,16 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     """(the frozen teacher on the worker's device, a fresh ``TrainState``): the student built from
     the teacher, the objective around it (DDP-wrapped across several workers), AdamW, the schedule."""
     t = cfg.train
-    teacher = load_teacher(config["teacher"], **config.get("teacher_load", {})).to(worker.device)
+    teacher = load_teacher(config["teacher"], **config.get("teacher_load", {}))  # on CPU
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
     student = student_for(teacher, cfg.student, aggregation)  # copies the fp32 weights it is cut from
-    # frozen from here on; bf16 weights for a causal teacher on CUDA (half the memory)
-    teacher = frozen_on(teacher, worker.device, worker.precision, cfg.teacher.family)
+    # frozen from here on; bf16 weights for a causal teacher on CUDA (half the memory); sharded over the
+    # worker group when it must be (teacher.shard): then each rank moves only its shards to its GPU
+    sharded = not worker.local and teacher_must_shard(cfg, worker, teacher)
+    teacher = frozen_on(teacher, torch.device("cpu") if sharded else worker.device, worker.precision,
+                        cfg.teacher.family)
+    if sharded:
+        teacher = parallel.shard_frozen(teacher, family_of(teacher).blocks(teacher))
     if t.gradient_checkpointing:  # recompute each block in backward (HF's non-reentrant checkpointing)
         student.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
@@ -292,6 +300,15 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     return teacher, state
 
 
+def teacher_must_shard(cfg: C.Config, worker: Worker, teacher) -> bool:
+    """Whether this trial shards its frozen teacher over its workers (``budget.shard_teacher`` on the
+    teacher's real size in the dtype ``frozen_on`` gives it and this worker's GPU memory)."""
+    params = sum(p.numel() for p in teacher.parameters())
+    size = params * frozen_dtype(worker.precision, cfg.teacher.family).itemsize
+    return shard_teacher(cfg.teacher.shard, cfg.train.strategy, cfg.teacher.family, worker.world, size,
+                         device_memory_bytes(worker.device))
+
+
 class Run:
     """What stays fixed through a trial's loop: its config, this worker, the token ids, the frozen
     teacher, the evaluation (rank 0), the teacher cache it reads and the live gauges (rank 0)."""
@@ -300,9 +317,20 @@ class Run:
         self.cfg, self.t, self.config, self.worker, self.tokens, self.teacher = cfg, cfg.train, config, worker, \
             tokens, teacher
         self.cache = config.get("cache")
+        # rank 0 evaluates; a sharded teacher's part of it is computed by every rank together (report_start)
+        self.teacher_sharded = parallel.is_sharded(teacher)
         self.evaluation = evaluation_for(config, manifest, self.t.eval_pairs, tokens, teacher) \
-            if worker.rank == 0 else None
+            if worker.rank == 0 or self.teacher_sharded else None
         self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
+
+    def evaluate_sharded_teacher(self) -> None:
+        """A sharded teacher's part of the evaluation (its scores, generations and latency), computed by
+        every rank together — each of its forward passes is a collective — and kept by the evaluation
+        for rank 0's reports (``teacher_eval_s``: its seconds). Nothing for an unsharded teacher."""
+        if self.teacher_sharded:
+            t0 = time.perf_counter()
+            self.evaluation.teacher_part(self.teacher, self.evaluation.manifest["max_length"])
+            self.teacher_eval_s = time.perf_counter() - t0
 
     def check_cache_layers(self, core) -> None:
         """Refuse a teacher cache that lacks a layer this trial's objective reads."""
@@ -446,6 +474,8 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
     core = state.eval_model()
     with tempfile.TemporaryDirectory() as d:
         ckpt_dir = None
+        if run.teacher_sharded:  # its latency (speedup_b*) is that of the teacher sharded over the trial's GPUs
+            result["teacher_shards"] = w.world
         if w.rank == 0:
             result.update(ev.split(core, run.teacher, "val", BOOTSTRAP if final else 0))
             state.improve(result.get(run.config["metric"]), run.config["mode"])
@@ -465,6 +495,8 @@ def report_start(core, run: Run) -> None:
     w, ev, teacher, reference = run.worker, run.evaluation, run.teacher, run.config.get("reference")
     result = {"step": 0, "world_size": w.world, "node_id": ray.get_runtime_context().get_node_id(),  # RAY
               "worker_pid": os.getpid()}
+    if run.teacher_sharded:
+        result.update({"teacher_shards": w.world, "startup/teacher_eval_s": run.teacher_eval_s})
     if w.rank == 0:
         result.update(ev.split(core, teacher, "val", BOOTSTRAP if reference else 0))
         if reference:

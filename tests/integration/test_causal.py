@@ -127,23 +127,29 @@ def test_export_reloads_with_auto_model_for_causal_lm_and_generates_without_rayk
 def test_fsdp_on_two_cpu_workers_trains_as_ddp_does_and_exports_full_weights(causal_study):
     """train.strategy fsdp (FSDP2 over gloo, 2 workers) against ddp on the same data, seed and steps:
     the same losses and metrics (token-level objective, normalised by the step's global token count),
-    rank 0's replica evaluated, its full weights checkpointed and exported."""
+    rank 0's replica evaluated, its full weights checkpointed and exported. With the teacher sharded
+    too (teacher.shard always) the same again, its evaluation computed by both ranks together."""
     work, _, _ = causal_study
     finals = {}
-    for strategy in ("ddp", "fsdp"):
-        overrides = {"data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
+    for name, strategy, shard in (("ddp", "ddp", "never"), ("fsdp", "fsdp", "never"),
+                                  ("fsdp-teacher", "fsdp", "always")):
+        overrides = {"teacher.shard": shard, "data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
                      "train.steps": 6, "train.eval_every": 6, "train.eval_pairs": 32, "train.num_workers": 2,
                      "train.cpus_per_worker": 0.5, "train.threads_per_worker": 1, "train.strategy": strategy,
                      "train.local_mode": None,
                      "method.name": "kd", "method.params": {"divergence": "forward_kl"}, "search.algorithm": "grid",
                      "search.scheduler.type": "none", "space": {}, "experiment.references": False}
-        results, path = raykd.run_study(CAUSAL, overrides=overrides, storage=str(work / "exp"), name=strategy)
+        results, path = raykd.run_study(CAUSAL, overrides=overrides, storage=str(work / "exp"), name=name)
         assert not results.errors, results.errors
         (rows,) = trial_results(Path(path)).values()
-        finals[strategy] = rows[-1]
+        finals[name] = rows[-1]
         assert rows[-1]["world_size"] == 2 and rows[-1]["step"] == 6
-    for key in ("train/loss", "test/perplexity", "val/perplexity"):
-        assert finals["fsdp"][key] == pytest.approx(finals["ddp"][key], rel=2e-3), key
+        assert rows[-1].get("teacher_shards") == (2 if shard == "always" else None)
+    for other in ("fsdp", "fsdp-teacher"):
+        for key in ("train/loss", "test/perplexity", "val/perplexity", "test/answer_accuracy",
+                    "test/teacher_perplexity", "test/teacher_answer_accuracy", "test/teacher_rouge_l"):
+            assert finals[other][key] == pytest.approx(finals["ddp"][key], rel=2e-3), (other, key)
+    assert finals["fsdp-teacher"]["test/speedup_b1"] > 0
     from raykd.export import export
     from transformers import AutoModelForCausalLM
 

@@ -103,3 +103,79 @@ def test_an_fsdp_step_on_two_cpu_ranks_equals_the_unsharded_step(tmp_path):
     for k in ref:
         assert torch.allclose(sharded[k], ref[k], atol=1e-5), k
     assert any(not torch.equal(ref[k], _objective()[1].state_dict()[k]) for k in ref)  # the step changed weights
+
+
+# ------------------------------------------------------------------------------- a sharded frozen teacher
+def _teacher(vocab: int, pad: int):
+    from raykd.models.families import TeacherShape, family
+
+    torch.manual_seed(3)
+    return family("causal_lm").build(TeacherShape(3, 32, 2, 64, 64, "llama"), vocab, pad).eval().requires_grad_(False)
+
+
+def _evaluation(prepared: str):
+    from transformers import AutoTokenizer
+
+    from raykd.data.shards import load_manifest
+    from raykd.data.template import CausalTemplate
+    from raykd.evaluation_causal import CausalEvaluation
+
+    manifest = load_manifest(prepared)
+    tok = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
+    cls, sep, pad = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
+    template = CausalTemplate(prefix=(cls,), middle=(sep,), suffix=(sep,), strip=(pad, cls, sep), eos=sep, pad=pad)
+    return CausalEvaluation(prepared, manifest, 8, template), int(manifest["tokenizer"]["vocab_size"]), pad
+
+
+def _teacher_rank(rank: int, world: int, port: int, prepared: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from raykd import parallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        ev, vocab, pad = _evaluation(prepared)
+        teacher = _teacher(vocab, pad)
+        teacher = parallel.shard_frozen(teacher, teacher.model.layers)
+        assert parallel.is_sharded(teacher) and not any(p.requires_grad for p in teacher.parameters())
+        student = _teacher(vocab, pad)  # any unsharded model: the student's numbers are rank 0's own
+        if rank == 0:  # before the collective part, rank 0 alone is refused instead of waiting for ever
+            with pytest.raises(RuntimeError, match="every rank together"):
+                ev.split(student, teacher, "val")
+        # each rank its own batch (different lengths: the collectives are over parameters, not data)
+        ids = torch.randint(5, vocab, (2, 6 + 3 * rank), generator=torch.Generator().manual_seed(rank))
+        with torch.no_grad():
+            logits = teacher(input_ids=ids).logits
+        ev.teacher_part(teacher, 16)
+        if rank == 0:
+            res = {"logits0": logits, **ev.split(student, teacher, "test"), **ev.efficiency(student, teacher, 8, 16)}
+            torch.save(res, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sharded_teacher_gives_the_unsharded_outputs_and_evaluation(synth_prepared, tmp_path):
+    """teacher.shard: a frozen causal teacher sharded over two gloo ranks (``parallel.shard_frozen``)
+    gives the unsharded teacher's logits; its part of the evaluation (scores, greedy generations in
+    step on both ranks, efficiency), computed by both ranks together, gives rank 0 the unsharded
+    teacher's metrics; rank 0 alone is refused with an error, not left waiting."""
+    import torch.multiprocessing as mp
+
+    _, prepared, _ = synth_prepared
+    out = str(tmp_path / "sharded.pt")
+    mp.spawn(_teacher_rank, args=(2, _free_port(), str(prepared), out), nprocs=2, join=True)
+    got = torch.load(out, weights_only=False)
+    ev, vocab, pad = _evaluation(str(prepared))
+    teacher, student = _teacher(vocab, pad), _teacher(vocab, pad)
+    ids = torch.randint(5, vocab, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(got["logits0"], teacher(input_ids=ids).logits, atol=1e-5)
+    ref = {**ev.split(student, teacher, "test"), **ev.efficiency(student, teacher, 8, 16)}
+    for key in ("test/teacher_perplexity", "test/teacher_answer_accuracy", "test/teacher_rouge_l",
+                "test/retained_accuracy", "test/param_reduction", "test/teacher_params"):
+        assert got[key] == pytest.approx(ref[key], rel=1e-5), key
+    assert got["test/param_reduction"] == 0.0 and got["test/teacher_params"] == sum(p.numel() for p in teacher.parameters())
+    assert got["test/speedup_b1"] > 0 and got["test/teacher_decode_tokens_per_s"] > 0

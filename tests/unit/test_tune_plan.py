@@ -211,3 +211,45 @@ def test_the_memory_plan_counts_the_published_models_and_says_whether_the_paper_
     assert m["logits_chunked"] == pytest.approx(5 * 2048 * 32000 * 4 / 2**30)
     assert m["total_ddp"] > m["total_best"]
     assert "fits an A100 80 GB" in memory_text(cfg)
+
+
+def test_teacher_shard_is_validated_and_auto_shards_only_a_teacher_too_large_for_one_gpu():
+    """teacher.shard: named values; ``always`` needs fsdp and a causal teacher; ``auto`` shards a causal
+    teacher under fsdp over ≥ 2 GPUs when its full copy exceeds budget.TEACHER_GPU_SHARE of one GPU —
+    LLaMA-2-70B in bf16 (129 GiB) on A100s 80 GB, not LLaMA-2-7B (12.6 GiB) — and never on CPU."""
+    from raykd.budget import GIB, TEACHER_GPU_SHARE, decoder_params, memory_plan, memory_text, shard_teacher
+    from raykd.config import ConfigError, load_config
+
+    paper = ROOT / "search_spaces" / "causal_paper.yaml"
+    with pytest.raises(ConfigError, match="teacher.shard.*'yes' is not one of auto, never, always"):
+        load_config(paper, {"teacher.shard": "yes"})
+    with pytest.raises(ConfigError, match="teacher.shard.*needs train.strategy fsdp"):
+        load_config(paper, {"teacher.shard": "always", "train.strategy": "ddp"})
+    with pytest.raises(ConfigError, match="teacher.shard.*causal_lm"):
+        load_config(ROOT / "search_spaces" / "smoke.yaml", {"teacher.shard": "always", "train.strategy": "fsdp",
+                                                            "train.local_mode": False, "method.name": "kd"})
+    with pytest.raises(ConfigError, match="lmbda"):
+        load_config(paper, {"train.strategy": "fsdp", "method.name": "gkd", "method.params": {"lmbda": 0.5}})
+    a100 = 80 * GIB
+    b70 = 2 * decoder_params(80, 8192, 64, 8, 28672, 32000)
+    b7 = 2 * decoder_params(32, 4096, 32, 32, 11008, 32000)
+    assert b70 > TEACHER_GPU_SHARE * a100 > b7
+    assert shard_teacher("auto", "fsdp", "causal_lm", 8, b70, a100)
+    assert not shard_teacher("auto", "fsdp", "causal_lm", 8, b7, a100)
+    assert not shard_teacher("auto", "ddp", "causal_lm", 8, b70, a100)  # ddp: a full copy per GPU
+    assert not shard_teacher("auto", "fsdp", "causal_lm", 1, b70, a100)  # nothing to shard over
+    assert not shard_teacher("auto", "fsdp", "causal_lm", 8, b70, None)  # CPU
+    assert not shard_teacher("never", "fsdp", "causal_lm", 8, b70, a100)
+    assert shard_teacher("always", "fsdp", "causal_lm", 2, 1.0, None)
+    big = {"teacher.shape": {"layers": 80, "hidden": 8192, "heads": 64, "kv_heads": 8, "intermediate": 28672,
+                             "vocab": 32000}, "train.strategy": "fsdp",
+           "method.params": {"dynamic_weights": False}}
+    m = memory_plan(load_config(paper, big))
+    assert m["teacher_sharded"] and m["teacher_full"] == pytest.approx(b70 / GIB)
+    assert m["teacher"] == pytest.approx(b70 / GIB / 8)
+    assert m["total_best"] == pytest.approx(m["weights_grads_optimizer_fsdp"] + m["teacher"]
+                                            + m["activations_checkpointed"] + m["logits_chunked"])
+    assert "sharded over 8 GPUs under FSDP" in memory_text(load_config(paper, big))
+    kept = memory_plan(load_config(paper, {**big, "teacher.shard": "never"}))
+    assert not kept["teacher_sharded"] and kept["teacher"] == pytest.approx(b70 / GIB)
+    assert not memory_plan(load_config(paper))["teacher_sharded"]  # the paper's 7B teacher: a full copy per GPU
