@@ -127,7 +127,8 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it
     (``precision.frozen_on``): bf16 weights (2 B/param) for a causal teacher on GPUs under a bf16
     policy (auto or bf16), else fp32 (4 B), one full copy on every GPU unless ``shard_teacher`` shards it
-under FSDP (then 1/GPUs of it; an A100's 80 GiB decides ``auto``); activations of the student at the configured length without gradient
+under FSDP (then 1/GPUs of it plus what a forward pass all-gathers: the root unit — embeddings, head
+— and two blocks, the current and the prefetched; an A100's 80 GiB decides ``auto``); activations of the student at the configured length without gradient
     checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
     and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
     logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
@@ -158,7 +159,13 @@ under FSDP (then 1/GPUs of it; an A100's 80 GiB decides ``auto``); activations o
            "activations": act,
            "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,
            "logits_chunked": 5 * chunk * V * 4 / GIB}
-    out["teacher"] = out["teacher_full"] / gpus if out["teacher_sharded"] else out["teacher_full"]
+    if out["teacher_sharded"]:  # its shard, plus what a forward pass gathers: the root unit and two blocks
+        root = decoder_params(0, *shp["teacher"][1:], V)  # embeddings, head, final norm (prefetch: two blocks)
+        gathered = root + 2 * (p_t - root) / shp["teacher"][0]
+        out["teacher_gathered"] = teacher_bytes * gathered / GIB
+        out["teacher"] = out["teacher_full"] / gpus + out["teacher_gathered"]
+    else:
+        out["teacher"] = out["teacher_full"]
     out["total_ddp"] = out["weights_grads_optimizer"] + out["teacher_full"] + act + out["logits_plain"]
     out["total_best"] = (out["weights_grads_optimizer_fsdp"] + out["teacher"] + act_ckpt + out["logits_chunked"])
     return out
@@ -168,7 +175,8 @@ def memory_text(cfg: C.Config) -> str:
     """The --dry-run lines of ``memory_plan``: each part, the plain DDP total and the total with FSDP
     over the trial's GPUs, gradient checkpointing and the chunked loss, against an A100's 80 GiB."""
     m = memory_plan(cfg)
-    teacher_where = (f"sharded over {m['gpus']} GPUs under FSDP: {m['teacher']:.1f} per GPU" if m["teacher_sharded"]
+    teacher_where = (f"sharded over {m['gpus']} GPUs under FSDP: {m['teacher']:.1f} per GPU with the "
+                     f"{m['teacher_gathered']:.1f} a forward pass gathers" if m["teacher_sharded"]
                      else "a full copy per GPU")
     fits = lambda g: "fits" if g <= A100_GIB * 0.9 else "does NOT fit"  # noqa: E731 (10 % for the allocator, CUDA)
     return (f"memory per GPU (estimate; student {m['student_params'] / 1e9:.2f} B params, teacher "

@@ -45,6 +45,32 @@ def shard_frozen(model: nn.Module, blocks: nn.ModuleList) -> nn.Module:
     return model
 
 
+def shard_frozen_from_rank0(skeleton: nn.Module, full: nn.Module | None, blocks: nn.ModuleList,
+                            device: torch.device) -> nn.Module:
+    """A frozen model sharded over the default process group without any rank but 0 ever holding its
+    weights: every rank shards ``skeleton`` (the model on the meta device, in the dtype wanted) and
+    allocates its shards on ``device``; rank 0's ``full`` model (None elsewhere; on CPU) is then
+    broadcast tensor by tensor, each rank keeping its shard, and its buffers (rotary frequencies and
+    other non-persistent ones included) copied to every rank. A collective. Returns ``skeleton``."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    rank0 = dist.get_rank() == 0
+    if rank0 == (full is None):
+        raise ValueError("shard_frozen_from_rank0: rank 0 passes the full model, every other rank None")
+    shard_frozen(skeleton, blocks)
+    skeleton.to_empty(device=device)
+    set_model_state_dict(skeleton, full.state_dict() if rank0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    source = dict(full.named_buffers()) if rank0 else {}
+    with torch.no_grad():
+        for name, buf in skeleton.named_buffers():
+            if rank0:
+                buf.copy_(source[name])
+            dist.broadcast(buf, src=0)
+    return skeleton
+
+
 def is_sharded(model: nn.Module) -> bool:
     """Whether ``model`` was sharded by ``shard`` (FSDP2)."""
     from torch.distributed.fsdp import FSDPModule

@@ -76,6 +76,13 @@ def build_student(teacher: nn.Module, layers: int, hidden: int | None = None, he
     return Student(mlm, MultiGranularityAggregation(cfg.hidden_size) if aggregation else None)
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """HF activation (gradient) checkpointing of ``model``'s blocks, non-reentrant: transformers 5's
+    ``activation_checkpointing_enable``, else 4.x's ``gradient_checkpointing_enable``."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
 def load_student(spec: str, revision: str | None = None, aggregation: bool = False) -> Student:
     """A Student from its own HF directory or hub id (``student.spec``, e.g. TinyLlama for a LLaMA-2
     teacher; safetensors only, no remote code); its family is what its config.json names."""

@@ -53,6 +53,19 @@ def load_teacher(spec: str, trust_remote_code: bool = False, revision: str | Non
         raise RaykdError(f"teacher {spec}: cannot load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
 
+def teacher_skeleton(spec: str, trust_remote_code: bool = False, revision: str | None = None,
+                     family: str | None = None):
+    """The teacher of ``spec`` (as ``load_teacher`` would load it) on the meta device: built from its
+    config.json alone, no weights read; what the ranks of a sharded teacher shard before rank 0's
+    weights reach them (``parallel.shard_frozen_from_rank0``)."""
+    family = family or family_of_spec(spec)
+    try:
+        return get_family(family).skeleton(spec, trust_remote_code=trust_remote_code, revision=revision)
+    except Exception as e:
+        raise RaykdError(f"teacher {spec}: cannot read its config: {type(e).__name__}: {str(e).splitlines()[0]}") \
+            from None
+
+
 # ------------------------------------------------------------------------------------------ adaptation
 @dataclass
 class AdaptSettings:

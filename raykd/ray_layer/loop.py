@@ -35,8 +35,8 @@ from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
 from raykd.evaluation import BOOTSTRAP, Evaluation
 from raykd.models.families import family_of
-from raykd.models.student import student_for
-from raykd.models.teacher import load_teacher
+from raykd.models.student import enable_checkpointing, student_for
+from raykd.models.teacher import load_teacher, teacher_skeleton
 from raykd.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
 from raykd.ray_layer.cache import CachedPairCollator, cached_targets
 from raykd.ray_layer.causal_cache import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
@@ -266,18 +266,24 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     """(the frozen teacher on the worker's device, a fresh ``TrainState``): the student built from
     the teacher, the objective around it (DDP-wrapped across several workers), AdamW, the schedule."""
     t = cfg.train
-    teacher = load_teacher(config["teacher"], **config.get("teacher_load", {}))  # on CPU
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
-    student = student_for(teacher, cfg.student, aggregation)  # copies the fp32 weights it is cut from
-    # frozen from here on; bf16 weights for a causal teacher on CUDA (half the memory); sharded over the
-    # worker group when it must be (teacher.shard): then each rank moves only its shards to its GPU
-    sharded = not worker.local and teacher_must_shard(cfg, worker, teacher)
-    teacher = frozen_on(teacher, torch.device("cpu") if sharded else worker.device, worker.precision,
-                        cfg.teacher.family)
-    if sharded:
-        teacher = parallel.shard_frozen(teacher, family_of(teacher).blocks(teacher))
+    # a student of its own (student.spec) needs none of the teacher's weights: a teacher that must be sharded
+    # is then read by rank 0 alone and broadcast shard by shard
+    teacher = teacher_from_rank0(config, cfg, worker) if cfg.student.spec else None
+    if teacher is None:
+        teacher = load_teacher(config["teacher"], **config.get("teacher_load", {}))  # on CPU
+        student = student_for(teacher, cfg.student, aggregation)  # copies the fp32 weights it is cut from
+        # frozen from here on; bf16 weights for a causal teacher on CUDA (half the memory); sharded over the
+        # worker group when it must be (teacher.shard): then each rank moves only its shards to its GPU
+        sharded = not worker.local and teacher_must_shard(cfg, worker, teacher)
+        teacher = frozen_on(teacher, torch.device("cpu") if sharded else worker.device, worker.precision,
+                            cfg.teacher.family)
+        if sharded:
+            teacher = parallel.shard_frozen(teacher, family_of(teacher).blocks(teacher))
+    else:
+        student = student_for(teacher, cfg.student, aggregation)  # loaded from its spec
     if t.gradient_checkpointing:  # recompute each block in backward (HF's non-reentrant checkpointing)
-        student.mlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(student.mlm)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
     method.chunk_tokens = cfg.train.chunked_loss_tokens
@@ -307,6 +313,22 @@ def teacher_must_shard(cfg: C.Config, worker: Worker, teacher) -> bool:
     size = params * frozen_dtype(worker.precision, cfg.teacher.family).itemsize
     return shard_teacher(cfg.teacher.shard, cfg.train.strategy, cfg.teacher.family, worker.world, size,
                          device_memory_bytes(worker.device))
+
+
+def teacher_from_rank0(config: dict, cfg: C.Config, worker: Worker):
+    """The frozen teacher sharded over the worker group with its weights read by rank 0 alone
+    (``parallel.shard_frozen_from_rank0``; the others build it from its config on the meta device),
+    or None when it need not be sharded (``teacher_must_shard``)."""
+    if worker.local:
+        return None
+    load = config.get("teacher_load", {})
+    dtype = frozen_dtype(worker.precision, cfg.teacher.family)
+    skeleton = teacher_skeleton(config["teacher"], **load).eval().to(dtype)
+    if not teacher_must_shard(cfg, worker, skeleton):
+        return None
+    full = frozen_on(load_teacher(config["teacher"], **load), torch.device("cpu"), worker.precision,
+                     cfg.teacher.family) if worker.rank == 0 else None
+    return parallel.shard_frozen_from_rank0(skeleton, full, family_of(skeleton).blocks(skeleton), worker.device)
 
 
 class Run:

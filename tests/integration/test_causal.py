@@ -129,11 +129,24 @@ def test_fsdp_on_two_cpu_workers_trains_as_ddp_does_and_exports_full_weights(cau
     the same losses and metrics (token-level objective, normalised by the step's global token count),
     rank 0's replica evaluated, its full weights checkpointed and exported. With the teacher sharded
     too (teacher.shard always) the same again, its evaluation computed by both ranks together."""
-    work, _, _ = causal_study
+    work, exp, _ = causal_study
+    # the student the trials cut from the teacher, saved as a directory of its own: with student.spec the
+    # sharded teacher is read by rank 0 alone and broadcast (parallel.shard_frozen_from_rank0)
+    import torch
+    from transformers import AutoTokenizer
+
+    from raykd.models.student import build_student
+    from raykd.models.teacher import load_teacher
+
+    prov = json.loads(next(exp.glob("trial_*/provenance.json")).read_text())
+    torch.manual_seed(prov["seed"])
+    build_student(load_teacher(prov["teacher"]), 2).mlm.save_pretrained(work / "cut-student")
+    AutoTokenizer.from_pretrained(prov["teacher"]).save_pretrained(work / "cut-student")
     finals = {}
-    for name, strategy, shard in (("ddp", "ddp", "never"), ("fsdp", "fsdp", "never"),
-                                  ("fsdp-teacher", "fsdp", "always")):
-        overrides = {"teacher.shard": shard, "data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
+    for name, strategy, shard, spec in (("ddp", "ddp", "never", None), ("fsdp", "fsdp", "never", None),
+                                        ("fsdp-teacher", "fsdp", "always", None),
+                                        ("fsdp-teacher-rank0", "fsdp", "always", str(work / "cut-student"))):
+        overrides = {"teacher.shard": shard, "student.spec": spec, "data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "teacher.adapt.steps": 40,
                      "train.steps": 6, "train.eval_every": 6, "train.eval_pairs": 32, "train.num_workers": 2,
                      "train.cpus_per_worker": 0.5, "train.threads_per_worker": 1, "train.strategy": strategy,
                      "train.local_mode": None,
@@ -145,11 +158,12 @@ def test_fsdp_on_two_cpu_workers_trains_as_ddp_does_and_exports_full_weights(cau
         finals[name] = rows[-1]
         assert rows[-1]["world_size"] == 2 and rows[-1]["step"] == 6
         assert rows[-1].get("teacher_shards") == (2 if shard == "always" else None)
-    for other in ("fsdp", "fsdp-teacher"):
+    for other in ("fsdp", "fsdp-teacher", "fsdp-teacher-rank0"):
         for key in ("train/loss", "test/perplexity", "val/perplexity", "test/answer_accuracy",
                     "test/teacher_perplexity", "test/teacher_answer_accuracy", "test/teacher_rouge_l"):
             assert finals[other][key] == pytest.approx(finals["ddp"][key], rel=2e-3), (other, key)
-    assert finals["fsdp-teacher"]["test/speedup_b1"] > 0
+    assert finals["fsdp"]["test/speedup_b1"] > 0 and "test/speedup_b1" not in finals["fsdp-teacher"]
+    assert finals["fsdp-teacher"]["test/teacher_latency_ms_b1_sharded"] > 0
     from raykd.export import export
     from transformers import AutoModelForCausalLM
 

@@ -60,6 +60,19 @@ class ModelFamily:
         """The model in an HF directory or hub id (safetensors only); raises on failure."""
         raise NotImplementedError
 
+    def skeleton(self, spec: str, trust_remote_code: bool = False, revision: str | None = None) -> nn.Module:
+        """The model of an HF directory or hub id built from its config alone on the meta device: its
+        architecture and parameter shapes, no weights read, no memory held."""
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision)
+        with torch.device("meta"):
+            return self.auto_class().from_config(cfg, trust_remote_code=trust_remote_code)
+
+    def auto_class(self):
+        """The transformers Auto class of this family's models."""
+        raise NotImplementedError
+
     def student_like(self, teacher: nn.Module, layers: int, hidden: int | None = None, heads: int | None = None,
                      intermediate: int | None = None) -> nn.Module:
         """A fresh model of the teacher's class and config with ``layers`` blocks (and optionally a

@@ -55,10 +55,13 @@ class CausalLM(ModelFamily):
             return GPT2LMHeadModel(cfg)
         raise RaykdError(f"teacher.arch {arch!r}: a causal_lm teacher is one of {', '.join(ARCHS)}")
 
-    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None):
+    def auto_class(self):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
+        return AutoModelForCausalLM
+
+    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None):
+        return self.auto_class().from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
                                                     use_safetensors=True)
 
     def student_like(self, teacher, layers, hidden=None, heads=None, intermediate=None):

@@ -65,10 +65,13 @@ class MaskedLM(ModelFamily):
                          max_position_embeddings=shape.max_position, pad_token_id=pad_token_id)
         return BertForMaskedLM(cfg)
 
-    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None):
+    def auto_class(self):
         from transformers import AutoModelForMaskedLM
 
-        return AutoModelForMaskedLM.from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
+        return AutoModelForMaskedLM
+
+    def load(self, spec: str, trust_remote_code: bool = False, revision: str | None = None):
+        return self.auto_class().from_pretrained(spec, trust_remote_code=trust_remote_code, revision=revision,
                                                     use_safetensors=True)
 
     def student_like(self, teacher, layers, hidden=None, heads=None, intermediate=None):
