@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from raykd.architectures import family_of_architectures
 from raykd.errors import RaykdError
 
 METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq", "sft",
@@ -452,10 +453,9 @@ def _family_of_spec(spec: str, src: str) -> str:
         archs = json.loads(open(path, encoding="utf-8").read()).get("architectures") or []
     except (OSError, ValueError) as e:
         raise ConfigError(f"{src}: teacher.spec {spec!r}: unreadable config.json: {e}") from None
-    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-        return "causal_lm"
-    if any(a.endswith(("ForMaskedLM", "ForPreTraining")) or a in ("BertModel", "RobertaModel") for a in archs):
-        return "masked_lm"
+    named = family_of_architectures(archs)
+    if named is not None:
+        return named
     raise ConfigError(f"{src}: teacher.family: {path} names architectures {archs or '(none)'}, neither a masked- nor a "
                       f"causal-LM head; set teacher.family ({', '.join(FAMILY_NAMES)})")
 

@@ -49,6 +49,9 @@ def test_every_family_implements_the_whole_interface_on_a_tiny_model(name, arch,
     assert fam.matches(teacher) and family_of(teacher) is fam
     fam.save(teacher, tmp_path / "t")
     loaded = fam.load(str(tmp_path / "t")).eval()
+    skeleton = fam.skeleton(str(tmp_path / "t"))  # config.json alone, on the meta device
+    assert all(p.is_meta for p in skeleton.parameters()) and type(skeleton) is type(loaded)
+    assert {k: v.shape for k, v in skeleton.state_dict().items()} == {k: v.shape for k, v in loaded.state_dict().items()}
     ids = torch.randint(5, VOCAB, (3, 9))
     mask = torch.ones_like(ids)
     mask[2, 6:] = 0

@@ -23,6 +23,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _entry(rank: int, body, port: int, args: tuple) -> None:
+    """One spawned rank: joins the gloo group, runs ``body(rank, world, *args)``, meets the other rank at
+    a barrier and leaves with ``os._exit`` — no gloo teardown: a rank that destroys its group while the
+    other still holds connections aborts that one (SIGABRT, "terminate called without an active
+    exception"; ~1 run in 10 even after a barrier). A failure prints its traceback and exits 1."""
+    import sys
+    import traceback
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        body(rank, 2, *args)
+        dist.barrier()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _on_two_ranks(body, *args) -> None:
+    """``body(rank, 2, *args)`` on two CPU processes in one gloo group (``_entry``)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_entry, args=(body, _free_port(), args), nprocs=2, join=True)
+
+
 def _objective():
     from raykd.distill.methods import build_method
     from raykd.models.families import TeacherShape, family
@@ -44,53 +76,42 @@ def _inputs(rows):
     return make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=family("causal_lm")), batch
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, out: str) -> None:
     import torch.distributed as dist
 
     from raykd import parallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        teacher, method = _objective()
-        full_inputs, full_batch = _inputs(slice(0, 4))
-        n_global = int(full_batch["response_mask"].sum())
-        model = parallel.shard(method, method.student.family.blocks(method.student.mlm))
-        assert parallel.is_sharded(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-        inputs, _ = _inputs(slice(2 * rank, 2 * rank + 2))
-        inputs["num_tokens"] = n_global / world
-        model(inputs, method.teacher_targets(teacher, inputs))["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sd, osd = parallel.full_state(model, opt)
-        if rank == 0:
-            torch.save({"sd": sd, "osd": osd}, out)
-        dist.barrier()
-        # round trip: a fresh sharded objective loads the gathered state (every rank reads the file)
-        _, fresh = _objective()
-        fresh = parallel.shard(fresh, fresh.student.family.blocks(fresh.student.mlm))
-        fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
-        saved = torch.load(out, weights_only=False)
-        parallel.load_full_state(fresh, fresh_opt, saved["sd"], saved["osd"])
-        again, again_opt = parallel.full_state(fresh, fresh_opt)
-        if rank == 0:  # (loading converts the given dict's tensors in place: compare with the file)
-            on_disk = torch.load(out, weights_only=False)
-            assert all(torch.equal(again[k], on_disk["sd"][k]) for k in on_disk["sd"])
-            assert again_opt["state"].keys() == on_disk["osd"]["state"].keys()
-        # both ranks done before either tears gloo down: a rank that destroys its group and exits while the
-        # other still holds its connections aborts that one ("terminate called without an active exception")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    teacher, method = _objective()
+    full_inputs, full_batch = _inputs(slice(0, 4))
+    n_global = int(full_batch["response_mask"].sum())
+    model = parallel.shard(method, method.student.family.blocks(method.student.mlm))
+    assert parallel.is_sharded(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    inputs, _ = _inputs(slice(2 * rank, 2 * rank + 2))
+    inputs["num_tokens"] = n_global / world
+    model(inputs, method.teacher_targets(teacher, inputs))["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sd, osd = parallel.full_state(model, opt)
+    if rank == 0:
+        torch.save({"sd": sd, "osd": osd}, out)
+    dist.barrier()
+    # round trip: a fresh sharded objective loads the gathered state (every rank reads the file)
+    _, fresh = _objective()
+    fresh = parallel.shard(fresh, fresh.student.family.blocks(fresh.student.mlm))
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
+    saved = torch.load(out, weights_only=False)
+    parallel.load_full_state(fresh, fresh_opt, saved["sd"], saved["osd"])
+    again, again_opt = parallel.full_state(fresh, fresh_opt)
+    if rank == 0:  # (loading converts the given dict's tensors in place: compare with the file)
+        on_disk = torch.load(out, weights_only=False)
+        assert all(torch.equal(again[k], on_disk["sd"][k]) for k in on_disk["sd"])
+        assert again_opt["state"].keys() == on_disk["osd"]["state"].keys()
 
 
 def test_an_fsdp_step_on_two_cpu_ranks_equals_the_unsharded_step(tmp_path):
-    import torch.multiprocessing as mp
-
     out = str(tmp_path / "state.pt")
-    mp.spawn(_rank, args=(2, _free_port(), out), nprocs=2, join=True)
+    _on_two_ranks(_rank, out)
     sharded = torch.load(out, weights_only=False)["sd"]
     teacher, method = _objective()
     opt = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9)
@@ -127,34 +148,25 @@ def _evaluation(prepared: str):
     return CausalEvaluation(prepared, manifest, 8, template), int(manifest["tokenizer"]["vocab_size"]), pad
 
 
-def _teacher_rank(rank: int, world: int, port: int, prepared: str, out: str) -> None:
-    import torch.distributed as dist
-
+def _teacher_rank(rank: int, world: int, prepared: str, out: str) -> None:
     from raykd import parallel
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        ev, vocab, pad = _evaluation(prepared)
-        teacher = _teacher(vocab, pad)
-        teacher = parallel.shard_frozen(teacher, teacher.model.layers)
-        assert parallel.is_sharded(teacher) and not any(p.requires_grad for p in teacher.parameters())
-        student = _teacher(vocab, pad)  # any unsharded model: the student's numbers are rank 0's own
-        if rank == 0:  # before the collective part, rank 0 alone is refused instead of waiting for ever
-            with pytest.raises(RuntimeError, match="every rank together"):
-                ev.split(student, teacher, "val")
-        # each rank its own batch (different lengths: the collectives are over parameters, not data)
-        ids = torch.randint(5, vocab, (2, 6 + 3 * rank), generator=torch.Generator().manual_seed(rank))
-        with torch.no_grad():
-            logits = teacher(input_ids=ids).logits
-        ev.teacher_part(teacher, 16)
-        if rank == 0:
-            res = {"logits0": logits, **ev.split(student, teacher, "test"), **ev.efficiency(student, teacher, 8, 16)}
-            torch.save(res, out)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    ev, vocab, pad = _evaluation(prepared)
+    teacher = _teacher(vocab, pad)
+    teacher = parallel.shard_frozen(teacher, teacher.model.layers)
+    assert parallel.is_sharded(teacher) and not any(p.requires_grad for p in teacher.parameters())
+    student = _teacher(vocab, pad)  # any unsharded model: the student's numbers are rank 0's own
+    if rank == 0:  # before the collective part, rank 0 alone is refused instead of waiting for ever
+        with pytest.raises(RuntimeError, match="every rank together"):
+            ev.split(student, teacher, "val")
+    # each rank its own batch (different lengths: the collectives are over parameters, not data)
+    ids = torch.randint(5, vocab, (2, 6 + 3 * rank), generator=torch.Generator().manual_seed(rank))
+    with torch.no_grad():
+        logits = teacher(input_ids=ids).logits
+    ev.teacher_part(teacher, 16)
+    if rank == 0:
+        res = {"logits0": logits, **ev.split(student, teacher, "test"), **ev.efficiency(student, teacher, 8, 16)}
+        torch.save(res, out)
 
 
 def test_a_sharded_teacher_gives_the_unsharded_outputs_and_evaluation(synth_prepared, tmp_path):
@@ -162,11 +174,9 @@ def test_a_sharded_teacher_gives_the_unsharded_outputs_and_evaluation(synth_prep
     gives the unsharded teacher's logits; its part of the evaluation (scores, greedy generations in
     step on both ranks, efficiency), computed by both ranks together, gives rank 0 the unsharded
     teacher's metrics; rank 0 alone is refused with an error, not left waiting."""
-    import torch.multiprocessing as mp
-
     _, prepared, _ = synth_prepared
     out = str(tmp_path / "sharded.pt")
-    mp.spawn(_teacher_rank, args=(2, _free_port(), str(prepared), out), nprocs=2, join=True)
+    _on_two_ranks(_teacher_rank, str(prepared), out)
     got = torch.load(out, weights_only=False)
     ev, vocab, pad = _evaluation(str(prepared))
     teacher, student = _teacher(vocab, pad), _teacher(vocab, pad)
@@ -183,30 +193,21 @@ def test_a_sharded_teacher_gives_the_unsharded_outputs_and_evaluation(synth_prep
     assert got["test/teacher_latency_ms_b1_sharded"] > 0 and got["test/teacher_decode_tokens_per_s_sharded"] > 0
 
 
-def _from_rank0(rank: int, world: int, port: int, spec: str, out: str) -> None:
-    import torch.distributed as dist
-
+def _from_rank0(rank: int, world: int, spec: str, out: str) -> None:
     from raykd import parallel
     from raykd.models.families import family_of
     from raykd.models.teacher import load_teacher, teacher_skeleton
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    try:
-        skeleton = teacher_skeleton(spec).eval()
-        assert all(p.is_meta for p in skeleton.parameters())  # nothing read but config.json
-        full = load_teacher(spec).eval() if rank == 0 else None
-        teacher = parallel.shard_frozen_from_rank0(skeleton, full, family_of(skeleton).blocks(skeleton),
-                                                   torch.device("cpu"))
-        ids = torch.randint(5, 50, (2, 7 + rank), generator=torch.Generator().manual_seed(rank))
-        with torch.no_grad():
-            logits = teacher(input_ids=ids).logits
-        torch.save({"ids": ids, "logits": logits, "buffers": {k: b.clone() for k, b in teacher.named_buffers()}},
-                   f"{out}.{rank}")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    skeleton = teacher_skeleton(spec).eval()
+    assert all(p.is_meta for p in skeleton.parameters())  # nothing read but config.json
+    full = load_teacher(spec).eval() if rank == 0 else None
+    teacher = parallel.shard_frozen_from_rank0(skeleton, full, family_of(skeleton).blocks(skeleton),
+                                               torch.device("cpu"))
+    ids = torch.randint(5, 50, (2, 7 + rank), generator=torch.Generator().manual_seed(rank))
+    with torch.no_grad():
+        logits = teacher(input_ids=ids).logits
+    torch.save({"ids": ids, "logits": logits, "buffers": {k: b.clone() for k, b in teacher.named_buffers()}},
+               f"{out}.{rank}")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -214,15 +215,13 @@ def test_a_teacher_read_by_rank_0_alone_reaches_every_shard(arch, tmp_path):
     """parallel.shard_frozen_from_rank0: ranks shard a meta-device skeleton built from config.json,
     rank 0 alone loads the weights and broadcasts them; every rank's forward then equals the unsharded
     teacher's, rotary frequencies (non-persistent buffers, absent from state dicts) included."""
-    import torch.multiprocessing as mp
-
     from raykd.models.families import TeacherShape, family
     from raykd.models.teacher import load_teacher
 
     torch.manual_seed(1)
     family("causal_lm").build(TeacherShape(3, 32, 2, 64, 64, arch), 50, 0, 1, 2).save_pretrained(tmp_path / "t")
     out = str(tmp_path / "rank")
-    mp.spawn(_from_rank0, args=(2, _free_port(), str(tmp_path / "t"), out), nprocs=2, join=True)
+    _on_two_ranks(_from_rank0, str(tmp_path / "t"), out)
     ref = load_teacher(str(tmp_path / "t")).eval()
     for rank in range(2):
         got = torch.load(f"{out}.{rank}", weights_only=False)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ...architectures import family_of_architectures
 from ...registry import Registry
 from .base import INTERFACE, ModelFamily, TeacherShape
 from .causal_lm import CausalLM
@@ -42,4 +43,4 @@ def family_of_spec(spec: str) -> str:
         archs = json.loads(open(path, encoding="utf-8").read()).get("architectures") or []
     except (OSError, ValueError):
         return DEFAULT
-    return "causal_lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else DEFAULT
+    return "causal_lm" if family_of_architectures(archs) == "causal_lm" else DEFAULT

@@ -106,5 +106,5 @@ class ModelFamily:
         raise NotImplementedError
 
 
-INTERFACE = ("matches", "build", "load", "student_like", "blocks", "backbone", "attention_inputs", "corrupt", "task_loss",
+INTERFACE = ("matches", "build", "auto_class", "load", "student_like", "blocks", "backbone", "attention_inputs", "corrupt", "task_loss",
              "save", "inputs", "labels_at", "count_tokens")

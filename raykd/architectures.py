@@ -1,0 +1,19 @@
+"""Which model family an HF config's ``architectures`` name, by the class-name rule shared by config
+validation (``config.resolve_family``) and the model families (``families.family_of_spec``). Pure
+Python: no torch, no transformers."""
+
+from __future__ import annotations
+
+CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, …
+MASKED_SUFFIXES = ("ForMaskedLM", "ForPreTraining")  # BertForMaskedLM, BertForPreTraining, …
+MASKED_TRUNKS = ("BertModel", "RobertaModel")
+
+
+def family_of_architectures(archs: list[str]) -> str | None:
+    """``causal_lm`` when any of ``archs`` is a causal-LM head, else ``masked_lm`` when any is a
+    masked-LM head or a BERT-style trunk, else None (neither)."""
+    if any(a.endswith(CAUSAL_SUFFIXES) for a in archs):
+        return "causal_lm"
+    if any(a.endswith(MASKED_SUFFIXES) or a in MASKED_TRUNKS for a in archs):
+        return "masked_lm"
+    return None
