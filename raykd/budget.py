@@ -126,11 +126,12 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     student weights fp32 (4 B/param: master weights under bf16/fp16 autocast), gradients fp32 (4 B),
     AdamW state (8 B) — divided by the GPUs of the trial under FSDP; the frozen teacher as trials hold it
     (``precision.frozen_on``): bf16 weights (2 B/param) for a causal teacher on GPUs under a bf16
-    policy (auto or bf16), else fp32 (4 B), one full copy on every GPU unless ``shard_teacher`` shards it
-under FSDP (then 1/GPUs of it plus what a forward pass all-gathers: the root unit — embeddings, head
-— and two blocks, the current and the prefetched; an A100's 80 GiB decides ``auto``); activations of the student at the configured length without gradient
-    checkpointing (≈ 34·d bytes per token per layer, Korthikanti et al. 2022, attention through SDPA)
-    and with it (2·d bytes per token per layer kept + one layer's 34·d); logits: the student's fp32
+    policy (auto or bf16), else fp32 (4 B), one full copy on every GPU unless ``shard_teacher`` shards
+    it under FSDP (then 1/GPUs of it plus what a forward pass all-gathers: the root unit — embeddings,
+    head — and two blocks, the current and the prefetched; an A100's 80 GiB decides ``auto``);
+    activations of the student at the configured length without gradient checkpointing (≈ 34·d bytes
+    per token per layer, Korthikanti et al. 2022, attention through SDPA) and with it (2·d bytes per
+    token per layer kept + one layer's 34·d); logits: the student's fp32
     logits, their log-softmax and gradient plus the teacher's logits and log-softmax (5 × tokens × V ×
     4 B) for the plain loss, or one chunk of ``train.chunked_loss_tokens`` tokens for the chunked one.
     Tokens per micro-batch: ``batch_size`` × 2 × ``data.max_length`` (a causal sequence is prompt +

@@ -263,8 +263,9 @@ class TrainState:
 
 
 def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epoch: int, seed: int):
-    """(the frozen teacher on the worker's device, a fresh ``TrainState``): the student built from
-    the teacher, the objective around it (DDP-wrapped across several workers), AdamW, the schedule."""
+    """(the frozen teacher on the worker's device — or sharded over the worker group, ``teacher.shard`` —,
+    a fresh ``TrainState``): the student built from the teacher (or its own spec), the objective around
+    it (DDP-wrapped or FSDP-sharded across several workers), AdamW, the schedule."""
     t = cfg.train
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
     # a student of its own (student.spec) needs none of the teacher's weights: a teacher that must be sharded
@@ -339,7 +340,7 @@ class Run:
         self.cfg, self.t, self.config, self.worker, self.tokens, self.teacher = cfg, cfg.train, config, worker, \
             tokens, teacher
         self.cache = config.get("cache")
-        # rank 0 evaluates; a sharded teacher's part of it is computed by every rank together (report_start)
+        # rank 0 evaluates; a sharded teacher's part of it is computed by every rank together (evaluate_sharded_teacher)
         self.teacher_sharded = parallel.is_sharded(teacher)
         self.evaluation = evaluation_for(config, manifest, self.t.eval_pairs, tokens, teacher) \
             if worker.rank == 0 or self.teacher_sharded else None
@@ -496,7 +497,7 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
     core = state.eval_model()
     with tempfile.TemporaryDirectory() as d:
         ckpt_dir = None
-        if run.teacher_sharded:  # its latency (speedup_b*) is that of the teacher sharded over the trial's GPUs
+        if run.teacher_sharded:  # then no speedup_b*: its latency is sharded (teacher_latency_ms_b*_sharded)
             result["teacher_shards"] = w.world
         if w.rank == 0:
             result.update(ev.split(core, run.teacher, "val", BOOTSTRAP if final else 0))
