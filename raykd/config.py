@@ -367,14 +367,7 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     _check(t.strategy in ("ddp", "fsdp"), src, "train.strategy", f"{t.strategy!r} is not one of ddp, fsdp")
     _check(t.strategy == "ddp" or not t.local_mode, src, "train.strategy",
            "fsdp shards the student over a worker group: it needs train.local_mode false (or null)")
-    _check(t.strategy == "ddp" or not cfg.method.params.get("dynamic_weights", cfg.method.name in DYNAMIC_BY_DEFAULT),
-           src, "train.strategy", f"fsdp: method {cfg.method.name!r} with gradient-aware weights (their extra "
-           "gradient passes meet FSDP's resharding): set method.params.dynamic_weights: false")
-    _check(t.strategy == "ddp" or cfg.method.name != "ddk", src, "train.strategy",
-           "ddk measures its department gaps on rank 0 alone, which a sharded student cannot do: use ddp")
-    _check(t.strategy == "ddp" or not cfg.method.params.get("lmbda"), src, "train.strategy",
-           "fsdp: gkd's on-policy batches (method.params.lmbda > 0) generate with the student, which FSDP "
-           "shards: use ddp or lmbda 0")
+    _check_fsdp_method(cfg, src)
     _check(cfg.teacher.shard in TEACHER_SHARD, src, "teacher.shard",
            f"{cfg.teacher.shard!r} is not one of {', '.join(TEACHER_SHARD)}")
     _check(cfg.teacher.shard != "always" or (t.strategy == "fsdp" and cfg.teacher.family == "causal_lm"), src,
@@ -513,6 +506,21 @@ def _check_method_params(name: str, params: dict, src: str, family: str = "maske
                f"{n!r} must be a positive integer")
 
 
+def _check_fsdp_method(cfg: Config, src: str) -> None:
+    """Refuse under ``train.strategy: fsdp`` the objectives a sharded student cannot run (ConfigError)."""
+    if cfg.train.strategy == "ddp":
+        return
+    m = cfg.method
+    _check(not m.params.get("dynamic_weights", m.name in DYNAMIC_BY_DEFAULT), src, "train.strategy",
+           f"fsdp: method {m.name!r} with gradient-aware weights (their extra gradient passes meet FSDP's "
+           "resharding): set method.params.dynamic_weights: false")
+    _check(m.name != "ddk", src, "train.strategy",
+           "ddk measures its department gaps on rank 0 alone, which a sharded student cannot do: use ddp")
+    _check(not m.params.get("lmbda"), src, "train.strategy",
+           "fsdp: gkd's on-policy batches (method.params.lmbda > 0) generate with the student, which FSDP "
+           "shards: use ddp or lmbda 0")
+
+
 def resolve_key(name: str) -> str:
     """The dotted config path of a search-space key (aliases expanded)."""
     return ALIASES.get(name, name)
@@ -538,6 +546,7 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
                 _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method",
                               cfg.teacher.family)
                 _check_method_params(c.method.name, c.method.params, src, cfg.teacher.family)
+                _check_fsdp_method(c, src)
                 _check_sampler(c.sampler.name, src)
             except ConfigError as e:
                 raise ConfigError(f"{src}: {key}: value {v!r} is invalid: {str(e).split(': ', 1)[1]}") from None

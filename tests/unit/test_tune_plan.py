@@ -230,6 +230,9 @@ def test_teacher_shard_is_validated_and_auto_shards_only_a_teacher_too_large_for
                                                             "train.local_mode": False, "method.name": "kd"})
     with pytest.raises(ConfigError, match="lmbda"):
         load_config(paper, {"train.strategy": "fsdp", "method.name": "gkd", "method.params": {"lmbda": 0.5}})
+    with pytest.raises(ConfigError, match=r"space.method.params.lmbda: value 0.5 is invalid: train.strategy: fsdp"):
+        load_config(paper, {"train.strategy": "fsdp", "method.name": "gkd", "method.params": {},
+                            "space": {"method.params.lmbda": {"choice": [0.0, 0.5]}}})
     a100 = 80 * GIB
     b70 = 2 * decoder_params(80, 8192, 64, 8, 28672, 32000)
     b7 = 2 * decoder_params(32, 4096, 32, 32, 11008, 32000)
