@@ -14,6 +14,8 @@ import time
 import numpy as np
 import torch
 
+from raykd.parallel import is_sharded
+
 
 @torch.no_grad()
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -100,10 +102,10 @@ def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def greedy_responses(model, prompts: list[list[int]], max_new_tokens: int, eos: int, pad: int,
-                     batch_size: int = 16, synced: bool = False) -> list[list[int]]:
-    """The greedy continuation of each prompt (KV cache), cut before its first eos. ``synced``: a
-    model sharded over ranks (every rank calls this with the same prompts) keeps stepping until every
-    rank's batch is done (HF's ``synced_gpus``), so no rank waits on a collective the others left."""
+                     batch_size: int = 16) -> list[list[int]]:
+    """The greedy continuation of each prompt (KV cache), cut before its first eos. A model sharded
+    over ranks (``parallel.is_sharded``; every rank calls this) keeps stepping until every rank's batch
+    is done (HF's ``synced_gpus``), so no rank waits on a collective the others left."""
     device = next(model.parameters()).device
     was = model.training
     model.eval()
@@ -113,7 +115,7 @@ def greedy_responses(model, prompts: list[list[int]], max_new_tokens: int, eos: 
             ids, mask = left_pad(prompts[i: i + batch_size], pad)
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                                  max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
-                                 use_cache=True, synced_gpus=synced)[:, ids.shape[1]:].cpu()
+                                 use_cache=True, synced_gpus=is_sharded(model))[:, ids.shape[1]:].cpu()
             for row in gen.tolist():
                 out.append(row[: row.index(eos)] if eos in row else row)
     finally:

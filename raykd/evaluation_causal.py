@@ -146,10 +146,9 @@ class CausalEvaluation:
         forward pass is a collective (generation runs in step on every rank: ``synced_gpus``); rank 0's
         reports then read what is kept here and never run the teacher alone."""
         t_lm = _lm(teacher)
-        synced = parallel.is_sharded(t_lm)
         for split in ("val", "test"):
             self._pinned[f"scores/{split}"] = self._scores(t_lm, split)
-        self._pinned["rouge/test"] = self._rouge(t_lm, "test", synced)
+        self._pinned["rouge/test"] = self._rouge(t_lm, "test")
         self._pinned[f"efficiency/{seq_len}"] = self._teacher_efficiency(t_lm, seq_len)
 
     def _memo(self, teacher, what: str, compute):
@@ -178,10 +177,9 @@ class CausalEvaluation:
         return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
                 "answer_accuracy": float(credit.mean()), "_credit": credit, "_nll": -nll, "_count": count}
 
-    def _rouge(self, model, split: str, synced: bool = False) -> float:
+    def _rouge(self, model, split: str) -> float:
         d = self.data(split)
-        gen = CM.greedy_responses(model, d.rouge_prompts, min(d.max_new, 96), self.template.eos, self.template.pad,
-                                  synced=synced)
+        gen = CM.greedy_responses(model, d.rouge_prompts, min(d.max_new, 96), self.template.eos, self.template.pad)
         strip = set(self.template.strip)
         texts = [self.tokenizer.decode([x for x in g if x not in strip]) for g in gen]
         return float(np.mean([CM.rouge_l(p, r) for p, r in zip(texts, d.rouge_refs)]))
