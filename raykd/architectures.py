@@ -7,6 +7,11 @@ from __future__ import annotations
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, …
 MASKED_SUFFIXES = ("ForMaskedLM", "ForPreTraining")  # BertForMaskedLM, BertForPreTraining, …
 MASKED_TRUNKS = ("BertModel", "RobertaModel")
+# what each family offers the methods (raykd.distill.settings declares what each method needs; no family
+# lists methods): a token-prediction head, BERT-style masked inputs, bidirectional attention q/k/v of equal
+# widths (a decoder's are causal, and narrower under grouped-query attention), generation
+FAMILY_CAPABILITIES = {"masked_lm": frozenset({"token_head", "masked_inputs", "attention_qkv"}),
+                       "causal_lm": frozenset({"token_head", "generates"})}
 
 
 def family_of_architectures(archs: list[str]) -> str | None:

@@ -15,40 +15,18 @@ from typing import Any
 
 import yaml
 
-from raykd.architectures import family_of_architectures
+from raykd.architectures import FAMILY_CAPABILITIES, family_of_architectures
+from raykd.distill import settings as S
 from raykd.errors import RaykdError
 
-METHOD_NAMES = ("structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "mixkd", "distillseq", "sft",
-                "kd", "feature_align")
 FAMILY_NAMES = ("masked_lm", "causal_lm")
 ARCHS = {"bert": "masked_lm", "llama": "causal_lm", "qwen2": "causal_lm", "gpt2": "causal_lm"}  # built-from-config teachers
-# the built-in methods each family runs (plugins' methods run on both); the rest need encoder internals
-FAMILY_METHODS = {"masked_lm": METHOD_NAMES,
-                  "causal_lm": ("sft", "no_distill", "kd", "gkd", "feature_align", "structural", "minillm")}
 DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
 CACHE_KINDS = ("none", "hidden", "logits", "both")
 TEACHER_SHARD = ("auto", "never", "always")
-DYNAMIC_BY_DEFAULT = ("structural", "feature_align")  # methods whose loss weights are gradient-aware unless told
-DIVERGENCE_NAMES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
-_WEIGHTING = ("weights", "dynamic_weights")
-# what each method takes in ``method.params`` (its constructor's keywords; a unit test keeps this equal
-# to raykd.distill.methods.method_params) — anything else fails at load time
-METHOD_PARAMS = {
-    "structural": ("projection", "relation", "contrastive", "fusion", "temperature", "anneal_until", *_WEIGHTING,
-                   "ablate"),
-    "no_distill": _WEIGHTING,
-    "tinybert": ("temperature", *_WEIGHTING),
-    "minilm": ("relation_heads", *_WEIGHTING),
-    "minillm": _WEIGHTING,
-    "gkd": ("beta", "temperature", "lmbda", "seq_kd", "max_new_tokens", *_WEIGHTING),
-    "ddk": ("update_every", "smoothing", "tau", "temperature", "eval_pairs", *_WEIGHTING),
-    "mixkd": ("alpha", "temperature", *_WEIGHTING),
-    "distillseq": _WEIGHTING,
-    "sft": _WEIGHTING,
-    "kd": ("divergence", "temperature", "kd_weight", "beta", "skew_alpha", *_WEIGHTING),
-    "feature_align": ("alignment", "contrastive", "logit", "divergence", "temperature", "kd_weight", "beta",
-                      "skew_alpha", "contrast_temperature", *_WEIGHTING, "ablate"),
-}
+# the built-in methods; what each takes in ``method.params`` and what it needs from a family is declared once,
+# beside it, in raykd.distill.settings (anything else fails at load time)
+METHOD_NAMES = tuple(S.SETTINGS)
 SAMPLER_NAMES = ("uniform", "entropy", "random_masked", "hard_negative", "domain_aware")
 DOMAINS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 # Short names for the parameters people search most, → their dotted path in the config.
@@ -456,9 +434,12 @@ def _family_of_spec(spec: str, src: str) -> str:
 def _check_method(name, depth, projection_dim, student_layers, src, where, family: str = "masked_lm") -> None:
     allowed = method_names()
     _check(name in allowed, src, f"{where}.name", f"unknown method {name!r}; allowed: {', '.join(allowed)}")
-    runs = [m for m in allowed if m in FAMILY_METHODS[family] or m not in METHOD_NAMES]
-    _check(name in runs, src, f"{where}.name", f"method {name!r} does not run on a {family} teacher; allowed for "
-           f"{family}: {', '.join(runs)}")
+    missing = S.method_needs(name) - FAMILY_CAPABILITIES[family]  # a setting's own needs: _check_method_params
+    if missing:
+        runs = [m for m in allowed if not S.method_needs(m) - FAMILY_CAPABILITIES[family]]
+        raise ConfigError(f"{src}: {where}.name: method {name!r} does not run on a {family} teacher: it needs "
+                          f"{', '.join(sorted(missing))}, which {family} does not offer; allowed for {family}: "
+                          f"{', '.join(runs)}")
     if depth is not None:
         _check(isinstance(depth, int) and 1 <= depth <= student_layers, src, f"{where}.depth",
                f"{depth} must be between 1 and the student's {student_layers} layers")
@@ -466,44 +447,23 @@ def _check_method(name, depth, projection_dim, student_layers, src, where, famil
            f"must be a positive integer, got {projection_dim!r}")
 
 
-def _check_method_params(name: str, params: dict, src: str, family: str = "masked_lm") -> None:
-    """Every key of ``method.params`` must be a setting method ``name`` takes (no silent drops)."""
-    if name in METHOD_PARAMS:
-        allowed = METHOD_PARAMS[name]
-    else:  # a plugin's method (torch is loaded already: the plugin imported the methods module)
-        from raykd.distill.methods import method_params
-
-        allowed = method_params(name)
-    for key in params:
+def _check_method_params(name: str, params: dict, src: str, family: str = "masked_lm",
+                         where: str = "method.params") -> None:
+    """Every key of ``method.params`` must be a setting method ``name`` declares (no silent drops), each
+    value in its declared range; a setting that needs a capability the family lacks is refused."""
+    allowed = S.setting_names(name)
+    for key, value in params.items():
         if key not in allowed:
             near = difflib.get_close_matches(str(key), allowed, n=1)
-            raise ConfigError(f"{src}: method.params.{key}: method {name!r} takes no {key!r}"
+            raise ConfigError(f"{src}: {where}.{key}: method {name!r} takes no {key!r}"
                               f"{f'; did you mean {near[0]!r}?' if near else ''} (allowed: {', '.join(allowed)})")
-    if "beta" in params:
-        b = params["beta"]
-        _check(isinstance(b, (int, float)) and 0.0 <= b <= 1.0, src, "method.params.beta",
-               f"{b!r} must be in [0, 1] (0 = forward KL, 1 = reverse KL)")
-    if "divergence" in params:
-        _check(params["divergence"] in DIVERGENCE_NAMES, src, "method.params.divergence",
-               f"{params['divergence']!r} is not one of {', '.join(DIVERGENCE_NAMES)}")
-    if "skew_alpha" in params:
-        a = params["skew_alpha"]
-        _check(isinstance(a, (int, float)) and 0.0 <= a < 1.0, src, "method.params.skew_alpha", f"{a!r} must be in [0, 1)")
-    for key in ("temperature", "contrast_temperature"):
-        if key in params:
-            _check(isinstance(params[key], (int, float)) and params[key] > 0, src, f"method.params.{key}",
-                   f"{params[key]!r} must be a positive number")
-    if "lmbda" in params:
-        lam = params["lmbda"]
-        _check(isinstance(lam, (int, float)) and 0.0 <= lam <= 1.0, src, "method.params.lmbda", f"{lam!r} must be in [0, 1]")
-        _check(lam == 0 or family == "causal_lm", src, "method.params.lmbda",
-               "on-policy student generations need a causal_lm teacher (an encoder does not generate)")
-    if params.get("seq_kd"):
-        _check(family == "causal_lm", src, "method.params.seq_kd", "teacher generations need a causal_lm teacher")
-    if "max_new_tokens" in params:
-        n = params["max_new_tokens"]
-        _check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, src, "method.params.max_new_tokens",
-               f"{n!r} must be a positive integer")
+        why = S.check_value(name, key, value)
+        _check(why is None, src, f"{where}.{key}", str(why))
+        need = S.declared(name)[key].metadata.get("needs") if key in S.declared(name) else None
+        if need and value and need not in FAMILY_CAPABILITIES[family]:
+            offer = [f for f, caps in FAMILY_CAPABILITIES.items() if need in caps]
+            raise ConfigError(f"{src}: {where}.{key}: {value!r} needs a model family that offers {need!r}: a {family} "
+                              f"teacher does not (use a {' or '.join(offer)} teacher)")
 
 
 def _check_fsdp_method(cfg: Config, src: str) -> None:
@@ -511,7 +471,8 @@ def _check_fsdp_method(cfg: Config, src: str) -> None:
     if cfg.train.strategy == "ddp":
         return
     m = cfg.method
-    _check(not m.params.get("dynamic_weights", m.name in DYNAMIC_BY_DEFAULT), src, "train.strategy",
+    dynamic = S.declared(m.name).get("dynamic_weights")
+    _check(not m.params.get("dynamic_weights", dynamic.default if dynamic else False), src, "train.strategy",
            f"fsdp: method {m.name!r} with gradient-aware weights (their extra gradient passes meet FSDP's "
            "resharding): set method.params.dynamic_weights: false")
     _check(m.name != "ddk", src, "train.strategy",

@@ -101,7 +101,7 @@ def test_causal_smoke_and_losses_cover_the_objectives():
     ("teacher: {arch: llama}\nmethod: {name: tinybert}", "does not run on a causal_lm teacher"),
     ("teacher: {arch: llama}\nmethod: {name: kd, params: {divergence: kl}}", "'kl' is not one of forward_kl"),
     ("teacher: {arch: llama}\nmethod: {name: kd, params: {skew_alpha: 1.0}}", "must be in [0, 1)"),
-    ("method: {name: gkd, params: {lmbda: 0.5}}", "need a causal_lm teacher"),
+    ("method: {name: gkd, params: {lmbda: 0.5}}", "offers 'generates': a masked_lm teacher does not (use a causal_lm"),
     ("teacher: {arch: llama, cache: topk}", "teacher.cache: 'topk' is not one of none, hidden, logits, both"),
     ("teacher: {cache: logits}", "the top-k logit cache serves causal_lm teachers"),
     ("teacher: {arch: llama, cache_topk: 0}", "teacher.cache_topk"),

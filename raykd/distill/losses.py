@@ -44,6 +44,17 @@ def relation_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor | Non
     return (diff * pair).sum() / pair.sum().clamp_min(1.0)
 
 
+def relation_loss_within(y_s: torch.Tensor, y_t: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Example×example relation loss restricted to pairs of one group: mean over pairs (i, j) with
+    groups[i] == groups[j] of (cos(y_s,i, y_s,j) − cos(y_t,i, y_t,j))²; y [n, d] (widths may differ),
+    ``groups`` [n] (None: one group, i.e. every pair). A pair across groups never enters it."""
+    diff = (token_similarity(y_s[None]) - token_similarity(y_t[None]))[0].pow(2)
+    if groups is None:
+        return diff.mean()
+    same = (groups[:, None] == groups[None, :]).to(diff.dtype)
+    return (diff * same).sum() / same.sum().clamp_min(1.0)
+
+
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
              temperature: float = 0.1) -> torch.Tensor:
     """InfoNCE: −mean_i log softmax_j(cos(a_i, c_j)/τ)[i], candidates c = positives of the batch
@@ -99,25 +110,35 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
-    """KL(a ‖ b) per position from log-probabilities [..., V] (0·log 0 = 0)."""
+    """KL(a ‖ b) per position from log-probabilities [..., V]. 0·log 0 = 0: an entry where a is 0
+    (log a = −inf, e.g. a masked vocabulary entry of the teacher) adds nothing, even where b is 0 too,
+    instead of the NaN of 0·(−inf − (−inf))."""
     a = log_a.exp()
-    return (a * (log_a - log_b)).sum(-1)
+    return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(-1)
+
+
+# One temperature rule for every divergence: logits are divided by T before the softmax and the
+# divergence is multiplied by T². Hinton's argument — the gradient of a softened divergence with
+# respect to the logits shrinks as 1/T², so T² keeps its weight against the cross-entropy term
+# unchanged when T is searched — applies to all of them, and comparing divergences at one
+# ``kd_weight`` across temperatures needs the same factor on each.
 
 
 def forward_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
                mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
     """Forward KD (Hinton et al.): T² · KL(p_t ‖ q_s), p_t = softmax(z_t/T), q_s = softmax(z_s/T);
-    mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    mean over counted positions (or the sum ÷ ``num_tokens``). Finite where teacher logits are −inf
+    (0·log 0 = 0). Nats."""
     ls, lt = _log_probs(logits_s, logits_t, temperature)
     return temperature ** 2 * _token_reduce(_kl(lt, ls), mask, num_tokens)
 
 
 def reverse_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
                mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
-    """Reverse KL (MiniLLM's token-level objective): KL(q_s ‖ p_t) = Σ q_s (log q_s − log p_t) at
-    temperature T (no T² factor); mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    """Reverse KL (MiniLLM's token-level objective): T² · KL(q_s ‖ p_t) = T² · Σ q_s (log q_s − log p_t)
+    at temperature T; mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
     ls, lt = _log_probs(logits_s, logits_t, temperature)
-    return _token_reduce(_kl(ls, lt), mask, num_tokens)
+    return temperature ** 2 * _token_reduce(_kl(ls, lt), mask, num_tokens)
 
 
 def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, beta: float = 0.5, temperature: float = 1.0,
@@ -125,7 +146,8 @@ def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, beta: flo
     """Generalized JSD (GKD, Agarwal et al. 2024; TRL's ``generalized_jsd_loss``): with p_t, q_s the
     softmax of the logits divided by T and M = β·p_t + (1−β)·q_s, JSD_β = β·KL(p_t‖M) + (1−β)·KL(q_s‖M)
     for β in (0, 1); at the endpoints, as TRL, β = 0 is the forward KL(p_t‖q_s) and β = 1 the reverse
-    KL(q_s‖p_t). Mean over counted positions (or the sum ÷ ``num_tokens``); no T² factor. Nats."""
+    KL(q_s‖p_t). Times T² (raykd's one temperature rule; TRL's function has no such factor: equal at
+    T = 1). Mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
     ls, lt = _log_probs(logits_s, logits_t, temperature)
@@ -136,29 +158,29 @@ def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, beta: flo
     else:
         lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
         per = beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)
-    return _token_reduce(per, mask, num_tokens)
+    return temperature ** 2 * _token_reduce(per, mask, num_tokens)
 
 
 def skew_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, alpha: float = 0.1, reverse: bool = False,
             temperature: float = 1.0, mask: torch.Tensor | None = None,
             num_tokens: float | None = None) -> torch.Tensor:
     """Skew KL (DistiLLM, Ko et al. 2024): KL(p_t ‖ α·p_t + (1−α)·q_s), or with ``reverse`` the skew
-    reverse KL(q_s ‖ α·q_s + (1−α)·p_t), at temperature T (no T² factor); α in [0, 1) (α = 0 is the
-    plain forward / reverse KL). Mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
+    reverse KL(q_s ‖ α·q_s + (1−α)·p_t), at temperature T, times T²; α in [0, 1) (α = 0 is the plain
+    forward / reverse KL). Mean over counted positions (or the sum ÷ ``num_tokens``). Nats."""
     if not 0.0 <= alpha < 1.0:
         raise ValueError(f"skew_kl: alpha must be in [0, 1), got {alpha}")
     ls, lt = _log_probs(logits_s, logits_t, temperature)
     a, b = (ls, lt) if reverse else (lt, ls)
     mix = b if alpha == 0.0 else torch.logsumexp(torch.stack([a + math.log(alpha), b + math.log(1 - alpha)]), 0)
-    return _token_reduce(_kl(a, mix), mask, num_tokens)
+    return temperature ** 2 * _token_reduce(_kl(a, mix), mask, num_tokens)
 
 
 def tvd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 1.0,
         mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
-    """Total variation distance ½ Σ |p_t − q_s| at temperature T; mean over counted positions (or the
-    sum ÷ ``num_tokens``). A probability in [0, 1]."""
+    """Total variation distance T² · ½ Σ |p_t − q_s| at temperature T; mean over counted positions (or
+    the sum ÷ ``num_tokens``). A probability in [0, 1] at T = 1."""
     ls, lt = _log_probs(logits_s, logits_t, temperature)
-    return _token_reduce(0.5 * (lt.exp() - ls.exp()).abs().sum(-1), mask, num_tokens)
+    return temperature ** 2 * _token_reduce(0.5 * (lt.exp() - ls.exp()).abs().sum(-1), mask, num_tokens)
 
 
 DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": generalized_jsd, "skew_kl": skew_kl,

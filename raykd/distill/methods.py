@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import losses as L
+from . import settings as S
 from .chunked import chunked_cross_entropy, chunked_divergence, chunked_topk_divergence
 from .topk import sparse_divergence
 from .weighting import FixedWeights, GradNormWeights
@@ -247,7 +248,10 @@ class Structural(DistillMethod):
     similarity structure of the batch's representations are matched (``relation``); the output
     representation Y (multi-granularity aggregation when the student has it) is aligned with the
     teacher's Y_T in the shared space (``sentence``) and optionally by InfoNCE over in-batch
-    negatives (``contrastive``). A domain-aware fusion adapter feeds the projected teacher states to
+    negatives (``contrastive``). The example×example relations compare questions with questions and
+    answers with answers only (``relation_scope="within"``, the default): the question × answer
+    similarities are what the lead metric (MRR@10) ranks, so ours never trains on them; ``"all"`` matches
+    the whole 2b × 2b matrix (the behaviour before #32). A domain-aware fusion adapter feeds the projected teacher states to
     the student's input embeddings during the first ``anneal_until`` of training, gated per
     department and annealed to zero. Loss weights gradient-aware (``dynamic_weights``, the default:
     the method as the ablation's full configuration has it) or fixed (``dynamic_weights=False``; with
@@ -257,8 +261,11 @@ class Structural(DistillMethod):
     def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
                  projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,
                  n_departments: int = 0, temperature: float = 0.1, anneal_until: float = 0.3,
-                 weights: dict | None = None, dynamic_weights: bool = True):
+                 relation_scope: str = "within", weights: dict | None = None, dynamic_weights: bool = True):
         super().__init__(student, teacher_config, weights, dynamic_weights)
+        if relation_scope not in ("within", "all"):
+            raise ValueError(f"structural: relation_scope {relation_scope!r} is not one of within, all")
+        self.relation_scope = relation_scope
         self.pairs = layer_map(self.t_layers, self.s_layers, depth)
         d = projection_dim if projection else self.t_hidden
         if projection:
@@ -305,7 +312,8 @@ class Structural(DistillMethod):
         y_s = self.student.represent(hs[-1], inputs["mask"])
         y_t = self._teacher_sentence(targets, inputs)
         if self.use_relation:  # the batch's example×example similarity structure, in the raw spaces
-            terms["relation"] = terms["relation"] + L.relation_loss(y_s[None], y_t[None])
+            groups = inputs.get("group") if self.relation_scope == "within" else None
+            terms["relation"] = terms["relation"] + L.relation_loss_within(y_s, y_t, groups)
         zs, zt = self._project(self.sentence_proj, y_s, y_t)
         terms["sentence"] = L.hidden_mse(zs, zt)
         if self.use_contrastive:
@@ -516,21 +524,31 @@ class MiniLM(DistillMethod):
 
 @METHODS.register("minillm")
 class MiniLLM(DistillMethod):
-    """MiniLLM (Gu et al., 2024), token-level form: reverse KL(q_student ‖ p_teacher) of the task head's
-    distributions at the task positions (``reverse_kl``; masked tokens of an encoder, response tokens of
-    a causal LM, on the data's own responses), mode-seeking rather than mode-covering.
+    """MiniLLM (Gu et al., 2024), token-level form: T²·reverse KL(q_student ‖ p_teacher) of the task
+    head's distributions at temperature T at the task positions (``reverse_kl``; masked tokens of an
+    encoder, response tokens of a causal LM, on the data's own responses), mode-seeking rather than
+    mode-covering, plus MiniLLM's language-modelling term L_PT, weighted by ``ce_weight``: here the
+    cross-entropy on the training data's own tokens (``ce``; MiniLLM takes it on a pre-training corpus).
 
     What is *not* implemented of MiniLLM: its sequence-level policy-gradient optimisation of the reverse
     KL over the student's own samples (single-step decomposition, teacher-mixed sampling, length
-    normalisation, the pre-training loss term). Here the reverse KL is minimised per token on the
-    dataset's responses by plain back-propagation — the "token-level reverse KL" baseline of the
-    MiniLLM and DistiLLM papers. On-policy samples are what ``gkd`` with ``lmbda`` > 0 adds."""
+    normalisation). Here the reverse KL is minimised per token on the dataset's responses by plain
+    back-propagation — the "token-level reverse KL" baseline of the MiniLLM and DistiLLM papers.
+    On-policy samples are what ``gkd`` with ``lmbda`` > 0 adds."""
 
     uses_mlm = True
     chunkable = True
 
+    def __init__(self, student, teacher_config, temperature: float = 1.0, ce_weight: float = 1.0, weights=None,
+                 dynamic_weights=False):
+        super().__init__(student, teacher_config, {"ce": ce_weight, **(weights or {})}, dynamic_weights)
+        self.temperature, self.ce_weight = temperature, ce_weight
+
     def losses(self, inputs, targets, out):
-        return {"reverse_kl": self.divergence_term(out, inputs, targets, "reverse_kl")}
+        terms = {"reverse_kl": self.divergence_term(out, inputs, targets, "reverse_kl", self.temperature)}
+        if self.ce_weight > 0:
+            terms["ce"] = self.ce_term(out, inputs)
+        return terms
 
 
 @METHODS.register("gkd")
@@ -542,15 +560,20 @@ class GKD(DistillMethod):
     per batch the responses are the student's own samples (on-policy; sampled at temperature 1 with a
     KV cache, at most ``max_new_tokens``, ending at eos), and with ``seq_kd`` the other batches take
     the teacher's greedy responses (sequence-level KD). An on-policy batch's loss is normalised by its
-    own response tokens (its count is not known before generation). Encoders: token level on the
-    masked-LM head only (an encoder does not generate; ``lmbda`` and ``seq_kd`` are refused)."""
+    own response tokens (its count is not known before generation). ``ce_weight`` > 0 adds cross-entropy
+    on the batch's responses where they are not the student's own samples (``ce``); the paper has no CE
+    term — its students are supervised-fine-tuned before GKD — so the default is 0 and a compare study
+    tunes it. Encoders: token level on the masked-LM head only (an encoder does not generate; ``lmbda``
+    and ``seq_kd`` are refused)."""
 
     uses_mlm = True
     chunkable = True
 
     def __init__(self, student, teacher_config, beta: float = 0.5, temperature: float = 1.0, lmbda: float = 0.0,
-                 seq_kd: bool = False, max_new_tokens: int = 32, seed: int = 0, weights=None, dynamic_weights=False):
-        super().__init__(student, teacher_config, weights, dynamic_weights)
+                 seq_kd: bool = False, max_new_tokens: int = 32, ce_weight: float = 0.0, seed: int = 0, weights=None,
+                 dynamic_weights=False):
+        super().__init__(student, teacher_config, {"ce": ce_weight, **(weights or {})}, dynamic_weights)
+        self.ce_weight = ce_weight
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"gkd: beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {beta}")
         if (lmbda > 0 or seq_kd) and student.family.name != "causal_lm":
@@ -565,6 +588,7 @@ class GKD(DistillMethod):
         if self.training and "response" in inputs:
             if self.lmbda > 0 and float(torch.rand(1, generator=self.generator)) < self.lmbda:
                 inputs.update(regenerate_responses(self.student.mlm, inputs, self.max_new_tokens, sample=True))
+                inputs["on_policy"] = True
                 self.generated["student"] += 1
             elif self.seq_kd:
                 inputs.update(regenerate_responses(teacher, inputs, self.max_new_tokens, sample=False))
@@ -572,7 +596,10 @@ class GKD(DistillMethod):
         return super().teacher_targets(teacher, inputs)
 
     def losses(self, inputs, targets, out):
-        return {"jsd": self.divergence_term(out, inputs, targets, "jsd", self.temperature, self.beta)}
+        terms = {"jsd": self.divergence_term(out, inputs, targets, "jsd", self.temperature, self.beta)}
+        if self.ce_weight > 0 and not inputs.get("on_policy"):
+            terms["ce"] = self.ce_term(out, inputs)
+        return terms
 
 
 @torch.no_grad()
@@ -623,23 +650,28 @@ class DDK(DistillMethod):
     w ← (1 − s)·w + s·w_new with w_new = K·softmax(d / τ) (mean 1; ``smoothing`` s, ``tau`` τ). Each
     training batch is then redrawn from its rows with replacement, row probability ∝ w of its
     department (``resample_batch``): departments where the student lags the teacher most are seen more
-    often. The loss itself is unweighted: temperature KL of the masked-LM distributions (``kd``) and
-    last-layer MSE through a learned map (``hidden``). Rank 0 measures; the weights are broadcast
-    to every DDP rank. Difference from the paper: resampling acts within each training batch (the
-    stream's order stays the data's), not on the shard mixture of a pre-training corpus."""
+    often. The loss is the paper's CE + γ·KL: cross-entropy of the student's masked-LM head against the
+    true tokens at the masked positions (``ce``) plus γ (``kd_weight``) times the temperature KL
+    T²·KL(p_t ‖ q_s) of the masked-LM distributions there (``kd``). ``hidden_mse`` adds a last-layer MSE
+    through a learned map (``hidden``) — not in the paper, off by default. Rank 0 measures; the weights
+    are broadcast to every DDP rank. Difference from the paper: resampling acts within each training
+    batch (the stream's order stays the data's), not on the shard mixture of a pre-training corpus."""
 
     uses_mlm = True
 
     def __init__(self, student, teacher_config, n_departments: int = 1, update_every: int = 20,
-                 smoothing: float = 0.5, tau: float = 1.0, temperature: float = 1.0, eval_pairs: int = 256,
-                 weights=None, dynamic_weights=False):
-        super().__init__(student, teacher_config, weights, dynamic_weights)
+                 smoothing: float = 0.5, tau: float = 1.0, temperature: float = 1.0, kd_weight: float = 1.0,
+                 hidden_mse: bool = False, eval_pairs: int = 256, weights=None, dynamic_weights=False):
+        super().__init__(student, teacher_config, {"kd": kd_weight, **(weights or {})}, dynamic_weights)
         n = max(1, n_departments) + 1  # last slot: unknown department
         self.register_buffer("dept_weight", torch.ones(n))
         self.register_buffer("discrepancy", torch.zeros(n))
         self.update_every, self.smoothing, self.tau, self.temperature = update_every, smoothing, tau, temperature
         self.eval_pairs = eval_pairs
-        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden)
+        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden) if hidden_mse else None
+
+    def teacher_layers(self):
+        return [self.t_layers] if self.w_hidden is not None else []
 
     def domain_weights(self) -> torch.Tensor:
         """Current department sampling weights (mean 1; last entry = unknown department)."""
@@ -696,57 +728,91 @@ class DDK(DistillMethod):
         self.dept_weight.mul_(1 - self.smoothing).add_(self.smoothing * new)
 
     def losses(self, inputs, targets, out):
-        m = inputs["mask"]
-        return {"kd": L.forward_kl(out.logits[inputs["chosen"]], targets["logits"], temperature=self.temperature),
-                "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
+        terms = {"ce": self.ce_term(out, inputs),
+                 "kd": L.forward_kl(self.task_logits(out, inputs), targets["logits"], temperature=self.temperature)}
+        if self.w_hidden is not None:
+            terms["hidden"] = L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers],
+                                           inputs["mask"])
+        return terms
 
 
 @METHODS.register("mixkd")
 class MixKD(DistillMethod):
-    """MixKD (Liang et al., 2021): mixup of input embedding sequences, E_mix = λ·E_i + (1−λ)·E_π(i) with
-    λ ~ Beta(α, α) and a random pairing π, given to teacher and student alike. As in the paper, KD
-    runs on the clean inputs (``kd_clean``: temperature KL of the masked-LM distributions over real
-    tokens) and on the mixed ones (``kd``), plus last-layer MSE on the mixed inputs (``hidden``).
-    Needs the online teacher (mixed inputs cannot come from a cache)."""
+    """MixKD (Liang et al., 2021), on a masked LM. Inputs are BERT-masked as for every MLM objective;
+    a mixed batch interpolates the (masked) input embedding sequences, E_mix = λ·E_i + (1−λ)·E_π(i), with
+    λ ~ Beta(α, α) drawn from the method's seeded generator and a seeded random pairing π, given to
+    teacher and student alike. The loss is the paper's: the task cross-entropy on the clean inputs
+    (``ce``: the true tokens at the masked positions), the mixup cross-entropy on the mixed inputs
+    (``mix_ce`` = λ·CE(row i's masked tokens) + (1−λ)·CE(row π(i)'s masked tokens)), and KD — T²·KL of
+    the teacher's and student's masked-LM distributions — on the clean inputs (``kd_clean``) and on the
+    mixed ones (``kd``), each weighted by ``kd_weight``. KD is taken only at masked content positions,
+    where the teacher predicts (never at [CLS]/[SEP] or unmasked tokens, which an MLM teacher nearly
+    copies). ``hidden_mse`` adds a last-layer MSE on the mixed inputs (``hidden``; not in the paper, off
+    by default). Needs the online teacher (mixed inputs cannot come from a cache)."""
 
-    def __init__(self, student, teacher_config, alpha: float = 0.4, temperature: float = 1.0, seed: int = 0,
-                 weights=None, dynamic_weights=False):
-        super().__init__(student, teacher_config, weights, dynamic_weights)
+    uses_mlm = True
+
+    def __init__(self, student, teacher_config, alpha: float = 0.4, temperature: float = 1.0, kd_weight: float = 1.0,
+                 hidden_mse: bool = False, seed: int = 0, weights=None, dynamic_weights=False):
+        super().__init__(student, teacher_config, {"kd": kd_weight, "kd_clean": kd_weight, **(weights or {})},
+                         dynamic_weights)
+        import numpy as np
+
         self.alpha, self.temperature = alpha, temperature
         self.generator = torch.Generator().manual_seed(seed)
-        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden)
+        self.rng = np.random.default_rng(seed)  # λ ~ Beta(α, α): torch's Beta takes no generator
+        self.w_hidden = _linear_or_identity(self.s_hidden, self.t_hidden) if hidden_mse else None
+
+    def teacher_layers(self):
+        return []
 
     def _mix(self, inputs):
         if "mix" not in inputs:
-            lam = float(torch.distributions.Beta(self.alpha, self.alpha).sample()) if self.alpha > 0 else 1.0
+            lam = float(self.rng.beta(self.alpha, self.alpha)) if self.alpha > 0 else 1.0
             perm = torch.randperm(inputs["ids"].shape[0], generator=self.generator).to(inputs["ids"].device)
             inputs["mix"] = (lam, perm)
         return inputs["mix"]
 
     def _mixed_embeddings(self, model, inputs):
         lam, perm = self._mix(inputs)
-        e = model.get_input_embeddings()(inputs["ids"])
+        e = model.get_input_embeddings()(inputs["input_ids"])
         return lam * e + (1 - lam) * e[perm], (inputs["mask"].bool() | inputs["mask"].bool()[perm]).long()
+
+    def _kd_positions(self, inputs):
+        """Where KD on a mixed row is taken: the masked positions of either of its two rows."""
+        _, perm = self._mix(inputs)
+        return inputs["chosen"] | inputs["chosen"][perm]
 
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs):
         e, m = self._mixed_embeddings(teacher, inputs)
-        out = teacher(inputs_embeds=e, attention_mask=m, output_hidden_states=True)
-        clean = teacher(input_ids=inputs["ids"], attention_mask=inputs["mask"])
-        return {"logits": out.logits, "hidden": {self.t_layers: out.hidden_states[-1]}, "mix_mask": m,
-                "clean_logits": clean.logits}
+        mixed = teacher(inputs_embeds=e, attention_mask=m, output_hidden_states=self.w_hidden is not None)
+        clean = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+        targets = {"logits": self._vocab_slice(mixed.logits[self._kd_positions(inputs)]), "mix_mask": m,
+                   "clean_logits": self._vocab_slice(clean.logits[inputs["chosen"]])}
+        if self.w_hidden is not None:
+            targets["hidden"] = {self.t_layers: mixed.hidden_states[-1]}
+        return targets
 
     def student_forward(self, inputs, targets):
         e, m = self._mixed_embeddings(self.student.mlm, inputs)
         return self.student(inputs_embeds=e, attention_mask=m)
 
     def losses(self, inputs, targets, out):
-        m = targets["mix_mask"]
-        clean = self.student(input_ids=inputs["ids"], attention_mask=inputs["mask"], output_hidden_states=False)
-        return {"kd_clean": L.forward_kl(clean.logits, targets["clean_logits"], temperature=self.temperature,
-                                         mask=inputs["mask"]),
-                "kd": L.forward_kl(out.logits, targets["logits"], temperature=self.temperature, mask=m),
-                "hidden": L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers], m)}
+        lam, perm = self._mix(inputs)
+        chosen, ids = inputs["chosen"], inputs["ids"]
+        clean = self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+        mixed = self._vocab_slice(out.logits)
+        terms = {"ce": self.ce_term(clean, inputs),
+                 "mix_ce": lam * L.token_cross_entropy(mixed[chosen], ids[chosen])
+                 + (1 - lam) * L.token_cross_entropy(mixed[chosen[perm]], ids[perm][chosen[perm]]),
+                 "kd_clean": L.forward_kl(self.task_logits(clean, inputs), targets["clean_logits"],
+                                          temperature=self.temperature),
+                 "kd": L.forward_kl(mixed[self._kd_positions(inputs)], targets["logits"], temperature=self.temperature)}
+        if self.w_hidden is not None:
+            terms["hidden"] = L.hidden_mse(self.w_hidden(out.hidden_states[-1]), targets["hidden"][self.t_layers],
+                                           targets["mix_mask"])
+        return terms
 
 
 @METHODS.register("distillseq")
@@ -769,28 +835,24 @@ class DistillSeq(DistillMethod):
         return {"label_ce": F.cross_entropy(out.logits[inputs["chosen"]], targets["labels"])}
 
 
-# settings the trial passes to every method; a method takes those its constructor names
-STUDY_SETTINGS = ("depth", "projection_dim", "n_departments", "seed")
-
-
 def method_params(name: str) -> tuple[str, ...]:
-    """The keyword settings method ``name`` takes from ``method.params`` (its constructor's keyword
-    arguments, less the study-wide ``STUDY_SETTINGS``)."""
-    import inspect
-
-    sig = inspect.signature(METHODS.get(name).__init__)
-    return tuple(p for p in list(sig.parameters)[3:] if p not in STUDY_SETTINGS)
+    """The keys method ``name`` takes in ``method.params`` (its declaration in ``raykd.distill.settings``)."""
+    return S.setting_names(name)
 
 
 def build_method(name: str, student: Student, teacher_config, **params) -> DistillMethod:
-    """The registered method ``name`` around ``student``. ``params``: the method's keyword settings
-    (``method_params``; any other raises ValueError naming the allowed ones) and the study-wide
-    ``STUDY_SETTINGS``, of which the method gets those it takes."""
-    allowed = method_params(name)
-    unknown = sorted(k for k in params if k not in allowed and k not in STUDY_SETTINGS)
-    if unknown:
-        raise ValueError(f"method {name}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    """The registered method ``name`` around ``student``. ``params``: the method's declared settings
+    (``raykd.distill.settings``; an unknown key or a value out of its declared range raises ValueError
+    naming the allowed ones) and the study-wide ``STUDY_SETTINGS``, of which the method gets those it takes."""
     import inspect
 
+    allowed = S.setting_names(name)
+    unknown = sorted(k for k in params if k not in allowed and k not in S.STUDY_SETTINGS)
+    if unknown:
+        raise ValueError(f"method {name}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    for key, value in params.items():
+        why = S.check_value(name, key, value)
+        if why is not None:
+            raise ValueError(f"method {name}: {key}: {why}")
     takes = inspect.signature(METHODS.get(name).__init__).parameters
     return METHODS.get(name)(student, teacher_config, **{k: v for k, v in params.items() if k in takes})

@@ -85,11 +85,11 @@ def test_kl_family_hand_values():
     # closed interval, as TRL: β = 0 is the forward KL(p‖q), β = 1 the reverse KL(q‖p)
     assert L.generalized_jsd(zs, zt, beta=0.0).item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
     assert L.generalized_jsd(zs, zt, beta=1.0).item() == pytest.approx(float((q * (q / p).log()).sum()), rel=1e-5)
-    # temperature divides the logits before the softmax (no T² factor)
+    # temperature divides the logits before the softmax, and the divergence is multiplied by T² (one rule)
     pt, qt = torch.softmax(zt[0] / 3, 0), torch.softmax(zs[0] / 3, 0)
     mt = 0.5 * pt + 0.5 * qt
     jsd_t = 0.5 * (pt * (pt / mt).log()).sum() + 0.5 * (qt * (qt / mt).log()).sum()
-    assert L.generalized_jsd(zs, zt, beta=0.5, temperature=3.0).item() == pytest.approx(float(jsd_t), rel=1e-5)
+    assert L.generalized_jsd(zs, zt, beta=0.5, temperature=3.0).item() == pytest.approx(9 * float(jsd_t), rel=1e-5)
     for bad in (-0.1, 1.5):
         with pytest.raises(ValueError):
             L.generalized_jsd(zs, zt, beta=bad)
@@ -104,13 +104,18 @@ def _np_softmax(z, T):
 
 
 def _reference(name, zs, zt, T=1.0, beta=0.5, alpha=0.1):
-    """Each divergence per position, written with numpy from its definition."""
+    """Each divergence per position, written with numpy from its definition, times T² (raykd's one
+    temperature rule for every divergence)."""
+    return T * T * _unscaled(name, zs, zt, T, beta, alpha)
+
+
+def _unscaled(name, zs, zt, T, beta, alpha):
     import numpy as np
 
     p, q = _np_softmax(zt, T), _np_softmax(zs, T)
     kl = lambda a, b: (a * (np.log(a) - np.log(b))).sum(-1)  # noqa: E731
     if name == "forward_kl":
-        return T * T * kl(p, q)
+        return kl(p, q)
     if name == "reverse_kl":
         return kl(q, p)
     if name == "jsd":
@@ -154,11 +159,11 @@ def test_jsd_endpoints_and_skew_zero_are_the_plain_kls():
     zs, zt = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
     for T in (1.0, 2.0):
         assert L.generalized_jsd(zs, zt, beta=0.0, temperature=T).item() == pytest.approx(
-            L.forward_kl(zs, zt, temperature=T).item() / T ** 2, rel=1e-5)
+            L.forward_kl(zs, zt, temperature=T).item(), rel=1e-5)
         assert L.generalized_jsd(zs, zt, beta=1.0, temperature=T).item() == pytest.approx(
             L.reverse_kl(zs, zt, temperature=T).item(), rel=1e-5)
         assert L.skew_kl(zs, zt, alpha=0.0, temperature=T).item() == pytest.approx(
-            L.forward_kl(zs, zt, temperature=T).item() / T ** 2, rel=1e-5)
+            L.forward_kl(zs, zt, temperature=T).item(), rel=1e-5)
         assert L.skew_kl(zs, zt, alpha=0.0, reverse=True, temperature=T).item() == pytest.approx(
             L.reverse_kl(zs, zt, temperature=T).item(), rel=1e-5)
     with pytest.raises(ValueError):
@@ -193,6 +198,51 @@ def test_num_tokens_makes_accumulation_equal_one_big_batch(name):
     ranks = [torch.autograd.grad(L.divergence(name, zs[i:i + 2], zt[i:i + 2], temperature=2.0, mask=mask[i:i + 2],
                                               num_tokens=n / 2), zs)[0] for i in (0, 2)]
     assert torch.allclose((ranks[0] + ranks[1]) / 2, g_full, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd"])
+def test_every_divergence_follows_the_one_temperature_rule(name):
+    """D_T(z_s, z_t) = T² · D_1(z_s / T, z_t / T) for all six divergences: the same factor on each,
+    so a search over T changes no divergence's weight against cross-entropy relative to another's."""
+    g = torch.Generator().manual_seed(8)
+    zs, zt = torch.randn(5, 17, generator=g, dtype=torch.float64), torch.randn(5, 17, generator=g, dtype=torch.float64)
+    for T in (0.5, 2.0, 4.0):
+        at_t = L.divergence(name, zs, zt, temperature=T, beta=0.3, alpha=0.2).item()
+        at_1 = L.divergence(name, zs / T, zt / T, temperature=1.0, beta=0.3, alpha=0.2).item()
+        assert at_t == pytest.approx(T * T * at_1, rel=1e-10)
+    # forward_kl at T = 2 is 4·KL, as it always was
+    p, q = torch.softmax(zt / 2, -1), torch.softmax(zs / 2, -1)
+    if name == "forward_kl":
+        assert L.forward_kl(zs, zt, temperature=2.0).item() == pytest.approx(
+            float(4 * (p * (p / q).log()).sum(-1).mean()), rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "jsd", "skew_kl", "skew_rkl", "tvd"])
+def test_divergences_finite_where_teacher_logits_are_minus_inf(name):
+    """A masked vocabulary entry (teacher logit −inf, probability 0) adds 0·log 0 = 0, and the
+    student's gradient stays finite; the value equals the divergence over the other entries with the
+    student renormalised... i.e. the dense formula with p = 0 there, written independently."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(9)
+    zs = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    zt[:, 4:] = float("-inf")
+    out = L.divergence(name, zs, zt, temperature=2.0, beta=0.3, alpha=0.2)
+    assert torch.isfinite(out)
+    (grad,) = torch.autograd.grad(out, zs)
+    assert torch.isfinite(grad).all()
+    p = _np_softmax(zt.numpy(), 2.0)
+    q = _np_softmax(zs.detach().numpy(), 2.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "forward_kl":
+            per = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(-1)
+        elif name == "tvd":
+            per = 0.5 * np.abs(p - q).sum(-1)
+        else:
+            per = None
+    if per is not None:
+        assert out.item() == pytest.approx(4 * float(per.mean()), rel=1e-10)
 
 
 def test_token_cross_entropy_matches_log_softmax():

@@ -43,8 +43,10 @@ class ModelFamily:
     def inputs(self, batch: dict, tokens, generator: torch.Generator | None, corrupt: bool, mlm_prob: float,
                vocab_size: int | None) -> dict:
         """A collated batch → the objectives' inputs: ``ids``, ``mask`` [n, t], ``content`` (the tokens
-        hidden-state terms count), ``department`` [n], ``input_ids`` (what the models read) and
-        ``chosen`` (the positions the task loss and logit terms are taken at; None without ``corrupt``)."""
+        hidden-state terms count), ``department`` [n], ``input_ids`` (what the models read),
+        ``chosen`` (the positions the task loss and logit terms are taken at; None without ``corrupt``)
+        and, where rows are of different kinds, ``group`` [n] (masked_lm: 0 question, 1 answer; absent:
+        one kind — example×example relations are compared within a group only)."""
         raise NotImplementedError
 
     def labels_at(self, ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

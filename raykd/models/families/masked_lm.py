@@ -111,8 +111,9 @@ class MaskedLM(ModelFamily):
         content = mask.bool()
         for s in tokens.special:
             content &= ids != s
+        side = torch.cat([torch.zeros(q.shape[0], dtype=torch.long), torch.ones(a.shape[0], dtype=torch.long)])
         out = {"ids": ids, "mask": mask, "content": content, "department": torch.cat([dept, dept]).to(ids.device),
-               "input_ids": ids, "chosen": None}
+               "input_ids": ids, "chosen": None, "group": side.to(ids.device)}
         if corrupt:
             if vocab_size is None:
                 raise ValueError("make_inputs: corrupt=True needs vocab_size")
