@@ -41,7 +41,7 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
 
     from raykd import config as C
     from raykd.ray_layer.trial import trial_resources
-    from raykd.ray_layer.tune import tune_checkpoints
+    from raykd.ray_layer.tuners import tune_checkpoints
 
     cfg = C.Config()
     # 1 CPU reserved, 2 torch threads (the anchors' 2): raykd leaves a CPU to Ray Data, which hangs without one

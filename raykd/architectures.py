@@ -22,3 +22,12 @@ def family_of_architectures(archs: list[str]) -> str | None:
     if any(a.endswith(MASKED_SUFFIXES) or a in MASKED_TRUNKS for a in archs):
         return "masked_lm"
     return None
+# the metrics (without split) each family's trials report: masked_lm's similarity to the teacher and QA
+# retrieval, causal_lm's claim form (answer selection, its chance and the retained shares, perplexity, speed)
+FAMILY_METRIC_KEYS = {
+    "masked_lm": ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
+                  "retained_mrr"),
+    "causal_lm": ("perplexity", "answer_accuracy", "answer_chance", "retained_accuracy",
+                  "retained_accuracy_above_chance", "param_reduction", "speedup_b1", "speedup_b32",
+                  "decode_tokens_per_s", "rouge_l"),
+}

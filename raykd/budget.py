@@ -38,6 +38,8 @@ def pairs_per_step(cfg: C.Config) -> int:
 
 def trial_runs(cfg: C.Config) -> int:
     """Trials a study can run: the search, its confirm phase and the reference trials."""
+    if cfg.compare is not None:  # counts its tuning, confirmation and reference trials itself
+        return C.planned_trials(cfg)
     confirm = cfg.search.confirm.top_k * len(cfg.search.confirm.seeds)
     refs = len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds)) if cfg.experiment.references else 0
     return C.planned_trials(cfg) + confirm + refs

@@ -56,6 +56,22 @@ def selection_accuracy(scores, true_index) -> float:
     return float(credit.mean()) if len(credit) else math.nan
 
 
+def selection_chance(scores) -> float:
+    """The answer accuracy of a model that cannot tell the candidates apart (ties share the credit):
+    the mean over questions of 1 / (its candidates; a −inf score pads a question with fewer)."""
+    s = np.asarray(scores, dtype=np.float64)
+    k = np.isfinite(s).sum(1)
+    return float(np.mean(1.0 / np.maximum(k, 1))) if len(s) else math.nan
+
+
+def retained_above_chance(student: float, teacher: float, chance: float) -> float:
+    """(student − chance) ÷ (teacher − chance): the share of the teacher's margin over chance the student
+    keeps — 0 for a student at chance (an untrained one), 1 at the teacher; NaN when the teacher is not
+    above chance. Unlike student ÷ teacher it has no floor: with 5 candidates an untrained student
+    already "retains" 0.2 ÷ teacher of the plain ratio."""
+    return (student - chance) / (teacher - chance) if teacher - chance > 1e-12 else math.nan
+
+
 def bootstrap_ci(stat, n: int, draws: int, seed: int) -> tuple[float, float]:
     """2.5th and 97.5th percentiles of ``stat(idx)`` over ``draws`` resamples of n items with
     replacement (non-finite values dropped)."""

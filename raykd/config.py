@@ -200,6 +200,24 @@ class SearchConfig:
 
 
 @dataclass
+class CompareTuneConfig:
+    trials: int | None = None  # required: tuning trials per contender (and for the reference), the same for all
+    scheduler: str | None = None  # asha | none; null: search.scheduler.type
+    seed: int | None = None  # the tuning trials' seed, outside experiment.seeds; null: max(experiment.seeds) + 1
+
+
+@dataclass
+class CompareConfig:
+    """A compare study (raykd.comparison): every method tuned with the same budget, confirmed on
+    ``experiment.seeds``, then only the declared comparisons tested."""
+
+    methods: list = field(default_factory=list)  # NAME or {NAME: {fixed params}}
+    tune: CompareTuneConfig = field(default_factory=CompareTuneConfig)
+    against: str | None = None  # the declared family: "method=LABEL" against every other contender
+    metrics: list = field(default_factory=list)  # the declared metrics, e.g. [test/mrr@10]
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,6 +230,7 @@ class Config:
     space: dict = field(default_factory=dict)
     plugins: list = field(default_factory=list)  # modules imported on the driver and every worker (their
     #                                              @METHODS / @SAMPLERS registrations become nameable here)
+    compare: CompareConfig | None = None  # present: a compare study (search.num_samples / confirm ignored)
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -363,6 +382,8 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     _check(s.max_trials >= 1, src, "search.max_trials", "must be at least 1")
     for name, spec in cfg.space.items():
         _check_domain(cfg, name, spec, src)
+    if cfg.compare is not None:
+        _check_compare(cfg, src)
     n = planned_trials(cfg)
     _check(n <= s.max_trials, src, "search.max_trials",
            f"the search plans {n} trials (grid × seeds or num_samples), more than max_trials={s.max_trials}")
@@ -482,6 +503,74 @@ def _check_fsdp_method(cfg: Config, src: str) -> None:
            "shards: use ddp or lmbda 0")
 
 
+def compare_contenders(cfg: Config, src: str = "<config>"):
+    """The contenders of ``cfg.compare`` (``raykd.comparison.Contender``); ConfigError when malformed."""
+    from raykd.comparison import parse_contenders
+
+    try:
+        return parse_contenders(cfg.compare.methods)
+    except ValueError as e:
+        raise ConfigError(f"{src}: compare.methods: {e}") from None
+
+
+def compare_tuning_seed(cfg: Config) -> int:
+    """The seed of a compare study's tuning trials: ``compare.tune.seed`` or max(experiment.seeds) + 1."""
+    return cfg.compare.tune.seed if cfg.compare.tune.seed is not None else max(cfg.experiment.seeds) + 1
+
+
+def _check_compare(cfg: Config, src: str) -> None:
+    """A compare study's section: known contenders that run on the family with valid fixed settings, a
+    tuning budget, a declared family (``against``) among the contenders, declared test metrics of the
+    family, shared settings to tune, two or more seeds. ConfigError naming the key otherwise."""
+    from raykd.architectures import FAMILY_METRIC_KEYS
+    from raykd.comparison import contender_space, parse_against
+
+    c, family = cfg.compare, cfg.teacher.family
+    contenders = compare_contenders(cfg, src)
+    for i, k in enumerate(contenders):
+        where = f"compare.methods[{i}]"
+        _check_method(k.method, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, where, family)
+        _check(not S.is_reference(k.method), src, f"{where}.name", f"{k.method!r} is a reference (trained without "
+               "the teacher): every compare study tunes and runs it beside the contenders already")
+        _check_method_params(k.method, k.params, src, family, where=f"{where}.{k.method}")
+        probe = _build(Config, apply_overrides(to_dict(cfg), {"method.name": k.method, "method.params": k.params}), "",
+                       src)
+        _check_fsdp_method(probe, src)
+        _check(cfg.train.strategy == "ddp" or "method.params.dynamic_weights" not in contender_space(k, {}), src,
+               "train.strategy", f"fsdp: contender {k.label!r} would tune dynamic_weights (refused under fsdp): fix "
+               f"it in compare.methods ({k.method}: {{dynamic_weights: false}})")
+    _check(isinstance(c.tune.trials, int) and c.tune.trials >= 1, src, "compare.tune.trials",
+           f"required: tuning trials per method, at least 1 (got {c.tune.trials!r})")
+    _check(c.tune.scheduler in (None, "asha", "none"), src, "compare.tune.scheduler",
+           f"{c.tune.scheduler!r} is not one of asha, none")
+    _check(compare_tuning_seed(cfg) not in cfg.experiment.seeds, src, "compare.tune.seed",
+           f"{c.tune.seed} is one of experiment.seeds {cfg.experiment.seeds}: tuning must not see a seed it is tested on")
+    _check(cfg.search.algorithm in ("optuna", "random"), src, "search.algorithm",
+           f"a compare study tunes every method with one search algorithm: optuna or random, not {cfg.search.algorithm}")
+    _check(len(cfg.experiment.seeds) >= 2, src, "experiment.seeds",
+           f"a compare study tests paired by seed: give two or more (got {cfg.experiment.seeds})")
+    try:
+        key, value = parse_against(c.against)
+    except ValueError as e:
+        raise ConfigError(f"{src}: compare.against: required: {e}") from None
+    labels = [k.label for k in contenders]
+    _check(key == "method" and value in labels, src, "compare.against",
+           f"{c.against!r}: expected method=LABEL with LABEL one of {', '.join(labels)}")
+    _check(len(labels) >= 2, src, "compare.methods", "a comparison needs two or more methods")
+    allowed = [f"test/{m}" for m in FAMILY_METRIC_KEYS[family]]
+    _check(isinstance(c.metrics, list) and len(c.metrics) > 0, src, "compare.metrics",
+           f"required: the declared metrics, e.g. [{allowed[0] if family == 'causal_lm' else 'test/mrr@10'}]")
+    for m in c.metrics:
+        _check(m in allowed, src, "compare.metrics", f"{m!r} is not one of {', '.join(allowed)}")
+    _check(bool(cfg.space), src, "space", "a compare study tunes the shared settings in space (e.g. lr) for every "
+           "method and for the reference: give at least one")
+    for name in cfg.space:
+        path = resolve_key(name)
+        _check(path != "method.name" and not path.startswith(("method.params.", "student.")), src, f"space.{name}",
+               "in a compare study space holds the shared settings only: each method's own come from its declaration "
+               "(fix one in compare.methods as NAME: {setting: value}); the student is study-wide")
+
+
 def resolve_key(name: str) -> str:
     """The dotted config path of a search-space key (aliases expanded)."""
     return ALIASES.get(name, name)
@@ -520,7 +609,13 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
 
 
 def planned_trials(cfg: Config) -> int:
-    """Trials the search runs before any confirm phase: grid size × seeds (grid), or num_samples."""
+    """Trials the search runs before any confirm phase: grid size × seeds (grid), or num_samples; for a
+    compare study every trial it runs (tuning, confirmation and the reference's)."""
+    if cfg.compare is not None:
+        from raykd.comparison import planned_compare_trials
+
+        return planned_compare_trials(len(compare_contenders(cfg)), cfg.compare.tune.trials or 0,
+                                      len(cfg.experiment.seeds), cfg.experiment.references)
     if cfg.search.algorithm == "grid":
         size = 1
         for spec in cfg.space.values():

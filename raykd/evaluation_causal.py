@@ -9,8 +9,11 @@ Per split (``val/…`` at each evaluation, ``test/…`` once):
 - ``answer_accuracy``: each question's true answer among ``DISTRACTORS`` answers of *other*
   dialogues of the same department (seeded; other departments only when one has too few), chosen
   by the length-normalised log-likelihood of the answer given the prompt (ties count 1/k: a
-  constant model scores chance, 1/5); ``teacher_answer_accuracy``; ``retained_accuracy`` = student ÷
-  teacher (a fraction);
+  constant model scores chance, 1/5); ``teacher_answer_accuracy``; ``answer_chance`` (what a model
+  that cannot tell the candidates apart scores: the mean of 1 / candidates); ``retained_accuracy`` =
+  student ÷ teacher (a fraction, with a floor: an untrained student "retains" chance ÷ teacher) and
+  the claim-form number, ``retained_accuracy_above_chance`` = (student − chance) ÷ (teacher − chance)
+  (≈ 0 for an untrained student, 1 at the teacher);
 - ``param_reduction`` = 1 − student ÷ teacher parameters.
 
 Test adds ``rouge_l`` (character ROUGE-L F1 of greedy generations on ``ROUGE_PROMPTS`` seeded test
@@ -175,7 +178,8 @@ class CausalEvaluation:
             k += len(c)
         credit = CM.selection_credit(rows, d.true_index)
         return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
-                "answer_accuracy": float(credit.mean()), "_credit": credit, "_nll": -nll, "_count": count}
+                "answer_accuracy": float(credit.mean()), "answer_chance": CM.selection_chance(rows),
+                "_credit": credit, "_nll": -nll, "_count": count}
 
     def _rouge(self, model, split: str) -> float:
         d = self.data(split)
@@ -192,6 +196,8 @@ class CausalEvaluation:
         m = {**mine, "teacher_perplexity": theirs["perplexity"], "teacher_answer_accuracy": theirs["answer_accuracy"],
              "retained_accuracy": mine["answer_accuracy"] / theirs["answer_accuracy"]
              if theirs["answer_accuracy"] > 0 else float("nan"),
+             "retained_accuracy_above_chance": CM.retained_above_chance(mine["answer_accuracy"],
+                                                                        theirs["answer_accuracy"], mine["answer_chance"]),
              "param_reduction": 1.0 - CM.param_count(lm) / CM.param_count(t_lm)}
         if bootstrap > 0:
             m.update(self._intervals(mine, theirs, bootstrap))
@@ -208,6 +214,8 @@ class CausalEvaluation:
         out, n = {}, len(mine["_credit"])
         stats = {"answer_accuracy": lambda i: mine["_credit"][i].mean(),
                  "retained_accuracy": lambda i: mine["_credit"][i].mean() / theirs["_credit"][i].mean(),
+                 "retained_accuracy_above_chance": lambda i: CM.retained_above_chance(
+                     mine["_credit"][i].mean(), theirs["_credit"][i].mean(), mine["answer_chance"]),
                  "perplexity": lambda i: float(np.exp(mine["_nll"][i].sum() / max(mine["_count"][i].sum(), 1)))}
         for name, stat in stats.items():
             with np.errstate(divide="ignore", invalid="ignore"):

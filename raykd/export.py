@@ -191,8 +191,11 @@ def _causal_intro(trial: TrialRecord, cfg: dict, teacher, student, prov: dict) -
         f"A {student.config.num_hidden_layers}-layer, {student.config.hidden_size}-wide causal LM "
         f"(`{type(student.mlm).__name__}`) distilled by raykd (`{cfg['method']['name']}`) from a "
         f"{teacher.config.num_hidden_layers}-layer, {teacher.config.hidden_size}-wide teacher. On the test split: "
-        f"retained accuracy **{_num(m.get('test/retained_accuracy'))}** (answer selection {_num(m.get('test/answer_accuracy'))}"
-        f" vs the teacher's {_num(m.get('test/teacher_answer_accuracy'))}), parameter reduction "
+        f"retained accuracy above chance **{_num(m.get('test/retained_accuracy_above_chance'))}** = (student − chance)"
+        f" ÷ (teacher − chance): answer selection {_num(m.get('test/answer_accuracy'))} vs the teacher's "
+        f"{_num(m.get('test/teacher_answer_accuracy'))}, chance {_num(m.get('test/answer_chance'))} (plain student ÷ "
+        f"teacher: {_num(m.get('test/retained_accuracy'))}, which an untrained student already scores chance ÷ "
+        f"teacher of), parameter reduction "
         f"**{_num(m.get('test/param_reduction'))}**, prefill speedup {_num(m.get('test/speedup_b1'))}× (batch 1) / "
         f"{_num(m.get('test/speedup_b32'))}× (batch 32), response perplexity {_num(m.get('test/perplexity'))} "
         f"(teacher {_num(m.get('test/teacher_perplexity'))}). Load it with plain transformers (no remote code):", "",

@@ -40,8 +40,10 @@ TABLE_METRICS = (  # (result key without split, column title, decimals): the pap
 )
 FIGURE_METRICS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10")
 CAUSAL_TABLE_METRICS = (  # the companion paper's claim form
+    ("retained_accuracy_above_chance", "Retained above chance", 3),
     ("answer_accuracy", "Answer accuracy", 3),
-    ("retained_accuracy", "Retained accuracy", 3),
+    ("answer_chance", "Chance", 3),
+    ("retained_accuracy", "Retained accuracy (÷ teacher)", 3),
     ("perplexity", "Perplexity", 2),
     ("rouge_l", "ROUGE-L", 3),
     ("param_reduction", "Param. reduction", 3),
@@ -161,7 +163,7 @@ def fetch_experiment(uri: str) -> Path:
         parts = rel.split("/")
         if parts[0] == "references":  # the study's reference trials (see load_references)
             parts = parts[1:]
-        wanted = (len(parts) == 1 and parts[0].startswith("experiment_state-")) or \
+        wanted = (len(parts) == 1 and (parts[0].startswith("experiment_state-") or parts[0] == "comparison.json")) or \
                  (len(parts) == 2 and parts[0].startswith("trial_") and parts[1] in REPORT_FILES)
         if info.type == pafs.FileType.File and wanted:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -505,6 +507,19 @@ def _safe(s: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ report
+def read_comparison(exp: Path) -> dict | None:
+    """A compare study's ``comparison.json`` at the experiment root, or None."""
+    from raykd.comparison import COMPARISON_FILE
+
+    f = exp / COMPARISON_FILE
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise RaykdError(f"{f}: not valid JSON: {e}") from None
+
+
 def build_report(exp_dir: str | Path, out: str | Path | None = None, against_config: dict[str, str] | None = None) -> dict:
     """Write results.csv, table.md and the figures for ``exp_dir`` into ``out``; returns a summary
     (counts, files, the Markdown text). ``against_config`` (e.g. ``{"method": "structural"}``) adds
@@ -516,13 +531,20 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     out_dir = Path(out) if out else exp / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     metric, mode = experiment_metric(trials)
-    names = varied_parameters(trials)
+    comparison = read_comparison(exp)
+    names = ["contender"] if comparison is not None else varied_parameters(trials)
     counts = {s: sum(t.status == s for t in trials) for s in STATUS_ORDER}
     finished = [t for t in trials if t.status == "finished"]
     refs = load_references(exp)
     write_csv(refs + trials, out_dir / "results.csv")
     lead = "test/" + metric.split("/", 1)[-1]
     md = _header_md(exp, trials, counts, names, metric, mode)
+    if comparison is not None:
+        from raykd.comparison import comparison_markdown
+
+        md += comparison_markdown(comparison) + [
+            "", "---", "", "_Everything below is **exploratory**: tables over the confirmation's trials, not the "
+            "declared comparisons above._", ""]
     md += ["## Test metrics by configuration (mean ± 95 % CI over seeds, Student's t, n − 1 df)", ""]
     md.append(summary_table(finished, names) if finished else "_No finished trial yet._")
     md += _references_md(finished, refs, names, lead)
@@ -542,6 +564,7 @@ def build_report(exp_dir: str | Path, out: str | Path | None = None, against_con
     text = "\n".join(md) + "\n"
     (out_dir / "table.md").write_text(text, encoding="utf-8")
     return {"trials": len(trials), "counts": counts, "out": str(out_dir), "figures": [str(p) for p in figs],
+            "comparison": comparison,
             "importance": imp, "paired": diffs, "references": len(refs), "against": vs,
             "gains": gains_over_references(finished, refs, names, lead) if refs else [], "markdown": text}
 

@@ -4,14 +4,14 @@ the Ray layer (which runs trials) and export (which rebuilds a trial's student).
 from __future__ import annotations
 
 from raykd import config as C
+from raykd.architectures import FAMILY_METRIC_KEYS
+from raykd.comparison import CONTENDER_KEY
 
 ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
 METHOD_ABLATIONS = {"structural": ABLATIONS,  # what `method.params.ablate` may switch off, per method
                     "feature_align": ("none", "alignment", "contrastive", "logit", "dynamic_weights")}
-METRIC_KEYS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10", "recall@1",
-               "retained_mrr")
-CAUSAL_METRIC_KEYS = ("perplexity", "answer_accuracy", "retained_accuracy", "param_reduction", "speedup_b1",
-                      "speedup_b32", "decode_tokens_per_s", "rouge_l")
+METRIC_KEYS = FAMILY_METRIC_KEYS["masked_lm"]
+CAUSAL_METRIC_KEYS = FAMILY_METRIC_KEYS["causal_lm"]
 REFERENCE_METHOD = {"masked_lm": "no_distill", "causal_lm": "sft"}  # what the no_distill reference trains with
 
 
@@ -27,7 +27,7 @@ def trial_config(base: dict, params: dict) -> C.Config:
     (aliases or dotted keys; ``seed`` sets the trial seed; ``confirm`` holds a confirm-phase
     configuration) applied."""
     params = {**params.get("confirm", {}), **{k: v for k, v in params.items() if k != "confirm"}}
-    overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY)}
+    overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY, CONTENDER_KEY)}
     data = C.apply_overrides(base, overrides)
     if params.get(REFERENCE_KEY):  # the plain student on its own task loss, on the study's unweighted data
         family = (data.get("teacher") or {}).get("family") or "masked_lm"

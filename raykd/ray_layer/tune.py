@@ -20,15 +20,11 @@ from raykd.budget import budget_text, memory_text
 from raykd.errors import RaykdError
 from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
+from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join,  # noqa: F401
+                                    asha, max_concurrent, study_tuner, tune_domain)
+from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
-SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
-DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
-
-
-def join(storage: str, name: str) -> str:
-    """``storage/name`` for a local path or a URI (s3://…)."""
-    return storage.rstrip("/") + "/" + name
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -37,98 +33,13 @@ def param_space(cfg: C.Config) -> dict:
     the first seed for Optuna — one seed per configuration)."""
     from ray import tune
 
-    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
-            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v),
-            "qrandint": lambda v: tune.qrandint(*v)}
-    space = {}
-    for name, spec in cfg.space.items():
-        kind, values = next(iter(spec.items()))
-        if cfg.search.algorithm == "grid" and kind == "choice":
-            kind = "grid"
-        space[name] = make[kind](values)
+    space = {name: tune_domain(spec, grid=cfg.search.algorithm == "grid") for name, spec in cfg.space.items()}
     seeds = cfg.experiment.seeds
     if cfg.search.algorithm == "optuna" or len(seeds) == 1:
         space["seed"] = seeds[0]
     else:
         space["seed"] = tune.grid_search(list(seeds))
     return space
-
-
-def hparam_metrics(cfg: C.Config) -> list[str]:
-    """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
-    from raykd.ray_layer.tblog import TUNE_PREFIX, tb_tag
-    from raykd.trial_spec import metric_keys
-
-    names = [f"{split}/{m}" for split in ("val", "test") for m in metric_keys(cfg.teacher.family)]
-    return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
-
-
-REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
-
-
-def reference_space(cfg: C.Config) -> dict | None:
-    """Tune's param space of a study's reference trials — one per seed (the search's and the confirm
-    phase's) and per searched student shape — or None with ``experiment.references: false``."""
-    from ray import tune
-
-    from raykd.trial_spec import REFERENCE_KEY
-
-    if not cfg.experiment.references:
-        return None
-    seeds = list(dict.fromkeys(list(cfg.experiment.seeds) + list(cfg.search.confirm.seeds)))
-    space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds)}
-    for name, spec in cfg.space.items():
-        if C.resolve_key(name).startswith("student."):
-            kind, values = next(iter(spec.items()))
-            if kind not in ("choice", "grid"):
-                raise RaykdError(f"space.{name}: references need the student shapes listed (choice or grid), "
-                                 f"got {kind}; or set experiment.references: false")
-            space[name] = tune.grid_search(list(values))
-    return space
-
-
-def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
-    """The study's reference trials (``no_distill`` per seed and student shape; each one's step-0
-    row is the ``init`` reference and carries the ``teacher`` reference) as experiment
-    ``references`` inside the study's directory; None when references are off. Restored with
-    ``resume`` when it was started before."""
-    from ray import tune
-
-    from raykd.ray_layer.pruning import CheckpointPruner
-    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
-    from raykd.ray_layer.tblog import TrialHParams
-    from raykd.ray_layer.trial import run_trial, trial_resources
-
-    space = reference_space(cfg)
-    if space is None:
-        return None
-    parent = join(storage, name)
-    path = join(parent, REFERENCES_DIR)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
-    log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
-        f"built; the teacher scored as its own student) → {path}")
-    return tune.Tuner(
-        trainable, param_space=space,
-        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
-                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
-                                    reuse_actors=cfg.train.local_mode,
-                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=REFERENCES_DIR, storage_path=parent,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-                                  checkpoint_config=tune_checkpoints(cfg), sync_config=sync_config(),
-                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
-
-
-def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
-    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + (0 if cfg.train.local_mode else 0.05)
-    fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
-    if cfg.search.max_concurrent:
-        fit = min(fit, cfg.search.max_concurrent)
-    return max(1, fit)
 
 
 def check_trial_fits(cfg: C.Config, cluster_cpus: float) -> None:
@@ -156,7 +67,7 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
         f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
-           if cfg.search.confirm.top_k else ""),
+           if cfg.search.confirm.top_k and cfg.compare is None else ""),
         f"teacher: {cfg.teacher.spec or 'built from config ' + str(C.to_dict(cfg.teacher.shape))}"
         f"{', domain-adapted' if cfg.teacher.adapt else ''} → student {cfg.student.layers} layers; "
         + (f"teacher cache {cfg.teacher.cache}"
@@ -169,10 +80,34 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         "references: " + (f"no_distill × {len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds))} seed(s) "
                           "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),
         f"results: {join(storage, name)}",
+        *compare_plan_lines(cfg),
         budget_text(cfg, *train_split_size(cfg)),
         memory_text(cfg),
     ]
     return "\n".join(lines)
+
+
+def compare_plan_lines(cfg: C.Config) -> list[str]:
+    """The --dry-run lines of a compare study: trials per method and in total, the declared family."""
+    if cfg.compare is None:
+        return []
+    from raykd.comparison import contender_space
+
+    c, seeds = cfg.compare, cfg.experiment.seeds
+    contenders = C.compare_contenders(cfg)
+    runs = len(contenders) + (1 if cfg.experiment.references else 0)
+    lines = [f"compare: {len(contenders)} method(s){' + the reference' if cfg.experiment.references else ''}, each "
+             f"{c.tune.trials} tuning trial(s) ({cfg.search.algorithm}, {c.tune.scheduler or cfg.search.scheduler.type}, "
+             f"seed {C.compare_tuning_seed(cfg)}) + its best on {len(seeds)} seed(s) {seeds} = "
+             f"{runs * c.tune.trials} + {runs * len(seeds)} = {C.planned_trials(cfg)} trials in total "
+             f"(search.num_samples and search.confirm are not used)",
+             f"declared family: {c.against} against each other method on {', '.join(c.metrics)} (Holm over "
+             f"{(len(contenders) - 1) * len(c.metrics)} tests); everything else is reported as exploratory"]
+    for k in contenders:
+        tuned = [key.removeprefix("method.params.") for key in contender_space(k, cfg.space)]
+        fixed = ", ".join(f"{a}={b}" for a, b in k.params.items())
+        lines.append(f"  {k.label}: tunes {', '.join(tuned)}" + (f"; fixed {fixed}" if fixed else ""))
+    return lines
 
 
 def train_split_size(cfg: C.Config) -> tuple[int | None, str]:
@@ -208,36 +143,15 @@ def set_aside_previous(storage: str, name: str) -> list[str]:
     return moved
 
 
-def sync_config():
-    """Tune's syncing: experiment state every ``SYNC_PERIOD_S``, and each trial actor's own trial
-    directory (provenance.json, per-step TensorBoard events) with every checkpoint. The latter is
-    what brings those files to storage from an actor Tune reused for a later trial, whose trial
-    directory is a working directory that the driver's experiment sync does not cover."""
-    from ray import tune
-
-    return tune.SyncConfig(sync_period=SYNC_PERIOD_S, sync_artifacts=True)
-
-
-def tune_checkpoints(cfg: C.Config):
-    """Tune's checkpoint policy: ``train.checkpoint_keep`` per trial. Only local-mode trials report
-    checkpoints to Tune; the others keep theirs in their Train run (pruned by Train to the same number)."""
-    from ray import tune
-
-    return tune.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep)
-
-
 def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
     """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
-    from raykd.ray_layer.pruning import CheckpointPruner
-    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
-    from raykd.ray_layer.tblog import TrialHParams, write_experiment_summary
-    from raykd.ray_layer.trial import run_trial, trial_resources
+    from raykd.ray_layer.tblog import write_experiment_summary
+    from raykd.ray_layer.tuners import restore_tuner
     from raykd.trial_spec import REFERENCE_KEY
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     path = join(storage, name)
     # one HParams table for the trials and the reference trials under references/ (hparam `reference`)
     write_experiment_summary(path, {**cfg.space, **({REFERENCE_KEY: {"choice": [True]}} if cfg.experiment.references
@@ -245,33 +159,17 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
     if resume:
         if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
-    metric, mode = cfg.experiment.metric, cfg.experiment.mode
+        return restore_tuner(cfg, plan, path)
     search_alg = None
     if cfg.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(metric=metric, mode=mode, seed=cfg.experiment.seeds[0])
+        search_alg = OptunaSearch(metric=cfg.experiment.metric, mode=cfg.experiment.mode, seed=cfg.experiment.seeds[0])
     early = cfg.search.scheduler.type == "asha" and cfg.search.algorithm != "grid"
-    # rungs on optimizer steps, not on reports: every trial also reports at step 0, which is no rung
-    scheduler = ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
-                              grace_period=cfg.search.scheduler.grace_period * cfg.train.eval_every,
-                              reduction_factor=cfg.search.scheduler.reduction_factor) if early else FIFOScheduler()
-    return tune.Tuner(
-        trainable,
-        param_space=param_space(cfg),
-        tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
-            num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
-            max_concurrent_trials=max_concurrent(cfg, cluster_cpus), time_budget_s=cfg.search.time_budget_s,
-            reuse_actors=cfg.train.local_mode,
-            trial_name_creator=lambda t: f"trial_{t.trial_id}", trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-                                  checkpoint_config=tune_checkpoints(cfg),
-                                  sync_config=sync_config(),
-                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1),
-    )
+    scheduler = asha(cfg) if early else FIFOScheduler()
+    return study_tuner(cfg, plan, storage, name, param_space(cfg), cluster_cpus, search_alg=search_alg,
+                       scheduler=scheduler, num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
+                       time_budget_s=cfg.search.time_budget_s)
 
 
 def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, cluster_cpus: float):
@@ -280,10 +178,7 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     not configured. These are the numbers a table reports."""
     from ray import tune
 
-    from raykd.ray_layer.pruning import CheckpointPruner
-    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
-    from raykd.ray_layer.tblog import TrialHParams, write_experiment_summary
-    from raykd.ray_layer.trial import run_trial, trial_resources
+    from raykd.ray_layer.tblog import write_experiment_summary
 
     k, seeds = cfg.search.confirm.top_k, cfg.search.confirm.seeds
     if k <= 0 or not seeds or cfg.search.algorithm == "grid":
@@ -295,27 +190,16 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
     if not top:
         return None
     log(f"[tune] confirm: top {len(top)} configuration(s) × seeds {seeds} → {join(storage, name + '-confirm')}")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
     write_experiment_summary(join(storage, f"{name}-confirm"), cfg.space, hparam_metrics(cfg))
-    return tune.Tuner(
-        trainable,
-        param_space={"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))},
-        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode,
-                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
-                                    reuse_actors=cfg.train.local_mode,
-                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
-                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-        run_config=tune.RunConfig(name=f"{name}-confirm", storage_path=storage,
-                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
-                                  checkpoint_config=tune_checkpoints(cfg),
-                                  sync_config=sync_config(),
-                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
+    return study_tuner(cfg, plan, storage, f"{name}-confirm",
+                       {"confirm": tune.grid_search(top), "seed": tune.grid_search(list(seeds))}, cluster_cpus)
 
 
 def view_columns(cfg: C.Config, references: bool = False) -> list[str]:
     """The test metrics printed beside the lead metric: the family's headline numbers."""
     if cfg.teacher.family == "causal_lm":
-        return ["test/answer_accuracy", "test/retained_accuracy", "test/perplexity"]
+        return ["test/answer_accuracy", "test/retained_accuracy_above_chance", "test/retained_accuracy",
+                "test/perplexity"]
     return ["test/mrr@10", "test/semantic_alignment"] + (["test/mlm_loss"] if references else [])
 
 
@@ -323,7 +207,7 @@ def summarize(results, cfg: C.Config) -> tuple[str, list]:
     """A compact results table (text) and the list of (trial id, error) of failed trials."""
     metric = cfg.experiment.metric
     cols = view_columns(cfg)
-    keys = list(cfg.space) + ["seed"]
+    keys = (["contender"] if cfg.compare is not None else []) + list(cfg.space) + ["seed"]
     rows, failed = [], []
     for r in results:
         trial_id = Path(r.path).name.replace("trial_", "")
@@ -405,6 +289,7 @@ class Outcome:
     results: object
     references: object = None
     confirmed: object = None
+    comparison: dict | None = None  # a compare study's comparison.json (its results: the confirmation)
 
 
 def run_study(config, *, overrides: dict | None = None, storage: str | None = None, name: str | None = None,
@@ -456,13 +341,21 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up
             check_trial_fits(cfg, cpus)
+        from raykd.ray_layer.pruning import prune_experiment
+
+        if cfg.compare is not None:
+            from raykd.ray_layer.compare import run_compare, tuning_paths
+
+            out = Outcome(cfg, storage, name, None)
+            out.results, out.comparison = run_compare(cfg, plan, storage, name, cpus, resume)
+            for path in [join(storage, name), join(join(storage, name), REFERENCES_DIR)] + tuning_paths(cfg, storage, name):
+                prune_experiment(path)
+            return out
         refs = reference_tuner(cfg, plan, storage, name, cpus, resume)
         out = Outcome(cfg, storage, name, None, references=refs.fit() if refs is not None else None)
         out.results = build_tuner(cfg, plan, storage, name, cpus, resume).fit()
         confirm = confirm_tuner(cfg, plan, out.results, storage, name, cpus)
         out.confirmed = confirm.fit() if confirm is not None else None
-        from raykd.ray_layer.pruning import prune_experiment
-
         for exp in [name] + ([f"{name}-confirm"] if out.confirmed is not None else []):
             prune_experiment(join(storage, exp))
         if out.references is not None:
@@ -477,6 +370,8 @@ def print_outcome(out: Outcome) -> list:
     """Print the study's tables (trials, references, confirm phase, gains) and what to run next;
     returns the failed trials as (trial id, error)."""
     cfg, storage, name = out.cfg, out.storage, out.name
+    if out.comparison is not None:
+        return print_comparison(out)
     table, failed = summarize(out.results, cfg)
     if out.references is not None:
         rtable, rfailed = reference_summary(join(storage, name), cfg)
@@ -503,6 +398,23 @@ def print_outcome(out: Outcome) -> list:
     print(f"table and figures: python -m raykd.report {join(storage, name)}"
           + (f"   (confirm phase: {join(storage, name + '-confirm')})" if out.confirmed is not None else ""))
     print(f"export the best student: python -m raykd.export {join(storage, final)} --out STUDENT_DIR")
+    return failed
+
+
+def print_comparison(out: Outcome) -> list:
+    """Print a compare study's outcome (``comparison.json`` as text) and what to run next; returns the
+    trials that failed (tuning errors, confirmations that did not finish) as (where, error)."""
+    from raykd.comparison import COMPARISON_FILE, comparison_markdown
+
+    root = join(out.storage, out.name)
+    table, failed = summarize(out.results, out.cfg)
+    print(f"\nconfirmation ({root}):\n{table}\n")
+    print("\n".join(comparison_markdown(out.comparison)))
+    for label, m in out.comparison["methods"].items():
+        failed += [(f"tune/{label}", e) for e in m.get("tuning_errors", [])]
+    print(f"\ncomparison: {join(root, COMPARISON_FILE)} (wall time {out.comparison.get('wall_s', 0):.0f} s)")
+    print(f"table and figures: python -m raykd.report {root}")
+    print(f"export a confirmed student: python -m raykd.export {root} --out STUDENT_DIR")
     return failed
 
 

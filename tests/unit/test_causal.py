@@ -172,6 +172,31 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size_and_its_answer_acc
     assert CM.selection_accuracy(per, [0]) == pytest.approx(0.5)
 
 
+def test_chance_and_retained_accuracy_above_chance_of_an_untrained_student_is_near_zero():
+    """An untrained tiny LLaMA picks answers among 5 candidates at chance: its plain retained accuracy
+    (student ÷ teacher) sits at chance ÷ teacher, far from 0; the chance-corrected one near 0."""
+    torch.manual_seed(0)
+    model = family("causal_lm").build(TeacherShape(layers=2, hidden=32, heads=4, intermediate=64, arch="llama"),
+                                      VOCAB, PAD, BOS, EOS).eval()
+    g = np.random.default_rng(0)
+    questions, k = 400, 5
+    prompts = [[BOS, 5, *g.integers(8, VOCAB, size=4).tolist(), 6] for _ in range(questions)]
+    flat_p = [p for p in prompts for _ in range(k)]
+    flat_r = [[*g.integers(8, VOCAB, size=int(g.integers(2, 6))).tolist(), EOS] for _ in flat_p]
+    s, n = CM.score_pairs(model, flat_p, flat_r, PAD)
+    rows = (s / n).reshape(questions, k)
+    rows[:40, 4] = -np.inf  # some questions have only 4 candidates: chance is the mean of 1/k
+    truth = g.integers(0, 4, size=questions)
+    chance = CM.selection_chance(rows)
+    assert chance == pytest.approx((360 / 5 + 40 / 4) / 400)
+    student = CM.selection_accuracy(rows, truth)
+    teacher = 0.6
+    assert student / teacher > 0.25  # the plain ratio "retains" a third of the teacher untrained
+    assert abs(CM.retained_above_chance(student, teacher, chance)) < 0.1
+    assert CM.retained_above_chance(teacher, teacher, chance) == pytest.approx(1.0)
+    assert CM.retained_above_chance(0.2, 0.2, 0.2) != CM.retained_above_chance(0.2, 0.2, 0.2)  # NaN: no margin
+
+
 def test_a_student_spec_with_another_tokenizer_stops_before_ray_naming_both(synth_prepared, tmp_path):
     from raykd.errors import RaykdError
     from raykd.ray_layer.inputs import check_student_matches_data

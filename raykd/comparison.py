@@ -1,0 +1,236 @@
+"""A compare study's pure parts: its contenders (``compare.methods``), each one's search space (its own
+declared settings + the shared ``space``), the declared tests and ``comparison.json``. No Ray, no torch:
+``raykd.ray_layer.compare`` runs the trials, this module says what they are and what they mean.
+
+The protocol (what a reviewer of a benchmark paper asks for): every contender gets exactly the same
+number of tuning trials of the same search algorithm, on the validation lead metric, on a tuning seed
+outside ``experiment.seeds``; its best configuration is re-run on every seed of ``experiment.seeds``
+(the references beside them, their shared settings tuned with the same budget); then only the
+comparisons declared in the YAML before the run (``against`` × ``metrics``) form the Holm family.
+Everything else is reported as exploratory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from raykd.distill import settings as S
+from raykd.stats import holm, paired_t
+
+COMPARISON_FILE = "comparison.json"
+TUNE_DIR = "tune"  # <storage>/<name>/tune/<contender>: each contender's tuning experiment
+CONTENDER_KEY = "contender"  # the Tune param naming a trial's contender (a label, not a config setting)
+REFERENCE_LABEL = "reference"  # the tuning experiment of the no_distill / sft reference
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One method of a compare study: its ``label`` (unique within the study), the method and the
+    settings the YAML fixes for it (never tuned)."""
+
+    label: str
+    method: str
+    params: dict = field(default_factory=dict)
+
+
+def parse_contenders(entries) -> list[Contender]:
+    """``compare.methods`` → contenders. An entry is ``NAME`` or ``{NAME: {params}}``; a method named
+    more than once gets labels ``NAME[k=v,…]`` from its fixed params. ValueError saying which entry
+    is malformed or which labels repeat."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("expected a non-empty list of methods (NAME or NAME: {params})")
+    parsed = []
+    for i, e in enumerate(entries):
+        if isinstance(e, str):
+            parsed.append((e, {}))
+        elif isinstance(e, dict) and len(e) == 1 and isinstance(next(iter(e)), str) \
+                and isinstance(next(iter(e.values())) or {}, dict):
+            name, params = next(iter(e.items()))
+            parsed.append((name, dict(params or {})))
+        else:
+            raise ValueError(f"entry {i} ({e!r}) is not NAME or NAME: {{params}}")
+    count = {}
+    for name, _ in parsed:
+        count[name] = count.get(name, 0) + 1
+    out = []
+    for name, params in parsed:
+        label = name if count[name] == 1 or not params else \
+            f"{name}[{','.join(f'{k}={v}' for k, v in sorted(params.items()))}]"
+        out.append(Contender(label, name, params))
+    labels = [c.label for c in out]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} named more than once with the same settings")
+    return out
+
+
+def parse_against(text) -> tuple[str, str]:
+    """``"KEY=VALUE"`` → (KEY, VALUE); ValueError otherwise."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError(f"{text!r} is not one KEY=VALUE string (e.g. method=structural)")
+    key, value = (x.strip() for x in text.split("=", 1))
+    return key, value
+
+
+def contender_space(c: Contender, shared: dict) -> dict:
+    """The search space (YAML form: dotted key → domain) of contender ``c``: the shared ``space`` plus
+    every tunable setting its method declares (``settings.tunable``) that the YAML does not fix."""
+    return {**shared, **{f"method.params.{k}": dom for k, dom in S.tunable(c.method, c.params).items()}}
+
+
+def constants(c: Contender) -> dict:
+    """The fixed part of every trial of contender ``c`` (dotted keys)."""
+    return {"method.name": c.method, CONTENDER_KEY: c.label, **{f"method.params.{k}": v for k, v in c.params.items()}}
+
+
+def edge_flags(space: dict, best: dict) -> list[str]:
+    """The tuned keys whose best value sits on the edge of its search range (``settings.on_range_edge``)."""
+    return [k for k, dom in space.items() if k in best and S.on_range_edge(dom, best[k])]
+
+
+# ------------------------------------------------------------------------------------------ tests
+def _pairs(a: list, b: list) -> tuple[list, list]:
+    keep = [i for i in range(min(len(a), len(b))) if _finite(a[i]) and _finite(b[i])]
+    return [a[i] for i in keep], [b[i] for i in keep]
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _test(a_label: str, b_label: str, metric: str, a: list, b: list) -> dict:
+    x, y = _pairs(a, b)
+    r = paired_t(x, y) if x else {"diff": math.nan, "ci": math.nan, "p": math.nan, "n": 0}
+    half = r["ci"]
+    return {"a": a_label, "b": b_label, "metric": metric, "n": r["n"], "diff": r["diff"],
+            "ci_low": r["diff"] - half if half == half else math.nan,
+            "ci_high": r["diff"] + half if half == half else math.nan, "p": r["p"]}
+
+
+def _with_holm(rows: list[dict]) -> list[dict]:
+    for r, ph in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = ph
+    return rows
+
+
+def declared_tests(confirm: dict[str, dict[str, list]], against: str, metrics: list[str]) -> list[dict]:
+    """The declared family: ``against`` − each other contender on each declared metric, paired by seed
+    (position i of every list is seed ``experiment.seeds[i]``), paired t, Holm over exactly these
+    |others| × |metrics| tests. Rows {a, b, metric, n, diff, ci_low, ci_high, p, p_holm}."""
+    rows = [_test(against, other, m, confirm[against].get(m, []), confirm[other].get(m, []))
+            for m in metrics for other in confirm if other != against]
+    return _with_holm(rows)
+
+
+def exploratory_tests(confirm: dict[str, dict[str, list]], against: str, declared: list[str],
+                      metrics: list[str], contenders: list[str]) -> list[dict]:
+    """Every pair of ``confirm``'s entries (contenders and references) on every one of ``metrics``,
+    except the declared family (``against`` vs another contender on a ``declared`` metric):
+    exploratory, Holm-adjusted among themselves (never mixed into the declared family). Same rows as
+    ``declared_tests``; ``against`` (then the contenders) on the ``a`` side."""
+    labels = list(confirm)
+    rows = []
+    for m in metrics:
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                if m in declared and against in (a, b) and a in contenders and b in contenders:
+                    continue
+                first, second = (b, a) if b == against else (a, b)  # the declared side first
+                rows.append(_test(first, second, m, confirm[first].get(m, []), confirm[second].get(m, [])))
+    return _with_holm(rows)
+
+
+def comparison_doc(*, against: str, metrics: list[str], trials_per_method: int, steps: int, seeds: list,
+                   tuning_seed: int, algorithm: str, scheduler: str, methods: dict, references: dict,
+                   exploratory_metrics: list[str]) -> dict:
+    """``comparison.json``: the declared comparisons, the budget, each contender's tuning and
+    confirmation (``methods[label]`` = {method, fixed, tuning_trials, compute_s, best, on_range_edge,
+    confirm: {metric: [one value per seed, in order]}}), the references, the declared ``tests`` and the
+    ``exploratory`` ones."""
+    confirm = {label: m["confirm"] for label, m in methods.items()}
+    tests = declared_tests(confirm, against, metrics)
+    # exploratory: every other pair, the undeclared metrics, and each contender against the references
+    with_refs = {**confirm, **{role: references[role]["confirm"] for role in ("no_distill", "init")
+                               if role in references}}
+    explore = exploratory_tests(with_refs, against, metrics, list(dict.fromkeys(metrics + exploratory_metrics)),
+                                list(confirm))
+    return {"declared": {"against": f"method={against}", "metrics": list(metrics)},
+            "budget": {"trials_per_method": trials_per_method, "steps": steps, "search": algorithm,
+                       "scheduler": scheduler, "tuning_seed": tuning_seed, "seeds": list(seeds)},
+            "methods": methods, "references": references, "tests": tests, "exploratory": explore}
+
+
+def planned_compare_trials(contenders: int, trials: int, seeds: int, references: bool) -> int:
+    """Trials a compare study runs: every contender's (and the reference's) tuning trials, then each
+    one's best configuration on every seed."""
+    runs = contenders + (1 if references else 0)
+    return runs * trials + runs * seeds
+
+
+# ------------------------------------------------------------------------------------------ text
+def _num(v, decimals: int = 4) -> str:
+    return "—" if not _finite(v) else f"{v:.{decimals}f}"
+
+
+def _p(v) -> str:
+    return "—" if not _finite(v) else (f"{v:.3g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def _tests_table(rows: list[dict]) -> list[str]:
+    out = ["| a − b | metric | n | diff | 95 % CI | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "—" if not _finite(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        out.append(f"| `{r['a']}` − `{r['b']}` | {r['metric']} | {r['n']} | {_num(r['diff'])} | {ci} | {_p(r['p'])} | "
+                   f"{_p(r.get('p_holm'))} |")
+    return out
+
+
+def _settings_text(best: dict, edge: list[str]) -> str:
+    shown = []
+    for k, v in best.items():
+        if k in ("method.name",):
+            continue
+        short = k.removeprefix("method.params.")
+        val = f"{v:.3g}" if isinstance(v, float) else str(v)
+        shown.append(f"{short}={val}" + (" ⚠edge" if k in edge else ""))
+    return ", ".join(shown) or "—"
+
+
+def comparison_markdown(doc: dict) -> list[str]:
+    """``comparison.json`` as Markdown lines: the budget, the declared family first (labelled), each
+    method's tuned settings (best values on the edge of their range flagged) beside its confirmed
+    values, the references, then the exploratory tests (labelled)."""
+    from raykd.stats import mean_ci
+
+    b, d = doc["budget"], doc["declared"]
+    metrics = list(d["metrics"])
+    md = ["## Compare study: equal tuning budget, declared comparisons", "",
+          f"Every method: **{b['trials_per_method']} tuning trials** ({b['search']}, scheduler {b['scheduler']}) of "
+          f"{b['steps']} steps on the validation metric, tuning seed {b['tuning_seed']}; its best configuration "
+          f"confirmed on seeds {b['seeds']}; the reference (no distillation) tuned the same way over the shared "
+          "settings.", "",
+          f"### Declared comparisons ({d['against']} against each other method on {', '.join(metrics)}; "
+          f"fixed before the run, Holm over exactly these {len(doc['tests'])} tests)", ""]
+    md += _tests_table(doc["tests"])
+    md += ["", "### Methods: tuned settings and confirmed values (mean ± 95 % CI over seeds)", "",
+           "| method | tuned settings (⚠edge: best on the edge of its range) | tuning trials | tuning compute (s) | "
+           + " | ".join(metrics) + " |", "|---|---|---|---|" + "---|" * len(metrics)]
+    rows = list(doc["methods"].items()) + [(f"({role})", r) for role, r in doc.get("references", {}).items()]
+    for label, m in rows:
+        cells = []
+        for metric in metrics:
+            mean, half, n = mean_ci([v for v in m["confirm"].get(metric, []) if _finite(v)])
+            cells.append("—" if n == 0 else (f"{mean:.4f}" if half != half else f"{mean:.4f} ± {half:.4f}") + f" (n={n})")
+        settings = _settings_text(m.get("best") or {}, m.get("on_range_edge") or []) if "best" in m else "—"
+        trials = m.get("tuning_trials", "—")
+        compute = f"{m['compute_s']:.0f}" if _finite(m.get("compute_s")) else "—"
+        md.append(f"| `{label}` | {settings} | {trials} | {compute} | " + " | ".join(cells) + " |")
+    edges = [f"`{label}`: {', '.join(m['on_range_edge'])}" for label, m in rows if m.get("on_range_edge")]
+    if edges:
+        md += ["", "**Best values on the edge of their search range** (the range may have cut the optimum off): "
+               + "; ".join(edges) + "."]
+    md += ["", "### Exploratory (not declared before the run: every other pair, other metrics, the references; "
+               "Holm within this table only — hypotheses, not findings)", ""]
+    md += _tests_table(doc["exploratory"])
+    return md

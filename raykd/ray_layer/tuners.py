@@ -1,0 +1,114 @@
+"""R: what every Tuner of a study shares — where experiments go, how many trials run at once, syncing,
+checkpoints, the HParams columns and the callbacks — and ``study_tuner``, the one place a study's
+Tuners (search, confirm, references, a compare study's tuning and confirmation) are built."""
+
+from __future__ import annotations
+
+from raykd import config as C
+
+SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
+DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
+REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
+
+
+def join(storage: str, name: str) -> str:
+    """``storage/name`` for a local path or a URI (s3://…)."""
+    return storage.rstrip("/") + "/" + name
+
+
+def tune_domain(spec: dict, grid: bool = False):
+    """The Tune domain of one YAML search domain (``{"loguniform": [1e-4, 1e-3]}`` …); with ``grid`` a
+    ``choice`` is enumerated (``grid_search``)."""
+    from ray import tune
+
+    kind, values = next(iter(spec.items()))
+    if grid and kind == "choice":
+        kind = "grid"
+    make = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v),
+            "qrandint": lambda v: tune.qrandint(*v)}
+    return make[kind](values)
+
+
+def hparam_metrics(cfg: C.Config) -> list[str]:
+    """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
+    from raykd.ray_layer.tblog import TUNE_PREFIX, tb_tag
+    from raykd.trial_spec import metric_keys
+
+    names = [f"{split}/{m}" for split in ("val", "test") for m in metric_keys(cfg.teacher.family)]
+    return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
+
+
+def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
+    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + (0 if cfg.train.local_mode else 0.05)
+    fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
+    if cfg.search.max_concurrent:
+        fit = min(fit, cfg.search.max_concurrent)
+    return max(1, fit)
+
+
+def sync_config():
+    """Tune's syncing: experiment state every ``SYNC_PERIOD_S``, and each trial actor's own trial
+    directory (provenance.json, per-step TensorBoard events) with every checkpoint. The latter is
+    what brings those files to storage from an actor Tune reused for a later trial, whose trial
+    directory is a working directory that the driver's experiment sync does not cover."""
+    from ray import tune
+
+    return tune.SyncConfig(sync_period=SYNC_PERIOD_S, sync_artifacts=True)
+
+
+def tune_checkpoints(cfg: C.Config):
+    """Tune's checkpoint policy: ``train.checkpoint_keep`` per trial. Only local-mode trials report
+    checkpoints to Tune; the others keep theirs in their Train run (pruned by Train to the same number)."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep)
+
+
+def study_tuner(cfg: C.Config, plan: dict, storage: str, name: str, param_space: dict, cluster_cpus: float, *,
+                search_alg=None, scheduler=None, num_samples: int = 1, time_budget_s: float | None = None):
+    """A Tuner of raykd trials (``trial.run_trial``) for experiment ``storage/name``: trial directories
+    named from the trial id, at most ``max_concurrent`` at once, actors reused in local mode, the
+    study's failure, checkpoint and sync policy, raykd's callbacks (HParams, checkpoint pruning, logs
+    before a restart). Metric and mode are the study's lead metric."""
+    from ray import tune
+
+    from raykd.ray_layer.pruning import CheckpointPruner
+    from raykd.ray_layer.recovery import UploadLogsBeforeRestart
+    from raykd.ray_layer.tblog import TrialHParams
+    from raykd.ray_layer.trial import run_trial, trial_resources
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode, search_alg=search_alg,
+                                    scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    time_budget_s=time_budget_s, reuse_actors=cfg.train.local_mode,
+                                    trial_name_creator=lambda t: f"trial_{t.trial_id}",
+                                    trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
+                                  checkpoint_config=tune_checkpoints(cfg), sync_config=sync_config(),
+                                  callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
+
+
+def restore_tuner(cfg: C.Config, plan: dict, path: str):
+    """The Tuner of the interrupted experiment at ``path`` (finished trials are not rerun, errored ones
+    resume from their checkpoints)."""
+    from ray import tune
+
+    from raykd.ray_layer.trial import run_trial, trial_resources
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
+
+
+def asha(cfg: C.Config):
+    """ASHA on optimizer steps, not on reports (every trial also reports at step 0, which is no rung)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="step", max_t=cfg.train.steps,
+                         grace_period=cfg.search.scheduler.grace_period * cfg.train.eval_every,
+                         reduction_factor=cfg.search.scheduler.reduction_factor)
