@@ -6,15 +6,27 @@ Use it from a study's YAML (or ``python -m raykd.tune --plugin examples.cosine_k
     method: {name: cosine_kd, params: {margin: 0.0}}
 
 raykd imports the module on the driver (before validating the config, so ``cosine_kd`` and its
-``margin`` are valid names there) and on every Ray worker that runs a trial.
+``margin`` are valid names there) and on every Ray worker that runs a trial. Its settings are declared
+once (``CosineKDSettings``): their ranges are checked at load time and a compare study tunes them
+(``compare: {methods: [structural, cosine_kd], …}``) like a built-in method's.
 """
+
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import nn
 
 from raykd.distill import losses as L
 from raykd.distill.methods import DistillMethod
+from raykd.distill.settings import MethodSettings, declare, setting
 from raykd.registry import METHODS
+
+
+@declare("cosine_kd")
+@dataclass
+class CosineKDSettings(MethodSettings):
+    margin: float = setting(0.0, low=0.0, high=1.0, tune={"uniform": [0.0, 0.3]},
+                            doc="cosine distance below which the representation term is zero")
 
 
 @METHODS.register("cosine_kd")

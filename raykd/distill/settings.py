@@ -330,9 +330,9 @@ def tunable(name: str, fixed: dict | None = None) -> dict[str, dict]:
     out = {}
     for key, f in declared(name).items():
         dom = f.metadata.get("tune")
+        if key == "dynamic_weights":  # an option of every multi-term method, not one method's privilege
+            dom = BOOL if cls.multi_term else None
         if dom is None or key in (fixed or {}):
-            continue
-        if key == "dynamic_weights" and not cls.multi_term:
             continue
         out[key] = dom
     return out

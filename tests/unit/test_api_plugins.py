@@ -21,13 +21,17 @@ SMOKE = ROOT / "search_spaces" / "smoke.yaml"
 def fresh_plugins():
     """Each test imports its plugins anew; what they registered is gone afterwards (registries are
     process-wide, and other tests list the built-in methods)."""
+    from raykd.distill import settings as S
     from raykd.registry import METHODS, SAMPLERS
 
     saved = {r: dict(r._items) for r in (METHODS, SAMPLERS)}
+    declared = dict(S.SETTINGS)
     before = set(sys.modules)
     yield
     for r, items in saved.items():
         r._items = items
+    S.SETTINGS.clear()
+    S.SETTINGS.update(declared)
     for name in set(sys.modules) - before:
         if name.startswith(("examples", "broken_kd", "no_such_pkg")):
             del sys.modules[name]
@@ -85,3 +89,19 @@ def test_a_plugin_that_breaks_while_importing_is_reported_by_name(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(C.ConfigError, match=r"cannot import 'broken_kd': ValueError: method 'structural' registered"):
         C.load_config(SMOKE, plugins=["broken_kd"])
+
+
+def test_a_plugin_declares_its_settings_once_and_a_compare_study_tunes_them(tmp_path):
+    from raykd.comparison import contender_space
+
+    y = tmp_path / "cmp.yaml"
+    y.write_text(SMOKE.read_text(encoding="utf-8") + "\nplugins: [examples.cosine_kd]\n"
+                 "compare: {methods: [structural, cosine_kd], tune: {trials: 2}, against: method=structural, "
+                 "metrics: [test/mrr@10]}\n", encoding="utf-8")
+    cfg = C.load_config(y, {"experiment.seeds": [0, 1], "space": {"lr": {"loguniform": [1e-4, 1e-3]}}})
+    plugin = [k for k in C.compare_contenders(cfg) if k.method == "cosine_kd"][0]
+    assert contender_space(plugin, cfg.space) == {"lr": {"loguniform": [1e-4, 1e-3]},
+                                                  "method.params.margin": {"uniform": [0.0, 0.3]}}
+    with pytest.raises(C.ConfigError, match=r"method.params.margin: 2.0 must be in \[0, 1\]"):
+        C.load_config(y, {"experiment.seeds": [0, 1], "space": {"lr": {"loguniform": [1e-4, 1e-3]}},
+                          "method.name": "cosine_kd", "method.params": {"margin": 2.0}})
