@@ -156,6 +156,7 @@ def comparison_doc(*, against: str, metrics: list[str], trials_per_method: int, 
     explore = exploratory_tests(with_refs, against, metrics, list(dict.fromkeys(metrics + exploratory_metrics)),
                                 list(confirm))
     return {"declared": {"against": f"method={against}", "metrics": list(metrics)},
+            "exploratory_metrics": list(exploratory_metrics),
             "budget": {"trials_per_method": trials_per_method, "steps": steps, "search": algorithm,
                        "scheduler": scheduler, "tuning_seed": tuning_seed, "seeds": list(seeds)},
             "methods": methods, "references": references, "tests": tests, "exploratory": explore}
@@ -197,25 +198,37 @@ def _settings_text(best: dict, edge: list[str]) -> str:
     return ", ".join(shown) or "—"
 
 
-def comparison_markdown(doc: dict) -> list[str]:
-    """``comparison.json`` as Markdown lines: the budget, the declared family first (labelled), each
-    method's tuned settings (best values on the edge of their range flagged) beside its confirmed
-    values, the references, then the exploratory tests (labelled)."""
+def rederive(doc: dict) -> dict:
+    """``doc`` with its ``tests`` and ``exploratory`` recomputed from the per-seed values it stores
+    (what ``scripts/check_findings.py`` trusts: the rows, never the stored results of the tests)."""
+    against = doc["declared"]["against"].split("=", 1)[1]
+    metrics = list(doc["declared"]["metrics"])
+    confirm = {label: m["confirm"] for label, m in doc["methods"].items()}
+    refs = {role: doc["references"][role]["confirm"] for role in ("no_distill", "init") if role in doc["references"]}
+    explore_metrics = doc.get("exploratory_metrics") or list(dict.fromkeys(r["metric"] for r in doc["exploratory"]))
+    return {**doc, "tests": declared_tests(confirm, against, metrics),
+            "exploratory": exploratory_tests({**confirm, **refs}, against, metrics,
+                                             list(dict.fromkeys(metrics + explore_metrics)), list(confirm))}
+
+
+def declared_table(doc: dict) -> list[str]:
+    """The declared family as a Markdown table (``a − b``, metric, n, diff, CI, p, Holm p)."""
+    return _tests_table(doc["tests"])
+
+
+def exploratory_table(doc: dict) -> list[str]:
+    """The exploratory tests as a Markdown table (same columns as ``declared_table``)."""
+    return _tests_table(doc["exploratory"])
+
+
+def methods_table(doc: dict, metrics: list[str] | None = None) -> list[str]:
+    """Each contender and reference: tuned settings (⚠edge flags), tuning trials and compute, and each
+    of ``metrics`` (default: the declared ones) as mean ± 95 % t-interval over its seeds (n shown)."""
     from raykd.stats import mean_ci
 
-    b, d = doc["budget"], doc["declared"]
-    metrics = list(d["metrics"])
-    md = ["## Compare study: equal tuning budget, declared comparisons", "",
-          f"Every method: **{b['trials_per_method']} tuning trials** ({b['search']}, scheduler {b['scheduler']}) of "
-          f"{b['steps']} steps on the validation metric, tuning seed {b['tuning_seed']}; its best configuration "
-          f"confirmed on seeds {b['seeds']}; the reference (no distillation) tuned the same way over the shared "
-          "settings.", "",
-          f"### Declared comparisons ({d['against']} against each other method on {', '.join(metrics)}; "
-          f"fixed before the run, Holm over exactly these {len(doc['tests'])} tests)", ""]
-    md += _tests_table(doc["tests"])
-    md += ["", "### Methods: tuned settings and confirmed values (mean ± 95 % CI over seeds)", "",
-           "| method | tuned settings (⚠edge: best on the edge of its range) | tuning trials | tuning compute (s) | "
-           + " | ".join(metrics) + " |", "|---|---|---|---|" + "---|" * len(metrics)]
+    metrics = list(metrics or doc["declared"]["metrics"])
+    md = ["| method | tuned settings (⚠edge: best on the edge of its range) | tuning trials | tuning compute (s) | "
+          + " | ".join(metrics) + " |", "|---|---|---|---|" + "---|" * len(metrics)]
     rows = list(doc["methods"].items()) + [(f"({role})", r) for role, r in doc.get("references", {}).items()]
     for label, m in rows:
         cells = []
@@ -226,11 +239,31 @@ def comparison_markdown(doc: dict) -> list[str]:
         trials = m.get("tuning_trials", "—")
         compute = f"{m['compute_s']:.0f}" if _finite(m.get("compute_s")) else "—"
         md.append(f"| `{label}` | {settings} | {trials} | {compute} | " + " | ".join(cells) + " |")
+    return md
+
+
+def comparison_markdown(doc: dict) -> list[str]:
+    """``comparison.json`` as Markdown lines: the budget, the declared family first (labelled), each
+    method's tuned settings (best values on the edge of their range flagged) beside its confirmed
+    values, the references, then the exploratory tests (labelled)."""
+    b, d = doc["budget"], doc["declared"]
+    metrics = list(d["metrics"])
+    md = ["## Compare study: equal tuning budget, declared comparisons", "",
+          f"Every method: **{b['trials_per_method']} tuning trials** ({b['search']}, scheduler {b['scheduler']}) of "
+          f"{b['steps']} steps on the validation metric, tuning seed {b['tuning_seed']}; its best configuration "
+          f"confirmed on seeds {b['seeds']}; the reference (no distillation) tuned the same way over the shared "
+          "settings.", "",
+          f"### Declared comparisons ({d['against']} against each other method on {', '.join(metrics)}; "
+          f"fixed before the run, Holm over exactly these {len(doc['tests'])} tests)", ""]
+    md += declared_table(doc)
+    md += ["", "### Methods: tuned settings and confirmed values (mean ± 95 % CI over seeds)", ""]
+    md += methods_table(doc)
+    rows = list(doc["methods"].items()) + [(f"({role})", r) for role, r in doc.get("references", {}).items()]
     edges = [f"`{label}`: {', '.join(m['on_range_edge'])}" for label, m in rows if m.get("on_range_edge")]
     if edges:
         md += ["", "**Best values on the edge of their search range** (the range may have cut the optimum off): "
                + "; ".join(edges) + "."]
     md += ["", "### Exploratory (not declared before the run: every other pair, other metrics, the references; "
                "Holm within this table only — hypotheses, not findings)", ""]
-    md += _tests_table(doc["exploratory"])
+    md += exploratory_table(doc)
     return md

@@ -101,6 +101,7 @@ def test_a_plugin_declares_its_settings_once_and_a_compare_study_tunes_them(tmp_
     cfg = C.load_config(y, {"experiment.seeds": [0, 1], "space": {"lr": {"loguniform": [1e-4, 1e-3]}}})
     plugin = [k for k in C.compare_contenders(cfg) if k.method == "cosine_kd"][0]
     assert contender_space(plugin, cfg.space) == {"lr": {"loguniform": [1e-4, 1e-3]},
+                                                  "method.params.dynamic_weights": {"choice": [False, True]},
                                                   "method.params.margin": {"uniform": [0.0, 0.3]}}
     with pytest.raises(C.ConfigError, match=r"method.params.margin: 2.0 must be in \[0, 1\]"):
         C.load_config(y, {"experiment.seeds": [0, 1], "space": {"lr": {"loguniform": [1e-4, 1e-3]}},
