@@ -559,7 +559,7 @@ def _check_compare(cfg: Config, src: str) -> None:
     _check(len(labels) >= 2, src, "compare.methods", "a comparison needs two or more methods")
     allowed = [f"test/{m}" for m in FAMILY_METRIC_KEYS[family]]
     _check(isinstance(c.metrics, list) and len(c.metrics) > 0, src, "compare.metrics",
-           f"required: the declared metrics, e.g. [{allowed[0] if family == 'causal_lm' else 'test/mrr@10'}]")
+           f"required: the declared metrics, e.g. [{DEFAULT_METRIC[family].replace('val/', 'test/')}]")
     for m in c.metrics:
         _check(m in allowed, src, "compare.metrics", f"{m!r} is not one of {', '.join(allowed)}")
     _check(bool(cfg.space), src, "space", "a compare study tunes the shared settings in space (e.g. lr) for every "

@@ -8,34 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.distill.methods import build_method, make_inputs
 from raykd.models.student import build_student
-from raykd.models.teacher import TeacherShape, build_teacher
+from tests.helpers.tiny import TOK, VOCAB
+from tests.helpers.tiny import tiny_batch as _batch
+from tests.helpers.tiny import tiny_teacher as _teacher
 
 pytestmark = pytest.mark.unit
-TOK = TokenIds(pad=0, cls=2, sep=3, mask=4, others=(1,))
-VOCAB = 60
 
 
 def tiny_teacher():
     torch.manual_seed(0)
-    return build_teacher(TeacherShape(layers=4, hidden=32, heads=4, intermediate=64, max_position=64), VOCAB).eval()
+    return _teacher().eval()
 
 
-def tiny_batch(b=4, t=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def side():
-        ids = torch.randint(5, VOCAB, (b, t), generator=g)
-        ids[:, 0] = TOK.cls
-        lengths = torch.randint(6, t + 1, (b,), generator=g)
-        mask = (torch.arange(t)[None] < lengths[:, None]).long()
-        ids[torch.arange(b), lengths - 1] = TOK.sep
-        return ids * mask, mask
-    q, qm = side()
-    a, am = side()
-    return {"q_input_ids": q, "q_attention_mask": qm, "a_input_ids": a, "a_attention_mask": am,
-            "department": torch.tensor([0, 1, -1, 2])[:b]}
+def tiny_batch():
+    return _batch(t=12, min_len=6)
 
 
 def student_of(teacher, seed=0):

@@ -6,37 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.distill.methods import build_method, make_inputs
 from raykd.distill.weighting import FixedWeights, GradNormWeights
 from raykd.models.modules import DomainAwareFusion, MultiGranularityAggregation, StructuralProjection
 from raykd.models.student import build_student
-from raykd.models.teacher import TeacherShape, build_teacher, mask_tokens
+from raykd.models.teacher import mask_tokens
 from raykd.registry import METHODS
+from tests.helpers.tiny import TOK, VOCAB, tiny_batch, tiny_teacher
 
 pytestmark = pytest.mark.unit
-TOK = TokenIds(pad=0, cls=2, sep=3, mask=4, others=(1,))
-VOCAB = 60
-
-
-def tiny_teacher(layers=4, hidden=32):
-    return build_teacher(TeacherShape(layers=layers, hidden=hidden, heads=4, intermediate=64, max_position=64), VOCAB)
-
-
-def tiny_batch(b=4, t=10, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    def side():
-        ids = torch.randint(5, VOCAB, (b, t), generator=g)
-        ids[:, 0] = TOK.cls
-        lengths = torch.randint(5, t + 1, (b,), generator=g)
-        mask = (torch.arange(t)[None] < lengths[:, None]).long()
-        ids[torch.arange(b), lengths - 1] = TOK.sep
-        return ids * mask, mask
-    q, qm = side()
-    a, am = side()
-    return {"q_input_ids": q, "q_attention_mask": qm, "a_input_ids": a, "a_attention_mask": am,
-            "department": torch.tensor([0, 1, -1, 2])[:b]}
-
-
 def test_student_is_initialised_from_mapped_teacher_layers():
     t = tiny_teacher()
     s = build_student(t, 2)

@@ -15,7 +15,7 @@ from raykd.ray_layer.trial import trial_resources
 from raykd.trial_spec import method_kwargs, trial_config
 from raykd.errors import RaykdError
 from raykd.ray_layer.tune import check_trial_fits, main, max_concurrent, param_space
-from tests.unit.test_models_methods import TOK, tiny_teacher
+from tests.helpers.tiny import TOK, tiny_teacher
 
 pytestmark = pytest.mark.unit
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
