@@ -56,12 +56,11 @@ def selection_accuracy(scores, true_index) -> float:
     return float(credit.mean()) if len(credit) else math.nan
 
 
-def selection_chance(scores) -> float:
+def selection_chance(candidates_per_question) -> float:
     """The answer accuracy of a model that cannot tell the candidates apart (ties share the credit):
-    the mean over questions of 1 / (its candidates; a −inf score pads a question with fewer)."""
-    s = np.asarray(scores, dtype=np.float64)
-    k = np.isfinite(s).sum(1)
-    return float(np.mean(1.0 / np.maximum(k, 1))) if len(s) else math.nan
+    the mean over questions of 1 / its number of candidates. From the data, never from a model's scores."""
+    k = np.asarray(candidates_per_question, dtype=np.float64)
+    return float(np.mean(1.0 / np.maximum(k, 1))) if len(k) else math.nan
 
 
 def retained_above_chance(student: float, teacher: float, chance: float) -> float:

@@ -99,18 +99,37 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON has no NaN: strict readers refuse it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _test(a_label: str, b_label: str, metric: str, a: list, b: list) -> dict:
+    """One paired comparison (a − b over the seeds both have); ``note`` says why there is no p."""
     x, y = _pairs(a, b)
     r = paired_t(x, y) if x else {"diff": math.nan, "ci": math.nan, "p": math.nan, "n": 0}
     half = r["ci"]
-    return {"a": a_label, "b": b_label, "metric": metric, "n": r["n"], "diff": r["diff"],
-            "ci_low": r["diff"] - half if half == half else math.nan,
-            "ci_high": r["diff"] + half if half == half else math.nan, "p": r["p"]}
+    out = {"a": a_label, "b": b_label, "metric": metric, "n": r["n"], "diff": r["diff"],
+           "ci_low": r["diff"] - half if half == half else math.nan,
+           "ci_high": r["diff"] + half if half == half else math.nan, "p": r["p"]}
+    if not _finite(r["p"]):
+        out["note"] = (f"{r['n']} seed(s) with both values: no test" if r["n"] < 2 else
+                       "the same difference on every seed (no variance): no t-test")
+    return out
 
 
 def _with_holm(rows: list[dict]) -> list[dict]:
-    for r, ph in zip(rows, holm([r["p"] for r in rows])):
-        r["p_holm"] = ph
+    """Holm over all ``rows`` — a test without a p (too few seeds, no variance) still counts in the
+    family, as p = 1 (its own ``p_holm`` stays absent): the family never shrinks below its declared size."""
+    adjusted = holm([r["p"] if _finite(r["p"]) else 1.0 for r in rows])
+    for r, ph in zip(rows, adjusted):
+        r["p_holm"] = ph if _finite(r["p"]) else math.nan
     return rows
 
 
@@ -181,8 +200,9 @@ def _p(v) -> str:
 def _tests_table(rows: list[dict]) -> list[str]:
     out = ["| a − b | metric | n | diff | 95 % CI | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        ci = "—" if not _finite(r["ci_low"]) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
-        out.append(f"| `{r['a']}` − `{r['b']}` | {r['metric']} | {r['n']} | {_num(r['diff'])} | {ci} | {_p(r['p'])} | "
+        ci = "—" if not _finite(r.get("ci_low")) else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+        p = _p(r.get("p")) if _finite(r.get("p")) else f"— ({r.get('note') or 'no test'})"
+        out.append(f"| `{r['a']}` − `{r['b']}` | {r['metric']} | {r['n']} | {_num(r.get('diff'))} | {ci} | {p} | "
                    f"{_p(r.get('p_holm'))} |")
     return out
 

@@ -24,6 +24,8 @@ ARCHS = {"bert": "masked_lm", "llama": "causal_lm", "qwen2": "causal_lm", "gpt2"
 DEFAULT_METRIC = {"masked_lm": "val/mrr@10", "causal_lm": "val/answer_accuracy"}
 CACHE_KINDS = ("none", "hidden", "logits", "both")
 TEACHER_SHARD = ("auto", "never", "always")
+# metrics fixed by the data or the models' sizes, equal for every method: never a declared comparison
+CONSTANT_METRICS = ("answer_chance", "param_reduction")
 # the built-in methods; what each takes in ``method.params`` and what it needs from a family is declared once,
 # beside it, in raykd.distill.settings (anything else fails at load time)
 METHOD_NAMES = tuple(S.SETTINGS)
@@ -560,8 +562,12 @@ def _check_compare(cfg: Config, src: str) -> None:
     allowed = [f"test/{m}" for m in FAMILY_METRIC_KEYS[family]]
     _check(isinstance(c.metrics, list) and len(c.metrics) > 0, src, "compare.metrics",
            f"required: the declared metrics, e.g. [{DEFAULT_METRIC[family].replace('val/', 'test/')}]")
-    for m in c.metrics:
+    for i, m in enumerate(c.metrics):
         _check(m in allowed, src, "compare.metrics", f"{m!r} is not one of {', '.join(allowed)}")
+        _check(m not in c.metrics[:i], src, "compare.metrics", f"{m!r} is declared twice (it would count twice in "
+               "the Holm family)")
+        _check(m.split("/", 1)[1] not in CONSTANT_METRICS, src, "compare.metrics", f"{m!r} is the same for every "
+               "method of a study (a property of the data or the models' sizes): it cannot be compared")
     _check(bool(cfg.space), src, "space", "a compare study tunes the shared settings in space (e.g. lr) for every "
            "method and for the reference: give at least one")
     for name in cfg.space:

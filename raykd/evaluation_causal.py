@@ -178,7 +178,7 @@ class CausalEvaluation:
             k += len(c)
         credit = CM.selection_credit(rows, d.true_index)
         return {"perplexity": CM.perplexity(-float(nll.sum()), int(count.sum())),
-                "answer_accuracy": float(credit.mean()), "answer_chance": CM.selection_chance(rows),
+                "answer_accuracy": float(credit.mean()), "answer_chance": CM.selection_chance([len(c) for c in d.candidates]),
                 "_credit": credit, "_nll": -nll, "_count": count}
 
     def _rouge(self, model, split: str) -> float:

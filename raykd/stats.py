@@ -26,13 +26,13 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
 def paired_t(a, b, level: float = 0.95) -> dict:
     """Paired comparison of equal-length samples ``a`` and ``b`` (a[i], b[i] share a seed):
     ``diff`` = mean(a − b), ``ci`` its t half-width, ``t``, two-sided ``p`` (NaN when the
-    differences have no variance or n < 2), ``n``."""
+    differences have no variance — up to float rounding, 1e-12 of their size — or n < 2), ``n``."""
     from scipy import stats
 
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     n = len(d)
     mean, half, _ = mean_ci(d, level)
-    if n < 2 or d.std(ddof=1) == 0:
+    if n < 2 or d.std(ddof=1) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # rounding noise is no variance
         return {"diff": mean, "ci": half, "t": float("nan"), "p": float("nan"), "n": n}
     t = mean / (d.std(ddof=1) / math.sqrt(n))
     p = 2 * stats.t.sf(abs(t), n - 1)

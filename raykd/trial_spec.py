@@ -6,10 +6,8 @@ from __future__ import annotations
 from raykd import config as C
 from raykd.architectures import FAMILY_METRIC_KEYS
 from raykd.comparison import CONTENDER_KEY
+from raykd.distill import settings as S
 
-ABLATIONS = ("none", "projection", "relation", "contrastive", "fusion", "aggregation", "dynamic_weights")
-METHOD_ABLATIONS = {"structural": ABLATIONS,  # what `method.params.ablate` may switch off, per method
-                    "feature_align": ("none", "alignment", "contrastive", "logit", "dynamic_weights")}
 METRIC_KEYS = FAMILY_METRIC_KEYS["masked_lm"]
 CAUSAL_METRIC_KEYS = FAMILY_METRIC_KEYS["causal_lm"]
 REFERENCE_METHOD = {"masked_lm": "no_distill", "causal_lm": "sft"}  # what the no_distill reference trains with
@@ -46,7 +44,8 @@ def method_kwargs(cfg: C.Config, n_departments: int) -> tuple[dict, bool]:
               "seed": cfg.experiment.seeds[0], **params}
     aggregation = cfg.method.name == "structural"
     if ablate is not None:
-        allowed = METHOD_ABLATIONS.get(cfg.method.name, ("none", "dynamic_weights"))
+        declared = S.declared(cfg.method.name).get("ablate")  # what the method's settings let it switch off
+        allowed = [c for c in declared.metadata["choices"] if c] if declared else ["none", "dynamic_weights"]
         if ablate not in allowed:
             raise C.ConfigError(f"method.params.ablate: {ablate!r} is not one of {', '.join(allowed)} "
                                 f"(method {cfg.method.name})")

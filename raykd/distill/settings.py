@@ -31,12 +31,13 @@ TRIAL_SETTINGS = ("ablate",)  # declared settings the trial resolves itself (ray
 
 def setting(default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,
             high_open: bool = False, choices: tuple | None = None, tune: dict | None = None,
-            needs: str | None = None, doc: str = ""):
+            needs: str | None = None, kind: type | None = None, doc: str = ""):
     """A declared method setting (a dataclass field). ``low``/``high`` bound a number (``*_open``:
     the bound itself is excluded); ``choices`` lists the allowed values; ``tune`` is the search
-    domain a compare study uses; ``needs`` is a family capability the setting requires when truthy."""
+    domain a compare study uses; ``needs`` is a family capability the setting requires when truthy;
+    ``kind`` the value's type where the default (None) does not say it."""
     meta = {"low": low, "high": high, "low_open": low_open, "high_open": high_open, "choices": choices,
-            "tune": tune, "needs": needs, "doc": doc}
+            "tune": tune, "needs": needs, "kind": kind, "doc": doc}
     return field(default=default, metadata=meta)
 
 
@@ -50,7 +51,7 @@ class MethodSettings:
     multi_term: ClassVar[bool] = True
     reference: ClassVar[bool] = False  # a reference point (trained without a teacher), not a distillation method
 
-    weights: dict | None = setting(None, doc="a fixed weight per loss term (1 for terms not listed)")
+    weights: dict | None = setting(None, kind=dict, doc="a fixed weight per loss term (1 for terms not listed)")
     dynamic_weights: bool = setting(False, doc="gradient-aware (GradNorm-style) loss weights instead of fixed ones")
 
 
@@ -86,7 +87,9 @@ class StructuralSettings(MethodSettings):
                                   doc="example×example relations within questions and within answers only "
                                       "(never question × answer: the lead metric's structure), or all")
     dynamic_weights: bool = setting(True, tune=BOOL, doc="gradient-aware loss weights (the method's default)")
-    ablate: str | None = setting(None, doc="switch one module off (ablation grids)")
+    ablate: str | None = setting(None, choices=(None, "none", "projection", "relation", "contrastive", "fusion",
+                                                "aggregation", "dynamic_weights"),
+                                 doc="switch one module off (ablation grids)")
 
 
 @declare("no_distill")
@@ -130,7 +133,8 @@ class FeatureAlignSettings(KDSettings):
     contrast_temperature: float = setting(0.1, low=0.0, low_open=True, tune={"loguniform": [0.03, 0.5]},
                                           doc="InfoNCE temperature")
     dynamic_weights: bool = setting(True, tune=BOOL, doc="gradient-aware loss weights")
-    ablate: str | None = setting(None, doc="switch one module off (ablation grids)")
+    ablate: str | None = setting(None, choices=(None, "none", "alignment", "contrastive", "logit", "dynamic_weights"),
+                                 doc="switch one module off (ablation grids)")
 
 
 @declare("tinybert")
@@ -151,7 +155,7 @@ class MiniLMSettings(MethodSettings):
 
     needs: ClassVar[frozenset] = frozenset({"attention_qkv"})
 
-    relation_heads: int | None = setting(None, low=1, doc="relation heads (null: gcd of the head counts)")
+    relation_heads: int | None = setting(None, low=1, kind=int, doc="relation heads (null: gcd of the head counts)")
     dynamic_weights: bool = setting(False, tune=BOOL, doc="gradient-aware loss weights")
 
 
@@ -183,8 +187,8 @@ class GKDSettings(MethodSettings):
     seq_kd: bool = setting(False, needs="generates", doc="the other batches take the teacher's greedy responses")
     max_new_tokens: int = setting(32, low=1, doc="longest generated response")
     ce_weight: float = setting(0.0, low=0.0, tune={"choice": [0.0, 1.0]},
-                               doc="cross-entropy on the data's responses (the paper has none: its students "
-                                   "are fine-tuned first)")
+                               doc="cross-entropy on the batch's responses unless they are the student's own "
+                                   "samples (the paper has none: its students are fine-tuned first)")
     dynamic_weights: bool = setting(False, doc="gradient-aware loss weights (with ce_weight > 0)")
 
 
@@ -291,16 +295,22 @@ def check_value(name: str, key: str, value) -> str | None:
         return None
     m, default = f.metadata, f.default
     if m.get("choices") is not None:
-        return None if value in m["choices"] else f"{value!r} is not one of {', '.join(map(str, m['choices']))}"
+        return None if value in m["choices"] else \
+            f"{value!r} is not one of {', '.join('null' if c is None else str(c) for c in m['choices'])}"
     if isinstance(default, bool):
         return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
-    numeric = isinstance(default, (int, float)) or m.get("low") is not None or m.get("high") is not None
     if value is None:
-        return None if default is None else f"expected a value, got null"
+        return None if default is None else "expected a value, got null"
+    if m.get("kind") is dict:
+        ok = isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in value.values())
+        return None if ok else f"expected a mapping of loss term → finite number, got {value!r}"
+    numeric = isinstance(default, (int, float)) or m.get("low") is not None or m.get("high") is not None
     if numeric:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"expected a number, got {value!r}"
-        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        if (isinstance(default, int) and not isinstance(default, bool) or m.get("kind") is int) \
+                and not isinstance(value, int):
             return f"expected an integer, got {value!r}"
         lo, hi = m.get("low"), m.get("high")
         if lo is not None and (value < lo or (m["low_open"] and value == lo)) or \

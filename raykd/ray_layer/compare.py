@@ -20,7 +20,7 @@ from raykd import comparison as K
 from raykd import config as C
 from raykd.architectures import FAMILY_METRIC_KEYS
 from raykd.ray_layer.inputs import log
-from raykd.ray_layer.tuners import hparam_metrics, join, restore_tuner, study_tuner, tune_domain
+from raykd.ray_layer.tuners import REFERENCES_DIR, hparam_metrics, join, restore_tuner, study_tuner, tune_domain
 from raykd.trial_spec import REFERENCE_KEY, REFERENCE_METHOD
 
 
@@ -47,9 +47,12 @@ def tuning_space(cfg: C.Config, space: dict, fixed: dict, seed: int):
 
 
 def search_alg(cfg: C.Config, seed: int):
-    """The study's search algorithm, seeded the same for every contender (None: Tune's random search)."""
+    """The study's search algorithm, seeded the same for every contender (Optuna's TPE, or Tune's
+    random search with a seeded random state)."""
     if cfg.search.algorithm != "optuna":
-        return None
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(metric=cfg.experiment.metric, mode=cfg.experiment.mode, seed=seed)
@@ -65,8 +68,10 @@ def scheduler(cfg: C.Config):
 
 
 def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixed: dict, cpus: float,
-             resume: bool) -> Tuned:
-    """Run (or, with ``resume``, continue) one contender's tuning experiment; its summary."""
+             resume: bool, frozen: bool = False) -> Tuned:
+    """Run (or, with ``resume``, continue) one contender's tuning experiment; its summary. ``frozen``:
+    the confirmation has started, so the tuning is only read back (never resumed: a re-run errored
+    trial could change the best, and the confirmation runs the best it had)."""
     from ray import tune
 
     seed = C.compare_tuning_seed(cfg)
@@ -75,13 +80,20 @@ def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixe
     path = join(storage, name)
     if resume and tune.Tuner.can_restore(path):
         tuner = restore_tuner(cfg, plan, path)
+        if frozen:
+            return summarize_tuning(cfg, label, space, tuner.get_results())
     else:
         log(f"[compare] tuning {label}: {cfg.compare.tune.trials} trial(s) over {', '.join(space) or '(nothing)'} "
             f"on seed {seed} → {path}")
         tuner = study_tuner(cfg, plan, storage, name, tuning_space(cfg, space, fixed, seed), cpus,
                             search_alg=search_alg(cfg, seed), scheduler=scheduler(cfg),
                             num_samples=cfg.compare.tune.trials)
-    results = tuner.fit()
+    return summarize_tuning(cfg, label, space, tuner.fit())
+
+
+def summarize_tuning(cfg: C.Config, label: str, space: dict, results) -> Tuned:
+    """A tuning experiment's summary: trials, compute (s), errors and the best trial that did not fail
+    (by its last validation ``experiment.metric``)."""
     out = Tuned(label, space, trials=len(results))
     sign = 1 if cfg.experiment.mode == "max" else -1
     for r in results:
@@ -89,10 +101,21 @@ def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixe
         out.compute_s += float(m.get("time_total_s") or 0.0)
         if r.error:
             out.errors.append(str(r.error).strip().splitlines()[-1][:200])
+            continue  # a failed trial never wins the tuning: its confirmation would fail on every seed
         value = m.get(cfg.experiment.metric)
         if value is not None and value == value and (out.best_metric is None or sign * value > sign * out.best_metric):
             out.best_metric = float(value)
             out.best = {k: v for k, v in r.config.items() if k != "seed"}
+    return out
+
+
+def confirmed_bests(results) -> dict[str, dict]:
+    """{contender: the configuration its confirmation trials run} (what a restored confirmation holds)."""
+    out = {}
+    for r in results:
+        conf = (r.config or {}).get("confirm") or {}
+        if K.CONTENDER_KEY in conf:
+            out[conf[K.CONTENDER_KEY]] = dict(conf)
     return out
 
 
@@ -149,12 +172,14 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
     t0 = time.monotonic()
     root = join(storage, name)
     contenders = C.compare_contenders(cfg)
-    tuned = {c.label: tune_one(cfg, plan, root, c.label, K.contender_space(c, cfg.space), K.constants(c), cpus, resume)
-             for c in contenders}
+    frozen = resume and tune.Tuner.can_restore(root)  # the confirmation had started: tuning is read, not rerun
+    tuned = {c.label: tune_one(cfg, plan, root, c.label, K.contender_space(c, cfg.space), K.constants(c), cpus, resume,
+                               frozen) for c in contenders}
     ref = None
     if cfg.experiment.references:
         ref = tune_one(cfg, plan, root, K.REFERENCE_LABEL, dict(cfg.space),
-                       {REFERENCE_KEY: True, K.CONTENDER_KEY: K.REFERENCE_LABEL}, cpus, resume)
+                       {REFERENCE_KEY: True, K.CONTENDER_KEY: K.REFERENCE_LABEL}, cpus, resume,
+                       frozen and tune.Tuner.can_restore(join(root, REFERENCES_DIR)))
     best = [t.best for t in tuned.values() if t.best is not None]
     for t in tuned.values():
         if t.best is None:
@@ -163,15 +188,21 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
     log(f"[compare] confirm: {len(best)} best configuration(s) × seeds {seeds} → {root}")
     labels = [c.label for c in contenders]
     write_experiment_summary(root, {K.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
-    if resume and tune.Tuner.can_restore(root):
+    if frozen:
         confirmed = restore_tuner(cfg, plan, root).fit()
+        for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
+            if label in tuned:
+                tuned[label].best = conf
     else:
         confirmed = study_tuner(cfg, plan, storage, name,
                                 {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
     if ref is not None:
         shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, K.CONTENDER_KEY)}
         space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds), **shared}
-        reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
+        ran = reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
+        held = {k: v for r in ran for k, v in (r.config or {}).items() if k not in ("seed", REFERENCE_KEY)}
+        if held:  # a restored reference experiment ran the settings it was started with
+            ref.best = {**(ref.best or {}), **held}
     keys = [f"test/{m}" for m in FAMILY_METRIC_KEYS[cfg.teacher.family]]
     values = confirm_values(confirmed, cfg, keys)
     refs = reference_values(root, cfg, keys) if ref is not None else {}
@@ -203,7 +234,7 @@ def tuning_paths(cfg: C.Config, storage: str, name: str) -> list[str]:
 def write_comparison(root: str, doc: dict) -> str:
     """Write ``root/comparison.json`` (atomically: a temporary file renamed into place); its path.
     Remote storage (``s3://…``) through pyarrow."""
-    text = json.dumps(doc, indent=1, sort_keys=False, allow_nan=True) + "\n"
+    text = json.dumps(K.json_safe(doc), indent=1, sort_keys=False, allow_nan=False) + "\n"
     path = join(root, K.COMPARISON_FILE)
     if "://" in root:
         import pyarrow.fs as pafs

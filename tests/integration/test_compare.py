@@ -103,6 +103,20 @@ def test_the_report_prints_the_declared_family_first_and_labels_the_rest_explora
     assert summary["comparison"]["methods"].keys() == {"structural", "minilm"}
 
 
+def test_resume_of_a_finished_compare_study_reruns_nothing_and_gives_the_same_comparison(compare_study, tmp_path):
+    from raykd.ray_layer.tune import main as tune_main
+
+    _, root = compare_study
+    before = json.loads((root / "comparison.json").read_text())
+    dirs = {p: len(_trial_dirs(p)) for p in [root, root / "references", *(root / "tune").iterdir()]}
+    work = root.parent.parent
+    assert tune_main(study_args(work, "cmp", *ARGS) + ["--resume"]) == 0
+    after = json.loads((root / "comparison.json").read_text())
+    assert {p: len(_trial_dirs(p)) for p in dirs} == dirs  # no trial ran again
+    for key in ("methods", "references", "tests", "budget", "declared"):
+        assert after[key] == before[key], key
+
+
 def test_dry_run_of_a_compare_study_prints_the_budget(tmp_path, capsys):
     from raykd.ray_layer.tune import main as tune_main
 

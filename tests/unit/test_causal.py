@@ -96,6 +96,21 @@ def test_one_training_step_of_every_causal_method(arch, name):
         assert method.generated["student"] == 1 and inputs["num_tokens"] is None
 
 
+@pytest.mark.parametrize("lmbda,has_ce", [(1.0, False), (0.0, True)])
+def test_gkd_cross_entropy_only_on_responses_that_are_not_the_students_own_samples(lmbda, has_ce):
+    torch.manual_seed(0)
+    fam = family("causal_lm")
+    teacher = fam.build(TeacherShape(4, 32, 2, 64, 64, "llama"), VOCAB, PAD, BOS, EOS).eval()
+    method = build_method("gkd", build_student(teacher, 2), teacher.config, lmbda=lmbda, ce_weight=0.5,
+                          max_new_tokens=4, seed=0).train()
+    batch, _, _ = _batch()
+    inputs = make_inputs(batch, TOKENS, corrupt=True, vocab_size=VOCAB, family=fam)
+    out = method(inputs, method.teacher_targets(teacher, inputs))
+    assert ("ce" in out) is has_ce
+    if has_ce:
+        assert float(out["loss"]) == pytest.approx(float(out["jsd"]) + 0.5 * float(out["ce"]), rel=1e-6)
+
+
 def test_logits_compared_over_the_tokenizers_vocabulary_when_embeddings_are_padded():
     """A student whose embedding matrix is padded beyond the tokenizer (as 151,936 vs 152,064 rows)
     is distilled over the tokenizer's real vocabulary: padding rows never enter the divergence."""
@@ -187,7 +202,7 @@ def test_chance_and_retained_accuracy_above_chance_of_an_untrained_student_is_ne
     rows = (s / n).reshape(questions, k)
     rows[:40, 4] = -np.inf  # some questions have only 4 candidates: chance is the mean of 1/k
     truth = g.integers(0, 4, size=questions)
-    chance = CM.selection_chance(rows)
+    chance = CM.selection_chance([4] * 40 + [5] * 360)
     assert chance == pytest.approx((360 / 5 + 40 / 4) / 400)
     student = CM.selection_accuracy(rows, truth)
     teacher = 0.6

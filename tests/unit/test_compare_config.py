@@ -60,6 +60,27 @@ def test_a_bad_compare_section_fails_at_load_naming_the_key(tmp_path, change, ne
     assert needle in str(e.value) and "c.yaml" in str(e.value)
 
 
+@pytest.mark.parametrize("params,needle", [
+    ("{kd: {temperature: .nan}}", "expected a finite number, got nan"),
+    ("{kd: {kd_weight: .inf}}", "expected a finite number, got inf"),
+    ("{minilm: {relation_heads: 2.5}}", "expected an integer, got 2.5"),
+    ("{kd: {weights: {kd: high}}}", "expected a mapping of loss term → finite number"),
+    ("{structural: {ablate: everything}}", "'everything' is not one of null, none, projection"),
+])
+def test_impossible_method_settings_fail_at_load(tmp_path, params, needle):
+    with pytest.raises(C.ConfigError) as e:
+        load(tmp_path, GOOD.replace("{kd: {divergence: reverse_kl}}", params))
+    assert needle in str(e.value) and "compare.methods[2]" in str(e.value)
+
+
+def test_constant_or_repeated_declared_metrics_are_refused(tmp_path):
+    with pytest.raises(C.ConfigError, match="compare.metrics: 'test/mrr@10' is declared twice"):
+        load(tmp_path, GOOD.replace("metrics: [test/mrr@10]", "metrics: [test/mrr@10, test/mrr@10]"))
+    causal = GOOD.replace("experiment:", "teacher: {arch: llama}\nexperiment:").replace("tinybert", "minillm")
+    with pytest.raises(C.ConfigError, match="'test/answer_chance' is the same for every method"):
+        load(tmp_path, causal.replace("metrics: [test/mrr@10]", "metrics: [test/answer_chance]"))
+
+
 def test_a_causal_compare_refuses_encoder_methods_and_a_masked_one_refuses_generation(tmp_path):
     causal = GOOD.replace("experiment:", "teacher: {arch: llama}\nexperiment:").replace(
         "metrics: [test/mrr@10]", "metrics: [test/retained_accuracy_above_chance]")
@@ -122,6 +143,14 @@ def test_the_declared_family_is_exactly_against_pairs_times_metrics_with_holm_ov
     explore = K.exploratory_tests(confirm, "ours", ["m1"], ["m1", "m2"], ["ours", "b", "c"])
     got = {(t["a"], t["b"], t["metric"]) for t in explore}
     assert got == {("b", "c", "m1"), ("ours", "b", "m2"), ("ours", "c", "m2"), ("b", "c", "m2")}
+    # a test without a p still counts in the family: Holm over 3 declared tests, never over the 2 with a p
+    third = {**confirm, "d": {"m1": [0.3, 0.4, 0.5], "m2": [0.0, 1.0, 2.0]}}  # ours − d constant: no variance
+    three = K.declared_tests(third, "ours", ["m1"])
+    assert [t["b"] for t in three] == ["b", "c", "d"] and "no variance" in three[2]["note"]
+    pb, pc = three[0]["p"], three[1]["p"]
+    lo = min(pb, pc)
+    assert min(three[0]["p_holm"], three[1]["p_holm"]) == pytest.approx(min(1.0, 3 * lo), rel=1e-9)
+    assert math.isnan(three[2]["p_holm"])
     # a missing seed drops that pair from the test; one pair left: no p, never a made-up number
     short = K.declared_tests({"ours": {"m": [1.0, None, 2.0]}, "b": {"m": [0.5, 0.7, None]}}, "ours", ["m"])
     assert short[0]["n"] == 1 and math.isnan(short[0]["p"]) and math.isnan(short[0]["p_holm"])
