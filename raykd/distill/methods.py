@@ -256,7 +256,7 @@ class Structural(DistillMethod):
     department and annealed to zero. Loss weights gradient-aware (``dynamic_weights``, the default:
     the method as the ablation's full configuration has it) or fixed (``dynamic_weights=False``; with
     equal fixed weights InfoNCE dominates the gradient and the alignment terms barely train —
-    docs/findings.md (e)). Modules can be switched off one at a time for ablations."""
+    docs/findings-untuned.md (e)). Modules can be switched off one at a time for ablations."""
 
     def __init__(self, student, teacher_config, depth: int | None = None, projection_dim: int = 128,
                  projection: bool = True, relation: bool = True, contrastive: bool = True, fusion: bool = True,

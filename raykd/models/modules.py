@@ -22,7 +22,7 @@ class StructuralProjection(nn.Module):
         # matrix_exp for every shape (torch's default for a square matrix). The default for non-square
         # ones, householder, collapses to the zero matrix within ~20 AdamW steps with weight decay
         # (torch 2.13; measured: WᵀW 1 → 0 at d' = 256 around a width-128 teacher): the target then
-        # vanished and every d' ≠ d_t trained the student on nothing (docs/findings.md (c)).
+        # vanished and every d' ≠ d_t trained the student on nothing (docs/findings-untuned.md (c)).
         self.teacher = orthogonal(nn.Linear(d_teacher, d_shared, bias=False), orthogonal_map="matrix_exp")
 
     def forward(self, h_student: torch.Tensor, h_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
