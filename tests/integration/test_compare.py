@@ -108,9 +108,11 @@ def test_resume_of_a_finished_compare_study_reruns_nothing_and_gives_the_same_co
 
     _, root = compare_study
     before = json.loads((root / "comparison.json").read_text())
+    written = (root / "comparison.json").stat().st_mtime_ns
     dirs = {p: len(_trial_dirs(p)) for p in [root, root / "references", *(root / "tune").iterdir()]}
     work = root.parent.parent
     assert tune_main(study_args(work, "cmp", *ARGS) + ["--resume"]) == 0
+    assert (root / "comparison.json").stat().st_mtime_ns > written  # the resumed study wrote it anew
     after = json.loads((root / "comparison.json").read_text())
     assert {p: len(_trial_dirs(p)) for p in dirs} == dirs  # no trial ran again
     for key in ("methods", "references", "tests", "budget", "declared"):
