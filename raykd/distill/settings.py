@@ -239,7 +239,7 @@ def settings_of(name: str) -> type[MethodSettings] | None:
     class's ``settings`` attribute); None for a plugin method that declares none."""
     if name in SETTINGS:
         return SETTINGS[name]
-    from raykd.registry import METHODS
+    from ..registry import METHODS
 
     if name in METHODS:
         return getattr(METHODS.get(name), "settings", None)
@@ -256,7 +256,7 @@ def setting_names(name: str) -> tuple[str, ...]:
         return tuple(own + [n for n in common if n in cls.__dataclass_fields__])
     import inspect
 
-    from raykd.registry import METHODS
+    from ..registry import METHODS
 
     sig = inspect.signature(METHODS.get(name).__init__)
     return tuple(p for p in list(sig.parameters)[3:] if p not in STUDY_SETTINGS)

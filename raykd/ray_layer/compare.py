@@ -41,7 +41,7 @@ def _dir_name(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
 
 
-def tuning_space(cfg: C.Config, space: dict, fixed: dict, seed: int):
+def tuning_space(space: dict, fixed: dict, seed: int):
     """Tune's param space of a tuning experiment: ``space``'s domains, the ``fixed`` settings, the seed."""
     return {**{k: tune_domain(v) for k, v in space.items()}, **fixed, "seed": seed}
 
@@ -85,7 +85,7 @@ def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixe
     else:
         log(f"[compare] tuning {label}: {cfg.compare.tune.trials} trial(s) over {', '.join(space) or '(nothing)'} "
             f"on seed {seed} → {path}")
-        tuner = study_tuner(cfg, plan, storage, name, tuning_space(cfg, space, fixed, seed), cpus,
+        tuner = study_tuner(cfg, plan, storage, name, tuning_space(space, fixed, seed), cpus,
                             search_alg=search_alg(cfg, seed), scheduler=scheduler(cfg),
                             num_samples=cfg.compare.tune.trials)
     return summarize_tuning(cfg, label, space, tuner.fit())
