@@ -9,6 +9,18 @@ from pathlib import Path
 
 from benchmarks.common import median, save_teacher, start_ray, table_rows, workload
 
+HELP = "online teacher vs teacher cache vs no teacher, 24→6 layers"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench cache --help``)."""
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=3, help="alternating rounds (median reported)")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_cache(args) -> dict:
     """Step time of the structural objective at 24→6 layers (depth 6) with the teacher run online,
@@ -16,7 +28,7 @@ def bench_cache(args) -> dict:
     removed entirely (targets free: the bound). Alternating, median of ``--pairs`` rounds."""
     import torch
 
-    from raykd.ray_layer.cache import CachedPairCollator, build_cache, cached_targets, structural_layers
+    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, build_cache, cached_targets, structural_layers
     from raykd.data.shards import shard_paths
     from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs

@@ -7,6 +7,17 @@ import time
 
 from benchmarks.common import median, start_ray
 
+HELP = "what idle Ray worker processes cost a training trial (on/off windows)"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench idle --help``)."""
+    p.add_argument("--idle", type=int, default=5, help="idle 0-CPU actors started in the 'with' windows")
+    p.add_argument("--window", type=float, default=20.0, help="seconds per window (--quick 10)")
+    p.add_argument("--rounds", type=int, default=6, help="alternating rounds (median reported; --quick 4)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the trainer (default: one per core)")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_idle(args) -> dict:
     """What idle Ray worker processes cost a training trial on this machine. A 1-CPU actor (a Ray

@@ -12,6 +12,20 @@ from benchmarks.common import median
 
 ROOT = Path(__file__).resolve().parents[1]
 
+HELP = "chunked vs naive KD loss: peak memory and time, forward + backward"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench kdloss --help``)."""
+    p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--hidden", type=int, default=896)
+    p.add_argument("--tokens", type=int, default=2048)
+    p.add_argument("--chunk", type=int, default=256, help="tokens per chunk of the chunked loss")
+    p.add_argument("--divergence", default="forward_kl")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, each side a fresh process (median)")
+    p.add_argument("--quick", action="store_true", help="1,024 tokens, 3 rounds")
+
 
 def bench_kdloss(args) -> dict:
     """The chunked KD loss (``raykd.distill.chunked``) against the naive one — logits of both models

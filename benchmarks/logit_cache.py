@@ -50,6 +50,21 @@ def _column_bytes(files: list[Path], columns: tuple[str, ...]) -> int:
                     total += rg.column(c).total_compressed_size
     return total
 
+HELP = "causal kd: teacher online vs top-k logit cache vs no teacher, V=151,936"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench logit_cache --help``)."""
+    p.add_argument("--teacher-layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=512, help="the teacher's width")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--student-hidden", type=int, default=128, help="0: a student cut from the teacher at its width")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--k", type=int, default=64, help="cached tokens per response position")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the training steps; the build uses the cluster's GPUs)")
+    p.add_argument("--rounds", type=int, default=0, help="alternating rounds (median; default 3, --quick 2)")
+    p.add_argument("--quick", action="store_true", help="600 dialogues, 4 steps per round, 2 rounds")
+
 
 def bench_logit_cache(args) -> dict:
     """Step time (forward + backward + AdamW) of forward-KL kd from an ``--teacher-layers`` LLaMA teacher
@@ -67,7 +82,7 @@ def bench_logit_cache(args) -> dict:
     from raykd.models.families import family as get_family
     from raykd.models.student import build_student
     from raykd.models.teacher import load_teacher
-    from raykd.ray_layer.causal_cache import TOPK_COLUMNS, CausalCachedCollate, build_causal_cache, \
+    from raykd.ray_layer.cache.causal_lm import TOPK_COLUMNS, CausalCachedCollate, build_causal_cache, \
         causal_cached_targets
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -140,10 +155,15 @@ def bench_logit_cache(args) -> dict:
                     step(mode, i)
                 times[mode].append((time.perf_counter() - t) / steps)
                 print(f"  round {r + 1} {mode:12s} {times[mode][-1] * 1000:8.1f} ms/step", flush=True)
+    return _report(args, times, meta, topk_bytes, build_s, steps, rounds)
+
+
+def _report(args, times: dict, meta: dict, topk_bytes: float, build_s: float, steps: int, rounds: int) -> dict:
+    """Print the side-by-side line and return the figures (medians over rounds, ms per step; bytes per token)."""
     med = {k: median(v) for k, v in times.items()}
     speedup, bound = med["online"] / med["cache"], med["online"] / med["student_only"]
     dense_row = 2 * VOCAB
-    print(f"{args.teacher_layers}→2 layers, hidden {args.hidden}→{args.student_hidden or args.hidden}, vocabulary {VOCAB:,}, batch {b} pairs, top-{meta['topk']}: "
+    print(f"{args.teacher_layers}→2 layers, hidden {args.hidden}→{args.student_hidden or args.hidden}, vocabulary {VOCAB:,}, batch {args.batch_size} pairs, top-{meta['topk']}: "
           f"online {med['online'] * 1000:.0f} ms/step, cache {med['cache'] * 1000:.0f}, no teacher "
           f"{med['student_only'] * 1000:.0f} → speedup {speedup:.2f}× of a {bound:.2f}× bound ({speedup / bound:.0%}); "
           f"{topk_bytes:.0f} bytes per response token on disk = {topk_bytes / dense_row:.3%} of a dense fp16 row "
@@ -154,5 +174,5 @@ def bench_logit_cache(args) -> dict:
             "bytes_fraction_of_dense_fp16": round(topk_bytes / dense_row, 5), "vocab": VOCAB, "topk": meta["topk"],
             "online_ms": round(med["online"] * 1000, 1), "cache_ms": round(med["cache"] * 1000, 1),
             "student_only_ms": round(med["student_only"] * 1000, 1), "ms_range": spread, "build_s": round(build_s, 1),
-            "teacher_layers": args.teacher_layers, "hidden": args.hidden, "student_hidden": args.student_hidden, "batch_pairs": b, "rounds": rounds,
+            "teacher_layers": args.teacher_layers, "hidden": args.hidden, "student_hidden": args.student_hidden, "batch_pairs": args.batch_size, "rounds": rounds,
             "steps": steps, "cores": os.cpu_count(), "device": args.device}

@@ -23,7 +23,7 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     it after the set-up, before the first step."""
     import torch
 
-    from raykd.ray_layer.cache import CachedPairCollator, cached_targets, structural_layers
+    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets, structural_layers
     from raykd.data.shards import shard_paths
     from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -86,6 +86,24 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
             toks, t_window = 0, None
     return median(windows[1:] or windows)
 
+HELP = "plain PyTorch loop vs the raykd trial (1 worker), online and cached"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench overhead --help``)."""
+    p.add_argument("--teacher-layers", type=int, default=12)
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=0, help="per run (default 300, --quick 40; --slice 0: 150, 60)")
+    p.add_argument("--pairs", type=int, default=3, help="--slice 0: alternating rounds (median reported)")
+    p.add_argument("--local-mode", action="store_true", help="raykd trials with train.local_mode (default: a worker group)")
+    p.add_argument("--slice", type=float, default=None,
+                   help="seconds: both sides run at once, alternately stopped, compared slice by slice (default 8, "
+                    "--quick 4); 0: whole runs in alternating rounds instead")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_overhead(args) -> dict:
     """Throughput of the raykd trial (Ray Train, 1 worker, Ray Data input) ÷ a plain PyTorch loop
@@ -94,7 +112,7 @@ def bench_overhead(args) -> dict:
     pairs; ``--slice 0`` runs whole runs in rounds that alternate the two sides instead, median of
     ``--pairs``. ``--local-mode`` runs the raykd trials in ``train.local_mode`` (in a reused Tune
     actor) instead of a one-worker group."""
-    from raykd.ray_layer.cache import build_cache, structural_layers
+    from raykd.ray_layer.cache.masked_lm import build_cache, structural_layers
 
     if args.slice is None:
         args.slice = 4.0 if args.quick else 8.0

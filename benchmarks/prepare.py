@@ -7,6 +7,16 @@ import tempfile
 import time
 from pathlib import Path
 
+HELP = "pairs/s of `raykd.data prepare` on a generated corpus"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench prepare --help``)."""
+    p.add_argument("--dialogs", type=int, default=50000)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--quick", action="store_true", help="10,000 dialogues")
+    p.add_argument("--verbose", action="store_true")
+
 
 def bench_prepare(args) -> dict:
     """Prepare a generated corpus from scratch (tokenizer training included); pairs/s over the whole run."""

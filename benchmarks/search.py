@@ -19,6 +19,15 @@ def _trial_rows(exp: Path) -> list[list[dict]]:
             out.append(rows)
     return out
 
+HELP = "ASHA+TPE vs the full grid: compute to within 1 point of the grid's best"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench search --help``)."""
+    p.add_argument("--samples", type=int, default=9, help="search trials")
+    p.add_argument("--within", type=float, default=1.0, help="points of val/semantic_alignment (0-100)")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_search(args) -> dict:
     """ASHA + Optuna TPE against the full grid on the same small space (depth × projection_dim):

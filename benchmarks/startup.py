@@ -60,6 +60,14 @@ def tune_actor_seconds(tmp: Path, n: int) -> float:
                                                callbacks=[cb])).fit()
     return median([r.metrics["imported"] - cb.at[r.metrics["trial_id"]] for r in res])
 
+HELP = "trial start → first optimizer step, and an empty TorchTrainer"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench startup --help``)."""
+    p.add_argument("--trials", type=int, default=0, help="sequential trials per kind (default 5, --quick 3)")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_startup(args) -> dict:
     """Seconds from a trial's start (Tune runs its function: resources free) to its first optimizer

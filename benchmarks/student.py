@@ -9,6 +9,18 @@ from pathlib import Path
 
 from benchmarks.common import BENCH_BASE, ROOT, median, start_ray
 
+HELP = "teacher vs student latency (24 → 6 layers) and retained MRR@10"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench student --help``)."""
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--pairs", type=int, default=5, help="alternating teacher/student rounds (median reported)")
+    p.add_argument("--repeats", type=int, default=30, help="timed forward passes per round and batch size (median)")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_student(args) -> dict:
     """Inference latency of a 24-layer teacher vs the 6-layer student built from it (same width) at
@@ -16,7 +28,7 @@ def bench_student(args) -> dict:
     (student ÷ teacher MRR@10 on test) of the best trial of a short raykd search."""
     import torch
 
-    from raykd import metrics
+    from raykd.metrics import representation as metrics
     from raykd.models.student import build_student
     from raykd.models.teacher import TeacherShape, build_teacher
 

@@ -87,6 +87,17 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
             "best_loss": min(r.metrics["eval_loss"] for r in rows),
             "processes": len({r.metrics["worker_pid"] for r in rows})}
 
+HELP = "the anchors' 6-trial study: raykd vs Optuna in one process vs HF + Ray Tune"
+
+
+def add_arguments(p) -> None:
+    """This benchmark's options (``python -m raykd bench study --help``)."""
+    p.add_argument("--anchors", required=True, help="the folder of the external anchor scripts this benchmark compares against (kd_task.py, "
+                        "optuna_inprocess.py, hf_raytune.py): not part of raykd, so always given explicitly")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported; --quick: 1)")
+    p.add_argument("--workers", action="store_true", help="also raykd with a Train worker group per trial")
+    p.add_argument("--quick", action="store_true")
+
 
 def bench_study(args) -> dict:
     """The anchors' whole-study figure: the same 6-trial workload (kd_task) as plain Optuna in one

@@ -1,8 +1,8 @@
-"""``python -m raykd.cache build`` — build a study's teacher-output cache (``raykd.ray_layer.cache_cli``)."""
+"""``python -m raykd.cache build`` — build a study's teacher-output cache (``raykd.ray_layer.cache.cli``)."""
 
 import sys
 
-from raykd.ray_layer.cache_cli import main
+from raykd.ray_layer.cache.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""The anchors' ``kd_task`` workload (../shared/anchors) run as raykd trials, for ``bench.py study``.
+"""The anchors' ``kd_task`` workload (from the external anchors folder given by ``--anchors DIR``) run as raykd
+trials, for ``bench.py study``.
 
 Each trial is what ``raykd.ray_layer.trial.run_trial`` makes of a raykd trial, with the anchors' models, data,
 optimiser and steps in place of raykd's objective: a Tune function trainable that fits

@@ -46,7 +46,7 @@ class Mismatch(Exception):
 # ------------------------------------------------------------------------------------------ derive
 def derive(spec: str) -> list[str]:
     """The Markdown table lines a marker's ``KIND SOURCE [ARGS]`` derives from the stored rows."""
-    from raykd import comparison as K
+    from raykd.results import comparison as K
 
     parts = spec.split()
     if len(parts) < 2:
@@ -70,7 +70,7 @@ def derive(spec: str) -> list[str]:
 
 def rows_table(path: Path, opts: dict) -> list[str]:
     """Rows of a CSV grouped by ``group`` (first appearance order), ``metrics`` as mean ± 95 % t-interval."""
-    from raykd.stats import mean_ci
+    from raykd.results.stats import mean_ci
 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -52,7 +52,7 @@ def run(trials: int, out: Path, local_mode: bool = False) -> dict:
     import ray
 
     from raykd.ray_layer.monitoring import ResourceWatch
-    from raykd.report import load_experiment
+    from raykd.results.report import load_experiment
     from raykd.ray_layer.cluster import start_local_ray
     from raykd.ray_layer.tune import main as tune_main
 

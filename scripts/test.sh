@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up .venv (pinned torch, raykd[dev]) and runs the whole suite — fast unit
-# tests first, then the integration tests (real Ray, real training at tiny size) — printing each
+# tests first, then the distributed ones (gloo process groups), then the integration tests (real Ray,
+# real training at tiny size) — printing each
 # test's duration. Extra arguments go to pytest (e.g. scripts/test.sh -m unit).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,5 +14,6 @@ if [ $# -gt 0 ]; then
 fi
 start=$(date +%s)
 "${PYTEST[@]}" -m unit tests
+"${PYTEST[@]}" -m distributed tests
 "${PYTEST[@]}" -m integration tests
 echo "[test] all tests passed in $(( $(date +%s) - start )) s"

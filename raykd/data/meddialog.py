@@ -1,6 +1,6 @@
 """Parse MedDialog-CN in the forms people have it into dialogues, and dialogues into QA pairs.
 
-Three raw forms (DESIGN.md §3):
+Three raw forms (README, *Data*):
 - raw txt, one file per year: ``id=N`` records with Doctor faculty / Description / Dialogue /
   Diagnosis and suggestions sections; old and new Description label schemes; UTF-8, UTF-8 with BOM
   or GB2312/GBK; LF or CRLF;

@@ -30,7 +30,7 @@ from ..models.modules import DomainAwareFusion, StructuralProjection
 from ..models.families import ModelFamily, family_of
 from ..models.families import family as get_family
 from ..models.student import Student
-from ..parallel import is_sharded
+from ..models.sharding import is_sharded
 from ..registry import METHODS
 
 
@@ -128,7 +128,7 @@ class DistillMethod(nn.Module):
     def use_chunked(self, inputs: dict) -> bool:
         """Whether this batch's logit terms run chunked (decided once per batch, kept in ``inputs``)."""
         if "chunked" not in inputs:
-            inputs["chunked"] = bool(self.chunkable and self.chunk_tokens > 0 and self.family.name == "causal_lm"
+            inputs["chunked"] = bool(self.chunkable and self.chunk_tokens > 0 and self.family.spec.chunked_loss
                                      and int(inputs["chosen"].sum()) > self.chunk_tokens)
         return inputs["chunked"]
 
@@ -576,7 +576,7 @@ class GKD(DistillMethod):
         self.ce_weight = ce_weight
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"gkd: beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {beta}")
-        if (lmbda > 0 or seq_kd) and student.family.name != "causal_lm":
+        if (lmbda > 0 or seq_kd) and not student.family.spec.has("generates"):
             raise ValueError("gkd: lmbda > 0 and seq_kd need a causal LM (an encoder does not generate)")
         self.beta, self.temperature = beta, temperature
         self.lmbda, self.seq_kd, self.max_new_tokens = lmbda, seq_kd, max_new_tokens

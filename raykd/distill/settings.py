@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-# what a model family can offer a method (raykd.architectures.FAMILY_CAPABILITIES says who offers what)
+# what a model family can offer a method (raykd.models.families.spec: each family declares what it offers)
 CAPABILITIES = ("token_head", "masked_inputs", "attention_qkv", "generates")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 RELATION_SCOPES = ("within", "all")
@@ -26,7 +26,7 @@ KD_WEIGHT = {"loguniform": [0.1, 10.0]}  # the weight of a distillation term bes
 TEMPERATURE = {"choice": [1.0, 2.0, 4.0]}
 # settings the trial passes to every method (study-wide keys and trial facts), never in method.params
 STUDY_SETTINGS = ("depth", "projection_dim", "n_departments", "seed")
-TRIAL_SETTINGS = ("ablate",)  # declared settings the trial resolves itself (raykd.trial_spec), not the constructor
+TRIAL_SETTINGS = ("ablate",)  # declared settings the trial resolves itself (raykd.train.trial_spec), not the constructor
 
 
 def setting(default: Any, *, low: float | None = None, high: float | None = None, low_open: bool = False,

@@ -1,4 +1,4 @@
-"""The method's learned pieces (DESIGN.md §4): structural projection φ, domain-aware fusion F(E, Z)
+"""The method's learned pieces (README, *Models and distillation*): structural projection φ, domain-aware fusion F(E, Z)
 and multi-granularity aggregation. Plain torch modules."""
 
 from __future__ import annotations

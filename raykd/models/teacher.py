@@ -1,39 +1,24 @@
-"""The teacher: load an HF model of a family (directory or hub id; safetensors, no remote code), build
-one from a config, and domain-adapt it (continued MLM + question↔answer contrastive training).
-
-``python -m raykd.models.teacher adapt --data PREPARED_DIR --out DIR [--from SPEC] [--steps N]``
-"""
+"""The teacher: load an HF model of a family (directory or hub id; safetensors, no remote code) or build
+one from a config. Its domain adaptation is a training stage: ``raykd.stages.adapt``."""
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import os
-import sys
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..atomic import atomic_directory
 from ..errors import RaykdError
-from .families import DEFAULT, TeacherShape, family_of, family_of_spec
+from .families import DEFAULT, TeacherShape, arch_family, family_of_spec
 from .families import family as get_family
-from .families.masked_lm import mask_tokens  # noqa: F401 (re-exported: the masked-LM corruption)
-
-
-CAUSAL_ARCHS = ("llama", "qwen2", "gpt2")
 
 
 def build_teacher(shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, seed: int = 0,
                   family: str | None = None, bos_token_id: int | None = None, eos_token_id: int | None = None):
     """A randomly initialised teacher of ``shape`` in model ``family`` (default: ``causal_lm`` when
-    ``shape.arch`` is a causal architecture, else ``masked_lm``: a ``BertForMaskedLM``), seeded."""
+    ``shape.arch`` names (``causal_lm`` for llama, qwen2, gpt2), else the default ``masked_lm``: a
+    ``BertForMaskedLM``), seeded."""
     torch.manual_seed(seed)
-    family = family or ("causal_lm" if shape.arch in CAUSAL_ARCHS else DEFAULT)
+    family = family or (arch_family(shape.arch) if shape.arch else None) or DEFAULT
     return get_family(family).build(shape, vocab_size, pad_token_id, bos_token_id, eos_token_id)
 
 
@@ -64,226 +49,3 @@ def teacher_skeleton(spec: str, trust_remote_code: bool = False, revision: str |
     except Exception as e:
         raise RaykdError(f"teacher {spec}: cannot read its config: {type(e).__name__}: {str(e).splitlines()[0]}") \
             from None
-
-
-# ------------------------------------------------------------------------------------------ adaptation
-@dataclass
-class AdaptSettings:
-    """Domain adaptation: continued MLM + in-batch question↔answer InfoNCE on the train split."""
-
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 5e-4
-    warmup: int = 50
-    mlm_prob: float = 0.15
-    contrastive_weight: float = 1.0
-    temperature: float = 0.05
-    max_length: int = 128
-    seed: int = 0
-    threads: int = 0
-
-
-def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [list(s)[:max_length] for s in seqs]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict, settings: AdaptSettings,
-                  log=print, device: str | torch.device = "cpu", template=None) -> dict:
-    """Train ``model`` in place on ``device`` on QA pairs of token ids: MLM on both sides + in-batch
-    InfoNCE between the masked-mean representations of each question and its answer (batches drawn
-    and corrupted on the CPU with a seeded generator, so any device sees the same inputs); a causal
-    LM (``template`` given): continued causal-LM training on the dialogues (prompt + response through
-    the template, next-token loss on every real token). Returns the loss history (dict); the model
-    is left on ``device``."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    g = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)) * max(0.0, 1 - s / max(1, settings.steps)))
-    vocab = model.config.vocab_size
-    fam = family_of(model)
-    model.to(device).train()
-    history, t0 = [], time.monotonic()
-    order = torch.randperm(len(pairs), generator=g)
-    pos = 0
-    for step in range(settings.steps):
-        if pos + settings.batch_size > len(order):
-            order, pos = torch.randperm(len(pairs), generator=g), 0
-        idx = order[pos: pos + settings.batch_size].tolist()
-        pos += settings.batch_size
-        if template is not None:
-            lm = _causal_step(model, fam, [pairs[i] for i in idx], template, device)
-            history.append((float(lm.detach()), 0.0))
-            _update(model, opt, sched, lm)
-            if (step + 1) % 50 == 0 or step + 1 == settings.steps:
-                m = history[-50:]
-                log(f"[adapt] step {step + 1}/{settings.steps} · causal-lm {sum(x for x, _ in m) / len(m):.3f} · "
-                    f"{time.monotonic() - t0:.0f} s")
-            continue
-        q_ids, q_mask = _pad([pairs[i][0] for i in idx], tok_ids["pad"], settings.max_length)
-        a_ids, a_mask = _pad([pairs[i][1] for i in idx], tok_ids["pad"], settings.max_length)
-        width = max(q_ids.shape[1], a_ids.shape[1])
-        ids = torch.cat([F.pad(q_ids, (0, width - q_ids.shape[1]), value=tok_ids["pad"]),
-                         F.pad(a_ids, (0, width - a_ids.shape[1]), value=tok_ids["pad"])])
-        mask = torch.cat([F.pad(q_mask, (0, width - q_mask.shape[1])), F.pad(a_mask, (0, width - a_mask.shape[1]))])
-        corrupted, chosen = fam.corrupt(ids, mask, tok_ids["special"], tok_ids["mask"], vocab, settings.mlm_prob, g)
-        ids, mask, corrupted, chosen = ids.to(device), mask.to(device), corrupted.to(device), chosen.to(device)
-        out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
-        mlm = fam.task_loss(out.logits, ids, chosen) if chosen.any() else out.logits.sum() * 0
-        clean = fam.backbone(model)(input_ids=ids, attention_mask=mask).last_hidden_state
-        y = F.normalize(_mean(clean, mask), dim=-1)
-        b = len(idx)
-        sim = y[:b] @ y[b:].T / settings.temperature
-        target = torch.arange(b, device=device)
-        con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
-        loss = mlm + settings.contrastive_weight * con
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        history.append((float(mlm.detach()), float(con.detach())))
-        if (step + 1) % 50 == 0 or step + 1 == settings.steps:
-            m = history[-50:]
-            log(f"[adapt] step {step + 1}/{settings.steps} · mlm {sum(x for x, _ in m) / len(m):.3f} · "
-                f"qa-contrastive {sum(y for _, y in m) / len(m):.3f} · {time.monotonic() - t0:.0f} s")
-    model.eval()
-    return {"mlm": [h[0] for h in history], "contrastive": [h[1] for h in history]}
-
-
-def _causal_step(model, fam, pairs: list, template, device) -> torch.Tensor:
-    """The next-token loss of one batch of dialogues (prompt + response through ``template``)."""
-    seqs = [template.prompt(q) + template.response(a) for q, a in pairs]
-    ids, mask = _pad(seqs, template.pad, max(len(x) for x in seqs))
-    _, chosen = fam.corrupt(ids, mask, (), 0, 0, 0.0, None)
-    ids, mask, chosen = ids.to(device), mask.to(device), chosen.to(device)
-    return fam.task_loss(model(input_ids=ids, attention_mask=mask).logits, ids, chosen)
-
-
-def _update(model, opt, sched, loss: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
-
-
-def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
-    """Content hash of an adaptation's inputs and settings (the reuse key)."""
-    shape_d = asdict(shape) if shape else None
-    if shape_d is not None and shape_d.get("arch") is None:
-        del shape_d["arch"]  # the key of an encoder teacher is what it was before architectures were named
-    payload = {"data": manifest_key, "from": source, "shape": shape_d,
-               "settings": asdict(settings), "version": 1}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def is_adapted(out: str | Path, key: str) -> bool:
-    """Whether ``out`` holds the adapted teacher of ``key`` (see ``adapt_key``)."""
-    stamp = Path(out).absolute() / "raykd_adapt.json"
-    return stamp.exists() and json.loads(stamp.read_text()).get("key") == key and \
-        (Path(out).absolute() / "model.safetensors").exists()
-
-
-def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape: TeacherShape | None = None,
-                   settings: AdaptSettings | None = None, log=print, device: str = "cpu",
-                   family: str | None = None) -> Path:
-    """Domain-adapt a teacher on ``device`` on a prepared directory's train split and save it
-    (safetensors + tokenizer) to ``out``; returns ``out``. ``source`` is an HF dir / hub id, or None
-    to build from ``shape``. Reuses ``out`` when it holds the result of the same inputs and settings;
-    writes atomically. ``family`` names a hub ``source``'s family (a directory's config.json says it)."""
-    from ..data.shards import load_manifest, shard_paths  # CLI glue: the data layer reads the shards
-
-    settings = settings or AdaptSettings()
-    shape = None if source else (shape or TeacherShape())
-    manifest = load_manifest(prepared_dir)
-    key = adapt_key(manifest["key"], source or "config", shape, settings)
-    out_p = Path(out).absolute()
-    if is_adapted(out_p, key):
-        log(f"[adapt] reusing {out_p} (same data, teacher and settings)")
-        return out_p
-    import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(Path(prepared_dir) / manifest["tokenizer"]["path"]))
-    t = manifest["tokenizer"]
-    tok_ids = {"pad": t["pad_token_id"], "mask": t["mask_token_id"],
-               "special": tuple(sorted({i for i in (t["pad_token_id"], t["cls_token_id"], t["sep_token_id"],
-                                                    t["mask_token_id"], *tok.all_special_ids) if i is not None}))}
-    if source:
-        model = load_teacher(source, family=family)
-        if model.config.vocab_size < t["vocab_size"]:
-            raise RaykdError(f"teacher {source}: vocabulary ({model.config.vocab_size}) is smaller than the prepared "
-                             f"tokenizer's ({t['vocab_size']}): the tokenizer does not match this teacher")
-    else:
-        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    template = None
-    if family_of(model).name == "causal_lm":
-        from ..data.template import causal_template
-
-        template = causal_template(tok)
-    table = pq.read_table(shard_paths(prepared_dir, "train", manifest), columns=["q_input_ids", "a_input_ids"])
-    pairs = list(zip(table.column("q_input_ids").to_pylist(), table.column("a_input_ids").to_pylist()))
-    log(f"[adapt] {len(pairs):,} train pairs · {settings.steps} steps · batch {settings.batch_size}")
-    t0 = time.monotonic()
-    history = adapt_teacher(model, pairs, tok_ids, settings, log, device=device, template=template)
-    model.to("cpu")
-    with atomic_directory(out_p) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
-        (tmp / "raykd_adapt.json").write_text(json.dumps({
-            "key": key, "data": str(Path(prepared_dir).absolute()), "data_key": manifest["key"],
-            "from": source or "config", "shape": asdict(shape) if shape else None, "settings": asdict(settings),
-            "seconds": time.monotonic() - t0, "device": str(device), "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
-            "final_contrastive": sum(history["contrastive"][-50:]) / len(history["contrastive"][-50:])}, indent=1))
-    log(f"[adapt] saved {out_p} in {time.monotonic() - t0:.0f} s")
-    return out_p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m raykd.models.teacher adapt …``; returns the exit code (2 for bad input)."""
-    ap = argparse.ArgumentParser(prog="python -m raykd.models.teacher")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("adapt", help="domain-adapt a teacher on a prepared directory")
-    a.add_argument("--data", required=True, help="prepared directory (python -m raykd.data prepare)")
-    a.add_argument("--out", required=True)
-    a.add_argument("--from", dest="source", default=None, help="HF dir or hub id (default: build from --layers …)")
-    a.add_argument("--steps", type=int, default=AdaptSettings.steps)
-    a.add_argument("--batch-size", type=int, default=AdaptSettings.batch_size)
-    a.add_argument("--lr", type=float, default=AdaptSettings.lr)
-    a.add_argument("--layers", type=int, default=TeacherShape.layers)
-    a.add_argument("--hidden", type=int, default=TeacherShape.hidden)
-    a.add_argument("--heads", type=int, default=TeacherShape.heads)
-    a.add_argument("--intermediate", type=int, default=TeacherShape.intermediate)
-    a.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    try:
-        if args.steps < 1:
-            raise RaykdError(f"--steps {args.steps}: must be at least 1")
-        adapt_prepared(args.data, args.out, args.source,
-                       TeacherShape(args.layers, args.hidden, args.heads, args.intermediate),
-                       AdaptSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                     threads=os.cpu_count() or 1),
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
-    except RaykdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

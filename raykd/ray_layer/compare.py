@@ -1,4 +1,4 @@
-"""R: a compare study on Ray (``compare:`` in the YAML; the protocol is ``raykd.comparison``'s).
+"""R: a compare study on Ray (``compare:`` in the YAML; the protocol is ``raykd.results.comparison``'s).
 
     <storage>/<name>/tune/<contender>/   each contender's tuning: exactly ``compare.tune.trials`` trials of
                                          the study's search algorithm on the tuning seed (validation metric)
@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raykd import comparison as K
+from raykd.config import contenders as KC
+
+from raykd.results import comparison as K
 from raykd import config as C
-from raykd.architectures import FAMILY_METRIC_KEYS
 from raykd.ray_layer.inputs import log
 from raykd.ray_layer.tuners import REFERENCES_DIR, hparam_metrics, join, restore_tuner, study_tuner, tune_domain
-from raykd.trial_spec import REFERENCE_KEY, REFERENCE_METHOD
+from raykd.train.trial_spec import REFERENCE_KEY, metric_keys, reference_method
 
 
 @dataclass
@@ -76,7 +77,7 @@ def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixe
 
     seed = C.compare_tuning_seed(cfg)
     space = {C.resolve_key(k): v for k, v in space.items()}  # dotted keys everywhere (lr → train.lr)
-    storage, name = join(root, K.TUNE_DIR), _dir_name(label)
+    storage, name = join(root, KC.TUNE_DIR), _dir_name(label)
     path = join(storage, name)
     if resume and tune.Tuner.can_restore(path):
         tuner = restore_tuner(cfg, plan, path)
@@ -114,8 +115,8 @@ def confirmed_bests(results) -> dict[str, dict]:
     out = {}
     for r in results:
         conf = (r.config or {}).get("confirm") or {}
-        if K.CONTENDER_KEY in conf:
-            out[conf[K.CONTENDER_KEY]] = dict(conf)
+        if KC.CONTENDER_KEY in conf:
+            out[conf[KC.CONTENDER_KEY]] = dict(conf)
     return out
 
 
@@ -125,7 +126,7 @@ def confirm_values(results, cfg: C.Config, keys: list[str]) -> dict[str, dict[st
     out: dict[str, dict[str, list]] = {}
     for r in results:
         conf = (r.config or {}).get("confirm") or {}
-        label, seed = conf.get(K.CONTENDER_KEY), (r.config or {}).get("seed")
+        label, seed = conf.get(KC.CONTENDER_KEY), (r.config or {}).get("seed")
         if label is None or seed not in seeds:
             continue
         m = r.metrics or {}
@@ -139,7 +140,7 @@ def confirm_values(results, cfg: C.Config, keys: list[str]) -> dict[str, dict[st
 
 def reference_values(root: str, cfg: C.Config, keys: list[str]) -> dict[str, dict[str, list]]:
     """{role (teacher, init, no_distill): {metric: [value per experiment seed]}} from ``root/references``."""
-    from raykd.report import load_references
+    from raykd.results.report import load_references
 
     seeds = list(cfg.experiment.seeds)
     out: dict[str, dict[str, list]] = {}
@@ -155,8 +156,8 @@ def reference_values(root: str, cfg: C.Config, keys: list[str]) -> dict[str, dic
 
 def _method_entry(t: Tuned, method: str, fixed: dict, confirm: dict) -> dict:
     return {"method": method, "fixed": fixed, "tuning_trials": t.trials, "compute_s": round(t.compute_s, 3),
-            "best": {k: v for k, v in (t.best or {}).items() if k not in (K.CONTENDER_KEY, REFERENCE_KEY)},
-            "best_val": t.best_metric, "on_range_edge": K.edge_flags(t.space, t.best or {}),
+            "best": {k: v for k, v in (t.best or {}).items() if k not in (KC.CONTENDER_KEY, REFERENCE_KEY)},
+            "best_val": t.best_metric, "on_range_edge": KC.edge_flags(t.space, t.best or {}),
             "tuning_errors": t.errors, "confirm": confirm}
 
 
@@ -173,12 +174,12 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
     root = join(storage, name)
     contenders = C.compare_contenders(cfg)
     frozen = resume and tune.Tuner.can_restore(root)  # the confirmation had started: tuning is read, not rerun
-    tuned = {c.label: tune_one(cfg, plan, root, c.label, K.contender_space(c, cfg.space), K.constants(c), cpus, resume,
+    tuned = {c.label: tune_one(cfg, plan, root, c.label, KC.contender_space(c, cfg.space), KC.constants(c), cpus, resume,
                                frozen) for c in contenders}
     ref = None
     if cfg.experiment.references:
-        ref = tune_one(cfg, plan, root, K.REFERENCE_LABEL, dict(cfg.space),
-                       {REFERENCE_KEY: True, K.CONTENDER_KEY: K.REFERENCE_LABEL}, cpus, resume,
+        ref = tune_one(cfg, plan, root, KC.REFERENCE_LABEL, dict(cfg.space),
+                       {REFERENCE_KEY: True, KC.CONTENDER_KEY: KC.REFERENCE_LABEL}, cpus, resume,
                        frozen and tune.Tuner.can_restore(join(root, REFERENCES_DIR)))
     best = [t.best for t in tuned.values() if t.best is not None]
     for t in tuned.values():
@@ -187,7 +188,7 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
     seeds = list(cfg.experiment.seeds)
     log(f"[compare] confirm: {len(best)} best configuration(s) × seeds {seeds} → {root}")
     labels = [c.label for c in contenders]
-    write_experiment_summary(root, {K.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
+    write_experiment_summary(root, {KC.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
     if frozen:
         confirmed = restore_tuner(cfg, plan, root).fit()
         for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
@@ -197,13 +198,13 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
         confirmed = study_tuner(cfg, plan, storage, name,
                                 {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
     if ref is not None:
-        shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, K.CONTENDER_KEY)}
+        shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, KC.CONTENDER_KEY)}
         space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds), **shared}
         ran = reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
         held = {k: v for r in ran for k, v in (r.config or {}).items() if k not in ("seed", REFERENCE_KEY)}
         if held:  # a restored reference experiment ran the settings it was started with
             ref.best = {**(ref.best or {}), **held}
-    keys = [f"test/{m}" for m in FAMILY_METRIC_KEYS[cfg.teacher.family]]
+    keys = [f"test/{m}" for m in metric_keys(cfg.teacher.family)]
     values = confirm_values(confirmed, cfg, keys)
     refs = reference_values(root, cfg, keys) if ref is not None else {}
     empty = {k: [None] * len(seeds) for k in keys}
@@ -211,9 +212,9 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
                for c in contenders}
     references = {role: {"confirm": v} for role, v in refs.items()}  # teacher, init: step 0 of no_distill
     if ref is not None:  # the student trained without the teacher (sft for decoders), tuned like a contender
-        references["no_distill"] = _method_entry(ref, REFERENCE_METHOD[cfg.teacher.family], {},
+        references["no_distill"] = _method_entry(ref, reference_method(cfg.teacher.family), {},
                                                  refs.get("no_distill", empty))
-    _, against = K.parse_against(cfg.compare.against)
+    _, against = KC.parse_against(cfg.compare.against)
     lead = "test/" + cfg.experiment.metric.split("/", 1)[-1]
     doc = K.comparison_doc(against=against, metrics=list(cfg.compare.metrics),
                            trials_per_method=cfg.compare.tune.trials, steps=cfg.train.steps, seeds=seeds,
@@ -227,15 +228,15 @@ def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float,
 
 def tuning_paths(cfg: C.Config, storage: str, name: str) -> list[str]:
     """The tuning experiments of a compare study (each contender's, and the reference's)."""
-    labels = [c.label for c in C.compare_contenders(cfg)] + ([K.REFERENCE_LABEL] if cfg.experiment.references else [])
-    return [join(join(join(storage, name), K.TUNE_DIR), _dir_name(label)) for label in labels]
+    labels = [c.label for c in C.compare_contenders(cfg)] + ([KC.REFERENCE_LABEL] if cfg.experiment.references else [])
+    return [join(join(join(storage, name), KC.TUNE_DIR), _dir_name(label)) for label in labels]
 
 
 def write_comparison(root: str, doc: dict) -> str:
     """Write ``root/comparison.json`` (atomically: a temporary file renamed into place); its path.
     Remote storage (``s3://…``) through pyarrow."""
     text = json.dumps(K.json_safe(doc), indent=1, sort_keys=False, allow_nan=False) + "\n"
-    path = join(root, K.COMPARISON_FILE)
+    path = join(root, KC.COMPARISON_FILE)
     if "://" in root:
         import pyarrow.fs as pafs
 
@@ -243,7 +244,7 @@ def write_comparison(root: str, doc: dict) -> str:
         with fs.open_output_stream(p) as f:
             f.write(text.encode("utf-8"))
         return path
-    tmp = Path(root) / f".{K.COMPARISON_FILE}.tmp-{os.getpid()}"
+    tmp = Path(root) / f".{KC.COMPARISON_FILE}.tmp-{os.getpid()}"
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from raykd import config as C
 from raykd.errors import RaykdError
-from raykd.trial_spec import SCORED_SAMPLERS
+from raykd.train.trial_spec import SCORED_SAMPLERS
 
 
 def log(msg: str) -> None:
@@ -26,7 +26,8 @@ def prepare_inputs(cfg: C.Config) -> dict:
     teacher it will use (a spec checked against the data, or the directory its adaptation goes to).
     Returns the plan; ``complete_inputs`` then does the heavy part on the cluster."""
     from raykd.data.shards import PrepareSettings, load_manifest, prepare
-    from raykd.models.teacher import AdaptSettings, TeacherShape, adapt_key
+    from raykd.models.families import TeacherShape, family_spec
+    from raykd.stages.adapt import AdaptSettings, adapt_key
 
     work = Path(cfg.data.work_dir).absolute()
     if cfg.data.prepared:
@@ -41,11 +42,12 @@ def prepare_inputs(cfg: C.Config) -> dict:
         prepared = str(work / f"prepared-{s.dialogs}-{s.seed}-{cfg.data.max_length}")
         manifest = prepare(PrepareSettings(raw=[str(raw)], out=prepared, tokenizer=cfg.data.tokenizer,
                                            max_length=cfg.data.max_length))
-    sh, causal = cfg.teacher.shape, cfg.teacher.family == "causal_lm"
-    # a causal sequence is prompt + response (each up to max_length) + the template's tokens
+    sh, fam = cfg.teacher.shape, family_spec(cfg.teacher.family)
+    # a templated sequence is prompt + response (each up to max_length) + the template's tokens; a family with
+    # one architecture needs no name for it (and its adaptation key stays what it was before archs were named)
     shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate,
-                         max_position=max(cfg.data.max_length * (3 if causal else 1), 64),
-                         arch=cfg.teacher.arch if causal else None)
+                         max_position=max(cfg.data.max_length * fam.max_position_factor, 64),
+                         arch=cfg.teacher.arch if len(fam.archs) > 1 else None)
     adapt = None
     if cfg.teacher.adapt is not None:
         a = cfg.teacher.adapt
@@ -61,9 +63,8 @@ def prepare_inputs(cfg: C.Config) -> dict:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
     teacher_load = {"trust_remote_code": cfg.teacher.trust_remote_code, "revision": cfg.teacher.revision} \
         if cfg.teacher.spec and cfg.teacher.adapt is None else {}
-    if causal:
-        teacher_load["family"] = "causal_lm"
-    template = causal_template_of(prepared, manifest, cfg) if causal else None
+    teacher_load["family"] = cfg.teacher.family
+    template = causal_template_of(prepared, manifest, cfg) if fam.template else None
     if cfg.student.spec:
         check_student_matches_data(cfg.student.spec, cfg.student.revision, prepared, manifest)
     return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_load": teacher_load,
@@ -90,9 +91,9 @@ def complete_inputs(cfg: C.Config, plan: dict) -> dict:
     """The heavy inputs, each a Ray task on a GPU when the cluster has one (``run_heavy``), skipped
     when already on disk: the teacher's domain adaptation and, when a scored sampler may run, its
     scoring pass over the train split. Returns the plan, complete (``adapt`` removed, ``scores`` set)."""
-    from raykd.data.sampling import scores_dir
+    from raykd.stages.score import scores_dir
     from raykd.data.shards import load_manifest
-    from raykd.models.teacher import is_adapted
+    from raykd.stages.adapt import is_adapted
 
     adapt = plan.pop("adapt", None)
     if adapt is not None:
@@ -148,7 +149,7 @@ def _logged(fn, lines, *args):
 
 
 def _adapt_task(prepared: str, out: str, source, shape, settings, family, device: str, log):
-    from raykd.models.teacher import adapt_prepared
+    from raykd.stages.adapt import adapt_prepared
 
     return adapt_prepared(prepared, out, source, shape, settings, log=log, device=device, family=family)
 
@@ -156,7 +157,7 @@ def _adapt_task(prepared: str, out: str, source, shape, settings, family, device
 def _scores_task(prepared: str, teacher: str, teacher_load: dict, key: str, device: str, log):
     import torch
 
-    from raykd.data.sampling import compute_scores
+    from raykd.stages.score import compute_scores
     from raykd.models.teacher import load_teacher
 
     torch.set_num_threads(os.cpu_count() or 1)  # Ray sets OMP_NUM_THREADS=1 in its workers
@@ -167,9 +168,10 @@ def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: fl
     """Build (or reuse) the teacher-output cache for this study when ``teacher.cache`` is set (or
     ``force``) and some of its trials can read it; returns ``{"dir", "layers", "hidden",
     "teacher_layers"}`` for the plan, else None. Needs a running Ray."""
-    from raykd.ray_layer.cache import build_cache, cache_use, study_layers, teacher_config
+    from raykd.models.families.spec import family_spec
+    from raykd.ray_layer.cache.masked_lm import build_cache, cache_use, study_layers, teacher_config
 
-    if cfg.teacher.family == "causal_lm":
+    if family_spec(cfg.teacher.family).topk_cache:
         return causal_teacher_cache_for(cfg, plan, force, max_gb)
     if cfg.teacher.cache == "none" and not force:
         return None
@@ -189,8 +191,8 @@ def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: fl
 def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:
     """``teacher_cache_for`` of a causal study: its top-k logits and / or hidden states
     (``causal_cache.study_cache_request``); returns the plan's entry, or None."""
-    from raykd.ray_layer.cache import teacher_config
-    from raykd.ray_layer.causal_cache import build_causal_cache, study_cache_request
+    from raykd.ray_layer.cache.masked_lm import teacher_config
+    from raykd.ray_layer.cache.causal_lm import build_causal_cache, study_cache_request
 
     tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
     req = study_cache_request(cfg, tconf.num_hidden_layers, lambda key: space_values(cfg, key), force)
@@ -202,7 +204,7 @@ def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max
     limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
     out, meta = build_causal_cache(plan["prepared"], plan["teacher"], plan["template"], req["layers"], req["topk"],
                                    req["temperatures"], plan.get("teacher_load"), max_bytes=limit, log=log)
-    return {"family": "causal_lm", "dir": str(out), "layers": meta["layers"], "hidden": meta["hidden"],
+    return {"kind": "topk", "dir": str(out), "layers": meta["layers"], "hidden": meta["hidden"],
             "teacher_layers": tconf.num_hidden_layers, "topk": meta["topk"], "temperatures": meta["temperatures"]}
 
 

@@ -27,23 +27,23 @@ from ray import tune
 from ray.train import Checkpoint
 
 from raykd import config as C
-from raykd import parallel
-from raykd.budget import shard_teacher
+from raykd.train import parallel
+from raykd.train.budget import shard_teacher
 from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
-from raykd.evaluation import BOOTSTRAP, Evaluation
-from raykd.models.families import family_of
+from raykd.evaluation.masked_lm import BOOTSTRAP, Evaluation
+from raykd.models.families import DEFAULT, family_of
 from raykd.models.student import enable_checkpointing, student_for
 from raykd.models.teacher import load_teacher, teacher_skeleton
-from raykd.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
-from raykd.ray_layer.cache import CachedPairCollator, cached_targets
-from raykd.ray_layer.causal_cache import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
+from raykd.train.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
+from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets
+from raykd.ray_layer.cache.causal_lm import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
 from raykd.ray_layer.monitoring import LiveMetrics
 from raykd.ray_layer.stream import CausalCollator, PairCollator, department_index
 from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
-from raykd.trial_spec import method_kwargs
+from raykd.train.trial_spec import method_kwargs
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -111,7 +111,7 @@ class Worker:
         torch.set_num_threads(max(1, t.threads_per_worker or int(t.cpus_per_worker)))
         device = ray.train.torch.get_device()  # RAY
         send = LocalReporter(config.get("trial_dir")) if local else train_report
-        family = config["cfg"].get("teacher", {}).get("family") or "masked_lm"
+        family = config["cfg"].get("teacher", {}).get("family") or DEFAULT
         return cls(rank, world, local, device, precision_policy(device, t.precision, family), send)
 
 
@@ -357,7 +357,7 @@ class Run:
 
     def check_cache_layers(self, core) -> None:
         """Refuse a teacher cache that lacks a layer this trial's objective reads."""
-        if self.cache is not None and (self.cache["layers"] or self.cache.get("family") != "causal_lm"):
+        if self.cache is not None and (self.cache["layers"] or self.cache.get("kind") != "topk"):
             needed = set(core.teacher_layers()) | {self.teacher.config.num_hidden_layers}
             if not needed <= set(self.cache["layers"]):
                 raise RuntimeError(f"teacher cache: this trial needs layers {sorted(needed)}, the dataset has "
@@ -535,7 +535,7 @@ def evaluation_for(config: dict, manifest: dict, pairs: int, tokens: TokenIds, t
     encoder ``Evaluation``."""
     if config.get("template") is not None:
         from raykd.data.template import CausalTemplate
-        from raykd.evaluation_causal import CausalEvaluation
+        from raykd.evaluation.causal_lm import CausalEvaluation
 
         return CausalEvaluation(config["prepared"], manifest, pairs, CausalTemplate.from_dict(config["template"]),
                                 config.get("teacher_key"))

@@ -15,7 +15,7 @@ def reference_space(cfg: C.Config) -> dict | None:
     phase's) and per searched student shape — or None with ``experiment.references: false``."""
     from ray import tune
 
-    from raykd.trial_spec import REFERENCE_KEY
+    from raykd.train.trial_spec import REFERENCE_KEY
 
     if not cfg.experiment.references:
         return None

@@ -28,12 +28,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd import config as C
 from raykd.data.shards import load_manifest, special_token_ids
-from raykd.ray_layer.cache import cache_use, cached_dataset, structural_layers
-from raykd.ray_layer.causal_cache import causal_cached_dataset, trial_causal_cache
+from raykd.ray_layer.cache.masked_lm import cache_use, cached_dataset, structural_layers
+from raykd.ray_layer.cache.causal_lm import causal_cached_dataset, trial_causal_cache
 from raykd.ray_layer.loop import train_fn_per_worker
 from raykd.ray_layer.stream import split_datasets
 from raykd.ray_layer.tblog import StepScalars
-from raykd.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, method_kwargs, trial_config
+from raykd.train.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, method_kwargs, trial_config
 
 DATA_CPUS = 0.25  # what each Ray Data read / map task reserves: never a whole CPU, so data always runs
 TRIAL_DRIVER_CPUS = 0.05
@@ -73,7 +73,7 @@ def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
     or None when it runs the teacher online (no cache in the plan, or its method / sampler cannot use
     one: ``cache_use``)."""
     c = plan.get("cache")
-    if c and c.get("family") == "causal_lm":
+    if c and c.get("kind") == "topk":
         return trial_causal_cache(cfg, c)
     if not c or cache_use(cfg.method.name, cfg.sampler.name) is not None:
         return None
@@ -95,7 +95,7 @@ def run_trial(params: dict, plan: dict) -> None:
 
     DataContext.get_current().enable_progress_bars = False
     cache = trial_cache(cfg, plan)
-    if cache is not None and cache.get("family") == "causal_lm":
+    if cache is not None and cache.get("kind") == "topk":
         ds = causal_cached_dataset(plan["cache"]["dir"], cache["layers"], bool(cache["topk"]), num_cpus=DATA_CPUS)
     elif cache is not None:
         ds = cached_dataset(plan["cache"]["dir"], cache["layers"], num_cpus=DATA_CPUS)

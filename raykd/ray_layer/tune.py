@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykd import config as C
-from raykd.budget import budget_text, memory_text
+from raykd.train.budget import budget_text, memory_text
 from raykd.errors import RaykdError
+from raykd.models.families.spec import family_spec
 from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join,  # noqa: F401
@@ -91,7 +92,7 @@ def compare_plan_lines(cfg: C.Config) -> list[str]:
     """The --dry-run lines of a compare study: trials per method and in total, the declared family."""
     if cfg.compare is None:
         return []
-    from raykd.comparison import contender_space
+    from raykd.config.contenders import contender_space
 
     c, seeds = cfg.compare, cfg.experiment.seeds
     contenders = C.compare_contenders(cfg)
@@ -150,7 +151,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
 
     from raykd.ray_layer.tblog import write_experiment_summary
     from raykd.ray_layer.tuners import restore_tuner
-    from raykd.trial_spec import REFERENCE_KEY
+    from raykd.train.trial_spec import REFERENCE_KEY
 
     path = join(storage, name)
     # one HParams table for the trials and the reference trials under references/ (hparam `reference`)
@@ -197,10 +198,8 @@ def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, c
 
 def view_columns(cfg: C.Config, references: bool = False) -> list[str]:
     """The test metrics printed beside the lead metric: the family's headline numbers."""
-    if cfg.teacher.family == "causal_lm":
-        return ["test/answer_accuracy", "test/retained_accuracy_above_chance", "test/retained_accuracy",
-                "test/perplexity"]
-    return ["test/mrr@10", "test/semantic_alignment"] + (["test/mlm_loss"] if references else [])
+    fam = family_spec(cfg.teacher.family)
+    return list(fam.view_metrics) + (list(fam.reference_view_metrics) if references else [])
 
 
 def summarize(results, cfg: C.Config) -> tuple[str, list]:
@@ -230,7 +229,7 @@ def summarize(results, cfg: C.Config) -> tuple[str, list]:
 def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
     """The reference rows (teacher, init, no_distill per seed) as a text table with the lead metric
     and test Semantic Alignment / MRR@10, and the list of (trial id, error) of failed reference trials."""
-    from raykd.report import load_references
+    from raykd.results.report import load_references
 
     metric = cfg.experiment.metric
     cols = view_columns(cfg, references=True)
@@ -252,8 +251,8 @@ def reference_summary(exp_path: str, cfg: C.Config) -> tuple[str, list]:
 
 def gains_text(exp_path: str, cfg: C.Config) -> str:
     """Each finished configuration's gain over the ``init`` and ``no_distill`` references on the lead
-    metric (test), paired by seed, as text (what ``raykd.report`` tabulates, printed at the end)."""
-    from raykd.report import gains_over_references, load_experiment, load_references, varied_parameters
+    metric (test), paired by seed, as text (what ``raykd.results.report`` tabulates, printed at the end)."""
+    from raykd.results.report import gains_over_references, load_experiment, load_references, varied_parameters
 
     lead = "test/" + cfg.experiment.metric.split("/", 1)[-1]
     trials = [t for t in load_experiment(exp_path) if t.status == "finished"]
@@ -404,7 +403,8 @@ def print_outcome(out: Outcome) -> list:
 def print_comparison(out: Outcome) -> list:
     """Print a compare study's outcome (``comparison.json`` as text) and what to run next; returns the
     trials that failed (tuning errors, confirmations that did not finish) as (where, error)."""
-    from raykd.comparison import COMPARISON_FILE, comparison_markdown
+    from raykd.config.contenders import COMPARISON_FILE
+    from raykd.results.comparison import comparison_markdown
 
     root = join(out.storage, out.name)
     table, failed = summarize(out.results, out.cfg)

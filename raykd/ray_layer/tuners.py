@@ -33,7 +33,7 @@ def tune_domain(spec: dict, grid: bool = False):
 def hparam_metrics(cfg: C.Config) -> list[str]:
     """The metric columns of the experiment's HParams view (Tune's scalar tags)."""
     from raykd.ray_layer.tblog import TUNE_PREFIX, tb_tag
-    from raykd.trial_spec import metric_keys
+    from raykd.train.trial_spec import metric_keys
 
     names = [f"{split}/{m}" for split in ("val", "test") for m in metric_keys(cfg.teacher.family)]
     return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]

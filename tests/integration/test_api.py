@@ -11,8 +11,8 @@ import pytest
 import raykd
 from raykd import config as C
 from tests.conftest import SMOKE, study_args
-from tests.integration.test_local_mode import LOCAL
-from tests.integration.test_tune import trial_results
+from tests.helpers.studies import LOCAL
+from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.ray_layer.cache import (CachedPairCollator, build_cache, cache_use, cached_dataset, cached_targets,
+from raykd.ray_layer.cache.masked_lm import (CachedPairCollator, build_cache, cache_use, cached_dataset, cached_targets,
                          load_cache_manifest, structural_layers)
 from raykd.ray_layer.stream import department_index
 from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -94,7 +94,7 @@ def test_reused_while_inputs_unchanged_and_rebuilt_when_one_changes(cache_setup,
     with torch.no_grad():
         t.base_model.encoder.layer[0].output.dense.weight.add_(0.01)
     t.save_pretrained(other)
-    from raykd.ray_layer.cache import cache_key, teacher_fingerprint
+    from raykd.ray_layer.cache.masked_lm import cache_key, teacher_fingerprint
 
     assert cache_key(teacher_fingerprint(str(other)), manifest, LAYERS) != out.name
     assert cache_key(teacher_fingerprint(str(teacher_dir)), manifest, [4]) != out.name
@@ -144,7 +144,7 @@ def test_manifest_lists_shards_with_sizes(cache_setup):
 
 
 def test_cli_builds_or_reuses_the_studys_cache_and_refuses_one_above_the_limit(cache_setup, capsys):
-    from raykd.ray_layer.cache_cli import main as cache_main
+    from raykd.ray_layer.cache.cli import main as cache_main
 
     prepared, _, teacher_dir, out, _ = cache_setup
     smoke = str(ROOT / "search_spaces" / "smoke.yaml")

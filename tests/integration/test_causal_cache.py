@@ -20,10 +20,10 @@ from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.models.families import family as get_family
 from raykd.models.student import build_student
 from raykd.models.teacher import load_teacher
-from raykd.ray_layer.causal_cache import CausalCachedCollate, causal_cached_dataset, causal_cached_targets
+from raykd.ray_layer.cache.causal_lm import CausalCachedCollate, causal_cached_dataset, causal_cached_targets
 from raykd.ray_layer.inputs import complete_inputs, prepare_inputs, teacher_cache_for
 from tests.conftest import CAUSAL_OVERRIDES, ROOT
-from tests.integration.test_tune import trial_results
+from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 CAUSAL = str(ROOT / "search_spaces" / "causal_smoke.yaml")
@@ -136,7 +136,7 @@ def test_feature_align_from_the_cache_equals_online(built):
 
 
 def test_reused_and_refused_above_the_limit(built, causal_work):
-    from raykd.ray_layer.cache_cli import main as cache_main
+    from raykd.ray_layer.cache.cli import main as cache_main
 
     cfg, plan, cache, _ = built
     sets = [f"data.work_dir={causal_work / 'work'}", *(f"{k}={v}" for k, v in CAUSAL_OVERRIDES.items()), "space={}",

@@ -90,7 +90,7 @@ def test_the_holm_family_is_exactly_the_declared_comparisons(compare_study):
 
 
 def test_the_report_prints_the_declared_family_first_and_labels_the_rest_exploratory(compare_study, tmp_path):
-    from raykd.report import build_report
+    from raykd.results.report import build_report
 
     _, root = compare_study
     summary = build_report(root, tmp_path / "report")

@@ -11,9 +11,11 @@ from raykd.data.shards import PrepareSettings, prepare
 from raykd.data.synth import write_corpus
 from raykd.distill.methods import TokenIds, build_method
 from raykd.models.student import build_student
-from raykd.models.teacher import AdaptSettings, TeacherShape, adapt_prepared, build_teacher, load_teacher
+from raykd.models.families import TeacherShape
+from raykd.models.teacher import build_teacher, load_teacher
+from raykd.stages.adapt import AdaptSettings, adapt_prepared
 from raykd.registry import METHODS
-from tests.integration.kd_helpers import evaluate, load_batches, train
+from tests.helpers.kd import evaluate, load_batches, train
 
 pytestmark = pytest.mark.integration
 SHAPE = TeacherShape(layers=6, hidden=64, heads=4, intermediate=256, max_position=64)

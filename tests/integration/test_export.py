@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.export import choose_trial, load_trial_student
+from raykd.results.export import choose_trial, load_trial_student
 from tests.conftest import run_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -19,7 +19,7 @@ TRIALS = 12
 
 def test_twelve_queued_trials_finish_with_bounded_resources(ray_session, grid_experiment, tmp_path, capsys):
     from raykd.ray_layer.monitoring import ResourceWatch
-    from raykd.report import load_experiment
+    from raykd.results.report import load_experiment
     from raykd.ray_layer.tune import main as tune_main
 
     _, _, work, _ = grid_experiment

@@ -14,11 +14,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from raykd.ray_layer.tune import main as tune_main
 from tests.conftest import run_module, study_args
-from tests.integration.test_tune import trial_results
+from tests.helpers.studies import LOCAL, trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
-LOCAL = ["train.local_mode=true", "train.cpus_per_worker=1", "search.algorithm=grid", "train.steps=16",
-         "train.eval_every=4", "train.checkpoint_keep=2", "search.max_concurrent=1", "experiment.references=false"]
 
 
 def _checkpoints(trial_dir):
@@ -64,7 +62,7 @@ def test_trials_share_one_warm_actor_and_report_to_tune(ray_session, grid_experi
     # a local-mode trial's checkpoints live in its Tune trial directory: export finds them there
     from transformers import AutoModelForMaskedLM
 
-    from raykd.export import export
+    from raykd.results.export import export
 
     out = export(exp, work / "local-student")
     assert "model.safetensors" in out["files"] and Path(out["checkpoint"]).parent.parent == exp

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.conftest import ROOT, study_args
-from tests.integration.test_tune import trial_results
+from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from raykd.report import FIGSIZE, DPI
+from raykd.results.report import FIGSIZE, DPI
 from tests.conftest import run_module
-from tests.integration.test_tune import trial_results
+from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 T_975_1DF = 12.706204736174707  # Student's t, 97.5 % quantile, 1 degree of freedom

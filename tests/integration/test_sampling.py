@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raykd.data.sampling import ScoreTable, build_sampler, compute_scores
+from raykd.data.sampling import ScoreTable, build_sampler
+from raykd.stages.score import compute_scores
 from raykd.data.shards import shard_paths
 from raykd.models.teacher import TeacherShape, build_teacher
 from raykd.registry import SAMPLERS

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_adapt_cli_writes_an_hf_teacher(synth_prepared, tmp_path):
     _, prepared, _ = synth_prepared
-    proc = run_module("raykd.models.teacher", "adapt", "--data", str(prepared), "--out", str(tmp_path / "teacher"),
+    proc = run_module("raykd", "adapt", "--data", str(prepared), "--out", str(tmp_path / "teacher"),
                       "--steps", "4", "--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64")
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "teacher" / "raykd_adapt.json").read_text())

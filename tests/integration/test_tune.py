@@ -11,6 +11,7 @@ import pytest
 
 from raykd.ray_layer.tune import main as tune_main
 from tests.conftest import GRID_ARGS, TEST_BASE, study_args
+from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 SMOKE = str(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml")
@@ -20,14 +21,6 @@ def study(tmp: Path, name: str, *sets: str) -> int:
     return tune_main(["--config", SMOKE, "--storage", str(tmp / "exp"), "--name", name, "--set",
                       f"data.work_dir={tmp / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
                       "train.eval_pairs=64", *TEST_BASE, *sets])
-
-
-def trial_results(exp: Path) -> dict[str, list[dict]]:
-    out = {}
-    for d in sorted(exp.glob("trial_*")):
-        lines = (d / "result.json").read_text().splitlines() if (d / "result.json").exists() else []
-        out[d.name] = [json.loads(x) for x in lines if x.strip()]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +176,7 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_sessio
     assert all(rows[-1]["step"] == 12 for rows in trial_results(exp).values() if rows)
     for k, text in finished_before.items():
         assert (exp / k / "result.json").read_text() == text  # not rerun
-    from raykd.report import build_report
+    from raykd.results.report import build_report
 
     report = build_report(exp, work / "killed-report")
     assert report["trials"] == 3 and report["counts"]["finished"] == 3  # every trial exactly once

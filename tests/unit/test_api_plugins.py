@@ -92,7 +92,7 @@ def test_a_plugin_that_breaks_while_importing_is_reported_by_name(tmp_path, monk
 
 
 def test_a_plugin_declares_its_settings_once_and_a_compare_study_tunes_them(tmp_path):
-    from raykd.comparison import contender_space
+    from raykd.config.contenders import contender_space
 
     y = tmp_path / "cmp.yaml"
     y.write_text(SMOKE.read_text(encoding="utf-8") + "\nplugins: [examples.cosine_kd]\n"

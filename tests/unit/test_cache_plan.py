@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from raykd import config as C
-from raykd.ray_layer.cache import cache_use, structural_layers, study_layers
+from raykd.ray_layer.cache.masked_lm import cache_use, structural_layers, study_layers
 from raykd.ray_layer.trial import trial_cache
-from raykd.trial_spec import trial_config
+from raykd.train.trial_spec import trial_config
 
 pytestmark = pytest.mark.unit
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
@@ -58,7 +58,7 @@ def test_cache_kinds_are_named_and_the_logit_cache_is_causal_only():
 
 
 def test_a_causal_study_caches_what_its_trials_read_and_each_trial_takes_its_part():
-    from raykd.ray_layer.causal_cache import causal_needs, study_cache_request, trial_causal_cache
+    from raykd.ray_layer.cache.causal_lm import causal_needs, study_cache_request, trial_causal_cache
 
     def searched(cfg):
         return lambda key: [v for k, spec in cfg.space.items() if C.resolve_key(k) == key
@@ -69,10 +69,10 @@ def test_a_causal_study_caches_what_its_trials_read_and_each_trial_takes_its_par
         "method.params.temperature": {"choice": [1.0, 2.0]}, "teacher.cache_topk": {"grid": [8, 128]}}})
     req = study_cache_request(cfg, 6, searched(cfg))
     assert req == {"layers": [], "topk": 128, "temperatures": [1.0, 2.0]}
-    plan = {"family": "causal_lm", "dir": "/x", "hidden": 128, "teacher_layers": 6, **req}
+    plan = {"kind": "topk", "dir": "/x", "hidden": 128, "teacher_layers": 6, **req}
     t = trial_causal_cache(trial_config(C.to_dict(cfg), {"method.params.temperature": 2.0,
                                                          "teacher.cache_topk": 8}), plan)
-    assert t == {"family": "causal_lm", "hidden": 128, "layers": [], "topk": 8, "cached_topk": 128,
+    assert t == {"kind": "topk", "hidden": 128, "layers": [], "topk": 8, "cached_topk": 128,
                  "temperature": 2.0, "temperature_index": 1, "temperatures": 2}
     # feature_align needs hidden states too: a logits-only cache cannot serve it (online), "both" can
     fa = trial_config(C.to_dict(cfg), {"method.name": "feature_align"})

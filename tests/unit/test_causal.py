@@ -12,30 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from raykd import causal_metrics as CM
-from raykd.data.collate import CausalCollate
-from raykd.data.template import PLAIN, CausalTemplate, causal_template
+from raykd.metrics import causal as CM
+from raykd.data.template import PLAIN, causal_template
 from raykd.data.tokenizer import train_bpe
-from raykd.distill.methods import TokenIds, build_method, make_inputs
+from raykd.distill.methods import build_method, make_inputs
 from raykd.models.families import TeacherShape, family
 from raykd.models.student import build_student, enable_checkpointing
 
 pytestmark = pytest.mark.unit
-VOCAB, PAD, BOS, EOS = 50, 0, 1, 2
-TEMPLATE = CausalTemplate(prefix=(BOS, 5), middle=(6, 7), suffix=(EOS,), strip=(PAD, BOS, EOS), eos=EOS, pad=PAD)
-TOKENS = TokenIds(PAD, None, None, None, (BOS, EOS))
+from tests.helpers.tiny_causal import BOS, EOS, PAD, TEMPLATE, TOKENS, VOCAB  # noqa: E402
+from tests.helpers.tiny_causal import causal_batch as _batch  # noqa: E402
+
 CAUSAL_METHODS = {"sft": {}, "kd": {"divergence": "skew_kl", "temperature": 2.0, "kd_weight": 0.5},
                   "gkd": {"beta": 0.3, "lmbda": 1.0, "max_new_tokens": 4}, "feature_align": {},
                   "structural": {"projection_dim": 16}, "minillm": {}, "no_distill": {}}
-
-
-def _batch(rows=4, seed=0):
-    g = np.random.default_rng(seed)
-    q = [list(g.integers(8, VOCAB, size=int(g.integers(2, 6)))) for _ in range(rows)]
-    a = [list(g.integers(8, VOCAB, size=int(g.integers(1, 5)))) for _ in range(rows)]
-    batch = CausalCollate(TEMPLATE, {"x": 0})({"q_input_ids": q, "a_input_ids": a,
-                                               "department": np.array(["x"] * rows)})
-    return batch, q, a
 
 
 def test_template_and_collate_mark_the_response_tokens_only():
@@ -323,7 +313,7 @@ def test_every_causal_method_runs_on_the_meta_device(name, chunked, meta_nonzero
 
 
 def test_precision_auto_is_bf16_for_causal_and_fp16_with_a_scaler_for_encoders_on_cuda():
-    from raykd.precision import precision_policy
+    from raykd.train.precision import precision_policy
 
     cuda = torch.device("cuda")
     assert precision_policy(cuda, "auto", "causal_lm").name == "bf16" and not precision_policy(cuda, "auto",
@@ -358,8 +348,8 @@ def test_a_bf16_teacher_serves_every_causal_method_under_bf16_autocast(chunked):
     the student is cut from the fp32 teacher first, the teacher then holds bf16 weights and no
     gradients, and every method's step runs (no dtype mix-up) with a finite loss and fp32 student
     gradients; an encoder teacher keeps fp32 weights."""
-    from raykd.evaluation_causal import in_dtype_of
-    from raykd.precision import Precision, frozen_on
+    from raykd.evaluation.causal_lm import in_dtype_of
+    from raykd.train.precision import Precision, frozen_on
 
     bf16 = Precision("cpu", torch.bfloat16, False)
     fam = family("causal_lm")

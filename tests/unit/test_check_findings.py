@@ -25,7 +25,7 @@ def _script():
 
 
 def _doc():
-    from raykd import comparison as K
+    from raykd.results import comparison as K
 
     methods = {
         "ours": {"method": "structural", "fixed": {}, "tuning_trials": 4, "compute_s": 812.4,

@@ -12,10 +12,23 @@ pytestmark = pytest.mark.unit
 PATH = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
-def test_cluster_yaml_passes_rays_schema():
-    from ray.autoscaler._private.util import prepare_config, validate_config
+def _schema_errors(cfg: dict) -> list[str]:
+    """What Ray's cluster-launcher schema (the ``ray-schema.json`` that ``ray up`` validates against, shipped
+    in the public ``ray.autoscaler`` package) says is wrong with ``cfg``."""
+    import json
+    from importlib.resources import files
 
-    validate_config(prepare_config(yaml.safe_load(PATH.read_text())))
+    import jsonschema
+
+    schema = json.loads((files("ray.autoscaler") / "ray-schema.json").read_text())
+    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(cfg)]
+
+
+def test_cluster_yaml_passes_rays_schema():
+    cfg = yaml.safe_load(PATH.read_text())
+    assert _schema_errors(cfg) == []
+    # the check can fail: a misspelt key and a wrong type are caught
+    assert _schema_errors({**cfg, "max_worker": 2}) and _schema_errors({**cfg, "max_workers": "many"})
 
 
 def test_cluster_yaml_is_safe_by_default():

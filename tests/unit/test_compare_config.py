@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from raykd import comparison as K
+from raykd.config import contenders as KC
+
+from raykd.results import comparison as K
 from raykd import config as C
 from raykd.distill import settings as S
 
@@ -93,19 +95,19 @@ def test_a_causal_compare_refuses_encoder_methods_and_a_masked_one_refuses_gener
 
 
 def test_labels_of_a_method_named_twice_come_from_its_fixed_settings():
-    ks = K.parse_contenders(["kd", {"kd": {"divergence": "reverse_kl"}}, {"gkd": {"lmbda": 0.5}}, "gkd"])
+    ks = KC.parse_contenders(["kd", {"kd": {"divergence": "reverse_kl"}}, {"gkd": {"lmbda": 0.5}}, "gkd"])
     assert [k.label for k in ks] == ["kd", "kd[divergence=reverse_kl]", "gkd[lmbda=0.5]", "gkd"]
     with pytest.raises(ValueError, match="entry 1"):
-        K.parse_contenders(["kd", {"kd": 1, "gkd": 2}])
+        KC.parse_contenders(["kd", {"kd": 1, "gkd": 2}])
 
 
 def test_each_methods_search_space_comes_from_its_declaration_less_what_the_yaml_fixes():
     shared = {"lr": {"loguniform": [1e-4, 1e-3]}}
-    kd = K.contender_space(K.Contender("kd", "kd", {"divergence": "jsd", "temperature": 2.0}), shared)
+    kd = KC.contender_space(KC.Contender("kd", "kd", {"divergence": "jsd", "temperature": 2.0}), shared)
     assert kd == {"lr": shared["lr"], "method.params.dynamic_weights": S.BOOL, "method.params.kd_weight": S.KD_WEIGHT}
     # single-term methods tune nothing of their own but the shared settings (no dynamic weights to tune)
-    assert K.contender_space(K.Contender("distillseq", "distillseq"), shared) == shared
-    assert K.constants(K.Contender("kd[x]", "kd", {"divergence": "jsd"})) == {
+    assert KC.contender_space(KC.Contender("distillseq", "distillseq"), shared) == shared
+    assert KC.constants(KC.Contender("kd[x]", "kd", {"divergence": "jsd"})) == {
         "method.name": "kd", "contender": "kd[x]", "method.params.divergence": "jsd"}
     # every tuned domain of every built-in method is a valid setting value at both ends
     for name in C.METHOD_NAMES:
@@ -118,9 +120,9 @@ def test_each_methods_search_space_comes_from_its_declaration_less_what_the_yaml
 def test_best_values_on_the_edge_of_their_range_are_flagged():
     space = {"train.lr": {"loguniform": [1e-4, 1e-2]}, "a": {"uniform": [0.0, 1.0]}, "t": {"choice": [1.0, 2.0, 4.0]},
              "d": {"choice": [False, True]}}
-    assert K.edge_flags(space, {"train.lr": 1.1e-4, "a": 0.5, "t": 2.0, "d": True}) == ["train.lr"]
-    assert K.edge_flags(space, {"train.lr": 1e-3, "a": 0.99, "t": 4.0, "d": False}) == ["a", "t"]
-    assert K.edge_flags(space, {"train.lr": 1e-3, "a": 0.5, "t": 2.0}) == []
+    assert KC.edge_flags(space, {"train.lr": 1.1e-4, "a": 0.5, "t": 2.0, "d": True}) == ["train.lr"]
+    assert KC.edge_flags(space, {"train.lr": 1e-3, "a": 0.99, "t": 4.0, "d": False}) == ["a", "t"]
+    assert KC.edge_flags(space, {"train.lr": 1e-3, "a": 0.5, "t": 2.0}) == []
 
 
 def test_the_declared_family_is_exactly_against_pairs_times_metrics_with_holm_over_it_alone():

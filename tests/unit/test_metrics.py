@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from raykd import metrics
+from raykd.metrics import representation as metrics
 
 pytestmark = pytest.mark.unit
 g = torch.Generator().manual_seed(0)

@@ -10,7 +10,7 @@ from raykd.distill.methods import build_method, make_inputs
 from raykd.distill.weighting import FixedWeights, GradNormWeights
 from raykd.models.modules import DomainAwareFusion, MultiGranularityAggregation, StructuralProjection
 from raykd.models.student import build_student
-from raykd.models.teacher import mask_tokens
+from raykd.models.families.masked_lm import mask_tokens
 from raykd.registry import METHODS
 from tests.helpers.tiny import TOK, VOCAB, tiny_batch, tiny_teacher
 
@@ -153,7 +153,7 @@ def test_samplers_transform_one_batch_with_tokenizer_special_ids():
 
 
 def test_mask_tokens_never_draws_a_special_token_as_the_random_replacement():
-    from raykd.models.teacher import mask_tokens
+    from raykd.models.families.masked_lm import mask_tokens
 
     ids = torch.randint(5, 50, (64, 32))
     specials = (0, 1, 2, 3, 4, 17, 30)

@@ -15,7 +15,7 @@ from raykd.data.shards import PrepareSettings, load_manifest, prepare
 from raykd.data.synth import DEPARTMENTS, write_corpus
 from raykd.errors import RaykdError
 from tests.conftest import run_module
-from tests.unit.test_meddialog import NEW_RECORD_DOCTOR_FIRST, OLD_RECORD
+from tests.helpers.meddialog_records import NEW_RECORD_DOCTOR_FIRST, OLD_RECORD
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from raykd.errors import RaykdError
-from raykd.report import build_report, load_experiment
+from raykd.results.report import build_report, load_experiment
 
 pytestmark = pytest.mark.unit
 
@@ -115,8 +115,8 @@ def test_checkpoints_the_snapshot_does_not_list_are_pruned(tmp_path):
 
 
 def test_against_pairs_one_configuration_with_each_other_by_seed_and_holm_adjusts():
-    from raykd.report import TrialRecord, against
-    from raykd.stats import holm, paired_t
+    from raykd.results.report import TrialRecord, against
+    from raykd.results.stats import holm, paired_t
 
     vals = {"ours": [0.30, 0.32, 0.31], "a": [0.20, 0.21, 0.23], "b": [0.31, 0.30, 0.33]}
     trials = [TrialRecord(f"{m}{s}", "", "finished", params={"method": m}, seed=s,

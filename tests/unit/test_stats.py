@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from raykd.stats import holm, mean_ci, paired_t
+from raykd.results.stats import holm, mean_ci, paired_t
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from raykd.errors import RaykdError
-from raykd.models.teacher import TeacherShape, build_teacher, load_teacher, main
+from raykd.models.teacher import TeacherShape, build_teacher, load_teacher
+from raykd.stages.adapt import main
 
 pytestmark = pytest.mark.unit
 
@@ -29,6 +30,6 @@ def test_teacher_round_trips_through_safetensors(tmp_path):
 
 
 def test_adapt_cli_bad_input_exits_2(tmp_path, capsys):
-    assert main(["adapt", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "not a prepared directory" in capsys.readouterr().err
-    assert main(["adapt", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "0"]) == 2

@@ -12,7 +12,7 @@ from raykd import config as C
 from raykd.distill.methods import build_method, make_inputs
 from raykd.models.student import build_student
 from raykd.ray_layer.trial import trial_resources
-from raykd.trial_spec import method_kwargs, trial_config
+from raykd.train.trial_spec import method_kwargs, trial_config
 from raykd.errors import RaykdError
 from raykd.ray_layer.tune import check_trial_fits, main, max_concurrent, param_space
 from tests.helpers.tiny import TOK, tiny_teacher
@@ -169,7 +169,7 @@ def test_local_mode_is_the_default_for_one_worker_trials_on_a_ray_raykd_starts_i
 
 
 def test_the_dry_run_states_epochs_and_gpu_hours_computed_from_the_models_shapes():
-    from raykd.budget import budget, encoder_flops_per_token, step_flops
+    from raykd.train.budget import budget, encoder_flops_per_token, step_flops
 
     paper = C.load_config(ROOT / "search_spaces" / "paper.yaml")
     b = budget(paper, paper.data.train_pairs)
@@ -189,7 +189,7 @@ def test_the_dry_run_states_epochs_and_gpu_hours_computed_from_the_models_shapes
 def test_the_memory_plan_counts_the_published_models_and_says_whether_the_paper_setting_fits():
     """Parameter counts against the models' published sizes (LLaMA-2-7B 6,738,415,616; TinyLlama-1.1B
     1,100,048,384; Qwen2-0.5B 494,032,768), and the causal paper plan's parts added up."""
-    from raykd.budget import decoder_params, memory_plan, memory_text
+    from raykd.train.budget import decoder_params, memory_plan, memory_text
     from raykd.config import load_config
 
     assert decoder_params(32, 4096, 32, 32, 11008, 32000) == 6_738_415_616
@@ -217,7 +217,7 @@ def test_teacher_shard_is_validated_and_auto_shards_only_a_teacher_too_large_for
     """teacher.shard: named values; ``always`` needs fsdp and a causal teacher; ``auto`` shards a causal
     teacher under fsdp over ≥ 2 GPUs when its full copy exceeds budget.TEACHER_GPU_SHARE of one GPU —
     LLaMA-2-70B in bf16 (129 GiB) on A100s 80 GB, not LLaMA-2-7B (12.6 GiB) — and never on CPU."""
-    from raykd.budget import GIB, TEACHER_GPU_SHARE, decoder_params, memory_plan, memory_text, shard_teacher
+    from raykd.train.budget import GIB, TEACHER_GPU_SHARE, decoder_params, memory_plan, memory_text, shard_teacher
     from raykd.config import ConfigError, load_config
 
     paper = ROOT / "search_spaces" / "causal_paper.yaml"

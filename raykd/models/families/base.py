@@ -6,30 +6,24 @@ on the family. Pure torch + transformers, no Ray."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-
-@dataclass
-class TeacherShape:
-    """Size of a teacher built from a config (randomly initialised, for tests and the generated corpus)."""
-
-    layers: int = 6
-    hidden: int = 128
-    heads: int = 4
-    intermediate: int = 512
-    max_position: int = 512
-    arch: str | None = None  # the family's architecture to build (causal_lm: llama | qwen2 | gpt2); None: its first
+from .spec import FamilySpec, TeacherShape, family_spec  # noqa: F401 (TeacherShape: part of the interface)
 
 
 class ModelFamily:
-    """One architecture family. Subclasses implement every method; ``FAMILIES`` holds one instance each."""
+    """One architecture family's torch side. Subclasses implement every method; ``families.family(name)`` holds
+    one instance each. What the family declares without torch is its ``spec``."""
 
     name: str = ""
     layer_key: re.Pattern  # matches a state-dict key of transformer block i; group 1 is i (0-based)
     export_classes: tuple[str, ...] = ()  # the transformers Auto classes that load an exported student
+
+    @property
+    def spec(self) -> FamilySpec:
+        """This family's declaration (``spec.FamilySpec``)."""
+        return family_spec(self.name)
 
     def matches(self, model: nn.Module) -> bool:
         """Whether ``model`` (an HF model) belongs to this family."""

@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.distributed
 NAME = "kd"  # token-level terms only: half a batch per rank with the global count is the whole batch exactly
 KW = {"kd": {"divergence": "jsd"}}  # (batch-coupled terms — in-batch InfoNCE, per-batch means — are not)
 
@@ -69,7 +69,8 @@ def _objective():
 def _inputs(rows):
     from raykd.distill.methods import make_inputs
     from raykd.models.families import family
-    from tests.unit.test_causal import TOKENS, VOCAB, _batch
+    from tests.helpers.tiny_causal import TOKENS, VOCAB
+    from tests.helpers.tiny_causal import causal_batch as _batch
 
     batch, _, _ = _batch(rows=4, seed=9)
     batch = {k: v[rows] for k, v in batch.items()}
@@ -79,7 +80,7 @@ def _inputs(rows):
 def _rank(rank: int, world: int, out: str) -> None:
     import torch.distributed as dist
 
-    from raykd import parallel
+    from raykd.train import parallel as parallel
 
     teacher, method = _objective()
     full_inputs, full_batch = _inputs(slice(0, 4))
@@ -139,7 +140,7 @@ def _evaluation(prepared: str):
 
     from raykd.data.shards import load_manifest
     from raykd.data.template import CausalTemplate
-    from raykd.evaluation_causal import CausalEvaluation
+    from raykd.evaluation.causal_lm import CausalEvaluation
 
     manifest = load_manifest(prepared)
     tok = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
@@ -149,7 +150,7 @@ def _evaluation(prepared: str):
 
 
 def _teacher_rank(rank: int, world: int, prepared: str, out: str) -> None:
-    from raykd import parallel
+    from raykd.train import parallel as parallel
 
     ev, vocab, pad = _evaluation(prepared)
     teacher = _teacher(vocab, pad)
@@ -194,7 +195,7 @@ def test_a_sharded_teacher_gives_the_unsharded_outputs_and_evaluation(synth_prep
 
 
 def _from_rank0(rank: int, world: int, spec: str, out: str) -> None:
-    from raykd import parallel
+    from raykd.train import parallel as parallel
     from raykd.models.families import family_of
     from raykd.models.teacher import load_teacher, teacher_skeleton
 

@@ -4,20 +4,22 @@ the Ray layer (which runs trials) and export (which rebuilds a trial's student).
 from __future__ import annotations
 
 from raykd import config as C
-from raykd.architectures import FAMILY_METRIC_KEYS
-from raykd.comparison import CONTENDER_KEY
+from raykd.config.contenders import CONTENDER_KEY
 from raykd.distill import settings as S
+from raykd.models.families.spec import DEFAULT, family_spec
 
-METRIC_KEYS = FAMILY_METRIC_KEYS["masked_lm"]
-CAUSAL_METRIC_KEYS = FAMILY_METRIC_KEYS["causal_lm"]
-REFERENCE_METHOD = {"masked_lm": "no_distill", "causal_lm": "sft"}  # what the no_distill reference trains with
+SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")  # samplers that read the teacher's scores
+REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
 
 
 def metric_keys(family: str | None) -> tuple[str, ...]:
-    """The metric names (without split) a family's trials report and its views show."""
-    return CAUSAL_METRIC_KEYS if family == "causal_lm" else METRIC_KEYS
-SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")  # samplers that read the teacher's scores
-REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
+    """The metric names (without split) a family's trials report and its views show (None: the default family)."""
+    return family_spec(family or DEFAULT).metric_keys
+
+
+def reference_method(family: str | None) -> str:
+    """What the no_distill reference of a family's study trains with (its task loss alone)."""
+    return family_spec(family or DEFAULT).reference_method
 
 
 def trial_config(base: dict, params: dict) -> C.Config:
@@ -28,8 +30,8 @@ def trial_config(base: dict, params: dict) -> C.Config:
     overrides = {C.resolve_key(k): v for k, v in params.items() if k not in ("seed", REFERENCE_KEY, CONTENDER_KEY)}
     data = C.apply_overrides(base, overrides)
     if params.get(REFERENCE_KEY):  # the plain student on its own task loss, on the study's unweighted data
-        family = (data.get("teacher") or {}).get("family") or "masked_lm"
-        data["method"] = {**data["method"], "name": REFERENCE_METHOD[family], "depth": None, "params": {}}
+        family = (data.get("teacher") or {}).get("family")
+        data["method"] = {**data["method"], "name": reference_method(family), "depth": None, "params": {}}
         data["sampler"] = {"name": "uniform", "params": {}}
     if "seed" in params:
         data["experiment"]["seeds"] = [int(params["seed"])]

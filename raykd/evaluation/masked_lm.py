@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import torch
 
-from raykd import metrics
+from raykd.metrics import representation as metrics
 from raykd.data.collate import PairCollate, department_index
 from raykd.data.shards import shard_paths
 from raykd.distill.methods import TokenIds, make_inputs

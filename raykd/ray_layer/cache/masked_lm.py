@@ -118,7 +118,7 @@ class TeacherStates:
         import torch
 
         from raykd.models.teacher import load_teacher
-        from raykd.precision import precision_policy
+        from raykd.train.precision import precision_policy
 
         if threads:
             torch.set_num_threads(threads)

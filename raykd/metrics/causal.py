@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from raykd.parallel import is_sharded
+from raykd.models.sharding import is_sharded
 
 
 @torch.no_grad()

@@ -13,83 +13,12 @@ Everything else is reported as exploratory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-from raykd.distill import settings as S
-from raykd.stats import holm, paired_t
-
-COMPARISON_FILE = "comparison.json"
-TUNE_DIR = "tune"  # <storage>/<name>/tune/<contender>: each contender's tuning experiment
-CONTENDER_KEY = "contender"  # the Tune param naming a trial's contender (a label, not a config setting)
-REFERENCE_LABEL = "reference"  # the tuning experiment of the no_distill / sft reference
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One method of a compare study: its ``label`` (unique within the study), the method and the
-    settings the YAML fixes for it (never tuned)."""
-
-    label: str
-    method: str
-    params: dict = field(default_factory=dict)
-
-
-def parse_contenders(entries) -> list[Contender]:
-    """``compare.methods`` → contenders. An entry is ``NAME`` or ``{NAME: {params}}``; a method named
-    more than once gets labels ``NAME[k=v,…]`` from its fixed params. ValueError saying which entry
-    is malformed or which labels repeat."""
-    if not isinstance(entries, list) or not entries:
-        raise ValueError("expected a non-empty list of methods (NAME or NAME: {params})")
-    parsed = []
-    for i, e in enumerate(entries):
-        if isinstance(e, str):
-            parsed.append((e, {}))
-        elif isinstance(e, dict) and len(e) == 1 and isinstance(next(iter(e)), str) \
-                and isinstance(next(iter(e.values())) or {}, dict):
-            name, params = next(iter(e.items()))
-            parsed.append((name, dict(params or {})))
-        else:
-            raise ValueError(f"entry {i} ({e!r}) is not NAME or NAME: {{params}}")
-    count = {}
-    for name, _ in parsed:
-        count[name] = count.get(name, 0) + 1
-    out = []
-    for name, params in parsed:
-        label = name if count[name] == 1 or not params else \
-            f"{name}[{','.join(f'{k}={v}' for k, v in sorted(params.items()))}]"
-        out.append(Contender(label, name, params))
-    labels = [c.label for c in out]
-    repeated = sorted({x for x in labels if labels.count(x) > 1})
-    if repeated:
-        raise ValueError(f"{', '.join(repeated)} named more than once with the same settings")
-    return out
-
-
-def parse_against(text) -> tuple[str, str]:
-    """``"KEY=VALUE"`` → (KEY, VALUE); ValueError otherwise."""
-    if not isinstance(text, str) or "=" not in text:
-        raise ValueError(f"{text!r} is not one KEY=VALUE string (e.g. method=structural)")
-    key, value = (x.strip() for x in text.split("=", 1))
-    return key, value
-
-
-def contender_space(c: Contender, shared: dict) -> dict:
-    """The search space (YAML form: dotted key → domain) of contender ``c``: the shared ``space`` plus
-    every tunable setting its method declares (``settings.tunable``) that the YAML does not fix."""
-    return {**shared, **{f"method.params.{k}": dom for k, dom in S.tunable(c.method, c.params).items()}}
-
-
-def constants(c: Contender) -> dict:
-    """The fixed part of every trial of contender ``c`` (dotted keys)."""
-    return {"method.name": c.method, CONTENDER_KEY: c.label, **{f"method.params.{k}": v for k, v in c.params.items()}}
-
-
-def edge_flags(space: dict, best: dict) -> list[str]:
-    """The tuned keys whose best value sits on the edge of its search range (``settings.on_range_edge``)."""
-    return [k for k, dom in space.items() if k in best and S.on_range_edge(dom, best[k])]
-
+from raykd.results.stats import holm, paired_t
 
 # ------------------------------------------------------------------------------------------ tests
+
+
 def _pairs(a: list, b: list) -> tuple[list, list]:
     keep = [i for i in range(min(len(a), len(b))) if _finite(a[i]) and _finite(b[i])]
     return [a[i] for i in keep], [b[i] for i in keep]
@@ -181,14 +110,9 @@ def comparison_doc(*, against: str, metrics: list[str], trials_per_method: int, 
             "methods": methods, "references": references, "tests": tests, "exploratory": explore}
 
 
-def planned_compare_trials(contenders: int, trials: int, seeds: int, references: bool) -> int:
-    """Trials a compare study runs: every contender's (and the reference's) tuning trials, then each
-    one's best configuration on every seed."""
-    runs = contenders + (1 if references else 0)
-    return runs * trials + runs * seeds
-
-
 # ------------------------------------------------------------------------------------------ text
+
+
 def _num(v, decimals: int = 4) -> str:
     return "—" if not _finite(v) else f"{v:.{decimals}f}"
 
@@ -244,7 +168,7 @@ def exploratory_table(doc: dict) -> list[str]:
 def methods_table(doc: dict, metrics: list[str] | None = None) -> list[str]:
     """Each contender and reference: tuned settings (⚠edge flags), tuning trials and compute, and each
     of ``metrics`` (default: the declared ones) as mean ± 95 % t-interval over its seeds (n shown)."""
-    from raykd.stats import mean_ci
+    from raykd.results.stats import mean_ci
 
     metrics = list(metrics or doc["declared"]["metrics"])
     md = ["| method | tuned settings (⚠edge: best on the edge of its range) | tuning trials | tuning compute (s) | "

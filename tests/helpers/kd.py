@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import torch
 
-from raykd import metrics
+from raykd.metrics import representation as metrics
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.collate import PairCollate as PairCollator, department_index
 from raykd.distill.methods import TokenIds, make_inputs
@@ -50,7 +50,7 @@ def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr
 
 
 def evaluate(student, teacher, prepared, batch_size: int = 64) -> dict:
-    """raykd.metrics.evaluate on validation (first half fits compactness, second half is scored)."""
+    """raykd.metrics.representation.evaluate on validation (first half fits compactness, second half is scored)."""
     val = load_batches(prepared, "validation", batch_size)
     half = max(1, len(val) // 2)
     return metrics.evaluate(student, teacher, val[:half], val[half:])

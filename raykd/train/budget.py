@@ -5,6 +5,7 @@ torch, no Ray; every figure is an upper bound (ASHA stops trials early)."""
 from __future__ import annotations
 
 from raykd import config as C
+from raykd.models.families.spec import family_spec
 
 PEAK_TFLOPS = 312.0  # an A100's dense fp16/bf16 tensor-core peak (cluster.yaml's GPUs)
 UTILISATION = 0.40  # the fraction of peak a well-fed transformer training step reaches (stated, not measured)
@@ -84,14 +85,14 @@ TEACHER_GPU_SHARE = 0.4  # teacher.shard auto: shard the frozen teacher when its
 def shard_teacher(setting: str, strategy: str, family: str, workers: int, teacher_bytes: float,
                   gpu_bytes: float | None) -> bool:
     """Whether a trial shards its frozen teacher over its workers (``teacher.shard``): ``always``
-    (validated to need ``train.strategy`` fsdp and a causal_lm teacher), ``never``, or ``auto`` = a
-    causal_lm teacher under fsdp, over two or more workers, on GPUs (``gpu_bytes``: one GPU's memory,
+    (validated to need ``train.strategy`` fsdp and a family whose teacher shards), ``never``, or ``auto`` = a
+    shardable teacher (causal_lm) under fsdp, over two or more workers, on GPUs (``gpu_bytes``: one GPU's memory,
     None on CPU) whose full weights (``teacher_bytes``, in the dtype trials hold them) exceed
     ``TEACHER_GPU_SHARE`` of one GPU: the student's training state, its activations and the logits
     need the rest."""
     if setting != "auto":
         return setting == "always"
-    return (strategy == "fsdp" and family == "causal_lm" and workers > 1 and gpu_bytes is not None
+    return (strategy == "fsdp" and family_spec(family).shardable_teacher and workers > 1 and gpu_bytes is not None
             and teacher_bytes > TEACHER_GPU_SHARE * gpu_bytes)
 
 
@@ -138,26 +139,26 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     4 B) for the plain loss, or one chunk of ``train.chunked_loss_tokens`` tokens for the chunked one.
     Tokens per micro-batch: ``batch_size`` × 2 × ``data.max_length`` (a causal sequence is prompt +
     response, an encoder batch holds questions and answers)."""
-    t, fam = cfg.train, cfg.teacher.family
+    t, fam = cfg.train, family_spec(cfg.teacher.family)
     shp = _shapes(cfg)
     V = shp["vocab"]
-    if fam == "causal_lm":
+    if fam.decoder_params:
         p_t, p_s = decoder_params(*shp["teacher"], V), decoder_params(*shp["student"], V)
     else:
         p_t = encoder_params(shp["teacher"][0], shp["teacher"][1], shp["teacher"][4], V)
         p_s = encoder_params(shp["student"][0], shp["student"][1], shp["student"][4], V)
     gpus = gpus_per_trial or t.num_workers
     tokens = t.batch_size * 2 * cfg.data.max_length
-    teacher_bytes = 2 if t.use_gpu and fam == "causal_lm" and t.precision in ("auto", "bf16") else 4
+    teacher_bytes = 2 if t.use_gpu and fam.bf16 and t.precision in ("auto", "bf16") else 4
     s_layers, s_hidden = shp["student"][0], shp["student"][1]
     act = 34 * s_hidden * tokens * s_layers / GIB
     act_ckpt = (2 * s_hidden * tokens * s_layers + 34 * s_hidden * tokens) / GIB
-    task_tokens = tokens // 2 if fam == "causal_lm" else int(tokens * 0.15)  # responses / masked positions
+    task_tokens = int(tokens * fam.task_token_share)  # responses / masked positions
     chunk = min(t.chunked_loss_tokens or task_tokens, task_tokens)
     out = {"student_params": p_s, "teacher_params": p_t, "gpus": gpus, "tokens_per_micro_batch": tokens,
            "weights_grads_optimizer": 16 * p_s / GIB, "weights_grads_optimizer_fsdp": 16 * p_s / GIB / gpus,
            "teacher_full": teacher_bytes * p_t / GIB, "teacher_dtype": "bf16" if teacher_bytes == 2 else "fp32",
-           "teacher_sharded": t.use_gpu and shard_teacher(cfg.teacher.shard, t.strategy, fam, gpus,
+           "teacher_sharded": t.use_gpu and shard_teacher(cfg.teacher.shard, t.strategy, fam.name, gpus,
                                                           teacher_bytes * p_t, A100_GIB * GIB),
            "activations": act,
            "activations_checkpointed": act_ckpt, "logits_plain": 5 * task_tokens * V * 4 / GIB,

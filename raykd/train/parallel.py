@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from raykd.models.sharding import is_sharded  # noqa: F401 (part of this module's interface)
+
 
 def shard(method: nn.Module, blocks: nn.ModuleList) -> nn.Module:
     """``method`` sharded in place over the default process group: each of ``blocks`` (the student's
@@ -69,13 +71,6 @@ def shard_frozen_from_rank0(skeleton: nn.Module, full: nn.Module | None, blocks:
                 buf.copy_(source[name])
             dist.broadcast(buf, src=0)
     return skeleton
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether ``model`` was sharded by ``shard`` (FSDP2)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

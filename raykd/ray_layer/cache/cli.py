@@ -1,5 +1,5 @@
 """R: ``python -m raykd.cache build`` — prepare a study's inputs and build its teacher-output cache
-(see ``raykd.ray_layer.cache``; causal teachers ``raykd.ray_layer.causal_cache``) ahead of the study,
+(see ``raykd.ray_layer.cache.masked_lm``; causal teachers ``raykd.ray_layer.cache.causal_lm``) ahead of the study,
 on a local Ray or ``--address``. With ``teacher.cache: none`` it builds what the study's trials would read.
 
     python -m raykd.cache build --config search_spaces/depth.yaml [--set key=value ...] [--max-gb G]

@@ -26,7 +26,7 @@ import numpy as np
 from raykd.data.collate import CausalCollate
 from raykd.data.shards import shard_paths
 from raykd.errors import RaykdError
-from raykd.ray_layer.cache import (build_inputs, cache_dir_for, load_cache_manifest, refuse_above,
+from raykd.ray_layer.cache.masked_lm import (build_inputs, cache_dir_for, load_cache_manifest, refuse_above,
                                    teacher_fingerprint, teacher_pass, write_cache)
 from ray.data.collate_fn import NumpyBatchCollateFn
 
@@ -108,7 +108,7 @@ class CausalTeacherOutputs:
 
         from raykd.data.template import CausalTemplate
         from raykd.models.teacher import load_teacher
-        from raykd.precision import frozen_on, precision_policy
+        from raykd.train.precision import frozen_on, precision_policy
 
         if threads:
             torch.set_num_threads(threads)
@@ -278,7 +278,7 @@ def study_cache_request(cfg, teacher_layers: int, searched, force: bool = False)
     that kind), or None when ``teacher.cache`` is none (and not ``force``) or no trial could read it.
     ``force`` with cache none caches whatever the study's methods read. ``searched(key)``: the values
     the study's space gives a dotted key."""
-    from raykd.ray_layer.cache import study_layers
+    from raykd.ray_layer.cache.masked_lm import study_layers
 
     kind = cfg.teacher.cache
     if kind == "none" and not force:
@@ -303,7 +303,7 @@ def study_cache_request(cfg, teacher_layers: int, searched, force: bool = False)
 def trial_causal_cache(cfg, cache: dict) -> dict | None:
     """What a causal trial reads from the study's cache (``cache``: the plan's entry), or None when it
     runs its teacher online: its method needs what the cache lacks, or generates, or reads no teacher."""
-    from raykd.ray_layer.cache import structural_layers
+    from raykd.ray_layer.cache.masked_lm import structural_layers
 
     needs = causal_needs(cfg.method.name, cfg.method.params)
     if cfg.teacher.cache == "none" or isinstance(needs, str) or not needs:
@@ -311,7 +311,7 @@ def trial_causal_cache(cfg, cache: dict) -> dict | None:
     have = ({"hidden"} if cache["layers"] else set()) | ({"logits"} if cache["topk"] else set())
     if not needs <= have:
         return None
-    out = {"family": "causal_lm", "hidden": cache["hidden"], "layers": [], "topk": 0}
+    out = {"kind": "topk", "hidden": cache["hidden"], "layers": [], "topk": 0}
     if "hidden" in needs:
         out["layers"] = structural_layers(cache["teacher_layers"], cfg.student.layers, cfg.method.depth)
     if "logits" in needs:

@@ -1,4 +1,4 @@
-"""The study's metrics (DESIGN.md §5), computed on the student alone. Imports no other raykd module.
+"""The study's metrics (README, *Metrics*), computed on the student alone. Imports no other raykd module.
 
 Inputs are torch tensors (numpy arrays accepted); arithmetic is float64. Scores are 0–100 where
 noted, else 0–1. Sentence representations: the teacher's Y_T = masked mean of its last hidden layer

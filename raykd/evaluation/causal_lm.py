@@ -30,11 +30,12 @@ import hashlib
 
 import numpy as np
 
-from raykd import causal_metrics as CM
-from raykd import metrics, parallel
+from raykd.metrics import causal as CM
+from raykd.metrics import representation as metrics
+from raykd.models.sharding import is_sharded
 from raykd.data.collate import CausalCollate, department_index
 from raykd.data.shards import shard_paths
-from raykd.evaluation import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
+from raykd.evaluation.masked_lm import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
 
 DISTRACTORS = 4
 ROUGE_PROMPTS = 32
@@ -157,7 +158,7 @@ class CausalEvaluation:
     def _memo(self, teacher, what: str, compute):
         if what in self._pinned:
             return self._pinned[what]
-        if parallel.is_sharded(_lm(teacher)):  # alone on rank 0 its collectives would wait for ever
+        if is_sharded(_lm(teacher)):  # alone on rank 0 its collectives would wait for ever
             raise RuntimeError(f"the sharded teacher's {what} was not computed by every rank together: call "
                                "teacher_part on every rank first")
         if self.teacher_key is None:
@@ -234,7 +235,7 @@ class CausalEvaluation:
                "test/decode_tokens_per_s": dec}
         for b in LATENCY_BATCHES:
             out[f"test/latency_ms_b{b}"] = s[f"latency_ms_b{b}"]
-        if parallel.is_sharded(t_lm):  # its latency is mostly all-gathers of its weights: no inference speedup
+        if is_sharded(t_lm):  # its latency is mostly all-gathers of its weights: no inference speedup
             out["test/teacher_decode_tokens_per_s_sharded"] = t["decode"]
             out.update({f"test/teacher_latency_ms_b{b}_sharded": t[f"latency_ms_b{b}"] for b in LATENCY_BATCHES})
             return out

@@ -1,0 +1,1 @@
+"""Evaluation of a trial's student: one module per model family (``masked_lm``, ``causal_lm``)."""

@@ -1,0 +1,1 @@
+"""Training stages before the trials: teacher adaptation (``adapt``) and sampler scoring (``score``)."""
