@@ -92,19 +92,19 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = C.load_config(args.config, {"space": {}})
     plan = prepare_inputs(cfg)
-    if not Path(plan["teacher"], "config.json").exists():
-        print(f"error: no adapted teacher at {plan['teacher']}: run the study (or raykd.cache build) first",
+    if not Path(plan.teacher, "config.json").exists():
+        print(f"error: no adapted teacher at {plan.teacher}: run the study (or raykd.cache build) first",
               file=sys.stderr)
         return 2
-    manifest = load_manifest(plan["prepared"])
+    manifest = load_manifest(plan.prepared)
     vocab = int(manifest["tokenizer"]["vocab_size"])
     tokens = TokenIds.from_manifest(manifest)
-    teacher = load_teacher(plan["teacher"], family="causal_lm").eval()
+    teacher = load_teacher(plan.teacher, family="causal_lm").eval()
     torch.manual_seed(cfg.experiment.seeds[0])
     method = build_method("kd", build_student(teacher, cfg.student.layers), teacher.config, divergence="forward_kl")
     method.vocab = vocab
-    val = _batches(plan["prepared"], manifest, "validation", plan["template"], 32, args.pairs)
-    train = _batches(plan["prepared"], manifest, "train", plan["template"], cfg.train.batch_size,
+    val = _batches(plan.prepared, manifest, "validation", plan.template, 32, args.pairs)
+    train = _batches(plan.prepared, manifest, "train", plan.template, cfg.train.batch_size,
                      args.steps * cfg.train.batch_size)
     results = {"init": measure(method, teacher, val, tokens, vocab)}
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=cfg.train.lr)

@@ -11,15 +11,17 @@ def department_index(manifest: dict) -> dict[str, int]:
     return {d: i for i, d in enumerate(manifest["departments"])}
 
 
-def pad_ids(seqs, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a batch of id sequences to its longest; returns (ids int64 [b, t], attention mask int64 [b, t])."""
+def pad_ids(seqs, pad_id: int, left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a batch of id sequences to its longest, on the right (``left``: on the left, as generation wants its
+    prompts); returns (ids int64 [b, t], attention mask int64 [b, t]). raykd's one padding helper."""
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
     width = int(lengths.max()) if len(seqs) else 0
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
-        ids[i, : lengths[i]] = s
-        mask[i, : lengths[i]] = 1
+        cols = slice(width - int(lengths[i]), width) if left else slice(0, int(lengths[i]))
+        ids[i, cols] = s
+        mask[i, cols] = 1
     return ids, mask
 
 

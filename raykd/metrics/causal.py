@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from raykd.data.collate import pad_ids
 from raykd.models.sharding import is_sharded
 
 
@@ -105,14 +106,9 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts left-padded for generation: (ids [b, t], attention mask [b, t])."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
+    """Prompts left-padded for generation: (ids [b, t], attention mask [b, t]), int64."""
+    ids, mask = pad_ids(prompts, pad, left=True)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 @torch.no_grad()
@@ -168,23 +164,13 @@ def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def score_pairs(model, prompts: list[list[int]], responses: list[list[int]], pad: int,
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(Σ log p of each response given its prompt, its token count) for parallel lists, batched."""
     sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
         seqs = [p + r for p, r in zip(prompts[i: i + batch_size], responses[i: i + batch_size])]
-        ids, mask = _pad_right(seqs, pad)
+        ids, mask = (torch.from_numpy(x) for x in pad_ids(seqs, pad))
         resp = torch.zeros_like(ids)
         for j, p in enumerate(prompts[i: i + batch_size]):
             resp[j, len(p): len(seqs[j])] = 1

@@ -22,7 +22,7 @@ from raykd.results import comparison as K
 from raykd import config as C
 from raykd.ray_layer.inputs import log
 from raykd.ray_layer.tuners import REFERENCES_DIR, hparam_metrics, join, restore_tuner, study_tuner, tune_domain
-from raykd.train.trial_spec import REFERENCE_KEY, metric_keys, reference_method
+from raykd.train.trial_spec import REFERENCE_KEY, StudyPlan, metric_keys, reference_method
 
 
 @dataclass
@@ -68,7 +68,7 @@ def scheduler(cfg: C.Config):
     return asha(cfg) if kind == "asha" else FIFOScheduler()
 
 
-def tune_one(cfg: C.Config, plan: dict, root: str, label: str, space: dict, fixed: dict, cpus: float,
+def tune_one(cfg: C.Config, plan: StudyPlan, root: str, label: str, space: dict, fixed: dict, cpus: float,
              resume: bool, frozen: bool = False) -> Tuned:
     """Run (or, with ``resume``, continue) one contender's tuning experiment; its summary. ``frozen``:
     the confirmation has started, so the tuning is only read back (never resumed: a re-run errored
@@ -161,7 +161,7 @@ def _method_entry(t: Tuned, method: str, fixed: dict, confirm: dict) -> dict:
             "tuning_errors": t.errors, "confirm": confirm}
 
 
-def run_compare(cfg: C.Config, plan: dict, storage: str, name: str, cpus: float, resume: bool):
+def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: float, resume: bool):
     """Tune every contender and the reference with the same budget, confirm each best on the seeds,
     run the references there, test the declared comparisons; writes ``comparison.json``. Returns
     (the confirmation's ResultGrid, the comparison document)."""

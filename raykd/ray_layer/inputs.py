@@ -2,7 +2,7 @@
 data (generated corpus → tokenized shards) on the driver (``prepare_inputs``); the teacher's domain
 adaptation and the sampler scores as Ray tasks that take a GPU when the cluster has one
 (``complete_inputs``); the teacher-output cache with Ray Data (``teacher_cache_for``). They make up
-the study's plan (a dict every trial receives)."""
+the study's plan (a ``StudyPlan`` every trial receives)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from raykd import config as C
 from raykd.errors import RaykdError
-from raykd.train.trial_spec import SCORED_SAMPLERS
+from raykd.train.trial_spec import SCORED_SAMPLERS, StudyPlan
 
 
 def log(msg: str) -> None:
@@ -20,7 +20,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare_inputs(cfg: C.Config) -> dict:
+def prepare_inputs(cfg: C.Config) -> StudyPlan:
     """The study's inputs that the driver prepares itself, content-addressed: the prepared data
     (generated corpus → tokenized shards, or a prepared directory verified shard by shard), and the
     teacher it will use (a spec checked against the data, or the directory its adaptation goes to).
@@ -67,9 +67,9 @@ def prepare_inputs(cfg: C.Config) -> dict:
     template = causal_template_of(prepared, manifest, cfg) if fam.template else None
     if cfg.student.spec:
         check_student_matches_data(cfg.student.spec, cfg.student.revision, prepared, manifest)
-    return {"base": C.to_dict(cfg), "prepared": prepared, "teacher": teacher, "teacher_load": teacher_load,
-            "teacher_key": key, "data_key": manifest["key"], "scores": None, "adapt": adapt,
-            "plugin_paths": C.plugin_paths(cfg.plugins), "template": template}
+    return StudyPlan(base=C.to_dict(cfg), prepared=prepared, teacher=teacher, teacher_load=teacher_load,
+                     teacher_key=key, data_key=manifest["key"], adapt=adapt, plugin_paths=C.plugin_paths(cfg.plugins),
+                     template=template)
 
 
 def causal_template_of(prepared: str, manifest: dict, cfg: C.Config) -> dict:
@@ -87,7 +87,7 @@ def causal_template_of(prepared: str, manifest: dict, cfg: C.Config) -> dict:
                          "with eos and pad tokens (train-bpe:VOCAB, or the teacher's own)") from None
 
 
-def complete_inputs(cfg: C.Config, plan: dict) -> dict:
+def complete_inputs(cfg: C.Config, plan: StudyPlan) -> StudyPlan:
     """The heavy inputs, each a Ray task on a GPU when the cluster has one (``run_heavy``), skipped
     when already on disk: the teacher's domain adaptation and, when a scored sampler may run, its
     scoring pass over the train split. Returns the plan, complete (``adapt`` removed, ``scores`` set)."""
@@ -95,22 +95,22 @@ def complete_inputs(cfg: C.Config, plan: dict) -> dict:
     from raykd.data.shards import load_manifest
     from raykd.stages.adapt import is_adapted
 
-    adapt = plan.pop("adapt", None)
+    adapt, plan.adapt = plan.adapt, None
     if adapt is not None:
-        if is_adapted(plan["teacher"], plan["teacher_key"]):
-            log(f"[adapt] reusing {plan['teacher']} (same data, teacher and settings)")
+        if is_adapted(plan.teacher, plan.teacher_key):
+            log(f"[adapt] reusing {plan.teacher} (same data, teacher and settings)")
         else:
-            run_heavy(_adapt_task, plan["prepared"], plan["teacher"], adapt["source"], adapt["shape"],
+            run_heavy(_adapt_task, plan.prepared, plan.teacher, adapt["source"], adapt["shape"],
                       adapt["settings"], adapt.get("family"), what="teacher adaptation")
     samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
     if samplers & set(SCORED_SAMPLERS):
-        out = scores_dir(plan["prepared"], plan["teacher_key"], load_manifest(plan["prepared"]))
+        out = scores_dir(plan.prepared, plan.teacher_key, load_manifest(plan.prepared))
         if (out / "scores.parquet").exists():
             log(f"[scores] reusing {out}")
         else:
-            out = run_heavy(_scores_task, plan["prepared"], plan["teacher"], plan["teacher_load"], plan["teacher_key"],
+            out = run_heavy(_scores_task, plan.prepared, plan.teacher, plan.teacher_load, plan.teacher_key,
                             what="sampler scoring")
-        plan["scores"] = str(out)
+        plan.scores = str(out)
     return plan
 
 
@@ -164,7 +164,7 @@ def _scores_task(prepared: str, teacher: str, teacher_load: dict, key: str, devi
     return compute_scores(prepared, load_teacher(teacher, **teacher_load).to(device), key, log=log)
 
 
-def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:
+def teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False, max_gb: float | None = None) -> dict | None:
     """Build (or reuse) the teacher-output cache for this study when ``teacher.cache`` is set (or
     ``force``) and some of its trials can read it; returns ``{"dir", "layers", "hidden",
     "teacher_layers"}`` for the plan, else None. Needs a running Ray."""
@@ -181,20 +181,20 @@ def teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: fl
         reasons = sorted({cache_use(m, s) for m in methods for s in samplers})
         log(f"[cache] no trial of this study can read a teacher cache ({'; '.join(reasons)}): teacher runs online")
         return None
-    tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
+    tconf = teacher_config(plan.teacher, plan.teacher_load)
     layers = study_layers(cfg, tconf.num_hidden_layers)
     limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
-    out = build_cache(plan["prepared"], plan["teacher"], layers, plan.get("teacher_load"), max_bytes=limit, log=log)
+    out = build_cache(plan.prepared, plan.teacher, layers, plan.teacher_load, max_bytes=limit, log=log)
     return {"dir": str(out), "layers": layers, "hidden": tconf.hidden_size, "teacher_layers": tconf.num_hidden_layers}
 
 
-def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max_gb: float | None = None) -> dict | None:
+def causal_teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False, max_gb: float | None = None) -> dict | None:
     """``teacher_cache_for`` of a causal study: its top-k logits and / or hidden states
     (``causal_cache.study_cache_request``); returns the plan's entry, or None."""
     from raykd.ray_layer.cache.masked_lm import teacher_config
     from raykd.ray_layer.cache.causal_lm import build_causal_cache, study_cache_request
 
-    tconf = teacher_config(plan["teacher"], plan.get("teacher_load"))
+    tconf = teacher_config(plan.teacher, plan.teacher_load)
     req = study_cache_request(cfg, tconf.num_hidden_layers, lambda key: space_values(cfg, key), force)
     if req is None:
         if cfg.teacher.cache != "none":
@@ -202,8 +202,8 @@ def causal_teacher_cache_for(cfg: C.Config, plan: dict, force: bool = False, max
                 "methods need what it lacks, generate, or read no teacher): the teacher runs online")
         return None
     limit = (max_gb if max_gb is not None else cfg.teacher.cache_max_gb) * 1e9
-    out, meta = build_causal_cache(plan["prepared"], plan["teacher"], plan["template"], req["layers"], req["topk"],
-                                   req["temperatures"], plan.get("teacher_load"), max_bytes=limit, log=log)
+    out, meta = build_causal_cache(plan.prepared, plan.teacher, plan.template, req["layers"], req["topk"],
+                                   req["temperatures"], plan.teacher_load, max_bytes=limit, log=log)
     return {"kind": "topk", "dir": str(out), "layers": meta["layers"], "hidden": meta["hidden"],
             "teacher_layers": tconf.num_hidden_layers, "topk": meta["topk"], "temperatures": meta["temperatures"]}
 

@@ -5,6 +5,7 @@ teacher scored as its own student (``teacher``) — as experiment ``NAME/referen
 from __future__ import annotations
 
 from raykd import config as C
+from raykd.train.trial_spec import StudyPlan
 from raykd.errors import RaykdError
 from raykd.ray_layer.inputs import log
 from raykd.ray_layer.tuners import REFERENCES_DIR, join, restore_tuner, study_tuner
@@ -31,7 +32,7 @@ def reference_space(cfg: C.Config) -> dict | None:
     return space
 
 
-def reference_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool,
+def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster_cpus: float, resume: bool,
                     space: dict | None = None):
     """The study's reference trials (``no_distill`` per seed and student shape; each one's step-0
     row is the ``init`` reference and carries the ``teacher`` reference) as experiment

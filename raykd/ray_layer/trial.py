@@ -33,7 +33,7 @@ from raykd.ray_layer.cache.causal_lm import causal_cached_dataset, trial_causal_
 from raykd.ray_layer.loop import train_fn_per_worker
 from raykd.ray_layer.stream import split_datasets
 from raykd.ray_layer.tblog import StepScalars
-from raykd.train.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, method_kwargs, trial_config
+from raykd.train.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, StudyPlan, method_kwargs, trial_config
 
 DATA_CPUS = 0.25  # what each Ray Data read / map task reserves: never a whole CPU, so data always runs
 TRIAL_DRIVER_CPUS = 0.05
@@ -49,7 +49,7 @@ def trial_resources(t: C.TrainConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ Tune side
-def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
+def provenance(cfg: C.Config, plan: StudyPlan, trial_id: str) -> dict:
     """What produced a trial: versions, git SHA, the resolved config, hashes of data / teacher / scores."""
     import transformers
 
@@ -63,16 +63,16 @@ def provenance(cfg: C.Config, plan: dict, trial_id: str) -> dict:
 
     return {"trial_id": trial_id, "raykd": __version__, "git_sha": sha, "python": platform.python_version(),
             "torch": torch.__version__, "ray": ray.__version__, "transformers": transformers.__version__,
-            "config": C.to_dict(cfg), "seed": cfg.experiment.seeds[0], "data_key": plan["data_key"],
-            "teacher_key": plan["teacher_key"], "teacher": plan["teacher"], "prepared": plan["prepared"],
-            "scores": plan.get("scores")}
+            "config": C.to_dict(cfg), "seed": cfg.experiment.seeds[0], "data_key": plan.data_key,
+            "teacher_key": plan.teacher_key, "teacher": plan.teacher, "prepared": plan.prepared,
+            "scores": plan.scores}
 
 
-def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
+def trial_cache(cfg: C.Config, plan: StudyPlan) -> dict | None:
     """``{"layers", "hidden"}`` of the teacher cache this trial reads (causal: ``trial_causal_cache``),
     or None when it runs the teacher online (no cache in the plan, or its method / sampler cannot use
     one: ``cache_use``)."""
-    c = plan.get("cache")
+    c = plan.cache
     if c and c.get("kind") == "topk":
         return trial_causal_cache(cfg, c)
     if not c or cache_use(cfg.method.name, cfg.sampler.name) is not None:
@@ -81,14 +81,14 @@ def trial_cache(cfg: C.Config, plan: dict) -> dict | None:
             "hidden": c["hidden"]}
 
 
-def run_trial(params: dict, plan: dict) -> None:
+def run_trial(params: dict, plan: StudyPlan) -> None:
     """Tune function trainable: resolve this trial's config, build its datasets and fit its TorchTrainer.
     Metrics reach Tune at every evaluation through ``TuneReportCallback`` (``LocalReporter`` in local mode)."""
     t_trial_start = time.time()
     ctx = tune.get_context()
     trial_id, trial_dir = ctx.get_trial_id(), ctx.get_trial_dir()
-    C.import_plugins(plan["base"].get("plugins", []), "<trial>", plan.get("plugin_paths", ()))
-    cfg = trial_config(plan["base"], params)
+    C.import_plugins(plan.base.get("plugins", []), "<trial>", plan.plugin_paths)
+    cfg = trial_config(plan.base, params)
     method_kwargs(cfg, 1)  # a bad method setting fails here, before any worker starts (and is not retried there)
     Path(trial_dir, "provenance.json").write_text(json.dumps(provenance(cfg, plan, trial_id), indent=1))
     from ray.data import DataContext
@@ -96,11 +96,11 @@ def run_trial(params: dict, plan: dict) -> None:
     DataContext.get_current().enable_progress_bars = False
     cache = trial_cache(cfg, plan)
     if cache is not None and cache.get("kind") == "topk":
-        ds = causal_cached_dataset(plan["cache"]["dir"], cache["layers"], bool(cache["topk"]), num_cpus=DATA_CPUS)
+        ds = causal_cached_dataset(plan.cache["dir"], cache["layers"], bool(cache["topk"]), num_cpus=DATA_CPUS)
     elif cache is not None:
-        ds = cached_dataset(plan["cache"]["dir"], cache["layers"], num_cpus=DATA_CPUS)
+        ds = cached_dataset(plan.cache["dir"], cache["layers"], num_cpus=DATA_CPUS)
     else:
-        ds = split_datasets(plan["prepared"], splits=("train",), num_cpus=DATA_CPUS)["train"]
+        ds = split_datasets(plan.prepared, splits=("train",), num_cpus=DATA_CPUS)["train"]
     from ray.data import RandomSeedConfig
 
     # one global shuffle per epoch, reproducible under the trial seed and different each epoch: pairs of
@@ -109,28 +109,28 @@ def run_trial(params: dict, plan: dict) -> None:
                            num_cpus=DATA_CPUS)
     sampler = None
     if cfg.sampler.name != "uniform":  # runs on the worker, which knows the epoch (see sampled_batches)
-        if cfg.sampler.name in SCORED_SAMPLERS and not plan.get("scores"):
+        if cfg.sampler.name in SCORED_SAMPLERS and not plan.scores:
             raise RuntimeError(f"sampler {cfg.sampler.name}: the study has no teacher scores (scores/)")
-        manifest = load_manifest(plan["prepared"])
+        manifest = load_manifest(plan.prepared)
         sampler = {"name": cfg.sampler.name,
                    "params": {"mask_id": manifest["tokenizer"]["mask_token_id"], "batch_size": cfg.train.batch_size,
-                              "special_ids": special_token_ids(plan["prepared"], manifest), **cfg.sampler.params}}
+                              "special_ids": special_token_ids(plan.prepared, manifest), **cfg.sampler.params}}
     fault_dir = marker_dir(plan, ctx.get_experiment_name(), trial_dir) if cfg.train.fault else None
-    loop_config = {"cfg": C.to_dict(cfg), "prepared": plan["prepared"], "teacher": plan["teacher"],
-                   "teacher_key": plan.get("teacher_key"),
-                   "teacher_load": plan.get("teacher_load", {}), "cache": cache, "metric": cfg.experiment.metric,
+    loop_config = {"cfg": C.to_dict(cfg), "prepared": plan.prepared, "teacher": plan.teacher,
+                   "teacher_key": plan.teacher_key,
+                   "teacher_load": plan.teacher_load, "cache": cache, "metric": cfg.experiment.metric,
                    "mode": cfg.experiment.mode, "trial_id": trial_id, "trial_dir": trial_dir,
                    "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir,
-                   "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.get("scores"),
-                   "plugin_paths": plan.get("plugin_paths", []), "template": plan.get("template")}
+                   "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.scores,
+                   "plugin_paths": plan.plugin_paths, "template": plan.template}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
 
 
-def marker_dir(plan: dict, experiment: str, trial_dir: str) -> str:
+def marker_dir(plan: StudyPlan, experiment: str, trial_dir: str) -> str:
     """Where a trial's fault markers live: its directory in the experiment's storage when that is a
     local path (the same for every attempt), else its Tune trial directory. Tune gives an attempt that
     runs in a reused actor a different local trial directory than one in a fresh actor."""
-    storage = plan.get("storage")
+    storage = plan.storage
     if not storage or "://" in storage:
         return trial_dir
     d = Path(storage, experiment, Path(trial_dir).name)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykd import config as C
+from raykd.train.trial_spec import StudyPlan
 from raykd.train.budget import budget_text, memory_text
 from raykd.errors import RaykdError
 from raykd.models.families.spec import family_spec
@@ -144,7 +145,7 @@ def set_aside_previous(storage: str, name: str) -> list[str]:
     return moved
 
 
-def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus: float, resume: bool):
+def build_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster_cpus: float, resume: bool):
     """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
@@ -173,7 +174,7 @@ def build_tuner(cfg: C.Config, plan: dict, storage: str, name: str, cluster_cpus
                        time_budget_s=cfg.search.time_budget_s)
 
 
-def confirm_tuner(cfg: C.Config, plan: dict, results, storage: str, name: str, cluster_cpus: float):
+def confirm_tuner(cfg: C.Config, plan: StudyPlan, results, storage: str, name: str, cluster_cpus: float):
     """The confirm phase: the search's top-k configurations re-run to full length over
     ``search.confirm.seeds`` (a grid, no early stopping) as experiment ``NAME-confirm``; None when
     not configured. These are the numbers a table reports."""
@@ -331,12 +332,12 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         for moved in set_aside_previous(storage, name):
             log(f"[tune] an earlier run of this study is kept at {moved} (this one starts fresh; --resume continues one)")
     plan = prepare_inputs(cfg)
-    plan["storage"] = storage
+    plan.storage = storage
     ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
     try:
         complete_inputs(cfg, plan)
-        plan["cache"] = teacher_cache_for(cfg, plan)
+        plan.cache = teacher_cache_for(cfg, plan)
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up
             check_trial_fits(cfg, cpus)

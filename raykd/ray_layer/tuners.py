@@ -5,6 +5,7 @@ Tuners (search, confirm, references, a compare study's tuning and confirmation) 
 from __future__ import annotations
 
 from raykd import config as C
+from raykd.train.trial_spec import StudyPlan
 
 SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
 DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
@@ -66,7 +67,7 @@ def tune_checkpoints(cfg: C.Config):
     return tune.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep)
 
 
-def study_tuner(cfg: C.Config, plan: dict, storage: str, name: str, param_space: dict, cluster_cpus: float, *,
+def study_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, param_space: dict, cluster_cpus: float, *,
                 search_alg=None, scheduler=None, num_samples: int = 1, time_budget_s: float | None = None):
     """A Tuner of raykd trials (``trial.run_trial``) for experiment ``storage/name``: trial directories
     named from the trial id, at most ``max_concurrent`` at once, actors reused in local mode, the
@@ -94,7 +95,7 @@ def study_tuner(cfg: C.Config, plan: dict, storage: str, name: str, param_space:
                                   callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
 
 
-def restore_tuner(cfg: C.Config, plan: dict, path: str):
+def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str):
     """The Tuner of the interrupted experiment at ``path`` (finished trials are not rerun, errored ones
     resume from their checkpoints)."""
     from ray import tune

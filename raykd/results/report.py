@@ -22,50 +22,34 @@ import csv
 import glob
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raykd.errors import RaykdError
+from raykd.models.families.spec import DEFAULT, FamilySpec, family_names, family_spec
 from raykd.results.stats import holm, mean_ci, paired_t
 
-TABLE_METRICS = (  # (result key without split, column title, decimals): the paper's Table 2 columns
-    ("semantic_alignment", "Semantic Alignment", 2),
-    ("representation_compactness", "Representation Compactness", 2),
-    ("structural_consistency", "Structural Consistency", 2),
-    ("mrr@10", "MRR@10", 3),
-    ("retained_mrr", "Retained MRR", 3),
-    ("speedup_b1", "Speedup (b=1)", 2),
-)
-FIGURE_METRICS = ("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10")
-CAUSAL_TABLE_METRICS = (  # the companion paper's claim form
-    ("retained_accuracy_above_chance", "Retained above chance", 3),
-    ("answer_accuracy", "Answer accuracy", 3),
-    ("answer_chance", "Chance", 3),
-    ("retained_accuracy", "Retained accuracy (÷ teacher)", 3),
-    ("perplexity", "Perplexity", 2),
-    ("rouge_l", "ROUGE-L", 3),
-    ("param_reduction", "Param. reduction", 3),
-    ("speedup_b1", "Speedup (b=1)", 2),
-    ("speedup_b32", "Speedup (b=32)", 2),
-)
-CAUSAL_FIGURE_METRICS = ("answer_accuracy", "perplexity", "rouge_l")
-
-
-def is_causal(records) -> bool:
-    """Whether these trials are a causal-LM study's (they report answer-selection accuracy)."""
-    return any(k.endswith("/answer_accuracy") for r in records for k in r.metrics)
+def family_of_records(records) -> FamilySpec:
+    """The declaration of the family these trials belong to: the first registered family whose default lead
+    metric they report (the default family when none does)."""
+    for name in family_names():
+        lead = family_spec(name).default_metric.split("/", 1)[1]
+        if any(k.endswith(f"/{lead}") for r in records for k in r.metrics):
+            return family_spec(name)
+    return family_spec(DEFAULT)
 
 
 def table_metrics(records) -> tuple:
     """The (metric, title, decimals) columns of the tables for these trials' family."""
-    return CAUSAL_TABLE_METRICS if is_causal(records) else TABLE_METRICS
+    return family_of_records(records).table_columns
 
 
 def figure_metrics(records) -> tuple:
     """The metrics drawn against each varied parameter for these trials' family."""
-    return CAUSAL_FIGURE_METRICS if is_causal(records) else FIGURE_METRICS
+    return family_of_records(records).figure_metrics
+
+
 FIGSIZE, DPI = (6.0, 4.0), 100  # every figure is 600 × 400 px
 STATUS_ORDER = ("finished", "stopped early", "error", "unfinished")
 
@@ -275,7 +259,7 @@ def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
                 return e["metric"], e["mode"]
             except (ValueError, KeyError, TypeError):
                 continue
-    return "val/mrr@10", "max"
+    return family_spec(DEFAULT).default_metric, "max"
 
 
 def varied_parameters(trials: list[TrialRecord]) -> list[str]:
@@ -334,7 +318,8 @@ def summary_table(finished: list[TrialRecord], names: list[str]) -> str:
 
 def reference_table(refs: list[TrialRecord]) -> str:
     """Markdown: one row per reference role, test metrics as mean ± 95 % CI over seeds."""
-    columns = table_metrics(refs) if is_causal(refs) else TABLE_METRICS + (("mlm_loss", "MLM loss (test)", 3),)
+    fam = family_of_records(refs)
+    columns = fam.table_columns + fam.reference_columns
     head = ["reference", "n"] + [title for _, title, _ in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for role in ROLES:

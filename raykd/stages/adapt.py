@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from raykd.atomic import atomic_directory
+from raykd.data.collate import pad_ids
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.template import causal_template
 from raykd.errors import RaykdError
@@ -44,14 +45,9 @@ class AdaptSettings:
 
 
 def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [list(s)[:max_length] for s in seqs]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
+    """The sequences cut to ``max_length`` and right-padded (``data.collate.pad_ids``), as torch int64."""
+    ids, mask = pad_ids([list(s)[:max_length] for s in seqs], pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ the Ray layer (which runs trials) and export (which rebuilds a trial's student).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from raykd import config as C
 from raykd.config.contenders import CONTENDER_KEY
 from raykd.distill import settings as S
@@ -10,6 +12,25 @@ from raykd.models.families.spec import DEFAULT, family_spec
 
 SCORED_SAMPLERS = ("entropy", "hard_negative", "domain_aware")  # samplers that read the teacher's scores
 REFERENCE_KEY = "reference"  # a Tune param marking a reference trial (no_distill; its step 0 is `init`)
+
+
+@dataclass
+class StudyPlan:
+    """What every trial of a study receives beside its searched params (Tune pickles it once): the study's
+    config and the inputs the driver prepared for it."""
+
+    base: dict  # the study's config as a dict; a trial applies its params to it (``trial_config``)
+    prepared: str = ""  # the prepared data directory
+    teacher: str = ""  # the teacher's directory or hub id
+    teacher_load: dict = field(default_factory=dict)  # load_teacher keywords (remote code, revision, family)
+    teacher_key: str | None = None  # the teacher's content key (its adaptation key, or ``spec:<id>``)
+    data_key: str | None = None  # the prepared data's manifest key
+    plugin_paths: list = field(default_factory=list)  # where the plugin modules are, for the workers
+    template: dict | None = None  # a templated family's prompt/response template (``data.template``)
+    scores: str | None = None  # the samplers' teacher scores directory, once computed (``stages.score``)
+    cache: dict | None = None  # the teacher-output cache the study built (``ray_layer.inputs.teacher_cache_for``)
+    storage: str | None = None  # the study's storage (where fault markers live)
+    adapt: dict | None = None  # a teacher adaptation still to run (``complete_inputs`` runs it and clears this)
 
 
 def metric_keys(family: str | None) -> tuple[str, ...]:

@@ -56,13 +56,13 @@ def _batch(cfg, plan, cache, k, temperature, n=12):
 
     rows = causal_cached_dataset(cache["dir"], cache["layers"], True).take_batch(n, batch_format="numpy")
     ti = cache["temperatures"].index(temperature)
-    collate = CausalCachedCollate(CausalTemplate.from_dict(plan["template"]), None, cache["layers"], cache["hidden"],
+    collate = CausalCachedCollate(CausalTemplate.from_dict(plan.template), None, cache["layers"], cache["hidden"],
                                   topk=k, cached_topk=cache["topk"], temperature=temperature, temperature_index=ti,
                                   temperatures=len(cache["temperatures"]))
     batch = collate(rows)
     batch.pop("pair_id", None)
     targets = causal_cached_targets(batch.pop("teacher_cached"), "cpu")
-    manifest = json.loads(Path(plan["prepared"], "manifest.json").read_text())
+    manifest = json.loads(Path(plan.prepared, "manifest.json").read_text())
     inputs = make_inputs(batch, TokenIds.from_manifest(manifest), family=get_family("causal_lm"))
     return inputs, targets, manifest
 
@@ -70,7 +70,7 @@ def _batch(cfg, plan, cache, k, temperature, n=12):
 def test_build_holds_every_pair_prints_its_size_and_caches_both_kinds(built):
     cfg, plan, cache, logs = built
     meta = json.loads(Path(cache["dir"], "manifest.json").read_text())
-    manifest = json.loads(Path(plan["prepared"], "manifest.json").read_text())
+    manifest = json.loads(Path(plan.prepared, "manifest.json").read_text())
     assert meta["rows"] == manifest["splits"]["train"]["rows"] and meta["family"] == "causal_lm"
     assert meta["topk"] == 64 and meta["temperatures"] == [1.0, 2.0]
     assert meta["layers"] == [3, 6]  # feature_align's mapped layers g(1), g(2) of 6 → 2 (and the last)
@@ -82,7 +82,7 @@ def test_build_holds_every_pair_prints_its_size_and_caches_both_kinds(built):
 def test_cached_topk_is_the_online_teachers_and_the_sparse_loss_matches(built):
     cfg, plan, cache, _ = built
     inputs, targets, manifest = _batch(cfg, plan, cache, 64, 2.0)
-    teacher = load_teacher(plan["teacher"], family="causal_lm").eval()
+    teacher = load_teacher(plan.teacher, family="causal_lm").eval()
     with torch.no_grad():
         out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=True)
     vocab = int(manifest["tokenizer"]["vocab_size"])
@@ -121,7 +121,7 @@ def test_cached_topk_is_the_online_teachers_and_the_sparse_loss_matches(built):
 def test_feature_align_from_the_cache_equals_online(built):
     cfg, plan, cache, _ = built
     inputs, cached, manifest = _batch(cfg, plan, cache, 64, 2.0)
-    teacher = load_teacher(plan["teacher"], family="causal_lm").eval()
+    teacher = load_teacher(plan.teacher, family="causal_lm").eval()
     torch.manual_seed(0)
     method = build_method("feature_align", build_student(teacher, 2), teacher.config, temperature=2.0,
                           dynamic_weights=False)

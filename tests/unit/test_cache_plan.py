@@ -9,7 +9,7 @@ import pytest
 from raykd import config as C
 from raykd.ray_layer.cache.masked_lm import cache_use, structural_layers, study_layers
 from raykd.ray_layer.trial import trial_cache
-from raykd.train.trial_spec import trial_config
+from raykd.train.trial_spec import StudyPlan, trial_config
 
 pytestmark = pytest.mark.unit
 SMOKE = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
@@ -30,11 +30,11 @@ def test_study_layers_cover_every_searched_depth_and_nothing_more():
 
 def test_each_trial_reads_only_its_own_layers_or_runs_online():
     cfg = C.load_config(SMOKE)
-    plan = {"base": C.to_dict(cfg), "cache": {"dir": "/x", "layers": [2, 4, 6], "hidden": 64, "teacher_layers": 6}}
-    assert trial_cache(trial_config(plan["base"], {"depth": 1}), plan) == {"layers": [2, 6], "hidden": 64}
-    assert trial_cache(trial_config(plan["base"], {"depth": 3, "sampler": "random_masked"}), plan) is None
-    assert trial_cache(trial_config(plan["base"], {"method.name": "tinybert"}), plan) is None
-    assert trial_cache(trial_config(plan["base"], {"depth": 3}), {**plan, "cache": None}) is None
+    plan = StudyPlan(base=C.to_dict(cfg), cache={"dir": "/x", "layers": [2, 4, 6], "hidden": 64, "teacher_layers": 6})
+    assert trial_cache(trial_config(plan.base, {"depth": 1}), plan) == {"layers": [2, 6], "hidden": 64}
+    assert trial_cache(trial_config(plan.base, {"depth": 3, "sampler": "random_masked"}), plan) is None
+    assert trial_cache(trial_config(plan.base, {"method.name": "tinybert"}), plan) is None
+    assert trial_cache(trial_config(plan.base, {"depth": 3}), StudyPlan(base=plan.base)) is None
     assert cache_use("structural", "domain_aware") is None and "minillm" in cache_use("minillm", "uniform")
 
 

@@ -52,6 +52,9 @@ class FamilySpec:
     decoder_params: bool = False  # its parameter count follows the decoder formula (budget; else the encoder's)
     max_position_factor: int = 1  # a sequence is up to this many times data.max_length tokens long
     hf_trunks: tuple[str, ...] = ()  # whole HF class names of its trunks without a head (BertModel …)
+    table_columns: tuple = ()  # the report's columns: (metric without split, title, decimals)
+    reference_columns: tuple = ()  # … added in the reference table
+    figure_metrics: tuple[str, ...] = ()  # the metrics the report draws against each varied parameter
 
     def has(self, capability: str) -> bool:
         """Whether the family offers ``capability``."""
@@ -114,7 +117,12 @@ MASKED_LM = register_family(FamilySpec(
                  "retained_mrr"),
     view_metrics=("test/mrr@10", "test/semantic_alignment"), reference_view_metrics=("test/mlm_loss",),
     default_metric="val/mrr@10", reference_method="no_distill", teacher_caches=("none", "hidden"),
-    task_token_share=0.15))
+    task_token_share=0.15,
+    table_columns=(("semantic_alignment", "Semantic Alignment", 2), ("representation_compactness",  # the paper's Table 2
+                    "Representation Compactness", 2), ("structural_consistency", "Structural Consistency", 2),
+                   ("mrr@10", "MRR@10", 3), ("retained_mrr", "Retained MRR", 3), ("speedup_b1", "Speedup (b=1)", 2)),
+    reference_columns=(("mlm_loss", "MLM loss (test)", 3),),
+    figure_metrics=("semantic_alignment", "representation_compactness", "structural_consistency", "mrr@10")))
 
 CAUSAL_LM = register_family(FamilySpec(
     name="causal_lm", implementation="raykd.models.families.causal_lm:CausalLM", archs=("llama", "qwen2", "gpt2"),
@@ -129,6 +137,12 @@ CAUSAL_LM = register_family(FamilySpec(
                   "test/perplexity"),
     default_metric="val/answer_accuracy", reference_method="sft", samplers=("uniform",),
     teacher_caches=("none", "hidden", "logits", "both"), topk_cache=True, template=True, bf16=True,
-    shardable_teacher=True, chunked_loss=True, task_token_share=0.5, decoder_params=True, max_position_factor=3))
+    shardable_teacher=True, chunked_loss=True, task_token_share=0.5, decoder_params=True, max_position_factor=3,
+    table_columns=(("retained_accuracy_above_chance", "Retained above chance", 3),  # the companion paper's claim form
+                   ("answer_accuracy", "Answer accuracy", 3), ("answer_chance", "Chance", 3),
+                   ("retained_accuracy", "Retained accuracy (÷ teacher)", 3), ("perplexity", "Perplexity", 2),
+                   ("rouge_l", "ROUGE-L", 3), ("param_reduction", "Param. reduction", 3),
+                   ("speedup_b1", "Speedup (b=1)", 2), ("speedup_b32", "Speedup (b=32)", 2)),
+    figure_metrics=("answer_accuracy", "perplexity", "rouge_l")))
 
 DEFAULT = MASKED_LM.name
