@@ -29,6 +29,8 @@ def bench_cache(args) -> dict:
     import torch
 
     from raykd.ray_layer.cache.masked_lm import CachedPairCollator, build_cache, cached_targets, structural_layers
+
+    from raykd.train.engine import Engine
     from raykd.data.shards import shard_paths
     from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -59,7 +61,7 @@ def bench_cache(args) -> dict:
                               projection_dim=64, n_departments=len(depts))
         method.train()
         method.set_progress(0.5)  # past the fusion's annealing: every mode runs the same student graph
-        opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+        engine = Engine(method, lr=1e-4, clip=None)
         free = {}  # the bound: targets precomputed, free at step time
 
         def batch_of(rows, collate, i):
@@ -82,9 +84,8 @@ def bench_cache(args) -> dict:
                         free[i] = method.teacher_targets(teacher, inputs)
                     targets = free[i]
             out = method(inputs, targets)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
+            engine.backward(out["loss"])
+            engine.step()
 
         for i in range(min(steps, n_batches)):  # targets for the bound, computed outside its timing
             batch = batch_of(data_rows, plain, i)

@@ -33,6 +33,8 @@ def bench_idle(args) -> dict:
 
     import torch
 
+    from raykd.train.engine import Engine
+
     if args.idle < 1 or args.window <= 0 or args.rounds < 1:
         raise SystemExit(f"bench idle: --idle ≥ 1, --window > 0 and --rounds ≥ 1 "
                          f"(got {args.idle}, {args.window}, {args.rounds})")
@@ -50,7 +52,7 @@ def bench_idle(args) -> dict:
             shape = dict(vocab_size=8000, hidden_size=128, num_attention_heads=4, intermediate_size=512)
             self.teacher = BertModel(BertConfig(num_hidden_layers=8, **shape), add_pooling_layer=False).eval()
             self.student = BertModel(BertConfig(num_hidden_layers=2, **shape), add_pooling_layer=False)
-            self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-4)
+            self.engine = Engine(self.student, lr=1e-4, clip=None)
             self.ids = torch.randint(1, 8000, (32, 64))
             self.ends: list[float] = []
             self.stop = False
@@ -62,9 +64,8 @@ def bench_idle(args) -> dict:
                         t = self.teacher(self.ids, output_hidden_states=True).hidden_states
                     s = self.student(self.ids, output_hidden_states=True).hidden_states
                     loss = (torch.nn.functional.mse_loss(s[1], t[4]) + torch.nn.functional.mse_loss(s[2], t[8])) / 2
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
+                    self.engine.backward(loss)
+                    self.engine.step()
                     self.ends.append(time.time())
             threading.Thread(target=loop, daemon=True).start()
 

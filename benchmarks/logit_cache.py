@@ -76,6 +76,8 @@ def bench_logit_cache(args) -> dict:
     import torch
 
     from raykd.data.collate import CausalCollate
+
+    from raykd.train.engine import Engine
     from raykd.data.shards import shard_paths
     from raykd.data.template import CausalTemplate
     from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -112,7 +114,7 @@ def bench_logit_cache(args) -> dict:
                                 heads=max(1, args.student_hidden // 64) if args.student_hidden else None)
         method = build_method("kd", student, teacher.config, divergence="forward_kl").to(dev)
         method.train()
-        opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+        engine = Engine(method, lr=1e-4, clip=None)
         b = args.batch_size
         order = {str(p): i for i, p in enumerate(data_rows["pair_id"])}
         # the cache's rows in the data's order: every mode trains on the same batches
@@ -140,9 +142,8 @@ def bench_logit_cache(args) -> dict:
             if mode == "online":
                 targets = method.teacher_targets(teacher, inputs)
             out = method(dict(inputs), targets)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
+            engine.backward(out["loss"])
+            engine.step()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
 

@@ -29,7 +29,7 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     from raykd.distill.methods import TokenIds, build_method, make_inputs
     from raykd.models.student import build_student
     from raykd.models.teacher import load_teacher
-    from raykd.ray_layer.loop import _lr_lambda
+    from raykd.train.engine import Engine, linear_warmup_decay
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -50,8 +50,7 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     method = build_method("structural", build_student(teacher, student_layers, aggregation=True), teacher.config,
                           depth=student_layers, projection_dim=64, n_departments=len(depts))
     method.train()
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=5e-4, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(10, steps))
+    engine = Engine(method, lr=5e-4, weight_decay=0.01, schedule=linear_warmup_decay(10, steps))
     n = len(rows["pair_id"])
     order = np.random.default_rng(0).permutation(n)
     windows, toks, t_window, step, pos = [], 0, None, 0, 0
@@ -72,11 +71,8 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
         inputs = make_inputs(batch, tokens)
         targets = method.teacher_targets(teacher, inputs) if cached is None else cached_targets(cached, "cpu")
         out = method(inputs, targets)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        engine.backward(out["loss"])
+        engine.step()
         step += 1
         toks += int(inputs["mask"].sum())
         if log is not None:

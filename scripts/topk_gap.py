@@ -82,6 +82,8 @@ def main() -> int:
     import torch
 
     from raykd import config as C
+
+    from raykd.train.engine import Engine
     from raykd.data.shards import load_manifest
     from raykd.distill.methods import TokenIds, build_method, make_inputs
     from raykd.models.families import family as get_family
@@ -107,13 +109,12 @@ def main() -> int:
     train = _batches(plan.prepared, manifest, "train", plan.template, cfg.train.batch_size,
                      args.steps * cfg.train.batch_size)
     results = {"init": measure(method, teacher, val, tokens, vocab)}
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=cfg.train.lr)
+    engine = Engine(method, lr=cfg.train.lr, clip=None)
     for i, batch in enumerate(train[:args.steps]):
         inputs = make_inputs({k: v for k, v in batch.items() if k != "pair_id"}, tokens, family=get_family("causal_lm"))
         loss = method(inputs, method.teacher_targets(teacher, inputs))["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        engine.backward(loss)
+        engine.step()
         if (i + 1) % 100 == 0:
             print(f"  step {i + 1}: loss {float(loss.detach()):.3f}", flush=True)
     results[f"kd_{args.steps}"] = measure(method, teacher, val, tokens, vocab)

@@ -29,6 +29,7 @@ from ray.train import Checkpoint
 from raykd import config as C
 from raykd.train import parallel
 from raykd.train.budget import shard_teacher
+from raykd.train.engine import Engine, linear_warmup_decay
 from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -191,8 +192,9 @@ class TrainState:
     optimizer, LR schedule, grad scaler, the masking generator, the optimizer step, the best
     validation metric so far and the stream's epoch (``core.epoch``). Saves and restores itself."""
 
-    def __init__(self, model, opt, sched, scaler, gen: torch.Generator):
-        self.model, self.opt, self.sched, self.scaler, self.gen = model, opt, sched, scaler, gen
+    def __init__(self, model, engine: Engine, gen: torch.Generator):
+        self.model, self.engine, self.gen = model, engine, gen
+        self.opt, self.sched, self.scaler = engine.opt, engine.sched, engine.scaler
         self.core = model.module if hasattr(model, "module") else model
         self.step, self.best = 0, None
         self.replica = None  # FSDP: rank 0's unsharded copy (evaluation and checkpoints)
@@ -299,10 +301,10 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
         model = ray.train.torch.prepare_model(method, parallel_strategy_kwargs={"find_unused_parameters": True})  # RAY
     core = model.module if hasattr(model, "module") else model
     core.epoch = epoch  # the epoch the stream is in (the samplers' salt), saved in checkpoints
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(t.warmup_steps, t.steps))
+    engine = Engine(model, lr=t.lr, weight_decay=t.weight_decay, schedule=linear_warmup_decay(t.warmup_steps, t.steps),
+                    grad_accum=t.grad_accum, scaler=worker.precision.grad_scaler())
     gen = torch.Generator().manual_seed(seed * 1000 + worker.rank)
-    state = TrainState(model, opt, sched, worker.precision.grad_scaler(), gen)
+    state = TrainState(model, engine, gen)
     state.replica = replica
     return teacher, state
 
@@ -424,7 +426,7 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
             else:
                 targets = core.teacher_targets(run.teacher, inputs)
             out = state.model(inputs, targets)
-        state.scaler.scale(out["loss"] / t.grad_accum).backward()
+        state.engine.backward(out["loss"])
     meter.add(out)
     meter.step_tokens += int(inputs["mask"].sum())
     meter.micro += 1
@@ -435,13 +437,7 @@ def optimizer_step(state: TrainState, run: Run, meter: Meter) -> None:
     """Clip, step and schedule; record the step's row; inject a configured fault; evaluate and report
     when an evaluation is due (every ``eval_every`` steps and at the last)."""
     t, w = run.t, run.worker
-    state.scaler.unscale_(state.opt)
-    torch.nn.utils.clip_grad_norm_(state.model.parameters(), 1.0)
-    state.scaler.step(state.opt)
-    state.scaler.update()
-    state.opt.zero_grad(set_to_none=True)
-    lr = state.sched.get_last_lr()[0]
-    state.sched.step()
+    lr = state.engine.step()
     state.step += 1
     core = state.core
     if hasattr(core, "update_domain_weights") and state.step % core.update_every == 0:
@@ -547,15 +543,6 @@ def _rss_mib() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
-
-
-def _lr_lambda(warmup: int, total: int):
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    def factor(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        return max(0.0, (total - s) / max(1, total - warmup))
-    return factor
 
 
 SAMPLER_WINDOW = 4096  # rows a sampler sees at once (rounded up to whole training batches)

@@ -25,6 +25,7 @@ from raykd.data.template import causal_template
 from raykd.errors import RaykdError
 from raykd.models.families import TeacherShape, family_of
 from raykd.models.teacher import build_teacher, load_teacher
+from raykd.train.engine import Engine, warmup_times_decay
 
 
 # ------------------------------------------------------------------------------------------ adaptation
@@ -66,9 +67,8 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
     if settings.threads:
         torch.set_num_threads(settings.threads)
     g = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)) * max(0.0, 1 - s / max(1, settings.steps)))
+    engine = Engine(model, lr=settings.lr, weight_decay=0.01,
+                    schedule=warmup_times_decay(settings.warmup, settings.steps))
     vocab = model.config.vocab_size
     fam = family_of(model)
     model.to(device).train()
@@ -83,7 +83,8 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
         if template is not None:
             lm = _causal_step(model, fam, [pairs[i] for i in idx], template, device)
             history.append((float(lm.detach()), 0.0))
-            _update(model, opt, sched, lm)
+            engine.backward(lm)
+            engine.step()
             if (step + 1) % 50 == 0 or step + 1 == settings.steps:
                 m = history[-50:]
                 log(f"[adapt] step {step + 1}/{settings.steps} · causal-lm {sum(x for x, _ in m) / len(m):.3f} · "
@@ -106,11 +107,8 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
         target = torch.arange(b, device=device)
         con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
         loss = mlm + settings.contrastive_weight * con
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        engine.backward(loss)
+        engine.step()
         history.append((float(mlm.detach()), float(con.detach())))
         if (step + 1) % 50 == 0 or step + 1 == settings.steps:
             m = history[-50:]
@@ -127,14 +125,6 @@ def _causal_step(model, fam, pairs: list, template, device) -> torch.Tensor:
     _, chosen = fam.corrupt(ids, mask, (), 0, 0, 0.0, None)
     ids, mask, chosen = ids.to(device), mask.to(device), chosen.to(device)
     return fam.task_loss(model(input_ids=ids, attention_mask=mask).logits, ids, chosen)
-
-
-def _update(model, opt, sched, loss: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
 
 
 def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:

@@ -9,6 +9,7 @@ from raykd.metrics import representation as metrics
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.collate import PairCollate as PairCollator, department_index
 from raykd.distill.methods import TokenIds, make_inputs
+from raykd.train.engine import Engine
 
 
 def load_batches(prepared, split: str, batch_size: int, limit: int | None = None) -> list[dict]:
@@ -27,7 +28,7 @@ def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr
     (the weighted total; with gradient-aware weights, the terms summed at their base weights)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
+    engine = Engine(method, lr=lr)
     vocab = teacher.config.vocab_size
     teacher.eval()
     method.train()
@@ -36,10 +37,8 @@ def train(method, teacher, batches: list[dict], tokens: TokenIds, steps: int, lr
         method.set_progress(step / steps)
         inputs = make_inputs(batches[step % len(batches)], tokens, g, corrupt=method.uses_mlm, vocab_size=vocab)
         out = method(inputs, method.teacher_targets(teacher, inputs))
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
-        opt.step()
+        engine.backward(out["loss"])
+        engine.step()
         # the objective at constant weights: gradient-aware weights move during training, so their
         # weighted total is not one fixed function of the parameters — each term at its base weight is
         base = getattr(method.weighting, "base", None)
