@@ -35,17 +35,12 @@ from raykd.metrics import representation as metrics
 from raykd.models.sharding import is_sharded
 from raykd.data.collate import CausalCollate, department_index
 from raykd.data.shards import shard_paths
-from raykd.evaluation.masked_lm import EVAL_SEED, TEACHER_MEMO, _TeacherMemo
+from raykd.evaluation.protocol import EVAL_SEED, Evaluation, eval_order
 
 DISTRACTORS = 4
 ROUGE_PROMPTS = 32
 DECODE_TOKENS = 32
 LATENCY_BATCHES = (1, 32)
-
-
-def _order(ids: list[str], what: str) -> list[int]:
-    return sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{EVAL_SEED}|{what}|{ids[i]}".encode(),
-                                                                  digest_size=8).digest())
 
 
 def _lm(model):
@@ -75,7 +70,7 @@ class CausalSplit:
         t = pq.read_table(shard_paths(prepared, split, manifest),
                           columns=["pair_id", "dialogue_id", "department", "q_input_ids", "a_input_ids"])
         cols = {c: t.column(c).to_pylist() for c in t.column_names}
-        chosen = _order(cols["pair_id"], "eval")[:pairs]
+        chosen = eval_order(cols["pair_id"])[:pairs]
         self.template = template
         self.prompts = [template.prompt(cols["q_input_ids"][i]) for i in chosen]
         self.responses = [template.response(cols["a_input_ids"][i]) for i in chosen]
@@ -118,19 +113,29 @@ class CausalSplit:
         return out, [0] * len(out)
 
 
-class CausalEvaluation:
-    """What rank 0 evaluates for a causal trial (see the module docstring). The teacher's part is
-    computed once per process (``TEACHER_MEMO`` keyed by ``teacher_key``) and reused."""
+class CausalEvaluation(Evaluation):
+    """The ``causal_lm`` family's part of the evaluation protocol (see the module docstring). The teacher's
+    part is memoised per process (``protocol.TEACHER_MEMO`` keyed by ``teacher_key``), or computed by every
+    rank together for a sharded teacher (``teacher_part``)."""
+
+    memo_tag = "selection"
 
     def __init__(self, prepared: str, manifest: dict, pairs: int, template, teacher_key: str | None = None):
         from transformers import AutoTokenizer
 
-        self.prepared, self.manifest, self.pairs, self.template = prepared, manifest, pairs, template
-        self.teacher_key = teacher_key
+        super().__init__(prepared, manifest, pairs, teacher_key)
+        self.template = template
         self.tokenizer = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
-        self._local = _TeacherMemo(keep=8)
         self._pinned: dict[str, object] = {}  # what teacher_part computed (a sharded teacher's part)
         self._splits: dict[str, CausalSplit] = {}
+
+    @classmethod
+    def for_trial(cls, prepared: str, manifest: dict, pairs: int, *, template, tokens=None, vocab_size=None,
+                  teacher_key=None) -> "CausalEvaluation":
+        """The evaluation of a trial (``protocol.evaluation_for``): it reads the template (a dict)."""
+        from raykd.data.template import CausalTemplate
+
+        return cls(prepared, manifest, pairs, CausalTemplate.from_dict(template), teacher_key)
 
     def data(self, split: str) -> CausalSplit:
         name = "validation" if split == "val" else split
@@ -161,9 +166,7 @@ class CausalEvaluation:
         if is_sharded(_lm(teacher)):  # alone on rank 0 its collectives would wait for ever
             raise RuntimeError(f"the sharded teacher's {what} was not computed by every rank together: call "
                                "teacher_part on every rank first")
-        if self.teacher_key is None:
-            return self._local.get((id(teacher), what), compute)
-        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, "causal", what), compute)
+        return self.memo(teacher, what, compute)
 
     def _scores(self, model, split: str) -> dict:
         """Perplexity and answer accuracy of ``model`` on ``split`` (raw: no prefix)."""

@@ -1,10 +1,8 @@
-"""What a trial's rank 0 measures: the student alone on the validation pairs at every report and on the
+"""The ``masked_lm`` family's evaluation: what a trial's rank 0 measures: the student alone on the validation pairs at every report and on the
 test pairs at the end, against the fixed teacher (whose part is computed once per process), its
 held-out masked-LM loss, and its size and latency beside the teacher's. Pure torch, no Ray."""
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import torch
 
@@ -12,66 +10,47 @@ from raykd.metrics import representation as metrics
 from raykd.data.collate import PairCollate, department_index
 from raykd.data.shards import shard_paths
 from raykd.distill.methods import TokenIds, make_inputs
+from raykd.evaluation.protocol import EVAL_SEED, Evaluation, eval_order
 from raykd.models.families import family_of
-
-BOOTSTRAP = 200  # resamples of the evaluation pairs behind each final metric's 95 % CI
-EVAL_SEED = 0  # which pairs are evaluation pairs, and the candidates of QA retrieval: the same for every trial
 
 
 def _eval_batches(prepared: str, manifest: dict, split: str, pairs: int, batch_size: int = 64) -> list[dict]:
     """The split's evaluation pairs as collated batches: ``pairs`` of them chosen by a seeded hash of
-    ``pair_id`` (``EVAL_SEED``), in that hash order — a random subset, not the first rows in source
+    ``pair_id`` (``protocol.eval_order``), in that hash order — a random subset, not the first rows in source
     order, and the same for every trial of every study on this data."""
-    import hashlib
-
     import pyarrow.parquet as pq
 
     t = pq.read_table(shard_paths(prepared, split, manifest), columns=["pair_id", "department", "q_input_ids",
                                                                        "a_input_ids"])
-    ids = t.column("pair_id").to_pylist()
-    order = sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{EVAL_SEED}|eval|{ids[i]}".encode(),
-                                                                   digest_size=8).digest())[:pairs]
-    t = t.take(order)
+    t = t.take(eval_order(t.column("pair_id").to_pylist())[:pairs])
     collate = PairCollate(manifest["tokenizer"]["pad_token_id"], department_index(manifest))
     cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
     return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
 
 
-class _TeacherMemo:
-    """Process-wide memo of what evaluation computes of the fixed teacher (its outputs on a split's
-    pairs, its MLM loss, its scores as its own student), keyed by teacher, data, split and pair
-    count: a reused Tune actor (Train local mode) evaluates the same teacher on the same pairs trial
-    after trial, and the teacher is most of an evaluation's cost. Keeps the ``keep`` latest."""
+class MaskedLMEvaluation(Evaluation):
+    """The ``masked_lm`` family's part of the evaluation protocol: the validation pairs at every report, the
+    test pairs at the end (and at step 0 of a reference trial), the student alone, against the fixed teacher,
+    whose part is memoised per process (``protocol.TEACHER_MEMO``, keyed by ``teacher_key``)."""
 
-    def __init__(self, keep: int = 12):
-        self.keep, self.items = keep, OrderedDict()
-
-    def get(self, key: tuple, compute):
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
-        value = self.items[key] = compute()
-        while len(self.items) > self.keep:
-            self.items.popitem(last=False)
-        return value
-
-
-TEACHER_MEMO = _TeacherMemo()
-
-
-class Evaluation:
-    """What rank 0 evaluates: the validation pairs at every report, the test pairs at the end (and
-    at step 0 of a reference trial), the student alone, against the fixed teacher. The teacher's
-    part is computed once per process (``TEACHER_MEMO``, keyed by ``teacher_key``) and reused."""
+    memo_tag = "retrieval"
 
     def __init__(self, prepared: str, manifest: dict, pairs: int, tokens: TokenIds, vocab_size: int,
                  teacher_key: str | None = None):
-        self.prepared, self.manifest, self.pairs = prepared, manifest, pairs
+        super().__init__(prepared, manifest, pairs, teacher_key)
         self.tokens, self.vocab_size = tokens, vocab_size
-        self.teacher_key = teacher_key
-        self._local = _TeacherMemo(keep=8)
-        self.val = _eval_batches(prepared, manifest, "validation", pairs)
+        self._val = _eval_batches(prepared, manifest, "validation", pairs)
         self._test: list | None = None
+
+    @classmethod
+    def for_trial(cls, prepared: str, manifest: dict, pairs: int, *, tokens, vocab_size, template=None,
+                  teacher_key=None) -> "MaskedLMEvaluation":
+        """The evaluation of a trial (``protocol.evaluation_for``): it reads the token ids and vocabulary size."""
+        return cls(prepared, manifest, pairs, tokens, vocab_size, teacher_key)
+
+    @property
+    def val(self) -> list[dict]:
+        return self._val
 
     @property
     def test(self) -> list[dict]:
@@ -80,13 +59,7 @@ class Evaluation:
         return self._test
 
     def _memo(self, teacher, what: str, compute):
-        """``compute()`` once per (teacher, data, pairs, what): per process when the teacher has a
-        ``teacher_key`` (content-addressed), else for this Evaluation's lifetime only (an object id
-        may be reused by another teacher once this one is gone)."""
-        if self.teacher_key is None:
-            return self._local.get((id(teacher), what), compute)
-        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, self.tokens.special, what),
-                                compute)
+        return self.memo(teacher, what, compute, self.tokens.special)
 
     def _teacher_outputs(self, teacher, split: str) -> list:
         batches = self.val if split == "val" else self.test
@@ -113,7 +86,6 @@ class Evaluation:
             m["teacher_mlm_loss"] = self._memo(teacher, "mlm/test", lambda: heldout_mlm_loss(
                 teacher, self.test, self.tokens, self.vocab_size))
         return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
-
 
     def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
         """Size and latency of the student beside the teacher (``efficiency_vs_teacher``)."""

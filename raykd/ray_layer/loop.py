@@ -34,7 +34,7 @@ from raykd.data.sampling import ScoreTable, build_sampler
 from raykd.data.shards import load_manifest, special_token_ids
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
-from raykd.evaluation.masked_lm import BOOTSTRAP, Evaluation
+from raykd.evaluation.protocol import BOOTSTRAP, Evaluation, evaluation_for
 from raykd.models.families import DEFAULT, family_of
 from raykd.models.student import enable_checkpointing, student_for
 from raykd.models.teacher import load_teacher, teacher_skeleton
@@ -344,7 +344,9 @@ class Run:
         self.cache = config.get("cache")
         # rank 0 evaluates; a sharded teacher's part of it is computed by every rank together (evaluate_sharded_teacher)
         self.teacher_sharded = parallel.is_sharded(teacher)
-        self.evaluation = evaluation_for(config, manifest, self.t.eval_pairs, tokens, teacher) \
+        self.evaluation = evaluation_for(cfg.teacher.family, config["prepared"], manifest, self.t.eval_pairs,
+                                         tokens=tokens, vocab_size=teacher.config.vocab_size,
+                                         template=config.get("template"), teacher_key=config.get("teacher_key")) \
             if worker.rank == 0 or self.teacher_sharded else None
         self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
 
@@ -526,18 +528,6 @@ def report_start(core, run: Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def evaluation_for(config: dict, manifest: dict, pairs: int, tokens: TokenIds, teacher):
-    """The trial's evaluation: ``CausalEvaluation`` for a causal trial (it has a template), else the
-    encoder ``Evaluation``."""
-    if config.get("template") is not None:
-        from raykd.data.template import CausalTemplate
-        from raykd.evaluation.causal_lm import CausalEvaluation
-
-        return CausalEvaluation(config["prepared"], manifest, pairs, CausalTemplate.from_dict(config["template"]),
-                                config.get("teacher_key"))
-    return Evaluation(config["prepared"], manifest, pairs, tokens, teacher.config.vocab_size, config.get("teacher_key"))
-
-
 def _rss_mib() -> float:
     """Resident memory of this worker process, MiB."""
     import psutil

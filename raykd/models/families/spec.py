@@ -55,6 +55,7 @@ class FamilySpec:
     table_columns: tuple = ()  # the report's columns: (metric without split, title, decimals)
     reference_columns: tuple = ()  # … added in the reference table
     figure_metrics: tuple[str, ...] = ()  # the metrics the report draws against each varied parameter
+    evaluation: str = ""  # "module:Class" of its part of the evaluation protocol (``raykd.evaluation.protocol``)
 
     def has(self, capability: str) -> bool:
         """Whether the family offers ``capability``."""
@@ -109,6 +110,7 @@ def family_of_architectures(archs: list[str]) -> str | None:
 
 MASKED_LM = register_family(FamilySpec(
     name="masked_lm", implementation="raykd.models.families.masked_lm:MaskedLM", archs=("bert",),
+    evaluation="raykd.evaluation.masked_lm:MaskedLMEvaluation",
     hf_suffixes=("ForMaskedLM", "ForPreTraining"), hf_trunks=("BertModel", "RobertaModel"),
     # a token-prediction head, BERT-style masked inputs, bidirectional attention q/k/v of equal widths
     capabilities=frozenset({"token_head", "masked_inputs", "attention_qkv"}),
@@ -126,6 +128,7 @@ MASKED_LM = register_family(FamilySpec(
 
 CAUSAL_LM = register_family(FamilySpec(
     name="causal_lm", implementation="raykd.models.families.causal_lm:CausalLM", archs=("llama", "qwen2", "gpt2"),
+    evaluation="raykd.evaluation.causal_lm:CausalEvaluation",
     hf_suffixes=("ForCausalLM", "LMHeadModel"),
     # a token-prediction head and generation (a decoder's attention is causal, narrower under GQA)
     capabilities=frozenset({"token_head", "generates"}),

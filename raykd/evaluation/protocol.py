@@ -1,0 +1,93 @@
+"""What every family's evaluation shares: which pairs are evaluation pairs (a seeded hash order of ``pair_id``,
+the same for every trial of every study on the data), the bootstrap size behind each final metric's CI, the
+process-wide memo of the fixed teacher's part, and the ``Evaluation`` interface the trial loop calls. Each family's
+part (``masked_lm``, ``causal_lm``) is a subclass, named by its ``FamilySpec.evaluation``. Pure torch, no Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections import OrderedDict
+
+BOOTSTRAP = 200  # resamples of the evaluation pairs behind each final metric's 95 % CI
+EVAL_SEED = 0  # which pairs are evaluation pairs, and their candidates / distractors: the same for every trial
+
+
+def eval_order(ids: list[str], what: str = "eval") -> list[int]:
+    """Indices of ``ids`` (pair ids) in the seeded hash order of ``what`` (``EVAL_SEED``): a random order that
+    depends on the pair and nothing else, so the first k are the same pairs for every trial and study."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.blake2b(f"{EVAL_SEED}|{what}|{ids[i]}".encode(),
+                                                                  digest_size=8).digest())
+
+
+class TeacherMemo:
+    """Process-wide memo of what evaluation computes of the fixed teacher (its outputs on a split's pairs, its
+    task loss, its scores as its own student), keyed by teacher, data, split and pair count: a reused Tune actor
+    (Train local mode) evaluates the same teacher on the same pairs trial after trial, and the teacher is most
+    of an evaluation's cost. Keeps the ``keep`` latest."""
+
+    def __init__(self, keep: int = 12):
+        self.keep, self.items = keep, OrderedDict()
+
+    def get(self, key: tuple, compute):
+        """The value memoised under ``key``, computed by ``compute()`` the first time."""
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = compute()
+        while len(self.items) > self.keep:
+            self.items.popitem(last=False)
+        return value
+
+
+TEACHER_MEMO = TeacherMemo()
+
+
+class Evaluation:
+    """What rank 0 evaluates: the student alone on the validation pairs at every report and on the test pairs
+    at the end, against the fixed teacher, whose part is memoised (``memo``). A family's part implements
+    ``val`` (the validation batches), ``split`` and ``efficiency``; a family whose teacher may be sharded over
+    the worker group also ``teacher_part``."""
+
+    memo_tag = ""  # distinguishes one family's memo entries from another's for the same teacher and data
+
+    def __init__(self, prepared: str, manifest: dict, pairs: int, teacher_key: str | None = None):
+        self.prepared, self.manifest, self.pairs, self.teacher_key = prepared, manifest, pairs, teacher_key
+        self._local = TeacherMemo(keep=8)
+
+    def memo(self, teacher, what: str, compute, *key):
+        """``compute()`` once per (teacher, data, pairs, ``key``, what): per process when the teacher has a
+        ``teacher_key`` (content-addressed), else for this evaluation's lifetime only (an object id may be
+        reused by another teacher once this one is gone)."""
+        if self.teacher_key is None:
+            return self._local.get((id(teacher), what), compute)
+        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, *key, self.memo_tag, what),
+                                compute)
+
+    @property
+    def val(self) -> list[dict]:
+        """The validation pairs as collated batches."""
+        raise NotImplementedError
+
+    def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
+        """Metrics named ``<prefix><split>/<metric>`` (``split``: val or test; ``bootstrap`` resamples for CIs)."""
+        raise NotImplementedError
+
+    def efficiency(self, student, teacher, batch_size: int, seq_len: int) -> dict:
+        """``test/…`` sizes, latencies and speedups of the student beside the teacher."""
+        raise NotImplementedError
+
+    def teacher_part(self, teacher, seq_len: int) -> None:
+        """Compute, on every rank together, what this evaluation reads of a teacher sharded over the worker
+        group (a family whose teacher never shards has nothing to do)."""
+
+
+def evaluation_for(family: str, prepared: str, manifest: dict, pairs: int, *, tokens=None, vocab_size: int | None = None,
+                   template: dict | None = None, teacher_key: str | None = None) -> Evaluation:
+    """The evaluation of a trial of ``family`` (its ``FamilySpec.evaluation``, ``"module:Class"``), built from
+    what the trial knows: the token ids, the vocabulary size and, for a templated family, the template."""
+    from raykd.models.families.spec import family_spec
+
+    module, cls = family_spec(family).evaluation.split(":")
+    return getattr(importlib.import_module(module), cls).for_trial(
+        prepared, manifest, pairs, tokens=tokens, vocab_size=vocab_size, template=template, teacher_key=teacher_key)
