@@ -28,7 +28,8 @@ def bench_cache(args) -> dict:
     removed entirely (targets free: the bound). Alternating, median of ``--pairs`` rounds."""
     import torch
 
-    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, build_cache, cached_targets, structural_layers
+    from raykd.ray_layer.cache.builder import structural_layers
+    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, build_cache, cached_targets
 
     from raykd.train.engine import Engine
     from raykd.data.shards import shard_paths

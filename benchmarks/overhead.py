@@ -23,7 +23,8 @@ def plain_loop(prepared: str, manifest: dict, teacher_dir: str, steps: int, eval
     it after the set-up, before the first step."""
     import torch
 
-    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets, structural_layers
+    from raykd.ray_layer.cache.builder import structural_layers
+    from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets
     from raykd.data.shards import shard_paths
     from raykd.ray_layer.stream import PairCollator, department_index
     from raykd.distill.methods import TokenIds, build_method, make_inputs
@@ -108,7 +109,8 @@ def bench_overhead(args) -> dict:
     pairs; ``--slice 0`` runs whole runs in rounds that alternate the two sides instead, median of
     ``--pairs``. ``--local-mode`` runs the raykd trials in ``train.local_mode`` (in a reused Tune
     actor) instead of a one-worker group."""
-    from raykd.ray_layer.cache.masked_lm import build_cache, structural_layers
+    from raykd.ray_layer.cache.builder import structural_layers
+    from raykd.ray_layer.cache.masked_lm import build_cache
 
     if args.slice is None:
         args.slice = 4.0 if args.quick else 8.0

@@ -169,7 +169,8 @@ def teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False, max_g
     ``force``) and some of its trials can read it; returns ``{"dir", "layers", "hidden",
     "teacher_layers"}`` for the plan, else None. Needs a running Ray."""
     from raykd.models.families.spec import family_spec
-    from raykd.ray_layer.cache.masked_lm import build_cache, cache_use, study_layers, teacher_config
+    from raykd.ray_layer.cache.builder import teacher_config
+    from raykd.ray_layer.cache.masked_lm import build_cache, cache_use, study_layers
 
     if family_spec(cfg.teacher.family).topk_cache:
         return causal_teacher_cache_for(cfg, plan, force, max_gb)
@@ -191,7 +192,7 @@ def teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False, max_g
 def causal_teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False, max_gb: float | None = None) -> dict | None:
     """``teacher_cache_for`` of a causal study: its top-k logits and / or hidden states
     (``causal_cache.study_cache_request``); returns the plan's entry, or None."""
-    from raykd.ray_layer.cache.masked_lm import teacher_config
+    from raykd.ray_layer.cache.builder import teacher_config
     from raykd.ray_layer.cache.causal_lm import build_causal_cache, study_cache_request
 
     tconf = teacher_config(plan.teacher, plan.teacher_load)

@@ -28,7 +28,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raykd import config as C
 from raykd.data.shards import load_manifest, special_token_ids
-from raykd.ray_layer.cache.masked_lm import cache_use, cached_dataset, structural_layers
+from raykd.ray_layer.cache.builder import structural_layers
+from raykd.ray_layer.cache.masked_lm import cache_use, cached_dataset
 from raykd.ray_layer.cache.causal_lm import causal_cached_dataset, trial_causal_cache
 from raykd.ray_layer.loop import train_fn_per_worker
 from raykd.ray_layer.stream import split_datasets

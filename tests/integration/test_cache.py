@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from raykd.ray_layer.cache.masked_lm import (CachedPairCollator, build_cache, cache_use, cached_dataset, cached_targets,
-                         load_cache_manifest, structural_layers)
+from raykd.ray_layer.cache.builder import load_cache_manifest, structural_layers
+from raykd.ray_layer.cache.masked_lm import CachedPairCollator, build_cache, cache_use, cached_dataset, cached_targets
 from raykd.ray_layer.stream import department_index
 from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.errors import RaykdError
@@ -94,7 +94,8 @@ def test_reused_while_inputs_unchanged_and_rebuilt_when_one_changes(cache_setup,
     with torch.no_grad():
         t.base_model.encoder.layer[0].output.dense.weight.add_(0.01)
     t.save_pretrained(other)
-    from raykd.ray_layer.cache.masked_lm import cache_key, teacher_fingerprint
+    from raykd.ray_layer.cache.builder import teacher_fingerprint
+    from raykd.ray_layer.cache.masked_lm import cache_key
 
     assert cache_key(teacher_fingerprint(str(other)), manifest, LAYERS) != out.name
     assert cache_key(teacher_fingerprint(str(teacher_dir)), manifest, [4]) != out.name

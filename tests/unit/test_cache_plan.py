@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from raykd import config as C
-from raykd.ray_layer.cache.masked_lm import cache_use, structural_layers, study_layers
+from raykd.ray_layer.cache.builder import structural_layers
+from raykd.ray_layer.cache.masked_lm import cache_use, study_layers
 from raykd.ray_layer.trial import trial_cache
 from raykd.train.trial_spec import StudyPlan, trial_config
 

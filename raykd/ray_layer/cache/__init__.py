@@ -1,1 +1,2 @@
-"""R: teacher caches on Ray Data: ``masked_lm`` (hidden states / logits), ``causal_lm`` (top-k logits), ``cli``."""
+"""R: teacher-output caches on Ray Data: one ``builder`` with a part per family (``masked_lm``: hidden states,
+``causal_lm``: top-k logits and hidden states) and the ``cli`` (``python -m raykd cache``)."""

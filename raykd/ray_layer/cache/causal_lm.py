@@ -26,8 +26,8 @@ import numpy as np
 from raykd.data.collate import CausalCollate
 from raykd.data.shards import shard_paths
 from raykd.errors import RaykdError
-from raykd.ray_layer.cache.masked_lm import (build_inputs, cache_dir_for, load_cache_manifest, refuse_above,
-                                   teacher_fingerprint, teacher_pass, write_cache)
+from raykd.ray_layer.cache.builder import (build_inputs, cache_dir_for, load_cache_manifest, refuse_above,
+                                          teacher_fingerprint, teacher_pass, write_cache)
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from raykd.ray_layer.stream import TOKEN_COLUMNS, read_parquet
@@ -303,7 +303,7 @@ def study_cache_request(cfg, teacher_layers: int, searched, force: bool = False)
 def trial_causal_cache(cfg, cache: dict) -> dict | None:
     """What a causal trial reads from the study's cache (``cache``: the plan's entry), or None when it
     runs its teacher online: its method needs what the cache lacks, or generates, or reads no teacher."""
-    from raykd.ray_layer.cache.masked_lm import structural_layers
+    from raykd.ray_layer.cache.builder import structural_layers
 
     needs = causal_needs(cfg.method.name, cfg.method.params)
     if cfg.teacher.cache == "none" or isinstance(needs, str) or not needs:
