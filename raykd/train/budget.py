@@ -4,7 +4,12 @@ torch, no Ray; every figure is an upper bound (ASHA stops trials early)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from raykd import config as C
+from raykd.errors import RaykdError
 from raykd.models.families.spec import family_spec
 
 PEAK_TFLOPS = 312.0  # an A100's dense fp16/bf16 tensor-core peak (cluster.yaml's GPUs)
@@ -21,14 +26,97 @@ def encoder_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len
 def step_flops(cfg: C.Config) -> float:
     """FLOPs of one optimizer step of a trial: the teacher's forward pass (online teacher) and the
     student's forward and backward (3 × forward) over ``2 × pairs_per_step`` sequences (questions and
-    answers) at ``data.max_length`` tokens (an upper bound: batches pad to their longest), all workers."""
-    t, sh, T = cfg.train, cfg.teacher.shape, cfg.data.max_length
+    answers) at ``data.max_length`` tokens (an upper bound: batches pad to their longest), all workers.
+    The models' shapes: ``model_shapes``."""
+    T = cfg.data.max_length
     tokens = 2 * pairs_per_step(cfg) * T
-    s_hidden = cfg.student.hidden or sh.hidden
-    s_inter = sh.intermediate if s_hidden == sh.hidden else 4 * s_hidden
-    teacher = encoder_flops_per_token(sh.layers, sh.hidden, sh.intermediate, T)
-    student = encoder_flops_per_token(cfg.student.layers, s_hidden, s_inter, T)
+    shp = model_shapes(cfg)
+    (tl, th, _, _, ti), (sl, sh_, _, _, si) = shp["teacher"], shp["student"]
+    teacher = encoder_flops_per_token(tl, th, ti, T)
+    student = encoder_flops_per_token(sl, sh_, si, T)
     return tokens * (teacher + 3 * student)
+
+
+# ------------------------------------------------------------------------------------------ the models' shapes
+class PlanUnknown(RaykdError):
+    """The plan cannot be computed here: a model's shape is neither readable nor recorded."""
+
+
+SHAPE_KEYS = {  # HF config.json keys of each shape figure, across BERT / LLaMA / Qwen2 / GPT-2 / T5 configs
+    "layers": ("num_hidden_layers", "n_layer", "num_layers"), "hidden": ("hidden_size", "n_embd", "d_model"),
+    "heads": ("num_attention_heads", "n_head", "num_heads"), "kv_heads": ("num_key_value_heads",),
+    "intermediate": ("intermediate_size", "n_inner", "d_ff"), "vocab": ("vocab_size",)}
+
+
+def spec_config(spec: str, revision: str | None = None) -> dict | None:
+    """The ``config.json`` of the model an HF spec names: a local directory's, or a hub id's when it is in this
+    machine's HF cache (nothing is downloaded); None when neither can be read."""
+    path = Path(os.path.expanduser(spec)) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(spec, "config.json", revision=revision)
+        except Exception:  # not a valid repo id, no cache: unknown here
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def config_shape(c: dict) -> dict:
+    """{layers, hidden, heads, kv_heads, intermediate, vocab} of an HF config (its keys in ``SHAPE_KEYS``; a
+    missing feed-forward size is 4 × the width, as GPT-2's ``n_inner: null``)."""
+    out = {k: next((c[n] for n in names if c.get(n) is not None), None) for k, names in SHAPE_KEYS.items()}
+    if out["intermediate"] is None and out["hidden"]:
+        out["intermediate"] = 4 * out["hidden"]
+    return out
+
+
+def _recorded(section) -> bool:
+    """Whether a ``teacher.shape`` section records a model (differs from the defaults): the offline record of
+    a teacher that is not on this machine."""
+    return section != type(section)()
+
+
+def model_shapes(cfg: C.Config) -> dict:
+    """The teacher's and the student's (layers, hidden, heads, kv_heads, intermediate) and the vocabulary: a
+    ``teacher.spec`` / ``student.spec``'s config.json where it is readable here (``spec_config``), else the
+    YAML's record (``teacher.shape``; the student's fields); a built teacher is ``teacher.shape``. PlanUnknown
+    when a spec's config is not readable and no shape is recorded. The vocabulary: the config's, else the
+    recorded one, else a stated 32,000."""
+    sh, st = cfg.teacher.shape, cfg.student
+    t = {"layers": sh.layers, "hidden": sh.hidden, "heads": sh.heads, "kv_heads": sh.kv_heads,
+         "intermediate": sh.intermediate, "vocab": sh.vocab}
+    if cfg.teacher.spec:
+        read = spec_config(cfg.teacher.spec, cfg.teacher.revision)
+        if read is not None:
+            t = config_shape(read)
+        elif not _recorded(sh):
+            raise PlanUnknown(f"teacher.spec {cfg.teacher.spec}: its config.json is not readable here (not a local "
+                              "directory, not in the HF cache) and teacher.shape records no shape")
+    s = None
+    if st.spec:
+        read = spec_config(st.spec, st.revision)
+        if read is not None:
+            s = config_shape(read)
+        elif not (st.hidden and st.intermediate):
+            raise PlanUnknown(f"student.spec {st.spec}: its config.json is not readable here and student.hidden / "
+                              "student.intermediate record no shape")
+    if s is None:
+        s_hidden = st.hidden or t["hidden"]
+        same = s_hidden == t["hidden"]
+        s = {"layers": st.layers, "hidden": s_hidden,
+             "heads": st.heads or (t["heads"] if same else max(1, s_hidden // 64)),
+             "kv_heads": st.kv_heads or (t["kv_heads"] if same else None),
+             "intermediate": st.intermediate or (t["intermediate"] if same else 4 * s_hidden), "vocab": st.vocab}
+    keys = ("layers", "hidden", "heads", "kv_heads", "intermediate")
+    return {"vocab": t["vocab"] or s["vocab"] or 32000, "teacher": tuple(t[k] for k in keys),
+            "student": tuple(s[k] for k in keys)}
 
 
 def pairs_per_step(cfg: C.Config) -> int:
@@ -60,8 +148,12 @@ def budget(cfg: C.Config, train_pairs: int | None) -> dict:
 
 
 def budget_text(cfg: C.Config, train_pairs: int | None, source: str) -> str:
-    """The --dry-run lines of ``budget`` (``source``: where the train split's size came from)."""
-    b = budget(cfg, train_pairs)
+    """The --dry-run lines of ``budget`` (``source``: where the train split's size came from); says why when the
+    models' shapes are unknown here instead of printing figures."""
+    try:
+        b = budget(cfg, train_pairs)
+    except PlanUnknown as e:
+        return f"compute: cannot be computed here — {e}"
     epochs = (f" = {b['epochs_per_trial']:.1f} epochs of the {train_pairs:,} training pairs ({source})"
               if train_pairs else " (epochs: the train split's size is unknown here; set data.train_pairs)")
     return (f"per trial: {b['pairs_per_trial']:,} training pairs ({pairs_per_step(cfg):,} per step){epochs}\n"
@@ -106,22 +198,11 @@ def decoder_params(layers: int, hidden: int, heads: int, kv_heads: int | None, i
 
 
 def encoder_params(layers: int, hidden: int, intermediate: int, vocab: int, positions: int = 512) -> int:
-    """Parameters of a BERT-style encoder with a tied masked-LM head: embeddings (V + positions + 2)·d,
-    per layer 4·d² + 2·d·I (+ biases and norms ≈ 9·d + I), the head's transform d² + V biases."""
+    """Parameters of a BERT-style encoder with a tied masked-LM head: embeddings (V + positions + 2)·d and their
+    norm 2·d, per layer 4·d² + 2·d·I with biases and norms 9·d + I, the head's transform d² + d and norm 2·d,
+    its V biases (exact for ``BertForMaskedLM``)."""
     per_layer = 4 * hidden * hidden + 2 * hidden * intermediate + 9 * hidden + intermediate
-    return (vocab + positions + 2) * hidden + layers * per_layer + hidden * hidden + vocab
-
-
-def _shapes(cfg: C.Config) -> dict:
-    """Teacher and student sizes as the config records them (vocabulary: recorded, else a stated 32,000)."""
-    sh, st = cfg.teacher.shape, cfg.student
-    vocab = sh.vocab or st.vocab or 32000
-    s_hidden = st.hidden or sh.hidden
-    s_heads = st.heads or (sh.heads if s_hidden == sh.hidden else max(1, s_hidden // 64))
-    s_inter = st.intermediate or (sh.intermediate if s_hidden == sh.hidden else 4 * s_hidden)
-    s_kv = st.kv_heads or (sh.kv_heads if s_hidden == sh.hidden else None)
-    return {"vocab": vocab, "teacher": (sh.layers, sh.hidden, sh.heads, sh.kv_heads, sh.intermediate),
-            "student": (st.layers, s_hidden, s_heads, s_kv, s_inter)}
+    return (vocab + positions + 2) * hidden + 2 * hidden + layers * per_layer + hidden * hidden + 3 * hidden + vocab
 
 
 def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
@@ -140,7 +221,7 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
     Tokens per micro-batch: ``batch_size`` × 2 × ``data.max_length`` (a causal sequence is prompt +
     response, an encoder batch holds questions and answers)."""
     t, fam = cfg.train, family_spec(cfg.teacher.family)
-    shp = _shapes(cfg)
+    shp = model_shapes(cfg)
     V = shp["vocab"]
     if fam.decoder_params:
         p_t, p_s = decoder_params(*shp["teacher"], V), decoder_params(*shp["student"], V)
@@ -178,17 +259,33 @@ def memory_plan(cfg: C.Config, gpus_per_trial: int | None = None) -> dict:
 def memory_text(cfg: C.Config) -> str:
     """The --dry-run lines of ``memory_plan``: each part, the plain DDP total and the total with FSDP
     over the trial's GPUs, gradient checkpointing and the chunked loss, against an A100's 80 GiB."""
-    m = memory_plan(cfg)
-    teacher_where = (f"sharded over {m['gpus']} GPUs under FSDP: {m['teacher']:.1f} per GPU with the "
-                     f"{m['teacher_gathered']:.1f} a forward pass gathers" if m["teacher_sharded"]
+    try:
+        m = memory_plan(cfg)
+    except PlanUnknown as e:
+        return f"memory per GPU: cannot be computed here — {e}"
+    teacher_where = (f"sharded over {m['gpus']} GPUs under FSDP: {size(m['teacher'])} per GPU with the "
+                     f"{size(m['teacher_gathered'])} a forward pass gathers" if m["teacher_sharded"]
                      else "a full copy per GPU")
     fits = lambda g: "fits" if g <= A100_GIB * 0.9 else "does NOT fit"  # noqa: E731 (10 % for the allocator, CUDA)
-    return (f"memory per GPU (estimate; student {m['student_params'] / 1e9:.2f} B params, teacher "
-            f"{m['teacher_params'] / 1e9:.2f} B, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
-            f"student weights+grads+AdamW {m['weights_grads_optimizer']:.1f} GiB "
-            f"({m['weights_grads_optimizer_fsdp']:.1f} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
-            f"{m['teacher_full']:.1f} GiB ({m['teacher_dtype']}, {teacher_where}), activations {m['activations']:.1f} GiB "
-            f"({m['activations_checkpointed']:.1f} with gradient checkpointing), logits {m['logits_plain']:.1f} GiB "
-            f"plain / {m['logits_chunked']:.2f} GiB chunked → {m['total_ddp']:.1f} GiB per GPU with DDP and the plain "
-            f"loss ({fits(m['total_ddp'])} an A100 80 GB), {m['total_best']:.1f} GiB with FSDP, checkpointing and the "
+    return (f"memory per GPU (estimate; student {count(m['student_params'])} params, teacher "
+            f"{count(m['teacher_params'])}, {m['tokens_per_micro_batch']:,} tokens per micro-batch): "
+            f"student weights+grads+AdamW {size(m['weights_grads_optimizer'])} "
+            f"({size(m['weights_grads_optimizer_fsdp'])} sharded over {m['gpus']} GPU(s) by FSDP), teacher "
+            f"{size(m['teacher_full'])} ({m['teacher_dtype']}, {teacher_where}), activations {size(m['activations'])} "
+            f"({size(m['activations_checkpointed'])} with gradient checkpointing), logits {size(m['logits_plain'])} "
+            f"plain / {size(m['logits_chunked'])} chunked → {size(m['total_ddp'])} per GPU with DDP and the plain "
+            f"loss ({fits(m['total_ddp'])} an A100 80 GB), {size(m['total_best'])} with FSDP, checkpointing and the "
             f"chunked loss ({fits(m['total_best'])})")
+
+
+def count(n: float) -> str:
+    """A parameter count in the unit that fits: 840, 12.3 K, 22.7 M, 6.74 B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f}"
+
+
+def size(gib: float) -> str:
+    """A size given in GiB, in the unit that fits: 512 MiB below 1 GiB, 3.4 GiB above."""
+    return f"{gib * 1024:.3g} MiB" if gib < 1 else f"{gib:.1f} GiB"
