@@ -23,7 +23,20 @@ def _check(cond: bool, src: str, key: str, msg: str) -> None:
 
 def validate(cfg: Config, src: str = "<config>") -> Config:
     """Check values that types alone cannot; returns ``cfg``. Raises ConfigError naming file and key."""
-    e, t, s = cfg.experiment, cfg.train, cfg.search
+    _check_data_and_models(cfg, src)
+    _check_family(cfg, src)
+    _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",
+                  cfg.teacher.family)
+    _check_method_params(cfg.method.name, cfg.method.params, src, cfg.teacher.family)
+    _check_sampler(cfg.sampler.name, src)
+    _check_train(cfg, src)
+    _check_search(cfg, src)
+    return cfg
+
+
+def _check_data_and_models(cfg: Config, src: str) -> None:
+    """The experiment's seeds and mode, the data source, the teacher's shape, cache and remote code, the student."""
+    e = cfg.experiment
     _check(e.mode in ("min", "max"), src, "experiment.mode", f"{e.mode!r} is not one of min, max")
     _check(len(e.seeds) > 0 and all(isinstance(x, int) and not isinstance(x, bool) for x in e.seeds), src,
            "experiment.seeds", "must be a non-empty list of integers")
@@ -47,6 +60,10 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     if cfg.teacher.spec is None:  # a built teacher: its shape is the config's (a spec's may not be recorded)
         _check(cfg.student.layers <= sh.layers, src, "student.layers",
                f"{cfg.student.layers} is more than the teacher's {sh.layers} layers (teacher.shape.layers)")
+
+
+def _check_family(cfg: Config, src: str) -> None:
+    """The teacher's family (resolved), and what it supports: samplers, teacher caches, its default lead metric."""
     fam = family_spec(resolve_family(cfg, src))
     if fam.samplers is not None:
         searched = [next(iter(sp.values())) for k, sp in cfg.space.items()
@@ -60,12 +77,14 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            f"{cfg.teacher.cache!r}: the top-k logit cache serves {' and '.join(topk)} teachers (an encoder's "
            f"distillation logits are taken on freshly masked inputs every step); allowed here: "
            f"{', '.join(fam.teacher_caches)}")
-    if e.metric is None:
-        e.metric = fam.default_metric
-    _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",
-                  cfg.teacher.family)
-    _check_method_params(cfg.method.name, cfg.method.params, src, cfg.teacher.family)
-    _check_sampler(cfg.sampler.name, src)
+    if cfg.experiment.metric is None:
+        cfg.experiment.metric = fam.default_metric
+
+
+def _check_train(cfg: Config, src: str) -> None:
+    """The train section: sizes, learning rate, chunking, local mode, strategy (with FSDP's limits), teacher
+    sharding, fault injection, precision."""
+    t = cfg.train
     for key, lo in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("eval_every", 1), ("num_workers", 1),
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
@@ -89,6 +108,11 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
            f"{t.fault!r} is not KIND@STEP with KIND one of {', '.join(FAULT_KINDS)} (e.g. sigkill@8)")
     _check(t.precision in ("auto", "fp32", "fp16", "bf16"), src, "train.precision",
            f"{t.precision!r} is not one of auto, fp32, fp16, bf16")
+
+
+def _check_search(cfg: Config, src: str) -> None:
+    """The search section, every search domain, a compare section, and the planned trials against max_trials."""
+    s = cfg.search
     _check(s.algorithm in ("optuna", "grid", "random"), src, "search.algorithm",
            f"{s.algorithm!r} is not one of optuna, grid, random")
     _check(s.scheduler.type in ("asha", "none"), src, "search.scheduler.type",
@@ -102,7 +126,6 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     n = planned_trials(cfg)
     _check(n <= s.max_trials, src, "search.max_trials",
            f"the search plans {n} trials (grid × seeds or num_samples), more than max_trials={s.max_trials}")
-    return cfg
 
 
 def method_names() -> tuple[str, ...]:
