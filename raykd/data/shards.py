@@ -219,34 +219,42 @@ def _read_all(sources: list[tuple[str, str]], progress: Progress) -> tuple[list,
     return [i for i, _ in results], [r for _, r in results]
 
 
-def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress) -> dict:
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _tokenizer(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress):
+    """The study's tokenizer — trained on the train split (``train:V`` WordPiece, ``train-bpe:V`` byte-level BPE,
+    on at most ``TOKENIZER_TRAIN_TEXTS`` evenly spaced texts) or loaded — saved to ``tmp/tokenizer``."""
     kind, spec = tokenization.parse_spec(settings.tokenizer)
-    if kind == "train":
+    if kind in ("train", "train-bpe"):
         texts = rows["train"]["question"] + rows["train"]["answer"]
         texts = texts[:: -(-len(texts) // TOKENIZER_TRAIN_TEXTS)]  # evenly spaced, at most the cap
-        progress(f"training a WordPiece tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
-        tok = tokenization.train_wordpiece(texts, int(spec))
-    elif kind == "train-bpe":
-        texts = rows["train"]["question"] + rows["train"]["answer"]
-        texts = texts[:: -(-len(texts) // TOKENIZER_TRAIN_TEXTS)]
-        progress(f"training a byte-level BPE tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
-        tok = tokenization.train_bpe(texts, int(spec))
+        what = "a WordPiece" if kind == "train" else "a byte-level BPE"
+        progress(f"training {what} tokenizer (vocab {spec}) on {len(texts):,} train texts", force=True)
+        tok = (tokenization.train_wordpiece if kind == "train" else tokenization.train_bpe)(texts, int(spec))
     else:
         tok = tokenization.load_tokenizer(str(spec))
     tok.model_max_length = settings.max_length
     tok.save_pretrained(str(tmp / "tokenizer"))
+    return tok
 
-    def id_column(lists: list[list[int]]) -> pa.Array:
-        lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
-        offsets = np.zeros(len(lists) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
+def _id_column(lists: list[list[int]]):
+    """Token id lists as one Arrow ``list<int32>`` column (offsets and values built with numpy)."""
+    import numpy as np
+    import pyarrow as pa
+
+    lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress) -> dict:
+    """Tokenize every split and write its shards under ``tmp`` (zstd Parquet, ``shard_rows`` rows each, sha256
+    recorded); returns the manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tok = _tokenizer(tmp, settings, rows, progress)
     schema = pa.schema([("pair_id", pa.string()), ("dialogue_id", pa.string()), ("department", pa.string()),
                         ("question", pa.string()), ("answer", pa.string()),
                         ("q_input_ids", pa.list_(pa.int32())), ("a_input_ids", pa.list_(pa.int32()))])
@@ -264,7 +272,7 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
             q_ids = tokenization.encode_ids(tok, cols["question"][start:end], settings.max_length)
             a_ids = tokenization.encode_ids(tok, cols["answer"][start:end], settings.max_length)
             table = pa.Table.from_arrays(
-                [pa.array(cols[c][start:end], pa.string()) for c in COLUMNS[:5]] + [id_column(q_ids), id_column(a_ids)],
+                [pa.array(cols[c][start:end], pa.string()) for c in COLUMNS[:5]] + [_id_column(q_ids), _id_column(a_ids)],
                 schema=schema)
             rel = f"{split}/part-{len(shards):05d}.parquet"
             pq.write_table(table, tmp / rel, compression="zstd")
@@ -275,6 +283,11 @@ def _write(tmp: Path, settings: PrepareSettings, rows: dict, progress: Progress)
         for d in cols["department"]:
             departments[d] = departments.get(d, 0) + 1
         splits[split] = {"rows": n, "dialogues": len(set(cols["dialogue_id"])), "shards": shards}
+    return _manifest(settings, splits, departments, tok, tmp)
+
+
+def _manifest(settings: PrepareSettings, splits: dict, departments: dict, tok, tmp: Path) -> dict:
+    """The prepared directory's ``manifest.json`` content."""
     return {
         "format": FORMAT,
         "created_by": f"raykd {__version__}",
