@@ -93,7 +93,7 @@ HELP = "the anchors' 6-trial study: raykd vs Optuna in one process vs HF + Ray T
 def add_arguments(p) -> None:
     """This benchmark's options (``python -m raykd bench study --help``)."""
     p.add_argument("--anchors", required=True, help="the folder of the external anchor scripts this benchmark compares against (kd_task.py, "
-                        "optuna_inprocess.py, hf_raytune.py): not part of raykd, so always given explicitly")
+                        "optuna_inprocess.py, hf_trainer_ray.py): not part of raykd, so always given explicitly")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported; --quick: 1)")
     p.add_argument("--workers", action="store_true", help="also raykd with a Train worker group per trial")
     p.add_argument("--quick", action="store_true")

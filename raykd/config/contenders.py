@@ -88,7 +88,7 @@ def planned_compare_trials(contenders: int, trials: int, seeds: int, references:
 
 
 def compare_contenders(cfg: Config, src: str = "<config>"):
-    """The contenders of ``cfg.compare`` (``raykd.results.comparison.Contender``); ConfigError when malformed."""
+    """The contenders of ``cfg.compare`` (``Contender``); ConfigError when malformed."""
     try:
         return parse_contenders(cfg.compare.methods)
     except ValueError as e:

@@ -74,6 +74,10 @@ def config_shape(c: dict) -> dict:
     out = {k: next((c[n] for n in names if c.get(n) is not None), None) for k, names in SHAPE_KEYS.items()}
     if out["intermediate"] is None and out["hidden"]:
         out["intermediate"] = 4 * out["hidden"]
+    missing = [k for k in ("layers", "hidden", "heads", "intermediate") if not out[k]]
+    if missing:
+        raise PlanUnknown(f"config.json ({c.get('model_type', 'unknown model type')}) names no {', '.join(missing)} under "
+                          f"the keys raykd reads ({', '.join(n for k in missing for n in SHAPE_KEYS[k])})")
     return out
 
 
@@ -150,14 +154,15 @@ def budget(cfg: C.Config, train_pairs: int | None) -> dict:
 def budget_text(cfg: C.Config, train_pairs: int | None, source: str) -> str:
     """The --dry-run lines of ``budget`` (``source``: where the train split's size came from); says why when the
     models' shapes are unknown here instead of printing figures."""
+    pairs = cfg.train.steps * pairs_per_step(cfg)
+    epochs = (f" = {pairs / train_pairs:.2g} epochs of the {train_pairs:,} training pairs ({source})"
+              if train_pairs else " (epochs: the train split's size is unknown here; set data.train_pairs)")
+    head = f"per trial: {pairs:,} training pairs ({pairs_per_step(cfg):,} per step){epochs}\n"
     try:
         b = budget(cfg, train_pairs)
     except PlanUnknown as e:
-        return f"compute: cannot be computed here — {e}"
-    epochs = (f" = {b['epochs_per_trial']:.1f} epochs of the {train_pairs:,} training pairs ({source})"
-              if train_pairs else " (epochs: the train split's size is unknown here; set data.train_pairs)")
-    return (f"per trial: {b['pairs_per_trial']:,} training pairs ({pairs_per_step(cfg):,} per step){epochs}\n"
-            f"compute: {b['step_tflop']:.3g} TFLOP per step (teacher forward + student forward/backward, "
+        return head + f"compute: cannot be computed here — {e}"
+    return (head + f"compute: {b['step_tflop']:.3g} TFLOP per step (teacher forward + student forward/backward, "
             f"{cfg.data.max_length} tokens, no vocabulary head) → at most {_hours(b['gpu_hours'])} GPU-hours for "
             f"{b['trials']} trials to their last step at {UTILISATION:.0%} of an A100's {PEAK_TFLOPS:g} TFLOP/s")
 

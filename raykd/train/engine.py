@@ -1,9 +1,10 @@
 """raykd's one optimizer loop, pure torch (no Ray): AdamW over a model's trainable parameters, an LR schedule,
 gradient accumulation over micro-steps, a grad scaler (fp16 on CUDA; a no-op elsewhere) and gradient clipping.
 
-Every training loop in raykd runs through it: the Ray trial loop (``ray_layer.loop``: it adds DDP / FSDP
-synchronisation, evaluation and reporting around ``backward`` and ``step``), teacher adaptation
-(``stages.adapt``), the test helpers, the benchmarks and ``scripts/topk_gap.py`` (``fit``)."""
+Every training loop in raykd runs through it (``backward`` each micro-step, ``step`` when it returns True): the
+Ray trial loop (``ray_layer.loop``: it adds DDP / FSDP synchronisation, evaluation and reporting around them),
+teacher adaptation (``stages.adapt``), the test helpers, the benchmarks and ``scripts/topk_gap.py``; ``fit``
+runs the whole loop for a caller that only computes micro-step losses."""
 
 from __future__ import annotations
 

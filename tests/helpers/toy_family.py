@@ -5,5 +5,6 @@ from raykd.models.families import FamilySpec, register_family
 
 TOY = register_family(FamilySpec(
     name="toy_lm", implementation="raykd.models.families.causal_lm:CausalLM", archs=("toyarch",),
+    evaluation="raykd.evaluation.causal_lm:CausalEvaluation",
     hf_suffixes=("ForToyLM",), capabilities=frozenset({"token_head"}), metric_keys=("perplexity", "answer_accuracy"),
     default_metric="val/perplexity", reference_method="sft", samplers=("uniform",)))

@@ -62,4 +62,6 @@ def test_an_unknown_family_or_a_clashing_registration_is_refused(toy):
         C.load_config(SMOKE, {"teacher.family": "toy_lm", "teacher.arch": None})
     register_family(family_spec("causal_lm"))  # the same declaration again: a no-op
     with pytest.raises(RaykdError, match="'causal_lm' is already registered"):
-        register_family(FamilySpec(name="causal_lm", implementation="x:Y", archs=(), hf_suffixes=()))
+        register_family(FamilySpec(name="causal_lm", implementation="x:Y", evaluation="x:Z", archs=(), hf_suffixes=()))
+    with pytest.raises(RaykdError, match="'toy2': evaluation '' is not \"module:Class\""):
+        register_family(FamilySpec(name="toy2", implementation="x:Y", archs=(), hf_suffixes=()))

@@ -23,7 +23,7 @@ RESULT_SHIMS = {"raykd.report", "raykd.export"}  # `python -m raykd.report|expor
 # SIDEWAYS allows; the foundation is the package's loose modules
 LAYERS = {"foundation": 0, "config": 1, "data": 2, "models": 2, "metrics": 3, "distill": 4, "evaluation": 5,
           "train": 5, "stages": 6, "results": 6, "ray_layer": 7, "entry": 8}
-FOUNDATION = {"raykd.errors", "raykd.registry", "raykd.atomic", "raykd._version", "raykd.architectures"}
+FOUNDATION = {"raykd.errors", "raykd.registry", "raykd.atomic", "raykd._version"}
 ENTRY = {"raykd", "raykd.__main__"} | ENTRY_SHIMS | RESULT_SHIMS
 # named exceptions to "down only", each with its reason
 UPWARD = {("config", "raykd.distill.settings"):

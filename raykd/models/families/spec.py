@@ -70,7 +70,12 @@ _SPECS: dict[str, FamilySpec] = {}
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
-    """Add a family's declaration (a plugin's too); returns it. A name already taken is refused."""
+    """Add a family's declaration (a plugin's too); returns it. A name already taken, or an implementation or
+    evaluation that is not ``"module:Class"``, is refused."""
+    for what in ("implementation", "evaluation"):
+        value = getattr(spec, what)
+        if value.count(":") != 1 or not all(value.split(":")):
+            raise RaykdError(f"model family {spec.name!r}: {what} {value!r} is not \"module:Class\"")
     if spec.name in _SPECS and _SPECS[spec.name] != spec:
         raise RaykdError(f"model family {spec.name!r} is already registered")
     _SPECS[spec.name] = spec
