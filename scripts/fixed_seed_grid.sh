@@ -27,7 +27,7 @@ from pathlib import Path
 
 store, out = Path(sys.argv[1]), Path(sys.argv[2])
 # what differs run to run by nature: clocks, speeds, process ids (every other number must be identical)
-TIMING = ("time", "timestamp", "date", "pid", "tokens_per_s", "speedup", "latency", "decode", "iterations_since_restore",
+TIMING = ("time", "timestamp", "date", "pid", "rss", "tokens_per_s", "speedup", "latency", "decode", "iterations_since_restore",
           "training_iteration")
 rows = {}
 for f in sorted(store.rglob("result.json")):
