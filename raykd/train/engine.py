@@ -3,8 +3,7 @@ gradient accumulation over micro-steps, a grad scaler (fp16 on CUDA; a no-op els
 
 Every training loop in raykd runs through it (``backward`` each micro-step, ``step`` when it returns True): the
 Ray trial loop (``ray_layer.loop``: it adds DDP / FSDP synchronisation, evaluation and reporting around them),
-teacher adaptation (``stages.adapt``), the test helpers, the benchmarks and ``scripts/topk_gap.py``; ``fit``
-runs the whole loop for a caller that only computes micro-step losses."""
+teacher adaptation (``stages.adapt``), the test helpers, the benchmarks and ``scripts/topk_gap.py``."""
 
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ class Engine:
     """AdamW over ``model``'s trainable parameters (``lr``, ``weight_decay``: torch's default 0.01), the LR
     ``schedule`` (a step → factor function; None: constant), ``grad_accum`` micro-steps per optimizer step, a
     ``scaler`` (``torch.amp.GradScaler``; None: disabled) and clipping of the gradient norm to ``clip`` (None:
-    none). ``backward`` one micro-step's loss, ``step`` when it returns True; ``fit`` does both over batches."""
+    none). ``backward`` one micro-step's loss, ``step`` when it returns True."""
 
     def __init__(self, model: nn.Module, *, lr: float, weight_decay: float = 0.01,
                  schedule: Callable[[int], float] | None = None, grad_accum: int = 1, clip: float | None = 1.0,
@@ -65,19 +64,3 @@ class Engine:
         if self.sched is not None:
             self.sched.step()
         return lr
-
-    def fit(self, micro_loss: Callable[[int], torch.Tensor], steps: int,
-            on_step: Callable[[int, torch.Tensor], None] | None = None) -> int:
-        """Train for ``steps`` optimizer steps: ``micro_loss(i)`` computes the loss of micro-step i (0, 1, …; the
-        caller draws its batch); ``on_step(step, that loss)`` runs after each optimizer step (1-based). Returns
-        the steps taken."""
-        done, i = 0, 0
-        while done < steps:
-            loss = micro_loss(i)
-            i += 1
-            if self.backward(loss):
-                self.step()
-                done += 1
-                if on_step is not None:
-                    on_step(done, loss)
-        return done

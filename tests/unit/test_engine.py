@@ -60,22 +60,6 @@ def test_accumulation_over_two_halves_is_one_step_on_the_whole_batch():
     assert all(p.grad is None for p in halves.parameters())  # zeroed after the step
 
 
-def test_fit_counts_optimizer_steps_and_reports_each():
-    g = torch.Generator().manual_seed(3)
-    data = [(torch.randn(4, 6, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(3)]
-    model = _model()
-    engine = Engine(model, lr=1e-2, grad_accum=2)
-    seen = []
-    calls = []
-
-    def micro(i):
-        calls.append(i)
-        return _loss(model, *data[i % len(data)])
-
-    assert engine.fit(micro, 4, on_step=lambda s, loss: seen.append(s)) == 4
-    assert seen == [1, 2, 3, 4] and calls == list(range(8))
-
-
 def test_the_schedules_factors():
     f = linear_warmup_decay(2, 10)
     assert [f(s) for s in (0, 1, 2, 6, 10, 12)] == [0.5, 1.0, 1.0, 0.5, 0.0, 0.0]
