@@ -137,8 +137,7 @@ class DistillMethod(nn.Module):
         """What the objective needs from the teacher for these inputs (no gradients). Chunked: the
         final hidden states at the task positions and the LM head instead of the logits."""
         chunked = self.uses_mlm and self.use_chunked(inputs)
-        model = teacher.base_model if chunked else teacher
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=True)
+        out = self.family.run(teacher.base_model if chunked else teacher, inputs)
         hs = out.hidden_states
         targets = {"hidden": {i: hs[i] for i in sorted(set(self.teacher_layers()) | {self.t_layers})}}
         if chunked:
@@ -210,9 +209,8 @@ class DistillMethod(nn.Module):
     # -- student side ------------------------------------------------------------------------------------
     def student_forward(self, inputs: dict, targets: dict):
         if self.uses_mlm and self.use_chunked(inputs):  # the trunk only: the head runs chunk by chunk in the loss
-            return self.student.mlm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"],
-                                               output_hidden_states=True)
-        return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+            return self.family.run(self.student.mlm.base_model, inputs)
+        return self.family.run(self.student, inputs)
 
     def losses(self, inputs: dict, targets: dict, out) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -291,7 +289,7 @@ class Structural(DistillMethod):
 
     def student_forward(self, inputs, targets):
         if self.fusion is None or not self.training or self.fusion.anneal_value == 0.0:
-            return self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+            return self.family.run(self.student, inputs)
         h_t = targets["hidden"][self.t_layers]
         z = self.sentence_proj.teacher(h_t) if self.use_projection else h_t
         e = self.student.word_embeddings(inputs["input_ids"])
@@ -712,8 +710,8 @@ class DDK(DistillMethod):
                 if not chosen.any():
                     continue
                 labels = inputs["ids"][chosen]
-                ls = self.student(input_ids=inputs["input_ids"], attention_mask=inputs["mask"]).logits[chosen]
-                lt = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"]).logits[chosen]
+                ls = self.family.run(self.student, inputs, hidden=False).logits[chosen]
+                lt = self.family.run(teacher, inputs, hidden=False).logits[chosen]
                 gap = F.cross_entropy(ls.float(), labels, reduction="none") - F.cross_entropy(lt.float(), labels,
                                                                                              reduction="none")
                 row = torch.arange(chosen.shape[0], device=device)[:, None].expand_as(chosen)[chosen]
@@ -828,7 +826,7 @@ class DistillSeq(DistillMethod):
 
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs):
-        out = teacher(input_ids=inputs["input_ids"], attention_mask=inputs["mask"])
+        out = self.family.run(teacher, inputs, hidden=False)
         return {"labels": out.logits[inputs["chosen"]].argmax(-1)}
 
     def losses(self, inputs, targets, out):

@@ -16,10 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from raykd.atomic import atomic_directory
-from raykd.data.collate import pad_ids
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.template import causal_template
 from raykd.errors import RaykdError
@@ -45,34 +43,33 @@ class AdaptSettings:
     threads: int = 0
 
 
-def _pad(seqs: list, pad_id: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sequences cut to ``max_length`` and right-padded (``data.collate.pad_ids``), as torch int64."""
-    ids, mask = pad_ids([list(s)[:max_length] for s in seqs], pad_id)
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+def _batch(pairs: list, pad_id: int, max_length: int | None, template=None) -> dict:
+    """QA pairs of token ids collated as the study collates them (``data.collate``): a templated family's one
+    prompt + response sequence per pair, else the two sides apart, each cut to ``max_length`` tokens."""
+    from raykd.data.collate import CausalCollate, PairCollate
 
-
-def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.to(h.dtype).unsqueeze(-1)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if template is not None:
+        return CausalCollate(template)({"q_input_ids": [q for q, _ in pairs], "a_input_ids": [a for _, a in pairs]})
+    return PairCollate(pad_id)({"q_input_ids": [list(q)[:max_length] for q, _ in pairs],
+                                "a_input_ids": [list(a)[:max_length] for _, a in pairs]})
 
 
 def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict, settings: AdaptSettings,
                   log=print, device: str | torch.device = "cpu", template=None) -> dict:
-    """Train ``model`` in place on ``device`` on QA pairs of token ids: MLM on both sides + in-batch
-    InfoNCE between the masked-mean representations of each question and its answer (batches drawn
-    and corrupted on the CPU with a seeded generator, so any device sees the same inputs); a causal
-    LM (``template`` given): continued causal-LM training on the dialogues (prompt + response through
-    the template, next-token loss on every real token). Returns the loss history (dict); the model
-    is left on ``device``."""
+    """Train ``model`` in place on ``device`` on QA pairs of token ids with its family's adaptation objective
+    (``ModelFamily.adaptation_step``: masked_lm, MLM on both sides + in-batch InfoNCE between each question's
+    and its answer's masked-mean representations; causal_lm, given ``template``, continued causal-LM training
+    on the dialogues). Batches are drawn and corrupted on the CPU with a seeded generator, so any device sees
+    the same inputs. Returns the loss history ({term: [value per step]}); the model is left on ``device``."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     g = torch.Generator().manual_seed(settings.seed)
     engine = Engine(model, lr=settings.lr, weight_decay=0.01,
                     schedule=warmup_times_decay(settings.warmup, settings.steps))
-    vocab = model.config.vocab_size
     fam = family_of(model)
     model.to(device).train()
-    history, t0 = [], time.monotonic()
+    history: dict[str, list[float]] = {}
+    t0 = time.monotonic()
     order = torch.randperm(len(pairs), generator=g)
     pos = 0
     for step in range(settings.steps):
@@ -80,51 +77,17 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
             order, pos = torch.randperm(len(pairs), generator=g), 0
         idx = order[pos: pos + settings.batch_size].tolist()
         pos += settings.batch_size
-        if template is not None:
-            lm = _causal_step(model, fam, [pairs[i] for i in idx], template, device)
-            history.append((float(lm.detach()), 0.0))
-            engine.backward(lm)
-            engine.step()
-            if (step + 1) % 50 == 0 or step + 1 == settings.steps:
-                m = history[-50:]
-                log(f"[adapt] step {step + 1}/{settings.steps} · causal-lm {sum(x for x, _ in m) / len(m):.3f} · "
-                    f"{time.monotonic() - t0:.0f} s")
-            continue
-        q_ids, q_mask = _pad([pairs[i][0] for i in idx], tok_ids["pad"], settings.max_length)
-        a_ids, a_mask = _pad([pairs[i][1] for i in idx], tok_ids["pad"], settings.max_length)
-        width = max(q_ids.shape[1], a_ids.shape[1])
-        ids = torch.cat([F.pad(q_ids, (0, width - q_ids.shape[1]), value=tok_ids["pad"]),
-                         F.pad(a_ids, (0, width - a_ids.shape[1]), value=tok_ids["pad"])])
-        mask = torch.cat([F.pad(q_mask, (0, width - q_mask.shape[1])), F.pad(a_mask, (0, width - a_mask.shape[1]))])
-        corrupted, chosen = fam.corrupt(ids, mask, tok_ids["special"], tok_ids["mask"], vocab, settings.mlm_prob, g)
-        ids, mask, corrupted, chosen = ids.to(device), mask.to(device), corrupted.to(device), chosen.to(device)
-        out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
-        mlm = fam.task_loss(out.logits, ids, chosen) if chosen.any() else out.logits.sum() * 0
-        clean = fam.backbone(model)(input_ids=ids, attention_mask=mask).last_hidden_state
-        y = F.normalize(_mean(clean, mask), dim=-1)
-        b = len(idx)
-        sim = y[:b] @ y[b:].T / settings.temperature
-        target = torch.arange(b, device=device)
-        con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
-        loss = mlm + settings.contrastive_weight * con
+        batch = _batch([pairs[i] for i in idx], tok_ids["pad"], settings.max_length, template)
+        loss, terms = fam.adaptation_step(model, batch, tok_ids, settings, g, device)
         engine.backward(loss)
         engine.step()
-        history.append((float(mlm.detach()), float(con.detach())))
+        for name, value in terms.items():
+            history.setdefault(name, []).append(float(value.detach()))
         if (step + 1) % 50 == 0 or step + 1 == settings.steps:
-            m = history[-50:]
-            log(f"[adapt] step {step + 1}/{settings.steps} · mlm {sum(x for x, _ in m) / len(m):.3f} · "
-                f"qa-contrastive {sum(y for _, y in m) / len(m):.3f} · {time.monotonic() - t0:.0f} s")
+            means = " · ".join(f"{k} {sum(v[-50:]) / len(v[-50:]):.3f}" for k, v in history.items())
+            log(f"[adapt] step {step + 1}/{settings.steps} · {means} · {time.monotonic() - t0:.0f} s")
     model.eval()
-    return {"mlm": [h[0] for h in history], "contrastive": [h[1] for h in history]}
-
-
-def _causal_step(model, fam, pairs: list, template, device) -> torch.Tensor:
-    """The next-token loss of one batch of dialogues (prompt + response through ``template``)."""
-    seqs = [template.prompt(q) + template.response(a) for q, a in pairs]
-    ids, mask = _pad(seqs, template.pad, max(len(x) for x in seqs))
-    _, chosen = fam.corrupt(ids, mask, (), 0, 0, 0.0, None)
-    ids, mask, chosen = ids.to(device), mask.to(device), chosen.to(device)
-    return fam.task_loss(model(input_ids=ids, attention_mask=mask).logits, ids, chosen)
+    return history
 
 
 def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
@@ -190,8 +153,8 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
         (tmp / "raykd_adapt.json").write_text(json.dumps({
             "key": key, "data": str(Path(prepared_dir).absolute()), "data_key": manifest["key"],
             "from": source or "config", "shape": asdict(shape) if shape else None, "settings": asdict(settings),
-            "seconds": time.monotonic() - t0, "device": str(device), "final_mlm": sum(history["mlm"][-50:]) / len(history["mlm"][-50:]),
-            "final_contrastive": sum(history["contrastive"][-50:]) / len(history["contrastive"][-50:])}, indent=1))
+            "seconds": time.monotonic() - t0, "device": str(device),
+            "final": {k: sum(v[-50:]) / len(v[-50:]) for k, v in history.items()}}, indent=1))
     log(f"[adapt] saved {out_p} in {time.monotonic() - t0:.0f} s")
     return out_p
 

@@ -43,6 +43,14 @@ class ModelFamily:
         one kind — example×example relations are compared within a group only)."""
         raise NotImplementedError
 
+    def run(self, model: nn.Module, inputs: dict, hidden: bool = True):
+        """``model``'s output for the objectives' ``inputs`` (``inputs()``): ``logits`` [n, t, V] (the positions
+        ``chosen`` indexes) and, with ``hidden``, ``hidden_states`` (the states hidden-state terms align, counted
+        at ``content``). ``model`` is an HF model of this family, its trunk (``last_hidden_state``) or a raykd
+        Student. The default reads ``input_ids`` under ``mask``; a family whose models read more (an
+        encoder-decoder's decoder inputs) overrides it."""
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=hidden)
+
     def labels_at(self, ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """The true token ids [k] the logits at the ``chosen`` positions predict."""
         raise NotImplementedError
@@ -97,10 +105,18 @@ class ModelFamily:
         """The task loss at the ``chosen`` positions (nats per token): logits [n, t, V], true ids [n, t]."""
         raise NotImplementedError
 
+    def adaptation_step(self, model: nn.Module, batch: dict, tokens: dict, settings, generator: torch.Generator,
+                        device) -> tuple[torch.Tensor, dict]:
+        """One batch of teacher domain adaptation (``raykd.stages.adapt``): ``batch`` collated as the family's
+        study collates its rows (token ids on the CPU), ``tokens`` the ids {pad, mask, special}, ``settings``
+        the ``AdaptSettings``; random draws from ``generator`` on the CPU. Returns (the loss to minimise, {term
+        name: value} for the log), both on ``device``."""
+        raise NotImplementedError
+
     def save(self, model: nn.Module, out) -> None:
         """Write ``model`` as a plain HF directory (safetensors) that ``export_classes`` load."""
         raise NotImplementedError
 
 
 INTERFACE = ("matches", "build", "auto_class", "load", "student_like", "blocks", "backbone", "attention_inputs", "corrupt", "task_loss",
-             "save", "inputs", "labels_at", "count_tokens")
+             "save", "inputs", "labels_at", "count_tokens", "adaptation_step")

@@ -115,6 +115,14 @@ class CausalLM(ModelFamily):
         return {"ids": ids, "mask": mask, "content": response.bool(), "department": dept, "input_ids": ids,
                 "chosen": _next_is(response.bool()), "response": response}
 
+    def adaptation_step(self, model, batch, tokens, settings, generator, device):
+        """Continued causal-LM training: the next-token loss at every real token of prompt + response."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        _, chosen = self.corrupt(ids, mask, (), 0, 0, 0.0, None)
+        ids, mask, chosen = ids.to(device), mask.to(device), chosen.to(device)
+        lm = self.task_loss(model(input_ids=ids, attention_mask=mask).logits, ids, chosen)
+        return lm, {"causal-lm": lm}
+
     def count_tokens(self, batch):
         return int(batch["response_mask"].sum())
 

@@ -100,18 +100,14 @@ class MaskedLM(ModelFamily):
         return F.cross_entropy(logits[chosen], ids[chosen], reduction=reduction)
 
     def inputs(self, batch, tokens, generator, corrupt, mlm_prob, vocab_size):
-        q, a = batch["q_input_ids"], batch["a_input_ids"]
-        width = max(q.shape[1], a.shape[1])
-        ids = torch.cat([F.pad(q, (0, width - q.shape[1]), value=tokens.pad),
-                         F.pad(a, (0, width - a.shape[1]), value=tokens.pad)])
-        mask = torch.cat([F.pad(batch["q_attention_mask"], (0, width - q.shape[1])),
-                          F.pad(batch["a_attention_mask"], (0, width - a.shape[1]))])
+        q = batch["q_input_ids"]
+        ids, mask = _stacked(batch, tokens.pad)
         dept = batch.get("department")
         dept = torch.full((q.shape[0],), -1, dtype=torch.long) if dept is None else dept
         content = mask.bool()
         for s in tokens.special:
             content &= ids != s
-        side = torch.cat([torch.zeros(q.shape[0], dtype=torch.long), torch.ones(a.shape[0], dtype=torch.long)])
+        side = torch.cat([torch.zeros(q.shape[0], dtype=torch.long), torch.ones(q.shape[0], dtype=torch.long)])
         out = {"ids": ids, "mask": mask, "content": content, "department": torch.cat([dept, dept]).to(ids.device),
                "input_ids": ids, "chosen": None, "group": side.to(ids.device)}
         if corrupt:
@@ -126,8 +122,36 @@ class MaskedLM(ModelFamily):
     def labels_at(self, ids, chosen):
         return ids[chosen]
 
+    def adaptation_step(self, model, batch, tokens, settings, generator, device):
+        """MLM on both sides + in-batch InfoNCE between the masked-mean representations of each question and
+        its answer (temperature ``settings.temperature``, weight ``settings.contrastive_weight``)."""
+        ids, mask = _stacked(batch, tokens["pad"])
+        corrupted, chosen = self.corrupt(ids, mask, tokens["special"], tokens["mask"], model.config.vocab_size,
+                                         settings.mlm_prob, generator)
+        ids, mask, corrupted, chosen = ids.to(device), mask.to(device), corrupted.to(device), chosen.to(device)
+        out = model(input_ids=corrupted, attention_mask=mask, output_hidden_states=True)
+        mlm = self.task_loss(out.logits, ids, chosen) if chosen.any() else out.logits.sum() * 0
+        clean = self.backbone(model)(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.to(clean.dtype).unsqueeze(-1)
+        y = F.normalize((clean * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
+        b = batch["q_input_ids"].shape[0]
+        sim = y[:b] @ y[b:].T / settings.temperature
+        target = torch.arange(b, device=device)
+        con = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+        return mlm + settings.contrastive_weight * con, {"mlm": mlm, "qa-contrastive": con}
+
     def count_tokens(self, batch):
         return None  # masked-LM terms are per-batch means (the masked count is random)
 
     def save(self, model: nn.Module, out) -> None:
         model.save_pretrained(os.fspath(out), safe_serialization=True)
+
+
+def _stacked(batch: dict, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair batch's questions and answers stacked into 2b rows, padded to one width: (ids, mask) [2b, t]."""
+    q, a = batch["q_input_ids"], batch["a_input_ids"]
+    width = max(q.shape[1], a.shape[1])
+    ids = torch.cat([F.pad(q, (0, width - q.shape[1]), value=pad), F.pad(a, (0, width - a.shape[1]), value=pad)])
+    mask = torch.cat([F.pad(batch["q_attention_mask"], (0, width - q.shape[1])),
+                      F.pad(batch["a_attention_mask"], (0, width - a.shape[1]))])
+    return ids, mask
