@@ -293,8 +293,7 @@ class Structural(DistillMethod):
         h_t = targets["hidden"][self.t_layers]
         z = self.sentence_proj.teacher(h_t) if self.use_projection else h_t
         e = self.student.word_embeddings(inputs["input_ids"])
-        return self.student(inputs_embeds=self.fusion(e, z, inputs["mask"], inputs["department"]),
-                            attention_mask=inputs["mask"])
+        return self.family.run(self.student, {**inputs, "embeds": self.fusion(e, z, inputs["mask"], inputs["department"])})
 
     def losses(self, inputs, targets, out):
         hs, content = out.hidden_states, inputs["content"]

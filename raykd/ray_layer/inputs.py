@@ -6,6 +6,7 @@ the study's plan (a ``StudyPlan`` every trial receives)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
         s = cfg.data.synth
         raw = work / f"synth-{s.dialogs}-{s.seed}"
         write_corpus(raw, s.dialogs, s.seed)
-        prepared = str(work / f"prepared-{s.dialogs}-{s.seed}-{cfg.data.max_length}")
+        prepared = str(generated_prepared_dir(cfg.data))
         manifest = prepare(PrepareSettings(raw=[str(raw)], out=prepared, tokenizer=cfg.data.tokenizer,
                                            max_length=cfg.data.max_length))
     sh, fam = cfg.teacher.shape, family_spec(cfg.teacher.family)
@@ -70,6 +71,22 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
     return StudyPlan(base=C.to_dict(cfg), prepared=prepared, teacher=teacher, teacher_load=teacher_load,
                      teacher_key=key, data_key=manifest["key"], adapt=adapt, plugin_paths=C.plugin_paths(cfg.plugins),
                      template=template)
+
+
+def generated_prepared_dir(data) -> Path:
+    """Where the generated corpus of ``data`` (a ``DataConfig``) is prepared in its work directory: one directory
+    per corpus, maximum length and tokenizer (the default tokenizer's keeps the name it had before tokenizers
+    were told apart, so its caches stay valid), so that two studies with other tokenizers never prepare into
+    — and overwrite — one directory."""
+    import re
+
+    from raykd.config.schema import DataConfig
+
+    name = f"prepared-{data.synth.dialogs}-{data.synth.seed}-{data.max_length}"
+    if data.tokenizer != DataConfig.tokenizer:
+        name += "-" + re.sub(r"[^A-Za-z0-9.]+", "-", data.tokenizer).strip("-")[:48] + "-" + \
+            hashlib.sha256(data.tokenizer.encode()).hexdigest()[:8]
+    return Path(data.work_dir).absolute() / name
 
 
 def causal_template_of(prepared: str, manifest: dict, cfg: C.Config) -> dict:

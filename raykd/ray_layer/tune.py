@@ -21,7 +21,7 @@ from raykd.train.budget import budget_text, memory_text
 from raykd.errors import RaykdError
 from raykd.models.families.spec import family_spec
 from raykd.ray_layer.cluster import init_ray
-from raykd.ray_layer.inputs import complete_inputs, log, prepare_inputs, teacher_cache_for
+from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join,  # noqa: F401
                                     asha, max_concurrent, study_tuner, tune_domain)
 from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
@@ -119,8 +119,7 @@ def train_split_size(cfg: C.Config) -> tuple[int | None, str]:
     from raykd.data.shards import load_manifest
 
     d = cfg.data
-    where = Path(d.prepared) if d.prepared else \
-        Path(d.work_dir) / f"prepared-{d.synth.dialogs}-{d.synth.seed}-{d.max_length}"
+    where = Path(d.prepared) if d.prepared else generated_prepared_dir(d)
     try:
         return int(load_manifest(str(where))["splits"]["train"]["rows"]), f"{where}/manifest.json"
     except Exception:  # not prepared here (a cluster path, or not generated yet)

@@ -146,8 +146,10 @@ def model_card(trial: TrialRecord, prov: dict, manifest: dict, teacher, ckpt: Pa
         metric_lines.append(f"| {k} | {_num(m.get('val/' + k))} | {_num(m.get('test/' + k))} |")
     eff = [f"| {k.split('/', 1)[1]} | {_num(v)} |" for k, v in sorted(m.items())
            if k.startswith("test/") and any(s in k for s in ("params", "latency", "speedup", "decode", "reduction"))]
-    intro = _causal_intro(trial, cfg, teacher, student, prov) if student.family.spec.has("generates") \
-        else _encoder_intro(cfg, teacher, student)
+    intro = student.family.card_intro(student, teacher, cfg["method"]["name"])
+    if intro is None:
+        intro = _causal_intro(trial, cfg, teacher, student, prov) if student.family.spec.has("generates") \
+            else _encoder_intro(cfg, teacher, student)
     splits = manifest.get("splits", {})
     lines = [
         "---", "library_name: transformers", "tags: [knowledge-distillation, raykd, medical-dialogue]", "---", "",

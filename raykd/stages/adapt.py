@@ -90,6 +90,11 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
     return history
 
 
+def _first_set(*ids):
+    """The first id that is not None (a WordPiece tokenizer's [CLS] / [SEP] stand in for bos / eos), or None."""
+    return next((i for i in ids if i is not None), None)
+
+
 def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
     """Content hash of an adaptation's inputs and settings (the reuse key)."""
     shape_d = asdict(shape) if shape else None
@@ -137,7 +142,8 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
                              f"tokenizer's ({t['vocab_size']}): the tokenizer does not match this teacher")
     else:
         model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed,
-                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                              bos_token_id=_first_set(tok.bos_token_id, tok.cls_token_id),
+                              eos_token_id=_first_set(tok.eos_token_id, tok.sep_token_id))
     template = None
     if family_of(model).spec.template:
         template = causal_template(tok)

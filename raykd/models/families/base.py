@@ -47,8 +47,10 @@ class ModelFamily:
         """``model``'s output for the objectives' ``inputs`` (``inputs()``): ``logits`` [n, t, V] (the positions
         ``chosen`` indexes) and, with ``hidden``, ``hidden_states`` (the states hidden-state terms align, counted
         at ``content``). ``model`` is an HF model of this family, its trunk (``last_hidden_state``) or a raykd
-        Student. The default reads ``input_ids`` under ``mask``; a family whose models read more (an
-        encoder-decoder's decoder inputs) overrides it."""
+        Student. The default reads ``input_ids`` (or input embeddings ``embeds`` [n, t, d] in their place) under
+        ``mask``; a family whose models read more (an encoder-decoder's decoder inputs) overrides it."""
+        if "embeds" in inputs:
+            return model(inputs_embeds=inputs["embeds"], attention_mask=inputs["mask"], output_hidden_states=hidden)
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["mask"], output_hidden_states=hidden)
 
     def labels_at(self, ids: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -112,6 +114,12 @@ class ModelFamily:
         the ``AdaptSettings``; random draws from ``generator`` on the CPU. Returns (the loss to minimise, {term
         name: value} for the log), both on ``device``."""
         raise NotImplementedError
+
+    def card_intro(self, student, teacher, method: str) -> list[str] | None:
+        """The opening lines (Markdown) of an exported student's model card: what it is and how to load and use
+        it with plain transformers; None: the export's own (a generating family's claim numbers and generation
+        recipe, else an encoder's loading and representation recipe)."""
+        return None
 
     def save(self, model: nn.Module, out) -> None:
         """Write ``model`` as a plain HF directory (safetensors) that ``export_classes`` load."""

@@ -52,7 +52,9 @@ class MaskedLM(ModelFamily):
     export_classes = ("AutoModel", "AutoModelForMaskedLM")
 
     def matches(self, model):
+        # an encoder with a token head: not a decoder, nor an encoder-decoder (which has an encoder and a head too)
         return hasattr(getattr(model, "base_model", None), "encoder") and not model.config.is_decoder \
+            and not getattr(model.config, "is_encoder_decoder", False) \
             and hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
 
     def build(self, shape: TeacherShape, vocab_size: int, pad_token_id: int = 0, bos_token_id=None, eos_token_id=None):
