@@ -16,8 +16,22 @@ def test_the_design_files_exist():
     assert {p.stem for p in SPACES} >= {"smoke", "depth", "projection", "sampling", "baselines", "ablation", "paper"}
 
 
+@pytest.fixture
+def families_as_they_were():
+    """A study that loads a plugin family (``plugins:``) leaves the family registry as it found it."""
+    from raykd.models import families
+    from raykd.models.families import spec
+
+    before, built = dict(spec._SPECS), dict(families._IMPLEMENTATIONS)
+    yield
+    spec._SPECS.clear()
+    spec._SPECS.update(before)
+    families._IMPLEMENTATIONS.clear()
+    families._IMPLEMENTATIONS.update(built)
+
+
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
-def test_every_search_space_loads(path):
+def test_every_search_space_loads(path, families_as_they_were):
     cfg = load_config(path)
     assert planned_trials(cfg) <= cfg.search.max_trials
 

@@ -74,6 +74,9 @@ class ShapeConfig:
 
 @dataclass
 class AdaptConfig:
+    """``teacher.adapt``: the teacher's domain adaptation before a study (``raykd.stages.adapt``, whose
+    ``AdaptSettings`` add what is not the YAML's to set: the objective's constants, max length, seed, threads)."""
+
     steps: int = 200
     batch_size: int = 16
     lr: float = 1e-3

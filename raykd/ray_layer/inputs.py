@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
     adapt = None
     if cfg.teacher.adapt is not None:
         a = cfg.teacher.adapt
-        settings = AdaptSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_length=cfg.data.max_length,
+        settings = AdaptSettings(**asdict(a), max_length=cfg.data.max_length,
                                  threads=os.cpu_count() or 1)
         key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings)
         teacher = str(work / "teachers" / key[:16])

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from raykd.atomic import atomic_directory
+from raykd.config.schema import AdaptConfig
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.template import causal_template
 from raykd.errors import RaykdError
@@ -28,12 +29,10 @@ from raykd.train.engine import Engine, warmup_times_decay
 
 # ------------------------------------------------------------------------------------------ adaptation
 @dataclass
-class AdaptSettings:
-    """Domain adaptation: continued MLM + in-batch question↔answer InfoNCE on the train split."""
+class AdaptSettings(AdaptConfig):
+    """Domain adaptation: the YAML's ``teacher.adapt`` (``AdaptConfig``: steps, batch size, learning rate, with
+    its defaults) and the rest of the stage's settings."""
 
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 5e-4
     warmup: int = 50
     mlm_prob: float = 0.15
     contrastive_weight: float = 1.0
