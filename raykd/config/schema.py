@@ -15,6 +15,7 @@ from typing import Any
 
 from raykd.distill import settings as S
 from raykd.errors import RaykdError
+from raykd.models.families.spec import ModelShape
 
 CACHE_KINDS = ("none", "hidden", "logits", "both")
 TEACHER_SHARD = ("auto", "never", "always")
@@ -63,11 +64,9 @@ class DataConfig:
 
 
 @dataclass
-class ShapeConfig:
-    layers: int = 6
-    hidden: int = 64
-    heads: int = 4
-    intermediate: int = 256
+class ShapeConfig(ModelShape):
+    """``teacher.shape``: the sizes (``ModelShape``) and, for a hub teacher's offline ``--dry-run``, what it records."""
+
     vocab: int | None = None  # recorded for a hub teacher (offline --dry-run); a built one takes the tokenizer's
     kv_heads: int | None = None  # recorded grouped-query attention heads (null: as many as heads)
 

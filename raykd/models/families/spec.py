@@ -15,13 +15,20 @@ from ...errors import RaykdError
 
 
 @dataclass
-class TeacherShape:
-    """Size of a teacher built from a config (randomly initialised, for tests and the generated corpus)."""
+class ModelShape:
+    """The sizes of a transformer raykd builds from a config: blocks, width, attention heads, feed-forward width
+    (the YAML's ``teacher.shape``, ``config.ShapeConfig``, and the build's ``TeacherShape`` both extend it)."""
 
     layers: int = 6
-    hidden: int = 128
+    hidden: int = 64
     heads: int = 4
-    intermediate: int = 512
+    intermediate: int = 256
+
+
+@dataclass
+class TeacherShape(ModelShape):
+    """Size of a teacher built from a config (randomly initialised, for tests and the generated corpus)."""
+
     max_position: int = 512
     arch: str | None = None  # the family's architecture to build (causal_lm: llama | qwen2 | gpt2); None: its first
 
