@@ -167,7 +167,6 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
     (the confirmation's ResultGrid, the comparison document)."""
     from ray import tune
 
-    from raykd.ray_layer.references import reference_tuner
     from raykd.ray_layer.tblog import write_experiment_summary
 
     t0 = time.monotonic()
@@ -198,12 +197,32 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
         confirmed = study_tuner(cfg, plan, storage, name,
                                 {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
     if ref is not None:
-        shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, KC.CONTENDER_KEY)}
-        space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds), **shared}
-        ran = reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
-        held = {k: v for r in ran for k, v in (r.config or {}).items() if k not in ("seed", REFERENCE_KEY)}
-        if held:  # a restored reference experiment ran the settings it was started with
-            ref.best = {**(ref.best or {}), **held}
+        _confirm_reference(cfg, plan, storage, name, cpus, resume, ref, seeds)
+    doc = _comparison(cfg, root, confirmed, contenders, tuned, ref, seeds)
+    doc["wall_s"] = round(time.monotonic() - t0, 1)
+    write_comparison(root, doc)
+    return confirmed, doc
+
+
+def _confirm_reference(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: float, resume: bool, ref,
+                       seeds: list) -> None:
+    """Run the no-distillation reference's tuned settings on the confirmation seeds (with the teacher and
+    ``init`` from its step 0); ``ref.best`` then holds the settings it ran."""
+    from ray import tune
+
+    from raykd.ray_layer.references import reference_tuner
+
+    shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, KC.CONTENDER_KEY)}
+    space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds), **shared}
+    ran = reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
+    held = {k: v for r in ran for k, v in (r.config or {}).items() if k not in ("seed", REFERENCE_KEY)}
+    if held:  # a restored reference experiment ran the settings it was started with
+        ref.best = {**(ref.best or {}), **held}
+
+
+def _comparison(cfg: C.Config, root: str, confirmed, contenders, tuned: dict, ref, seeds: list) -> dict:
+    """The comparison document (``results.comparison.comparison_doc``) of the confirmed contenders and the
+    references, their test values per seed, the declared tests."""
     keys = [f"test/{m}" for m in metric_keys(cfg.teacher.family)]
     values = confirm_values(confirmed, cfg, keys)
     refs = reference_values(root, cfg, keys) if ref is not None else {}
@@ -216,14 +235,11 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
                                                  refs.get("no_distill", empty))
     _, against = KC.parse_against(cfg.compare.against)
     lead = "test/" + cfg.experiment.metric.split("/", 1)[-1]
-    doc = K.comparison_doc(against=against, metrics=list(cfg.compare.metrics),
-                           trials_per_method=cfg.compare.tune.trials, steps=cfg.train.steps, seeds=seeds,
-                           tuning_seed=C.compare_tuning_seed(cfg), algorithm=cfg.search.algorithm,
-                           scheduler=cfg.compare.tune.scheduler or cfg.search.scheduler.type, methods=methods,
-                           references=references, exploratory_metrics=[lead])
-    doc["wall_s"] = round(time.monotonic() - t0, 1)
-    write_comparison(root, doc)
-    return confirmed, doc
+    return K.comparison_doc(against=against, metrics=list(cfg.compare.metrics),
+                            trials_per_method=cfg.compare.tune.trials, steps=cfg.train.steps, seeds=seeds,
+                            tuning_seed=C.compare_tuning_seed(cfg), algorithm=cfg.search.algorithm,
+                            scheduler=cfg.compare.tune.scheduler or cfg.search.scheduler.type, methods=methods,
+                            references=references, exploratory_metrics=[lead])
 
 
 def tuning_paths(cfg: C.Config, storage: str, name: str) -> list[str]:

@@ -43,6 +43,18 @@ def scores_dir(prepared_dir: str | Path, teacher_id: str, manifest: dict, mlm_pr
     return Path(prepared_dir).absolute() / "scores" / scores_key(teacher_id, manifest, mlm_prob, seed)
 
 
+def department_relevance(emb: np.ndarray, dept: np.ndarray) -> np.ndarray:
+    """Per row, the cosine of its embedding (rows of ``emb``, unit length) with its department's centroid
+    (float32 [n])."""
+    relevance = np.zeros(len(dept), dtype=np.float32)
+    for d in np.unique(dept):
+        sel = dept == d
+        centroid = emb[sel].mean(0)
+        centroid /= max(np.linalg.norm(centroid), 1e-12)
+        relevance[sel] = emb[sel] @ centroid
+    return relevance
+
+
 def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_size: int = 64, mlm_prob: float = 0.15,
                    seed: int = 0, log=print) -> Path:
     """Run the teacher once over the train split and write its scores; returns the scores directory.
@@ -87,13 +99,7 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
             log(f"[scores] scored {len(ids_all):,} train pairs")
     emb = torch.cat(emb_all)
     emb = torch.nn.functional.normalize(emb - emb.mean(0, keepdim=True), dim=-1).numpy()  # centred: no common direction
-    dept = np.array(dept_all, dtype=object)
-    relevance = np.zeros(len(dept), dtype=np.float32)
-    for d in np.unique(dept):
-        sel = dept == d
-        centroid = emb[sel].mean(0)
-        centroid /= max(np.linalg.norm(centroid), 1e-12)
-        relevance[sel] = emb[sel] @ centroid
+    relevance = department_relevance(emb, np.array(dept_all, dtype=object))
     table = pa.table({"pair_id": ids_all, "department": dept_all, "entropy": np.concatenate(ent_all).astype(np.float32),
                       "relevance": relevance,
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).ravel()),
