@@ -161,10 +161,14 @@ def _method_entry(t: Tuned, method: str, fixed: dict, confirm: dict) -> dict:
             "tuning_errors": t.errors, "confirm": confirm}
 
 
-def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: float, resume: bool):
+def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: float, resume: bool, clock=None):
     """Tune every contender and the reference with the same budget, confirm each best on the seeds,
     run the references there, test the declared comparisons; writes ``comparison.json``. Returns
-    (the confirmation's ResultGrid, the comparison document)."""
+    (the confirmation's ResultGrid, the comparison document). ``clock`` (a ``phases.PhaseClock``) times
+    the tuning, the confirmation and the references."""
+    from contextlib import nullcontext
+
+    clock = clock or (lambda phase: nullcontext())
     from ray import tune
 
     from raykd.ray_layer.tblog import write_experiment_summary
@@ -173,13 +177,15 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
     root = join(storage, name)
     contenders = C.compare_contenders(cfg)
     frozen = resume and tune.Tuner.can_restore(root)  # the confirmation had started: tuning is read, not rerun
-    tuned = {c.label: tune_one(cfg, plan, root, c.label, KC.contender_space(c, cfg.space), KC.constants(c), cpus, resume,
-                               frozen) for c in contenders}
+    with clock("tuning"):
+        tuned = {c.label: tune_one(cfg, plan, root, c.label, KC.contender_space(c, cfg.space), KC.constants(c), cpus,
+                                   resume, frozen) for c in contenders}
     ref = None
     if cfg.experiment.references:
-        ref = tune_one(cfg, plan, root, KC.REFERENCE_LABEL, dict(cfg.space),
-                       {REFERENCE_KEY: True, KC.CONTENDER_KEY: KC.REFERENCE_LABEL}, cpus, resume,
-                       frozen and tune.Tuner.can_restore(join(root, REFERENCES_DIR)))
+        with clock("tuning"):
+            ref = tune_one(cfg, plan, root, KC.REFERENCE_LABEL, dict(cfg.space),
+                           {REFERENCE_KEY: True, KC.CONTENDER_KEY: KC.REFERENCE_LABEL}, cpus, resume,
+                           frozen and tune.Tuner.can_restore(join(root, REFERENCES_DIR)))
     best = [t.best for t in tuned.values() if t.best is not None]
     for t in tuned.values():
         if t.best is None:
@@ -188,16 +194,18 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
     log(f"[compare] confirm: {len(best)} best configuration(s) × seeds {seeds} → {root}")
     labels = [c.label for c in contenders]
     write_experiment_summary(root, {KC.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
-    if frozen:
-        confirmed = restore_tuner(cfg, plan, root).fit()
-        for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
-            if label in tuned:
-                tuned[label].best = conf
-    else:
-        confirmed = study_tuner(cfg, plan, storage, name,
-                                {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
+    with clock("confirm"):
+        if frozen:
+            confirmed = restore_tuner(cfg, plan, root).fit()
+            for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
+                if label in tuned:
+                    tuned[label].best = conf
+        else:
+            confirmed = study_tuner(cfg, plan, storage, name,
+                                    {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
     if ref is not None:
-        _confirm_reference(cfg, plan, storage, name, cpus, resume, ref, seeds)
+        with clock("references"):
+            _confirm_reference(cfg, plan, storage, name, cpus, resume, ref, seeds)
     doc = _comparison(cfg, root, confirmed, contenders, tuned, ref, seeds)
     doc["wall_s"] = round(time.monotonic() - t0, 1)
     write_comparison(root, doc)

@@ -349,6 +349,7 @@ class Run:
                                          template=config.get("template"), teacher_key=config.get("teacher_key")) \
             if worker.rank == 0 or self.teacher_sharded else None
         self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
+        self.eval_s = 0.0  # seconds rank 0 spent evaluating so far (reported as time/eval_s)
 
     def evaluate_sharded_teacher(self) -> None:
         """A sharded teacher's part of the evaluation (its scores, generations and latency), computed by
@@ -498,12 +499,15 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
         if run.teacher_sharded:  # then no speedup_b*: its latency is sharded (teacher_latency_ms_b*_sharded)
             result["teacher_shards"] = w.world
         if w.rank == 0:
+            t0 = time.perf_counter()
             result.update(ev.split(core, run.teacher, "val", BOOTSTRAP if final else 0))
             state.improve(result.get(run.config["metric"]), run.config["mode"])
             result["best_metric"] = state.best
             if final:
                 result.update(ev.split(core, run.teacher, "test", BOOTSTRAP))
                 result.update(ev.efficiency(core.student, run.teacher, run.t.batch_size, ev.manifest["max_length"]))
+            run.eval_s += time.perf_counter() - t0
+            result["time/eval_s"] = run.eval_s
             state.save(d, optim_sd)
             ckpt_dir = d
         w.send(result, ckpt_dir)
@@ -519,11 +523,14 @@ def report_start(core, run: Run) -> None:
     if run.teacher_sharded:
         result.update({"teacher_shards": w.world, "startup/teacher_eval_s": run.teacher_eval_s})
     if w.rank == 0:
+        t0 = time.perf_counter()
         result.update(ev.split(core, teacher, "val", BOOTSTRAP if reference else 0))
         if reference:
             result.update(ev.split(core, teacher, "test", BOOTSTRAP))
             for split in ("val", "test"):
                 result.update(ev.split(teacher, teacher, split, BOOTSTRAP, prefix="teacher/"))
+        run.eval_s += time.perf_counter() - t0
+        result["time/eval_s"] = run.eval_s
     w.send(result, None)
 
 

@@ -21,6 +21,7 @@ from raykd.train.budget import budget_text, memory_text
 from raykd.errors import RaykdError
 from raykd.models.families.spec import family_spec
 from raykd.ray_layer.cluster import init_ray
+from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join,  # noqa: F401
                                     asha, max_concurrent, study_tuner, tune_domain)
@@ -289,6 +290,7 @@ class Outcome:
     references: object = None
     confirmed: object = None
     comparison: dict | None = None  # a compare study's comparison.json (its results: the confirmation)
+    clock: PhaseClock | None = None  # the wall seconds of each phase
 
 
 def run_study(config, *, overrides: dict | None = None, storage: str | None = None, name: str | None = None,
@@ -327,16 +329,21 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
     """Prepare the inputs, connect to Ray and run the references, the search and its confirm phase,
     then prune checkpoints nobody needs. Returns every phase's results."""
     cfg = with_local_mode(cfg, address)
+    clock = PhaseClock()
     if not resume:
         for moved in set_aside_previous(storage, name):
             log(f"[tune] an earlier run of this study is kept at {moved} (this one starts fresh; --resume continues one)")
-    plan = prepare_inputs(cfg)
+    with clock("prepare"):
+        plan = prepare_inputs(cfg)
     plan.storage = storage
-    ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
+    with clock("ray start"):
+        ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
     try:
-        complete_inputs(cfg, plan)
-        plan.cache = teacher_cache_for(cfg, plan)
+        with clock("adaptation & scoring"):
+            complete_inputs(cfg, plan)
+        with clock("teacher cache"):
+            plan.cache = teacher_cache_for(cfg, plan)
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up
             check_trial_fits(cfg, cpus)
@@ -345,16 +352,19 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         if cfg.compare is not None:
             from raykd.ray_layer.compare import run_compare, tuning_paths
 
-            out = Outcome(cfg, storage, name, None)
-            out.results, out.comparison = run_compare(cfg, plan, storage, name, cpus, resume)
+            out = Outcome(cfg, storage, name, None, clock=clock)
+            out.results, out.comparison = run_compare(cfg, plan, storage, name, cpus, resume, clock)
             for path in [join(storage, name), join(join(storage, name), REFERENCES_DIR)] + tuning_paths(cfg, storage, name):
                 prune_experiment(path)
             return out
         refs = reference_tuner(cfg, plan, storage, name, cpus, resume)
-        out = Outcome(cfg, storage, name, None, references=refs.fit() if refs is not None else None)
-        out.results = build_tuner(cfg, plan, storage, name, cpus, resume).fit()
+        with clock("references"):
+            out = Outcome(cfg, storage, name, None, references=refs.fit() if refs is not None else None, clock=clock)
+        with clock("search"):
+            out.results = build_tuner(cfg, plan, storage, name, cpus, resume).fit()
         confirm = confirm_tuner(cfg, plan, out.results, storage, name, cpus)
-        out.confirmed = confirm.fit() if confirm is not None else None
+        with clock("confirm"):
+            out.confirmed = confirm.fit() if confirm is not None else None
         for exp in [name] + ([f"{name}-confirm"] if out.confirmed is not None else []):
             prune_experiment(join(storage, exp))
         if out.references is not None:
@@ -397,7 +407,22 @@ def print_outcome(out: Outcome) -> list:
     print(f"table and figures: python -m raykd.report {join(storage, name)}"
           + (f"   (confirm phase: {join(storage, name + '-confirm')})" if out.confirmed is not None else ""))
     print(f"export the best student: python -m raykd.export {join(storage, final)} --out STUDENT_DIR")
+    print_phases(out)
     return failed
+
+
+def print_phases(out: Outcome) -> None:
+    """The per-phase timing line (``phases.PhaseClock``), with the trials' evaluation share where the storage
+    is local (the experiment's and its confirm phase's trials)."""
+    if out.clock is None:
+        return
+    share = None
+    if "://" not in out.storage:
+        from raykd.ray_layer.phases import evaluation_share
+
+        share = evaluation_share(*(d for d in (Path(join(out.storage, out.name)),
+                                              Path(join(out.storage, out.name + "-confirm"))) if d.exists()))
+    print(out.clock.line(share))
 
 
 def print_comparison(out: Outcome) -> list:
@@ -415,6 +440,7 @@ def print_comparison(out: Outcome) -> list:
     print(f"\ncomparison: {join(root, COMPARISON_FILE)} (wall time {out.comparison.get('wall_s', 0):.0f} s)")
     print(f"table and figures: python -m raykd.report {root}")
     print(f"export a confirmed student: python -m raykd.export {root} --out STUDENT_DIR")
+    print_phases(out)
     return failed
 
 

@@ -5,6 +5,7 @@ groups of stopped trials never freed) fails instead of hanging CI."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def test_resume_of_a_finished_study_reruns_nothing(grid_experiment):
     assert {k: len(v) for k, v in trial_results(exp).items()} == before
 
 
-def test_asha_stops_a_trial_early_and_the_best_is_confirmed(ray_session, work):
+def test_asha_stops_a_trial_early_and_the_best_is_confirmed(ray_session, work, capsys):
     rc = study(work, "asha", "search.num_samples=4", "train.steps=24", "train.eval_every=6",
                "search.scheduler.reduction_factor=2", "search.scheduler.grace_period=1",
                "search.confirm.top_k=1", "search.confirm.seeds=[1]", "experiment.references=false",
@@ -124,6 +125,15 @@ def test_asha_stops_a_trial_early_and_the_best_is_confirmed(ray_session, work):
     assert confirm[-1]["step"] == 24 and confirm[-1]["config"]["seed"] == 1
     # the confirmed configuration is the best one (MRR@10 on 64 pairs can tie: any of the tied best)
     assert {k: confirm[-1]["config"]["confirm"][k] for k in ("projection_dim", "depth")} in best
+    # where the time went: one line at the end, each phase that ran, the evaluation's share of the trials' time
+    for rows in trial_results(work / "exp" / "asha").values():
+        assert all(0 < r["time/eval_s"] <= r["time_total_s"] for r in rows[1:])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[tune] time by phase:")]
+    assert len(line) == 1, line
+    m = re.fullmatch(r"\[tune\] time by phase: prepare \d+ s · ray start \d+ s · adaptation & scoring \d+ s · "
+                     r"teacher cache \d+ s · references \d+ s · search (\d+) s · confirm \d+ s · total (\d+) s · "
+                     r"evaluation (\d+) % of the trials' time", line[0])
+    assert m and 0 < int(m.group(1)) <= int(m.group(2)) and 0 < int(m.group(3)) < 100, line[0]
 
 
 def test_ddp_two_workers_see_disjoint_data(ray_session, work):
