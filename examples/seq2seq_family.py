@@ -9,7 +9,8 @@ plugin::
     method: {name: feature_align}          # KD on the decoder's logits + alignment of the encoders' states
 
 (``search_spaces/seq2seq_smoke.yaml`` is such a study.) What the family offers decides what runs on it: a token
-head (``kd``, ``sft``, ``minillm``, off-policy ``gkd``, ``feature_align``), no BERT masking, no q/k/v of one
+head (``kd``, ``sft``, ``minillm``, off-policy ``gkd``, ``feature_align``; ``structural`` needs nothing a
+family offers and runs on the encoder's states too), no BERT masking, no q/k/v of one
 attention and no on-policy generation (the causal family's sampling loop), so ``tinybert``, ``minilm``, ``ddk``,
 ``mixkd``, ``distillseq`` and ``gkd`` with λ > 0 are refused at load time.
 
@@ -237,8 +238,16 @@ class Seq2SeqSplit:
 @torch.no_grad()
 def reply_logprobs(model, questions: list, replies: list, pad: int, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(Σ log p of each reply's tokens after its first, given its question [n] in nats, tokens scored [n]) under
-    an HF encoder-decoder, teacher-forced, in fp32."""
-    device = next(model.parameters()).device
+    an HF encoder-decoder in eval mode (no dropout; its mode is restored after), teacher-forced, in fp32."""
+    device, was_training = next(model.parameters()).device, model.training
+    model.eval()
+    try:
+        return _reply_logprobs(model, questions, replies, pad, batch, device)
+    finally:
+        model.train(was_training)
+
+
+def _reply_logprobs(model, questions: list, replies: list, pad: int, batch: int, device) -> tuple:
     nll, count = [], []
     for k in range(0, len(questions), batch):
         q, qm = (torch.from_numpy(x).to(device) for x in pad_ids(questions[k: k + batch], pad))

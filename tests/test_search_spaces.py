@@ -18,16 +18,22 @@ def test_the_design_files_exist():
 
 @pytest.fixture
 def families_as_they_were():
-    """A study that loads a plugin family (``plugins:``) leaves the family registry as it found it."""
+    """A study that loads a plugin family (``plugins:``) leaves the family registry — and the modules imported —
+    as it found them (a plugin imported again registers itself again)."""
+    import sys
+
     from raykd.models import families
     from raykd.models.families import spec
 
-    before, built = dict(spec._SPECS), dict(families._IMPLEMENTATIONS)
+    before, built, modules = dict(spec._SPECS), dict(families._IMPLEMENTATIONS), set(sys.modules)
     yield
     spec._SPECS.clear()
     spec._SPECS.update(before)
     families._IMPLEMENTATIONS.clear()
     families._IMPLEMENTATIONS.update(built)
+    for name in set(sys.modules) - modules:
+        if name.startswith("examples."):
+            del sys.modules[name]
 
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)

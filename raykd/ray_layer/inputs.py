@@ -55,7 +55,8 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
         a = cfg.teacher.adapt
         settings = AdaptSettings(**asdict(a), max_length=cfg.data.max_length,
                                  threads=os.cpu_count() or 1)
-        key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings)
+        key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings,
+                        cfg.teacher.family)
         teacher = str(work / "teachers" / key[:16])
         adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings, "family": cfg.teacher.family}
     elif cfg.teacher.spec:
@@ -119,7 +120,8 @@ def complete_inputs(cfg: C.Config, plan: StudyPlan) -> StudyPlan:
             log(f"[adapt] reusing {plan.teacher} (same data, teacher and settings)")
         else:
             run_heavy(_adapt_task, plan.prepared, plan.teacher, adapt["source"], adapt["shape"],
-                      adapt["settings"], adapt.get("family"), what="teacher adaptation")
+                      adapt["settings"], adapt.get("family"), what="teacher adaptation",
+                      plugins=(cfg.plugins, plan.plugin_paths))
     samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))
     if samplers & set(SCORED_SAMPLERS):
         out = scores_dir(plan.prepared, plan.teacher_key, load_manifest(plan.prepared))
@@ -127,15 +129,16 @@ def complete_inputs(cfg: C.Config, plan: StudyPlan) -> StudyPlan:
             log(f"[scores] reusing {out}")
         else:
             out = run_heavy(_scores_task, plan.prepared, plan.teacher, plan.teacher_load, plan.teacher_key,
-                            what="sampler scoring")
+                            what="sampler scoring", plugins=(cfg.plugins, plan.plugin_paths))
         plan.scores = str(out)
     return plan
 
 
-def run_heavy(fn, *args, what: str):
+def run_heavy(fn, *args, what: str, plugins: tuple = ((), ())):
     """``fn(*args, device=…, log=…)`` as a Ray task that takes a GPU when the cluster has one (else
-    one CPU: the task sets its own torch threads); its log lines are printed here as they come.
-    Returns its result; its error is raised here."""
+    one CPU: the task sets its own torch threads), with the study's ``plugins`` (module names, their
+    paths) imported first; its log lines are printed here as they come. Returns its result; its error
+    is raised here."""
     import ray
     from ray.util.queue import Queue
 
@@ -143,7 +146,7 @@ def run_heavy(fn, *args, what: str):
     log(f"[inputs] {what}: a Ray task on {'a GPU' if gpu else 'CPU (the cluster has no GPU)'}")
     lines = Queue()
     task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(_logged)
-    ref = task.remote(fn, lines, *args)
+    ref = task.remote(fn, lines, plugins, *args)
     try:
         while True:
             done, _ = ray.wait([ref], timeout=1.0)
@@ -159,10 +162,13 @@ def run_heavy(fn, *args, what: str):
         ray.kill(lines.actor)
 
 
-def _logged(fn, lines, *args):
-    """Inside the task: the device (CUDA when Ray gave this task a GPU) and a log into ``lines``."""
+def _logged(fn, lines, plugins: tuple, *args):
+    """Inside the task: the study's plugins imported (a plugin family's model), the device (CUDA when Ray
+    gave this task a GPU) and a log into ``lines``."""
     import torch
 
+    if plugins[0]:
+        C.import_plugins(list(plugins[0]), "<task>", plugins[1])
     return fn(*args, device="cuda" if torch.cuda.is_available() else "cpu", log=lines.put)
 
 

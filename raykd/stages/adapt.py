@@ -22,7 +22,7 @@ from raykd.config.schema import AdaptConfig
 from raykd.data.shards import load_manifest, shard_paths
 from raykd.data.template import causal_template
 from raykd.errors import RaykdError
-from raykd.models.families import TeacherShape, family_of
+from raykd.models.families import DEFAULT, TeacherShape, arch_family, family_of
 from raykd.models.teacher import build_teacher, load_teacher
 from raykd.train.engine import Engine, warmup_times_decay
 
@@ -89,18 +89,28 @@ def adapt_teacher(model, pairs: list[tuple[list[int], list[int]]], tok_ids: dict
     return history
 
 
+def _built_family(shape: TeacherShape) -> str:
+    """The family ``build_teacher`` builds ``shape`` in when none is named."""
+    return (arch_family(shape.arch) if shape.arch else None) or DEFAULT
+
+
 def _first_set(*ids):
     """The first id that is not None (a WordPiece tokenizer's [CLS] / [SEP] stand in for bos / eos), or None."""
     return next((i for i in ids if i is not None), None)
 
 
-def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings) -> str:
-    """Content hash of an adaptation's inputs and settings (the reuse key)."""
+def adapt_key(manifest_key: str, source: str, shape: TeacherShape | None, settings: AdaptSettings,
+              family: str | None = None) -> str:
+    """Content hash of an adaptation's inputs and settings (the reuse key). A teacher built from ``shape`` in a
+    ``family`` other than the one its architecture (or no architecture) builds by default has the family in
+    its key; the keys of the others are what they were before families were named."""
     shape_d = asdict(shape) if shape else None
     if shape_d is not None and shape_d.get("arch") is None:
         del shape_d["arch"]  # the key of an encoder teacher is what it was before architectures were named
     payload = {"data": manifest_key, "from": source, "shape": shape_d,
                "settings": asdict(settings), "version": 1}
+    if shape is not None and family is not None and family != _built_family(shape):
+        payload["family"] = family
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -121,7 +131,7 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
     settings = settings or AdaptSettings()
     shape = None if source else (shape or TeacherShape())
     manifest = load_manifest(prepared_dir)
-    key = adapt_key(manifest["key"], source or "config", shape, settings)
+    key = adapt_key(manifest["key"], source or "config", shape, settings, family)
     out_p = Path(out).absolute()
     if is_adapted(out_p, key):
         log(f"[adapt] reusing {out_p} (same data, teacher and settings)")
@@ -140,7 +150,7 @@ def adapt_prepared(prepared_dir: str, out: str, source: str | None = None, shape
             raise RaykdError(f"teacher {source}: vocabulary ({model.config.vocab_size}) is smaller than the prepared "
                              f"tokenizer's ({t['vocab_size']}): the tokenizer does not match this teacher")
     else:
-        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed,
+        model = build_teacher(shape, t["vocab_size"], t["pad_token_id"], seed=settings.seed, family=family,
                               bos_token_id=_first_set(tok.bos_token_id, tok.cls_token_id),
                               eos_token_id=_first_set(tok.eos_token_id, tok.sep_token_id))
     template = None

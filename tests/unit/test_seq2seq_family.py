@@ -110,13 +110,35 @@ def test_a_student_cut_from_the_teacher_copies_the_mapped_encoder_and_decoder_la
             assert torch.equal(s_sd[key.format(i - 1)], t_sd[key.format(g - 1)])
 
 
-def test_a_model_that_cannot_tell_replies_apart_scores_chance(s2s, tmp_path):
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A small generated corpus prepared (WordPiece, max length 32): (directory, manifest)."""
     from raykd.data.shards import PrepareSettings, prepare
     from raykd.data.synth import write_corpus
 
-    write_corpus(tmp_path / "raw", 200, seed=3)
-    manifest = prepare(PrepareSettings(raw=[str(tmp_path / "raw")], out=str(tmp_path / "p"), max_length=32,
-                                       quiet=True))
+    base = tmp_path_factory.mktemp("s2s")
+    write_corpus(base / "raw", 200, seed=3)
+    return base / "p", prepare(PrepareSettings(raw=[str(base / "raw")], out=str(base / "p"), max_length=32,
+                                               quiet=True))
+
+
+def test_a_teacher_adapted_for_the_study_is_the_familys_and_keyed_by_it(s2s, prepared, tmp_path):
+    from raykd.stages.adapt import AdaptSettings, adapt_key, adapt_prepared
+
+    shape = TeacherShape(2, 32, 2, 64, 64)  # one architecture: the study names none (inputs.prepare_inputs)
+    settings = AdaptSettings(steps=2, batch_size=4, max_length=32)
+    out = adapt_prepared(str(prepared[0]), str(tmp_path / "t"), shape=shape, settings=settings,
+                         family="seq2seq_lm", log=lambda m: None)
+    import json
+
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BartForConditionalGeneration"]
+    key = prepared[1]["key"]
+    assert adapt_key(key, "config", shape, settings, "masked_lm") == adapt_key(key, "config", shape, settings)
+    assert adapt_key(key, "config", shape, settings, "seq2seq_lm") != adapt_key(key, "config", shape, settings)
+
+
+def test_a_model_that_cannot_tell_replies_apart_scores_chance(s2s, prepared):
+    tmp_path, manifest = prepared[0].parent, prepared[1]
     t = manifest["tokenizer"]
     model = family("seq2seq_lm").build(SHAPE, t["vocab_size"], t["pad_token_id"], t["cls_token_id"],
                                       t["sep_token_id"])
@@ -127,3 +149,13 @@ def test_a_model_that_cannot_tell_replies_apart_scores_chance(s2s, tmp_path):
     m = ev.split(model, model, "val")
     assert m["val/answer_chance"] == pytest.approx(0.2) and m["val/answer_accuracy"] == pytest.approx(0.2)
     assert m["val/perplexity"] == pytest.approx(t["vocab_size"], rel=1e-4)
+
+
+def test_replies_are_scored_without_dropout_and_the_mode_is_restored(s2s):
+    torch.manual_seed(0)
+    model = family("seq2seq_lm").build(SHAPE, VOCAB, PAD, CLS, SEP).train()  # BART's dropout is 0.1
+    batch = _pairs(4)
+    qs = [r[m.bool()].tolist() for r, m in zip(batch["q_input_ids"], batch["q_attention_mask"])]
+    rs = [r[m.bool()].tolist() for r, m in zip(batch["a_input_ids"], batch["a_attention_mask"])]
+    first, second = s2s.reply_logprobs(model, qs, rs, PAD), s2s.reply_logprobs(model, qs, rs, PAD)
+    assert (first[0] == second[0]).all() and model.training
