@@ -166,7 +166,17 @@ def param_count(model) -> int:
 
 def score_pairs(model, prompts: list[list[int]], responses: list[list[int]], pad: int,
                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(Σ log p of each response given its prompt, its token count) for parallel lists, batched."""
+    """(Σ log p of each response given its prompt, its token count) for parallel lists, batched, with the model
+    in eval mode (no dropout: GPT-2's is 0.1; its mode is restored after)."""
+    was = model.training
+    model.eval()
+    try:
+        return _score_pairs(model, prompts, responses, pad, batch_size)
+    finally:
+        model.train(was)
+
+
+def _score_pairs(model, prompts, responses, pad: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
         seqs = [p + r for p, r in zip(prompts[i: i + batch_size], responses[i: i + batch_size])]

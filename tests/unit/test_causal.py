@@ -380,3 +380,15 @@ def test_a_bf16_teacher_serves_every_causal_method_under_bf16_autocast(chunked):
     encoder = family("masked_lm").build(TeacherShape(2, 32, 2, 64, 64, None), VOCAB, PAD, None, None)
     frozen_on(encoder, torch.device("cpu"), bf16, "masked_lm")
     assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+
+
+def test_answers_are_scored_without_dropout_and_the_mode_is_restored():
+    """GPT-2 has dropout 0.1: a student evaluated in training mode would score differently each call."""
+    torch.manual_seed(0)
+    model = family("causal_lm").build(TeacherShape(2, 32, 2, 64, 64, "gpt2"), VOCAB, PAD, BOS, EOS).train()
+    prompts = [[BOS, 7, 8, 9], [BOS, 10, 11]]
+    responses = [[12, 13, EOS], [14, 15, 16, EOS]]
+    first, second = CM.score_pairs(model, prompts, responses, PAD), CM.score_pairs(model, prompts, responses, PAD)
+    assert np.array_equal(first[0], second[0]) and model.training
+    model.eval()
+    assert np.array_equal(CM.score_pairs(model, prompts, responses, PAD)[0], first[0])
