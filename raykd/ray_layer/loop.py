@@ -41,7 +41,8 @@ from raykd.models.teacher import load_teacher, teacher_skeleton
 from raykd.train.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
 from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets
 from raykd.ray_layer.cache.causal_lm import CACHED_TOPK_KEYS, CausalCachedCollator, causal_cached_targets
-from raykd.ray_layer.monitoring import LiveMetrics
+from raykd.errors import RaykdError
+from raykd.ray_layer.monitoring import LiveMetrics, peak_flops
 from raykd.ray_layer.stream import CausalCollator, PairCollator, department_index
 from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
 from raykd.train.trial_spec import method_kwargs
@@ -72,6 +73,16 @@ def train_fn_per_worker(config: dict) -> None:
     run.check_cache_layers(state.core)
     # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
     meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
+    try:
+        train_steps(state, run, stream, meter)
+    finally:
+        if run.gauges is not None:
+            run.gauges.end()
+
+
+def train_steps(state: "TrainState", run: "Run", stream: "TrainStream", meter: "Meter") -> None:
+    """The optimizer steps from ``state.step`` to ``train.steps``, epoch after epoch of ``stream``."""
+    cfg, worker = run.cfg, run.worker
     while state.step < cfg.train.steps:
         batches = 0
         for batch in token_groups(stream.next_epoch(), state.core.family, cfg.train.grad_accum, worker.world,
@@ -348,8 +359,13 @@ class Run:
                                          tokens=tokens, vocab_size=teacher.config.vocab_size,
                                          template=config.get("template"), teacher_key=config.get("teacher_key")) \
             if worker.rank == 0 or self.teacher_sharded else None
-        self.gauges = LiveMetrics(config.get("trial_id", "")) if worker.rank == 0 else None
+        self.gauges = LiveMetrics(config.get("trial_id", ""), cfg.method.name, config.get("role", "search")) \
+            if worker.rank == 0 else None
         self.eval_s = 0.0  # seconds rank 0 spent evaluating so far (reported as time/eval_s)
+        self.step_flops = _step_flops(cfg)  # --dry-run's model of one optimizer step (None: shapes unknown here)
+        # the dense bf16 peak of the trial's GPUs (None on CPU and on GPUs whose peak raykd does not know)
+        peak = peak_flops(torch.cuda.get_device_name(worker.device)) if worker.device.type == "cuda" else None
+        self.gpu_peak = peak * worker.world if peak else None
 
     def evaluate_sharded_teacher(self) -> None:
         """A sharded teacher's part of the evaluation (its scores, generations and latency), computed by
@@ -382,6 +398,8 @@ class Meter:
     n_terms: int = 0
     tokens_seen: int = 0
     step_tokens: int = 0
+    window_pairs: int = 0  # training pairs this worker has seen since the last report
+    window_steps: int = 0  # optimizer steps since the last report
     micro: int = 0
     t_window: float | None = None
 
@@ -432,6 +450,7 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
         state.engine.backward(out["loss"])
     meter.add(out)
     meter.step_tokens += int(inputs["mask"].sum())
+    meter.window_pairs += int(next(iter(batch.values())).shape[0])
     meter.micro += 1
     return last_micro
 
@@ -452,7 +471,9 @@ def optimizer_step(state: TrainState, run: Run, meter: Meter) -> None:
         row = {"step": state.step, "time": time.time(), "train/lr": lr, "train/tokens": meter.step_tokens * w.world,
                **{f"train/{k}": v / t.grad_accum for k, v in meter.step_sums.items()}}
         meter.history.append(row)
-        run.gauges.set_step(state.step, row["train/loss"])
+        run.gauges.set_step(state.step, row["train/loss"],
+                            {k: v / t.grad_accum for k, v in meter.step_sums.items() if k != "loss"})
+    meter.window_steps += 1
     meter.step_sums, meter.step_tokens = {}, 0
     if t.fault and w.rank == 0:
         inject_fault(t.fault, state.step, run.config.get("fault_dir"))
@@ -468,7 +489,13 @@ def evaluate_and_report(state: TrainState, run: Run, meter: Meter) -> None:
     result = {"step": state.step, "world_size": w.world, "train/loss": meter.sums.pop("loss") / meter.n_terms,
               "lr": state.sched.get_last_lr()[0],
               "tokens_per_s": meter.tokens_seen * w.world / max(elapsed, 1e-9), "precision": w.precision.name,
+              "samples_per_s": meter.window_pairs * w.world / max(elapsed, 1e-9),
               "teacher_source": "cache" if run.cache is not None else "online"}
+    if run.step_flops:
+        result["flops_per_s"] = run.step_flops * meter.window_steps / max(elapsed, 1e-9)
+    if w.device.type == "cuda":
+        result["gpu_memory_bytes"] = float(torch.cuda.memory_allocated(w.device))
+    meter.window_pairs = meter.window_steps = 0
     result.update({f"train/{k}": v / meter.n_terms for k, v in meter.sums.items()})
     meter.sums, meter.n_terms, meter.tokens_seen = {}, 0, 0
     final = state.step == t.steps
@@ -484,7 +511,7 @@ def evaluate_and_report(state: TrainState, run: Run, meter: Meter) -> None:
         result[STEP_HISTORY_KEY], meter.history = meter.history, []
     report(state, run, result, final)
     if run.gauges is not None:
-        run.gauges.set_report(result)
+        run.gauges.set_report(result, run.config["metric"], run.gpu_peak)
     meter.t_window = None
 
 
@@ -529,12 +556,25 @@ def report_start(core, run: Run) -> None:
             result.update(ev.split(core, teacher, "test", BOOTSTRAP))
             for split in ("val", "test"):
                 result.update(ev.split(teacher, teacher, split, BOOTSTRAP, prefix="teacher/"))
+            metric = run.config["metric"]  # where the student starts and the teacher, as flat lines beside the trials
+            run.gauges.set_references({"teacher": result.get(f"teacher/{metric}"), "init": result.get(metric)})
         run.eval_s += time.perf_counter() - t0
         result["time/eval_s"] = run.eval_s
     w.send(result, None)
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _step_flops(cfg: C.Config) -> float | None:
+    """FLOPs of one optimizer step (``train.budget.step_flops``, the model ``--dry-run`` prints), or None when
+    the models' shapes cannot be computed here."""
+    from raykd.train.budget import step_flops
+
+    try:
+        return step_flops(cfg)
+    except RaykdError:
+        return None
+
+
 def _rss_mib() -> float:
     """Resident memory of this worker process, MiB."""
     import psutil

@@ -25,14 +25,39 @@ def test_dashboard_requires_the_token_and_lists_the_trials(grid_experiment):
     assert monitor.jobs >= 1
 
 
+def _gauge_samples(lines) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of each ``ray_raykd_*`` line of the Prometheus text export."""
+    out = []
+    for line in lines:
+        m = re.match(r'(ray_raykd_\w+)\{(.*)\} (\S+)$', line)
+        if m:
+            out.append((m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2))), float(m.group(3))))
+    return out
+
+
 def test_live_gauges_reach_the_prometheus_export_tagged_by_trial(grid_experiment):
     _, exp, _, monitor = grid_experiment
     trial_ids = {rows[-1]["trial_id"] for d in (exp, exp / "references") for rows in trial_results(d).values()}
+    samples = _gauge_samples(monitor.gauge_lines)
     seen: dict[str, set[str]] = {}
-    for line in monitor.gauge_lines:
-        m = re.match(r'(ray_raykd_\w+)\{.*trial_id="([^"]+)".*\} (\S+)$', line)
-        if m:
-            seen.setdefault(m.group(1), set()).add(m.group(2))
-            assert math.isfinite(float(m.group(3))), line
-    assert set(seen) >= {"ray_raykd_step", "ray_raykd_train_loss", "ray_raykd_tokens_per_s", "ray_raykd_best_metric"}, seen
+    for name, labels, _ in samples:
+        seen.setdefault(name, set()).add(labels["trial_id"])
+        assert labels["method"] and labels["role"] in ("search", "confirm", "reference"), (name, labels)
+    assert set(seen) >= {"ray_raykd_step", "ray_raykd_train_loss", "ray_raykd_tokens_per_s", "ray_raykd_best_metric",
+                         "ray_raykd_loss_term", "ray_raykd_val_metric", "ray_raykd_samples_per_s",
+                         "ray_raykd_flops_per_s", "ray_raykd_reference", "ray_raykd_trial_running"}, seen
     assert seen["ray_raykd_step"] <= trial_ids and len(seen["ray_raykd_step"]) >= 2, (seen, trial_ids)
+    # on CPU: no GPU memory and no MFU (no peak to divide by)
+    assert not seen.keys() & {"ray_raykd_gpu_memory_bytes", "ray_raykd_mfu"}
+    # the loss terms of the objective (structural: align, relation, sentence, contrastive), one series each
+    assert {labels["term"] for name, labels, _ in samples if name == "ray_raykd_loss_term"} >= {"align", "sentence"}
+    # the references as their own series, set by the no-distillation reference trial
+    refs = {labels["reference"]: v for name, labels, v in samples if name == "ray_raykd_reference"
+            and math.isfinite(v)}
+    assert set(refs) == {"teacher", "init"} and refs["teacher"] > refs["init"], refs
+    # a series is finite while its trial runs; NaN (no stale flat line) only once it has ended
+    ended = {labels["trial_id"] for name, labels, v in samples if name == "ray_raykd_trial_running" and v == 0}
+    for name, labels, v in samples:
+        assert math.isfinite(v) or labels["trial_id"] in ended, (name, labels, v)
+    assert {labels["trial_id"] for name, labels, v in samples if name == "ray_raykd_trial_running" and v == 1} \
+        <= trial_ids
