@@ -1,6 +1,7 @@
 """Look at a study the way a user does: run a tiny experiment on a local Ray, then open the Ray
-dashboard and TensorBoard's HParams view in headless Chromium (over the DevTools protocol, the
-dashboard token set as its session cookie) and save screenshots. Used by scripts/e2e_browser.sh.
+dashboard, TensorBoard's HParams view and — the study ran with ``--monitor`` — Prometheus's graph of the
+trials' live gauges in headless Chromium (over the DevTools protocol, the dashboard token set as its session
+cookie) and save screenshots. Used by scripts/e2e_browser.sh.
 
     python scripts/e2e_browser.py --out DIR [--chromium PATH] [--experiment EXP_DIR]
 """
@@ -111,6 +112,35 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def prometheus_view(exp: Path, out: Path):
+    """Prometheus reopened on the data a ``--monitor`` study kept (None, with the reason, without a binary); writes
+    the series count and samples of ``ray_raykd_train_loss`` to ``out/prometheus.json``."""
+    from raykd.ray_layer.cluster import session_dir
+    from raykd.ray_layer.live_view import Prometheus, prometheus_binary
+
+    binary = prometheus_binary()
+    if binary is None or not (exp / "prometheus").is_dir():
+        print("[e2e] no Prometheus screenshot: no prometheus binary on PATH (apt install prometheus)", flush=True)
+        return None
+    prom = Prometheus(binary, session_dir(), exp / "prometheus").start()
+    loss = prom.query_range("ray_raykd_train_loss", 3600)
+    (out / "prometheus.json").write_text(json.dumps({s["metric"]["trial_id"]: len(s["values"]) for s in loss}))
+    return prom
+
+
+def tensorboard_shots(browser: Browser, exp: Path, out: Path) -> subprocess.Popen:
+    """TensorBoard on ``exp`` (a free port on 127.0.0.1) and screenshots of its HParams and scalar views;
+    returns its process (the caller stops it)."""
+    port = free_port()
+    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(exp), "--host", "127.0.0.1",
+                           "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/data/plugins_listing")
+    browser.screenshot(f"http://127.0.0.1:{port}/#hparams", out / "tensorboard_hparams.png", 12)
+    browser.screenshot(f"http://127.0.0.1:{port}/#timeseries", out / "tensorboard_scalars.png", 12)
+    return tb
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / ".raykd" / "e2e"))
@@ -121,6 +151,7 @@ def main() -> int:
 
     import ray
 
+    from raykd.ray_layer.live_view import graph_url
     from raykd.ray_layer.monitoring import auth_token
     from raykd.ray_layer.cluster import start_local_ray
     from raykd.ray_layer.tune import main as tune_main
@@ -130,7 +161,7 @@ def main() -> int:
     storage = out / "exp"
     tb = browser = None
     try:
-        rc = tune_main(["--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(storage),
+        rc = tune_main(["--monitor", "--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(storage),
                         "--name", "e2e", "--set", f"data.work_dir={ROOT / '.raykd' / 'data'}",
                         "search.num_samples=4", "train.steps=40", "train.eval_every=20", "train.eval_pairs=128",
                         "search.confirm.top_k=0"])
@@ -147,13 +178,15 @@ def main() -> int:
         browser.screenshot(dashboard + "/#/actors", out / "dashboard_train_workers.png", 8, cookie,
                            {"Class": "RayTrainWorker"})
         browser.screenshot(dashboard + "/#/overview", out / "dashboard_without_token.png", 8, [])
-        port = free_port()
-        tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(exp), "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-        wait_http(f"http://127.0.0.1:{port}/data/plugins_listing")
-        browser.screenshot(f"http://127.0.0.1:{port}/#hparams", out / "tensorboard_hparams.png", 12)
-        browser.screenshot(f"http://127.0.0.1:{port}/#timeseries", out / "tensorboard_scalars.png", 12)
+        prom = prometheus_view(exp, out)
+        if prom is not None:  # what --monitor recorded while the trials ran, reopened on its data
+            try:
+                browser.screenshot(graph_url(prom.base, ("ray_raykd_train_loss",
+                                                         "ray_raykd_val_metric or max by (reference) (ray_raykd_reference)"),
+                                             range_input="15m"), out / "prometheus_graph.png", 10)
+            finally:
+                prom.stop()
+        tb = tensorboard_shots(browser, exp, out)
         print(f"[e2e] {len(trials)} trials: {', '.join(trials)}")
         print(f"[e2e] screenshots in {out}")
         return 0 if rc == 0 else 1

@@ -109,8 +109,19 @@ def init_ray(address: str | None, keep_idle_workers: bool = True, plugins: list 
     url = f"http://{ctx.dashboard_url or '127.0.0.1:8265'}"
     log(f"[tune] Ray {ray.__version__} · dashboard {url} (bound to 127.0.0.1; token auth on: the page asks for the "
         f"token in ~/.ray/auth_token; API: curl -H \"Authorization: Bearer $(cat ~/.ray/auth_token)\" {url}/api/jobs/)"
-        " · live trial gauges ray_raykd_{step,train_loss,tokens_per_s,best_metric} in its Metrics view")
+        " · live trial gauges ray_raykd_* (raykd.ray_layer.monitoring.GAUGES) in its Metrics view, or --monitor")
     return ray, True
+
+
+def session_dir() -> str:
+    """The session directory of the Ray node this process is connected to (its metrics export's service
+    discovery file is there); Ray's default ``/tmp/ray/session_latest`` when it cannot be read."""
+    try:
+        import ray
+
+        return ray._private.worker.global_worker.node.get_session_dir_path()  # no public API names it
+    except Exception:
+        return "/tmp/ray/session_latest"
 
 
 def plugin_modules(plugins) -> list:

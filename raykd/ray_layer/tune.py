@@ -325,9 +325,11 @@ def with_local_mode(cfg: C.Config, address: str | None) -> C.Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, local_mode=local))
 
 
-def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: str | None) -> Outcome:
+def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: str | None,
+               monitor: bool = False) -> Outcome:
     """Prepare the inputs, connect to Ray and run the references, the search and its confirm phase,
-    then prune checkpoints nobody needs. Returns every phase's results."""
+    then prune checkpoints nobody needs; with ``monitor``, Prometheus charts the trials live meanwhile
+    (``live_view``). Returns every phase's results."""
     cfg = with_local_mode(cfg, address)
     clock = PhaseClock()
     if not resume:
@@ -339,6 +341,7 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
     with clock("ray start"):
         ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
+    live = live_view(cfg, storage, name) if monitor else None
     try:
         with clock("adaptation & scoring"):
             complete_inputs(cfg, plan)
@@ -370,9 +373,21 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         if out.references is not None:
             prune_experiment(join(join(storage, name), REFERENCES_DIR))
     finally:
+        if live is not None:
+            live.stop()
         if started:
             ray.shutdown()
     return out
+
+
+def live_view(cfg: C.Config, storage: str, name: str):
+    """Prometheus charting this study's trials (``live_view.start_live_view``), its data under the experiment
+    directory (the data work directory for a remote storage); None without a prometheus binary."""
+    from raykd.ray_layer.cluster import session_dir
+    from raykd.ray_layer.live_view import start_live_view
+
+    where = Path(join(storage, name)) if "://" not in storage else Path(cfg.data.work_dir) / "monitor" / name
+    return start_live_view(session_dir(), where / "prometheus", log=log)
 
 
 def print_outcome(out: Outcome) -> list:
@@ -456,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="dotted overrides, e.g. train.lr=1e-4 (repeatable)")
+    ap.add_argument("--monitor", action="store_true",
+                    help="chart the trials live: start Prometheus (127.0.0.1, data under the experiment) against "
+                         "Ray's metrics export and print its graph URL; stopped with the study")
     ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                     help="import MODULE (its registered methods / samplers) on the driver and every worker (repeatable)")
     args = ap.parse_args(argv)
@@ -467,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(plan_text(cfg, storage, name))
         if args.dry_run:
             return 0
-        out = run_phases(cfg, storage, name, args.resume, args.address)
+        out = run_phases(cfg, storage, name, args.resume, args.address, monitor=args.monitor)
     except RaykdError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
