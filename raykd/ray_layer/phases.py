@@ -15,14 +15,16 @@ class PhaseClock:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.spans: dict[str, list[tuple[float, float]]] = {}  # each phase's (start, end) wall-clock times (epoch s)
 
     @contextmanager
     def __call__(self, phase: str):
-        t0 = time.monotonic()
+        t0, w0 = time.monotonic(), time.time()
         try:
             yield
         finally:
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.monotonic() - t0
+            self.spans.setdefault(phase, []).append((w0, time.time()))
 
     def line(self, eval_share: float | None = None) -> str:
         """``[tune] time by phase: prepare 4 s · … · total 312 s · evaluation 31 % of the trials' time``."""

@@ -124,7 +124,7 @@ def run_trial(params: dict, plan: StudyPlan) -> None:
                    "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir,
                    "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.scores,
                    "role": "reference" if params.get(REFERENCE_KEY) else "confirm" if "confirm" in params else "search",
-                   "plugin_paths": plan.plugin_paths, "template": plan.template}
+                   "plugin_paths": plan.plugin_paths, "template": plan.template, "threads": plan.threads}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
 
 

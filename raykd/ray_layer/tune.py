@@ -23,7 +23,7 @@ from raykd.models.families.spec import family_spec
 from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
-from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join,  # noqa: F401
+from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join, local_threads,  # noqa: F401
                                     asha, max_concurrent, study_tuner, tune_domain)
 from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
 
@@ -67,6 +67,7 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
         f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}"
         f"{' in the Tune actor (Ray Train local mode, actors reused)' if t.local_mode else ''}, "
+        f"torch threads {t.threads_per_worker or ('the node’s CPUs ÷ concurrent trials' if t.local_mode and not t.use_gpu else int(t.cpus_per_worker))}, "
         f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
         f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
@@ -350,6 +351,7 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up
             check_trial_fits(cfg, cpus)
+        plan.threads = local_threads(cfg, cpus)
         from raykd.ray_layer.pruning import prune_experiment
 
         if cfg.compare is not None:

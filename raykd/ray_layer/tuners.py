@@ -49,6 +49,18 @@ def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
     return max(1, fit)
 
 
+def local_threads(cfg: C.Config, cluster_cpus: float) -> int:
+    """Torch threads per trial where trials run in Train local mode on CPUs and ``train.threads_per_worker`` is
+    not set: the node's CPUs shared among the concurrent trials (``max_concurrent``), Ray Data's reserve
+    included — its streaming of tokenized shards keeps a core busy only in bursts, so a trial that leaves the
+    reserve idle leaves the machine half idle on 2 cores (docs/benchmarks.md, ``bench utilisation``). 0 (the
+    rule before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
+    t = cfg.train
+    if not t.local_mode or t.use_gpu or t.threads_per_worker:
+        return 0
+    return max(1, int(cluster_cpus // max_concurrent(cfg, cluster_cpus)))
+
+
 def sync_config():
     """Tune's syncing: experiment state every ``SYNC_PERIOD_S``, and each trial actor's own trial
     directory (provenance.json, per-step TensorBoard events) with every checkpoint. The latter is

@@ -31,6 +31,7 @@ class StudyPlan:
     cache: dict | None = None  # the teacher-output cache the study built (``ray_layer.inputs.teacher_cache_for``)
     storage: str | None = None  # the study's storage (where fault markers live)
     adapt: dict | None = None  # a teacher adaptation still to run (``complete_inputs`` runs it and clears this)
+    threads: int = 0  # torch threads of a local-mode trial on CPU (``ray_layer.tuners.local_threads``; 0: the rule)
 
 
 def metric_keys(family: str | None) -> tuple[str, ...]:

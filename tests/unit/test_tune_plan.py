@@ -258,3 +258,16 @@ def test_teacher_shard_is_validated_and_auto_shards_only_a_teacher_too_large_for
     kept = memory_plan(load_config(paper, {**big, "teacher.shard": "never"}))
     assert not kept["teacher_sharded"] and kept["teacher"] == pytest.approx(b70 / GIB)
     assert not memory_plan(load_config(paper))["teacher_sharded"]  # the paper's 7B teacher: a full copy per GPU
+
+
+def test_a_local_mode_trial_on_cpus_takes_its_share_of_the_whole_node():
+    from raykd.ray_layer.tuners import local_threads
+
+    def cfg(**sets):
+        return C.load_config(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml", sets)
+
+    assert local_threads(cfg(), 2) == 2  # one trial at a time: both cores, Ray Data's reserve included
+    assert local_threads(cfg(**{"search.max_concurrent": 2}), 16) == 8
+    assert local_threads(cfg(), 16) == 1  # 15 trials at once: one core each
+    assert local_threads(cfg(**{"train.threads_per_worker": 1}), 2) == 0  # an explicit count wins (the rule)
+    assert local_threads(cfg(**{"train.local_mode": False}), 2) == 0  # worker groups keep today's placement
