@@ -35,7 +35,11 @@ case "$cmd" in
     ;;
   dashboard)
     echo "dashboard: http://127.0.0.1:8265  (the page asks for the token: $(tr -d '\n' < "$HOME/.ray/auth_token" | cut -c1-6)… from ~/.ray/auth_token)"
-    exec ray dashboard "$CLUSTER" "$@"
+    echo "its Metrics view embeds Grafana (http://127.0.0.1:3000, raykd's dashboard: 'raykd — trials live'); Prometheus http://127.0.0.1:9090"
+    ray exec "$CLUSTER" 'sleep infinity' --port-forward=3000 --port-forward=9090 > /dev/null 2>&1 &
+    tunnel=$!
+    trap 'kill $tunnel 2>/dev/null' EXIT
+    ray dashboard "$CLUSTER" "$@"
     ;;
   submit)
     need_token

@@ -42,3 +42,23 @@ def test_cluster_yaml_is_safe_by_default():
     assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
     assert "/home/ray/.ray/auth_token" in cfg["file_mounts"]
     assert "torch==2.13.0" in " ".join(cfg["setup_commands"])
+
+
+def test_the_head_provisions_the_live_charts_bound_to_loopback():
+    cfg = yaml.safe_load(PATH.read_text())
+    head = cfg["head_start_ray_commands"]
+    (start,) = [c for c in head if "ray start" in c]
+    for var in ("RAY_GRAFANA_HOST=http://127.0.0.1:3000", "RAY_GRAFANA_IFRAME_HOST=http://127.0.0.1:3000",
+                "RAY_PROMETHEUS_HOST=http://127.0.0.1:9090", "RAY_TRAIN_ENABLE_STATE_TRACKING=1"):
+        assert var in start, var
+    assert all("RAY_TRAIN_ENABLE_STATE_TRACKING=1" in c for c in cfg["worker_start_ray_commands"] if "ray start" in c)
+    # raykd's dashboard (the file that ships in the package) provisioned with Ray's, both servers on loopback
+    (copy,) = [c for c in head if "raykd_dashboard.json" in c]
+    src = copy.split()[1].replace("/home/ray/raykd/", "")
+    assert (PATH.parent / src).exists() and copy.split()[2].endswith("/metrics/grafana/dashboards/")
+    prom = [c for c in head if c.startswith("nohup prometheus")]
+    graf = [c for c in head if c.startswith("nohup grafana-server")]
+    assert len(prom) == 1 and "--web.listen-address=127.0.0.1:9090" in prom[0]
+    assert len(graf) == 1 and "cfg:server.http_addr=127.0.0.1" in graf[0]
+    setup = " ".join(cfg["head_setup_commands"])
+    assert "install -y -q prometheus" in setup and "install -y -q grafana" in setup
