@@ -97,6 +97,7 @@ class ClusterMonitor(PeriodicSampler):
         self.codes_with_token: set[int] = set()
         self.actor_classes: set[str] = set()
         self.jobs = 0
+        self.train_runs: set[str] = set()  # the dashboard's Train view (Train state tracking): run names
         self.gauge_lines: set[str] = set()
 
     def _get(self, url: str, token: bool):
@@ -127,6 +128,9 @@ class ClusterMonitor(PeriodicSampler):
         code, body = self._get(self.dashboard + "/api/jobs/", True)
         if code == 200:
             self.jobs = max(self.jobs, len(json.loads(body)))
+        code, body = self._get(self.dashboard + "/api/train/v2/runs", True)
+        if code == 200:
+            self.train_runs |= {r.get("name", "") for r in json.loads(body).get("train_runs", [])}
         code, body = self._get(self.metrics_url, False)
         if code == 200:
             self.gauge_lines |= {x for x in body.splitlines() if x.startswith("ray_raykd_")}

@@ -30,6 +30,9 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
 
 
+TRAIN_STATE_ENV = "RAY_TRAIN_ENABLE_STATE_TRACKING"
+
+
 def single_machine_ray(keep_idle_workers: bool = True) -> None:
     """Settings for a Ray this process starts on one machine (never with ``--address``), set in the
     environment before ``ray.init`` so its raylet and every worker inherit them; values the user
@@ -47,9 +50,12 @@ def single_machine_ray(keep_idle_workers: bool = True) -> None:
       2 busy cores (``scripts/bench.py idle``): short trials gain, trials longer than ~2 minutes
       lose; ``RAY_num_workers_soft_limit=0`` exported turns it off. Local-mode trials (one reused
       actor, no helper actors) gain nothing from it — their first step comes as soon with Ray's
-      default, which keeps one idle worker where this keeps three — so they get Ray's default."""
+      default, which keeps one idle worker where this keeps three — so they get Ray's default;
+    - Ray Train's state tracking on (``RAY_TRAIN_ENABLE_STATE_TRACKING=1``), so the dashboard's Train
+      view lists the Train runs of worker-group trials (README, *Live charts*)."""
     loopback_only()
     os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+    os.environ.setdefault(TRAIN_STATE_ENV, "1")
     if keep_idle_workers:
         os.environ.setdefault(SOFT_LIMIT_ENV, str(4 * (os.cpu_count() or 1) + 16))
 
