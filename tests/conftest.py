@@ -128,7 +128,7 @@ class ClusterMonitor(PeriodicSampler):
         code, body = self._get(self.dashboard + "/api/jobs/", True)
         if code == 200:
             self.jobs = max(self.jobs, len(json.loads(body)))
-        code, body = self._get(self.dashboard + "/api/train/v2/runs", True)
+        code, body = self._get(self.dashboard + "/api/train/v2/runs/v1", True)
         if code == 200:
             self.train_runs |= {r.get("name", "") for r in json.loads(body).get("train_runs", [])}
         code, body = self._get(self.metrics_url, False)

@@ -27,6 +27,11 @@ import urllib.request
 from pathlib import Path
 
 SCRAPE_INTERVAL_S = 2  # Ray's own configuration scrapes every 10 s; a trial's curve wants more points
+# how often a Ray started by a monitored study sends its workers' metrics to the node's export (Ray's default:
+# 10 s, which would hide a short trial entirely), and how long a monitored study's Prometheus stays up after
+# the study so that its last reports are scraped
+REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS = "RAY_metrics_report_interval_ms", "2000"
+SETTLE_S = 3 * SCRAPE_INTERVAL_S
 QUERIES = ("ray_raykd_train_loss", "ray_raykd_val_metric or max by (reference) (ray_raykd_reference)",
            "ray_raykd_tokens_per_s")
 HOW_TO_GET = ("no prometheus binary on PATH: the live charts need one (Debian / Ubuntu: apt install prometheus — "
@@ -112,9 +117,11 @@ class Prometheus:
             raise RuntimeError(f"prometheus query {expr!r}: {body}")
         return body["data"]["result"]
 
-    def stop(self) -> None:
-        """End the server (SIGTERM, then SIGKILL after 10 s); its data stays under ``data_dir``."""
+    def stop(self, settle_s: float = 0.0) -> None:
+        """End the server after ``settle_s`` seconds (a last scrape of what was reported just before), with
+        SIGTERM, then SIGKILL after 10 s; its data stays under ``data_dir``."""
         if self.proc is not None and self.proc.poll() is None:
+            time.sleep(settle_s)
             self.proc.terminate()
             try:
                 self.proc.wait(10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -339,6 +340,10 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
     with clock("prepare"):
         plan = prepare_inputs(cfg)
     plan.storage = storage
+    if monitor:  # a Ray started here reports its workers' metrics every 2 s, not 10 (live_view)
+        from raykd.ray_layer.live_view import REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS
+
+        os.environ.setdefault(REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS)
     with clock("ray start"):
         ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
@@ -376,7 +381,9 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
             prune_experiment(join(join(storage, name), REFERENCES_DIR))
     finally:
         if live is not None:
-            live.stop()
+            from raykd.ray_layer.live_view import SETTLE_S
+
+            live.stop(settle_s=SETTLE_S)
         if started:
             ray.shutdown()
     return out

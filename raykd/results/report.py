@@ -31,13 +31,40 @@ from raykd.models.families.spec import DEFAULT, FamilySpec, family_names, family
 from raykd.results.stats import holm, mean_ci, paired_t
 
 def family_of_records(records) -> FamilySpec:
-    """The declaration of the family these trials belong to: the first registered family whose default lead
-    metric they report (the default family when none does)."""
+    """The declaration of the family these trials belong to: the teacher family their provenance names (the
+    study's plugins imported first: a plugin family registers itself); for trials without one, the first
+    registered family whose default lead metric they report (the default family when none does)."""
+    for r in records:
+        named = _provenance_family(r)
+        if named is not None:
+            return named
     for name in family_names():
         lead = family_spec(name).default_metric.split("/", 1)[1]
         if any(k.endswith(f"/{lead}") for r in records for k in r.metrics):
             return family_spec(name)
     return family_spec(DEFAULT)
+
+
+def _provenance_family(record) -> FamilySpec | None:
+    """The family a trial's ``provenance.json`` names (its study's plugins imported), or None."""
+    import json
+
+    path = Path(getattr(record, "path", "") or "") / "provenance.json"
+    try:
+        cfg = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    name = (cfg.get("teacher") or {}).get("family")
+    if not name:
+        return None
+    try:
+        if cfg.get("plugins"):
+            from raykd.config.load import import_plugins
+
+            import_plugins(list(cfg["plugins"]), str(path))
+        return family_spec(name)
+    except RaykdError:  # a plugin not importable here: the family is guessed from the metrics
+        return None
 
 
 def table_metrics(records) -> tuple:

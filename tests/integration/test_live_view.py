@@ -5,7 +5,6 @@ references as their own series. Skipped, with the reason, where there is no prom
 
 from __future__ import annotations
 
-import math
 import re
 
 import pytest
@@ -15,8 +14,10 @@ from tests.conftest import study_args
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def _finite_samples(series: dict) -> int:
-    return sum(1 for _, v in series["values"] if math.isfinite(float(v)))
+def _experiment_prefix(tmp_path) -> str:
+    """The Tune trial-id prefix of the study's search trials (its trial directories are trial_<id>)."""
+    (first, *_) = sorted((tmp_path / "exp" / "live").glob("trial_*"))
+    return first.name.removeprefix("trial_").split("_")[0]
 
 
 def test_a_monitored_study_is_charted_live_by_prometheus(ray_session, tmp_path, capsys):
@@ -28,8 +29,8 @@ def test_a_monitored_study_is_charted_live_by_prometheus(ray_session, tmp_path, 
     if binary is None:
         pytest.skip("no prometheus binary on PATH (Debian / Ubuntu: apt install prometheus; scripts/monitor.sh "
                     "installs it where root allows)")
-    args = ["--monitor"] + study_args(tmp_path, "live", "search.algorithm=grid", "train.steps=60",
-                                      "train.eval_every=30", "space={depth: {grid: [1, 3]}}",
+    args = ["--monitor"] + study_args(tmp_path, "live", "search.algorithm=grid", "train.steps=120",
+                                      "train.eval_every=60", "space={depth: {grid: [1, 3]}}",
                                       "experiment.seeds=[0]", "train.local_mode=true")
     assert tune_main(args) == 0
     out = capsys.readouterr()
@@ -44,12 +45,15 @@ def test_a_monitored_study_is_charted_live_by_prometheus(ray_session, tmp_path, 
         urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=3)
     server = Prometheus(binary, session_dir(), data).start()  # what it recorded during the study
     try:
-        loss = server.query_range("ray_raykd_train_loss", 1800)
-        trials = {s["metric"]["trial_id"] for s in loss if _finite_samples(s) >= 3}
-        assert len(trials) >= 2, [(s["metric"], _finite_samples(s)) for s in loss]
+        # samples actually scraped (count_over_time), not the query's 5-minute look-back filling the range
+        counts = server.query_range("count_over_time(ray_raykd_train_loss[30m])", 60)
+        scraped = {s["metric"]["trial_id"]: int(float(s["values"][-1][1])) for s in counts}
+        search = {t: n for t, n in scraped.items() if t.startswith(_experiment_prefix(tmp_path))}
+        assert len(search) == 2 and min(search.values()) >= 3, scraped
         refs = {s["metric"]["reference"] for s in server.query_range("ray_raykd_reference", 1800)}
         assert refs == {"teacher", "init"}
         running = server.query_range("ray_raykd_trial_running", 1800)
-        assert running and all(float(s["values"][-1][1]) == 0.0 for s in running)  # every trial ended
+        ended = {s["metric"]["trial_id"] for s in running if float(s["values"][-1][1]) == 0.0}
+        assert set(search) <= ended, (search, running)  # every trial's series says it ended
     finally:
         server.stop()
