@@ -156,6 +156,9 @@ def main() -> int:
     from raykd.ray_layer.cluster import start_local_ray
     from raykd.ray_layer.tune import main as tune_main
 
+    from raykd.ray_layer.live_view import REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS
+
+    os.environ.setdefault(REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS)  # as a --monitor study's own Ray would
     ctx, _ = start_local_ray()
     dashboard = f"http://{ctx.dashboard_url}"
     storage = out / "exp"
@@ -163,7 +166,7 @@ def main() -> int:
     try:
         rc = tune_main(["--monitor", "--config", str(ROOT / "search_spaces" / "smoke.yaml"), "--storage", str(storage),
                         "--name", "e2e", "--set", f"data.work_dir={ROOT / '.raykd' / 'data'}",
-                        "search.num_samples=4", "train.steps=40", "train.eval_every=20", "train.eval_pairs=128",
+                        "search.num_samples=4", "train.steps=120", "train.eval_every=40", "train.eval_pairs=128",
                         "search.confirm.top_k=0"])
         print(f"[e2e] study exit code {rc}", flush=True)
         exp = storage / "e2e"
@@ -183,7 +186,7 @@ def main() -> int:
             try:
                 browser.screenshot(graph_url(prom.base, ("ray_raykd_train_loss",
                                                          "ray_raykd_val_metric or max by (reference) (ray_raykd_reference)"),
-                                             range_input="15m"), out / "prometheus_graph.png", 10)
+                                             range_input="5m"), out / "prometheus_graph.png", 10)
             finally:
                 prom.stop()
         tb = tensorboard_shots(browser, exp, out)
