@@ -89,6 +89,10 @@ class TeacherConfig:
     family: str | None = None
     arch: str | None = None  # a teacher built from `shape`: bert | llama | qwen2 | gpt2 (null: the family's first)
     shape: ShapeConfig = field(default_factory=ShapeConfig)
+    # the teacher's own tokenizer when it is not the data's (the student's, data.tokenizer): train:N, train-bpe:N,
+    # a saved tokenizer directory or a hub id (null: the data's). A different one allows only the objectives
+    # that distil across tokenizers (raykd.config.tokenizers; each method declares whether it does)
+    tokenizer: str | None = None
     adapt: AdaptConfig | None = field(default_factory=AdaptConfig)
     # none | hidden | logits | both: what trials read from the teacher-output cache (raykd.cache) instead of
     # running the teacher — hidden states, the top-k logits (causal_lm), or both (true ≡ hidden, false ≡ none)

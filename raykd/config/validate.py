@@ -14,6 +14,7 @@ from raykd.config.schema import (ALIASES, CACHE_KINDS, CONSTANT_METRICS, DOMAINS
                                  FAULT_KINDS, METHOD_NAMES, SAMPLER_NAMES, TEACHER_SHARD, Config, ConfigError,
                                  _build, apply_overrides, get_path, parse_fault, to_dict)
 from raykd.config.space import planned_trials, resolve_key
+from raykd.config.tokenizers import TokenizerSpecError, tokenizer_mismatch
 
 
 def _check(cond: bool, src: str, key: str, msg: str) -> None:
@@ -25,6 +26,7 @@ def validate(cfg: Config, src: str = "<config>") -> Config:
     """Check values that types alone cannot; returns ``cfg``. Raises ConfigError naming file and key."""
     _check_data_and_models(cfg, src)
     _check_family(cfg, src)
+    _check_tokenizers(cfg, src)
     _check_method(cfg.method.name, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, "method",
                   cfg.teacher.family)
     _check_method_params(cfg.method.name, cfg.method.params, src, cfg.teacher.family)
@@ -79,6 +81,50 @@ def _check_family(cfg: Config, src: str) -> None:
            f"{', '.join(fam.teacher_caches)}")
     if cfg.experiment.metric is None:
         cfg.experiment.metric = fam.default_metric
+
+
+def _mismatch(cfg: Config, src: str):
+    """``tokenizers.tokenizer_mismatch`` of the study, ConfigError naming the key for an unreadable spec."""
+    try:
+        return tokenizer_mismatch(cfg)
+    except TokenizerSpecError as e:
+        key = "teacher.tokenizer" if str(e).startswith(str(cfg.teacher.tokenizer) + ":") else "data.tokenizer"
+        raise ConfigError(f"{src}: {key}: {e}") from None
+
+
+def _check_tokenizers(cfg: Config, src: str) -> None:
+    """Teacher and student on different tokenizers (``teacher.tokenizer`` ≠ ``data.tokenizer``): a family
+    that carries the teacher's own tokenization, an objective that distils across tokenizers (the study's
+    method, every searched one), and no top-k logit cache. ConfigError naming both tokenizers otherwise."""
+    mm = _mismatch(cfg, src)
+    if mm is None:
+        return
+    fam = family_spec(cfg.teacher.family)
+    _check(fam.has("teacher_tokens"), src, "teacher.tokenizer",
+           f"the teacher's tokenizer {mm[0].describe()} differs from the student's {mm[1].describe()} "
+           f"(data.tokenizer): a {fam.name} study distils over one tokenizer (across tokenizers: "
+           f"{', '.join(f for f in family_names() if family_spec(f).has('teacher_tokens'))})")
+    _check_tokenizer_fit(cfg, cfg.method.name, src, "method.name")
+    _check(cfg.teacher.cache not in ("logits", "both"), src, "teacher.cache",
+           f"{cfg.teacher.cache}: the top-k logit cache holds the teacher's tokenizer's ids, which mean nothing to the "
+           f"student's: the teacher's tokenizer {mm[0].describe()} differs from the student's {mm[1].describe()} "
+           "(use none or hidden)")
+
+
+def _check_tokenizer_fit(cfg: Config, name: str, src: str, where: str) -> None:
+    """Refuse method ``name`` when the study's tokenizers differ and it needs one tokenizer on both sides."""
+    if S.cross_tokenizer(name) or name not in method_names():
+        return
+    mm = _mismatch(cfg, src)
+    if mm is None:
+        return
+    fam = family_spec(cfg.teacher.family)
+    fits = [m for m in method_names() if S.cross_tokenizer(m) and not S.is_reference(m)
+            and not S.method_needs(m) - fam.capabilities]
+    raise ConfigError(f"{src}: {where}: {name!r} compares teacher and student over one tokenizer, but the teacher's "
+                      f"tokenizer {mm[0].describe()} (teacher.tokenizer) differs from the student's "
+                      f"{mm[1].describe()} (data.tokenizer); across tokenizers use {' or '.join(fits)} (or the "
+                      f"reference {fam.reference_method}, which reads no teacher)")
 
 
 def _check_train(cfg: Config, src: str) -> None:
@@ -254,6 +300,7 @@ def _check_compare(cfg: Config, src: str) -> None:
     for i, k in enumerate(contenders):
         where = f"compare.methods[{i}]"
         _check_method(k.method, cfg.method.depth, cfg.method.projection_dim, cfg.student.layers, src, where, family)
+        _check_tokenizer_fit(cfg, k.method, src, where)
         _check(not S.is_reference(k.method), src, f"{where}.name", f"{k.method!r} is a reference (trained without "
                "the teacher): every compare study tunes and runs it beside the contenders already")
         _check_method_params(k.method, k.params, src, family, where=f"{where}.{k.method}")
@@ -319,6 +366,7 @@ def _check_domain(cfg: Config, name: str, spec, src: str) -> None:
                 _check_method(c.method.name, c.method.depth, c.method.projection_dim, c.student.layers, src, "method",
                               cfg.teacher.family)
                 _check_method_params(c.method.name, c.method.params, src, cfg.teacher.family)
+                _check_tokenizer_fit(cfg, c.method.name, src, "method.name")
                 _check_fsdp_method(c, src)
                 _check_sampler(c.sampler.name, src)
             except ConfigError as e:

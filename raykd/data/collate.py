@@ -67,12 +67,16 @@ class CausalCollate:
     Each row becomes ``template.prompt(question) + template.response(answer)``. Returns
     ``input_ids``, ``attention_mask`` and ``response_mask`` (1 on the response's tokens, eos
     included: the tokens every causal loss counts) as int64 [b, t], ``department`` (int64 [b]) and
-    ``pair_id`` (list of str, when the batch has it).
+    ``pair_id`` (list of str, when the batch has it). With a ``teacher_template`` (a teacher with a
+    tokenizer of its own) also ``teacher``: the same three tensors of the rows' ``teacher_q_input_ids`` /
+    ``teacher_a_input_ids`` through the teacher's template.
     """
 
-    def __init__(self, template, departments: dict[str, int] | None = None):
+    def __init__(self, template, departments: dict[str, int] | None = None, teacher_template=None):
         self.template = template
         self.departments = departments or {}
+        # a teacher with its own tokenizer: rows carry teacher_q_input_ids / teacher_a_input_ids as well
+        self.teacher = None if teacher_template is None else CausalCollate(teacher_template)
 
     def sequences(self, questions, answers) -> tuple[list[list[int]], list[int]]:
         """(prompt + response ids per pair, prompt lengths)."""
@@ -89,4 +93,7 @@ class CausalCollate:
             response[i, :n] = 0
         out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
                "response_mask": torch.from_numpy(response)}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher({"q_input_ids": batch["teacher_q_input_ids"],
+                                           "a_input_ids": batch["teacher_a_input_ids"]})
         return _with_row_keys(out, batch, self.departments)

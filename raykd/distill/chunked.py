@@ -88,6 +88,13 @@ def _denominator(n: int, mask: torch.Tensor | None, num_tokens: float | None) ->
     return float(n if mask is None else mask.sum())
 
 
+@torch.no_grad()
+def _teacher_logits(h_t: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, sl: slice) -> torch.Tensor:
+    """The teacher's fp32 logits of chunk ``sl`` from its final hidden states and (detached fp32) head."""
+    lt = h_t[sl].detach().float() @ wt.T
+    return lt if bt is None else lt + bt
+
+
 def chunked_divergence(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, *,
                        divergence: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5,
                        alpha: float = 0.1, mask: torch.Tensor | None = None, num_tokens: float | None = None,
@@ -106,10 +113,7 @@ def chunked_divergence(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, 
     bt = None if b_t is None else b_t.detach().float()
 
     def part(ls: torch.Tensor, sl: slice) -> torch.Tensor:
-        with torch.no_grad():
-            lt = h_t[sl].detach().float() @ wt.T
-            if bt is not None:
-                lt = lt + bt
+        lt = _teacher_logits(h_t, wt, bt, sl)
         if vocab is not None:
             ls, lt = ls[..., :vocab], lt[..., :vocab]
         return L.divergence(divergence, ls, lt, temperature=temperature, beta=beta, alpha=alpha,
@@ -154,5 +158,29 @@ def chunked_topk_divergence(h_s: torch.Tensor, w_s: torch.Tensor, ids: torch.Ten
             ls = ls[..., :vocab]
         return sparse_divergence(divergence, ls, ids[sl], teacher_lp[sl], temperature=temperature, beta=beta,
                                  alpha=alpha, mask=None if mask is None else mask[sl], num_tokens=denom)
+
+    return _Chunked.apply(h_s, w_s, b_s, part, chunk_tokens)
+
+
+def chunked_uld(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor, *,
+                temperature: float = 1.0, mask: torch.Tensor | None = None, num_tokens: float | None = None,
+                chunk_tokens: int = 256, b_s: torch.Tensor | None = None, b_t: torch.Tensor | None = None,
+                vocab_s: int | None = None, vocab_t: int | None = None) -> torch.Tensor:
+    """``losses.uld_distance(h_s @ w_sᵀ + b_s, h_t @ w_tᵀ + b_t, …)`` computed ``chunk_tokens`` aligned
+    positions at a time: h_s [n, d_s] and h_t [n, d_t] (row i of each is one aligned pair of positions;
+    the teacher's carry no gradient), w_s [V_s, d_s] and w_t [V_t, d_t] — two vocabularies, compared
+    over their first ``vocab_s`` / ``vocab_t`` entries (the tokenizers' real sizes). The mean over
+    counted positions (``mask`` [n]) or the sum ÷ ``num_tokens``; gradients reach h_s, w_s, b_s."""
+    _check(h_s, h_t.shape[0] if h_t.dim() == 2 else -1, chunk_tokens)
+    denom = _denominator(h_s.shape[0], mask, num_tokens)
+    wt = w_t.detach().float()
+    bt = None if b_t is None else b_t.detach().float()
+
+    def part(ls: torch.Tensor, sl: slice) -> torch.Tensor:
+        lt = _teacher_logits(h_t, wt, bt, sl)
+        ls = ls if vocab_s is None else ls[..., :vocab_s]
+        lt = lt if vocab_t is None else lt[..., :vocab_t]
+        return L.uld_distance(ls, lt, temperature=temperature, mask=None if mask is None else mask[sl],
+                              num_tokens=denom)
 
     return _Chunked.apply(h_s, w_s, b_s, part, chunk_tokens)

@@ -183,6 +183,27 @@ def tvd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, temperature: float = 
     return temperature ** 2 * _token_reduce(0.5 * (lt.exp() - ls.exp()).abs().sum(-1), mask, num_tokens)
 
 
+def uld_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                 mask: torch.Tensor | None = None, num_tokens: float | None = None) -> torch.Tensor:
+    """Universal Logit Distillation's distance (Boizard et al. 2024): per token, the closed-form
+    Wasserstein-1 distance between student and teacher distributions over *their own* vocabularies,
+    Σ_i |sort↓(p_s)_i − sort↓(p_t)_i| with p = softmax(z / T) and the smaller vocabulary's sorted
+    vector zero-padded at its tail — so student logits [..., V_s] and teacher logits [..., V_t] may
+    differ in V (the leading shapes must agree). No cross-entropy, weight, ½ or T² factor. The mean
+    over counted positions (``mask`` over the leading shape; all when None), or the sum ÷
+    ``num_tokens``. In [0, 2]; gradients reach the student's logits through the sort."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
+        raise ValueError(f"uld_distance: student positions {tuple(student_logits.shape[:-1])} and teacher positions "
+                         f"{tuple(teacher_logits.shape[:-1])} differ (align the two sequences first)")
+    ps = F.softmax(_at_least_fp32(student_logits) / temperature, -1).sort(-1, descending=True).values
+    pt = F.softmax(_at_least_fp32(teacher_logits).detach() / temperature, -1).sort(-1, descending=True).values
+    width = max(ps.shape[-1], pt.shape[-1])
+    ps, pt = F.pad(ps, (0, width - ps.shape[-1])), F.pad(pt, (0, width - pt.shape[-1]))
+    return _token_reduce((ps - pt).abs().sum(-1), mask, num_tokens)
+
+
 DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": generalized_jsd, "skew_kl": skew_kl,
                "skew_rkl": lambda s, t, **k: skew_kl(s, t, reverse=True, **k), "tvd": tvd}
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 # what a model family can offer a method (raykd.models.families.spec: each family declares what it offers)
-CAPABILITIES = ("token_head", "masked_inputs", "attention_qkv", "generates")
+# teacher_tokens: its data can carry the teacher's own tokenization of each example (cross-tokenizer objectives)
+CAPABILITIES = ("token_head", "masked_inputs", "attention_qkv", "generates", "teacher_tokens")
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 RELATION_SCOPES = ("within", "all")
 BOOL = {"choice": [False, True]}
@@ -50,6 +51,9 @@ class MethodSettings:
     needs: ClassVar[frozenset] = frozenset()
     multi_term: ClassVar[bool] = True
     reference: ClassVar[bool] = False  # a reference point (trained without a teacher), not a distillation method
+    # compares teacher and student token by token over one vocabulary (logits, a top-k cache, states at the same
+    # positions): refused when the study's two tokenizers differ (raykd.config.tokenizers)
+    same_tokenizer: ClassVar[bool] = True
 
     weights: dict | None = setting(None, kind=dict, doc="a fixed weight per loss term (1 for terms not listed)")
     dynamic_weights: bool = setting(False, doc="gradient-aware (GradNorm-style) loss weights instead of fixed ones")
@@ -100,6 +104,7 @@ class NoDistillSettings(MethodSettings):
     needs: ClassVar[frozenset] = frozenset({"token_head"})
     multi_term: ClassVar[bool] = False
     reference: ClassVar[bool] = True
+    same_tokenizer: ClassVar[bool] = False  # reads no teacher
 
 
 @declare("sft")
@@ -120,6 +125,20 @@ class KDSettings(MethodSettings):
     kd_weight: float = setting(1.0, low=0.0, tune=KD_WEIGHT, doc="weight of the divergence beside cross-entropy")
     beta: float = setting(0.5, low=0.0, high=1.0, doc="JSD β (0 = forward KL, 1 = reverse KL)")
     skew_alpha: float = setting(0.1, low=0.0, high=1.0, high_open=True, doc="skew KL α")
+
+
+@declare("uld")
+@dataclass
+class ULDSettings(MethodSettings):
+    """ULD (Boizard et al. 2024): CE + uld_weight · sorted-probability Wasserstein distance, any two tokenizers."""
+
+    needs: ClassVar[frozenset] = frozenset({"token_head", "teacher_tokens"})
+    same_tokenizer: ClassVar[bool] = False
+
+    temperature: float = setting(1.0, low=0.0, low_open=True, tune=TEMPERATURE,
+                                 doc="softmax temperature of both distributions (no T² factor: ULD's distance is a "
+                                     "probability mass in [0, 2])")
+    uld_weight: float = setting(1.0, low=0.0, tune=KD_WEIGHT, doc="weight of the ULD distance beside cross-entropy")
 
 
 @declare("feature_align")
@@ -280,6 +299,13 @@ def method_needs(name: str, params: dict | None = None) -> set[str]:
         if f.metadata.get("needs") and value:
             need.add(f.metadata["needs"])
     return need
+
+
+def cross_tokenizer(name: str) -> bool:
+    """Whether method ``name`` runs when teacher and student use different tokenizers (it compares
+    no token-by-token vocabulary entries, or reads no teacher); a plugin that declares nothing does not."""
+    cls = settings_of(name)
+    return bool(cls is not None and not cls.same_tokenizer)
 
 
 def is_reference(name: str) -> bool:

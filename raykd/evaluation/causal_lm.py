@@ -120,7 +120,8 @@ class CausalEvaluation(Evaluation):
 
     memo_tag = "selection"
 
-    def __init__(self, prepared: str, manifest: dict, pairs: int, template, teacher_key: str | None = None):
+    def __init__(self, prepared: str, manifest: dict, pairs: int, template, teacher_key: str | None = None,
+                 teacher_side: "CausalEvaluation | None" = None):
         from transformers import AutoTokenizer
 
         super().__init__(prepared, manifest, pairs, teacher_key)
@@ -128,14 +129,23 @@ class CausalEvaluation(Evaluation):
         self.tokenizer = AutoTokenizer.from_pretrained(f"{prepared}/{manifest['tokenizer']['path']}")
         self._pinned: dict[str, object] = {}  # what teacher_part computed (a sharded teacher's part)
         self._splits: dict[str, CausalSplit] = {}
+        # a teacher with a tokenizer of its own is scored on its own tokenization of the same pairs (the teacher
+        # view: same rows, same order, so the same pairs, candidates and bootstrap resamples); else on ours
+        self.teacher_side = teacher_side or self
 
     @classmethod
     def for_trial(cls, prepared: str, manifest: dict, pairs: int, *, template, tokens=None, vocab_size=None,
-                  teacher_key=None) -> "CausalEvaluation":
-        """The evaluation of a trial (``protocol.evaluation_for``): it reads the template (a dict)."""
+                  teacher_key=None, teacher_view: dict | None = None) -> "CausalEvaluation":
+        """The evaluation of a trial (``protocol.evaluation_for``): it reads the template (a dict) and, for a
+        teacher with its own tokenizer, the teacher view (``StudyPlan.teacher_view``)."""
+        from raykd.data.shards import load_manifest
         from raykd.data.template import CausalTemplate
 
-        return cls(prepared, manifest, pairs, CausalTemplate.from_dict(template), teacher_key)
+        side = None
+        if teacher_view:
+            side = cls(teacher_view["prepared"], load_manifest(teacher_view["prepared"]), pairs,
+                       CausalTemplate.from_dict(teacher_view["template"]), teacher_key)
+        return cls(prepared, manifest, pairs, CausalTemplate.from_dict(template), teacher_key, side)
 
     def data(self, split: str) -> CausalSplit:
         name = "validation" if split == "val" else split
@@ -154,11 +164,11 @@ class CausalEvaluation(Evaluation):
         sharded over the worker group (``parallel.shard_frozen``) every rank calls this together: each
         forward pass is a collective (generation runs in step on every rank: ``synced_gpus``); rank 0's
         reports then read what is kept here and never run the teacher alone."""
-        t_lm = _lm(teacher)
+        t_lm, side = _lm(teacher), self.teacher_side
         for split in ("val", "test"):
-            self._pinned[f"scores/{split}"] = self._scores(t_lm, split)
-        self._pinned["rouge/test"] = self._rouge(t_lm, "test")
-        self._pinned[f"efficiency/{seq_len}"] = self._teacher_efficiency(t_lm, seq_len)
+            self._pinned[f"scores/{split}"] = side._scores(t_lm, split)
+        self._pinned["rouge/test"] = side._rouge(t_lm, "test")
+        self._pinned[f"efficiency/{seq_len}"] = side._teacher_efficiency(t_lm, seq_len)
 
     def _memo(self, teacher, what: str, compute):
         if what in self._pinned:
@@ -195,7 +205,7 @@ class CausalEvaluation(Evaluation):
     def split(self, student, teacher, split: str, bootstrap: int = 0, prefix: str = "") -> dict:
         """Metrics named ``<prefix><split>/<metric>`` (see the module docstring)."""
         lm, t_lm = _lm(student), _lm(teacher)
-        theirs = self._memo(teacher, f"scores/{split}", lambda: self._scores(t_lm, split))
+        theirs = self._memo(teacher, f"scores/{split}", lambda: self.teacher_side._scores(t_lm, split))
         mine = theirs if lm is t_lm else self._scores(lm, split)
         m = {**mine, "teacher_perplexity": theirs["perplexity"], "teacher_answer_accuracy": theirs["answer_accuracy"],
              "retained_accuracy": mine["answer_accuracy"] / theirs["answer_accuracy"]
@@ -207,7 +217,7 @@ class CausalEvaluation(Evaluation):
             m.update(self._intervals(mine, theirs, bootstrap))
         m = {k: v for k, v in m.items() if not k.startswith("_")}
         if split == "test":
-            m["teacher_rouge_l"] = self._memo(teacher, f"rouge/{split}", lambda: self._rouge(t_lm, split))
+            m["teacher_rouge_l"] = self._memo(teacher, f"rouge/{split}", lambda: self.teacher_side._rouge(t_lm, split))
             m["rouge_l"] = m["teacher_rouge_l"] if lm is t_lm else self._rouge(lm, split)
         return {f"{prefix}{split}/{k}": float(v) for k, v in m.items()}
 
@@ -232,7 +242,7 @@ class CausalEvaluation(Evaluation):
         and ``test/teacher_decode_tokens_per_s`` (batch 1, KV cache), ``test/decode_speedup``."""
         lm, t_lm = in_dtype_of(_lm(student), _lm(teacher)), _lm(teacher)
         s = metrics.efficiency(lm, LATENCY_BATCHES, seq_len)
-        t = self._memo(teacher, f"efficiency/{seq_len}", lambda: self._teacher_efficiency(t_lm, seq_len))
+        t = self._memo(teacher, f"efficiency/{seq_len}", lambda: self.teacher_side._teacher_efficiency(t_lm, seq_len))
         dec = CM.decode_tokens_per_s(lm, self.data("test").prompts[0], DECODE_TOKENS, self.template.pad)
         out = {"test/params": float(s["params"]), "test/teacher_params": float(t["params"]),
                "test/decode_tokens_per_s": dec}

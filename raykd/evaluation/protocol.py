@@ -83,11 +83,16 @@ class Evaluation:
 
 
 def evaluation_for(family: str, prepared: str, manifest: dict, pairs: int, *, tokens=None, vocab_size: int | None = None,
-                   template: dict | None = None, teacher_key: str | None = None) -> Evaluation:
+                   template: dict | None = None, teacher_key: str | None = None,
+                   teacher_view: dict | None = None) -> Evaluation:
     """The evaluation of a trial of ``family`` (its ``FamilySpec.evaluation``, ``"module:Class"``), built from
-    what the trial knows: the token ids, the vocabulary size and, for a templated family, the template."""
+    what the trial knows: the token ids, the vocabulary size, for a templated family the template and, for a
+    teacher with a tokenizer of its own, its teacher view (passed only then: a family without the
+    ``teacher_tokens`` capability never gets one)."""
     from raykd.models.families.spec import family_spec
 
     module, cls = family_spec(family).evaluation.split(":")
+    extra = {"teacher_view": teacher_view} if teacher_view else {}
     return getattr(importlib.import_module(module), cls).for_trial(
-        prepared, manifest, pairs, tokens=tokens, vocab_size=vocab_size, template=template, teacher_key=teacher_key)
+        prepared, manifest, pairs, tokens=tokens, vocab_size=vocab_size, template=template, teacher_key=teacher_key,
+        **extra)

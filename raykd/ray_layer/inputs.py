@@ -45,6 +45,9 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
         manifest = prepare(PrepareSettings(raw=[str(raw)], out=prepared, tokenizer=cfg.data.tokenizer,
                                            max_length=cfg.data.max_length))
     sh, fam = cfg.teacher.shape, family_spec(cfg.teacher.family)
+    view = teacher_view_of(cfg, prepared, manifest)
+    # what the teacher reads: the data itself, or its teacher view when the teacher has a tokenizer of its own
+    t_prepared, t_manifest = (view["prepared"], view.pop("manifest")) if view else (prepared, manifest)
     # a templated sequence is prompt + response (each up to max_length) + the template's tokens; a family with
     # one architecture needs no name for it (and its adaptation key stays what it was before archs were named)
     shape = TeacherShape(sh.layers, sh.hidden, sh.heads, sh.intermediate,
@@ -55,13 +58,15 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
         a = cfg.teacher.adapt
         settings = AdaptSettings(**asdict(a), max_length=cfg.data.max_length,
                                  threads=os.cpu_count() or 1)
-        key = adapt_key(manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape, settings,
-                        cfg.teacher.family)
+        key = adapt_key(t_manifest["key"], cfg.teacher.spec or "config", None if cfg.teacher.spec else shape,
+                        settings, cfg.teacher.family)
         teacher = str(work / "teachers" / key[:16])
-        adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings, "family": cfg.teacher.family}
+        adapt = {"source": cfg.teacher.spec, "shape": shape, "settings": settings, "family": cfg.teacher.family,
+                 "prepared": t_prepared}
     elif cfg.teacher.spec:
         teacher, key = cfg.teacher.spec, "spec:" + cfg.teacher.spec
-        check_teacher_matches_data(teacher, prepared, manifest, cfg.teacher.trust_remote_code, cfg.teacher.revision)
+        check_teacher_matches_data(teacher, t_prepared, t_manifest, cfg.teacher.trust_remote_code,
+                                   cfg.teacher.revision)
     else:
         raise C.ConfigError("teacher: set teacher.spec or teacher.adapt (a random teacher teaches nothing)")
     teacher_load = {"trust_remote_code": cfg.teacher.trust_remote_code, "revision": cfg.teacher.revision} \
@@ -72,7 +77,26 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
         check_student_matches_data(cfg.student.spec, cfg.student.revision, prepared, manifest)
     return StudyPlan(base=C.to_dict(cfg), prepared=prepared, teacher=teacher, teacher_load=teacher_load,
                      teacher_key=key, data_key=manifest["key"], adapt=adapt, plugin_paths=C.plugin_paths(cfg.plugins),
-                     template=template)
+                     template=template, teacher_view=view)
+
+
+def teacher_view_of(cfg: C.Config, prepared: str, manifest: dict) -> dict | None:
+    """The teacher's own tokenization of the prepared data when ``teacher.tokenizer`` differs from the
+    student's (``data.teacher_view``, made or reused here): {"prepared", "key", "vocab", "template",
+    "manifest"} (the manifest is the driver's, not the plan's); None with one tokenizer."""
+    from raykd.config.tokenizers import tokenizer_mismatch
+    from raykd.data.teacher_view import prepare_view
+    from raykd.models.families import family_spec
+
+    mismatch = tokenizer_mismatch(cfg)
+    if mismatch is None:
+        return None
+    log(f"[inputs] the teacher reads its own tokenizer {mismatch[0].describe()}, the student "
+        f"{mismatch[1].describe()}: a teacher view of the prepared data")
+    t_prepared, t_manifest = prepare_view(prepared, manifest, cfg.teacher.tokenizer)
+    template = causal_template_of(t_prepared, t_manifest, cfg) if family_spec(cfg.teacher.family).template else None
+    return {"prepared": t_prepared, "key": t_manifest["key"], "vocab": int(t_manifest["tokenizer"]["vocab_size"]),
+            "template": template, "manifest": t_manifest}
 
 
 def generated_prepared_dir(data) -> Path:
@@ -102,7 +126,8 @@ def causal_template_of(prepared: str, manifest: dict, cfg: C.Config) -> dict:
     try:
         return causal_template(tok).as_dict()
     except ValueError as e:
-        raise RaykdError(f"data.tokenizer {manifest['tokenizer']['spec']}: {e}: a causal_lm study needs a tokenizer "
+        key = "data.tokenizer" if manifest["tokenizer"]["spec"] == cfg.data.tokenizer else "teacher.tokenizer"
+        raise RaykdError(f"{key} {manifest['tokenizer']['spec']}: {e}: a causal_lm study needs a tokenizer "
                          "with eos and pad tokens (train-bpe:VOCAB, or the teacher's own)") from None
 
 
@@ -119,7 +144,7 @@ def complete_inputs(cfg: C.Config, plan: StudyPlan) -> StudyPlan:
         if is_adapted(plan.teacher, plan.teacher_key):
             log(f"[adapt] reusing {plan.teacher} (same data, teacher and settings)")
         else:
-            run_heavy(_adapt_task, plan.prepared, plan.teacher, adapt["source"], adapt["shape"],
+            run_heavy(_adapt_task, adapt.get("prepared", plan.prepared), plan.teacher, adapt["source"], adapt["shape"],
                       adapt["settings"], adapt.get("family"), what="teacher adaptation",
                       plugins=(cfg.plugins, plan.plugin_paths))
     samplers = {cfg.sampler.name} | set(space_values(cfg, "sampler.name"))

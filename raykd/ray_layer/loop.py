@@ -36,7 +36,7 @@ from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.distill.weighting import GradNormWeights
 from raykd.evaluation.protocol import BOOTSTRAP, Evaluation, evaluation_for
 from raykd.models.families import DEFAULT, family_of
-from raykd.models.student import enable_checkpointing, student_for
+from raykd.models.student import enable_checkpointing, manifest_tokens, student_for
 from raykd.models.teacher import load_teacher, teacher_skeleton
 from raykd.train.precision import device_memory_bytes, frozen_dtype, frozen_on, precision_policy
 from raykd.ray_layer.cache.masked_lm import CachedPairCollator, cached_targets
@@ -138,7 +138,9 @@ class TrainStream:
             from raykd.data.template import CausalTemplate
 
             template = CausalTemplate.from_dict(config["template"])
-            self.collate = CausalCollator(template, department_index(manifest)) if cache is None else \
+            view = config.get("teacher_view")  # the teacher's own tokenization rides along (its template)
+            teacher_template = CausalTemplate.from_dict(view["template"]) if view else None
+            self.collate = CausalCollator(template, department_index(manifest), teacher_template) if cache is None else \
                 CausalCachedCollator(template, department_index(manifest), cache["layers"], cache["hidden"],
                                      **{k: cache[k] for k in CACHED_TOPK_KEYS if k in cache})
         elif cache is not None:
@@ -286,7 +288,9 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     teacher = teacher_from_rank0(config, cfg, worker) if cfg.student.spec else None
     if teacher is None:
         teacher = load_teacher(config["teacher"], **config.get("teacher_load", {}))  # on CPU
-        student = student_for(teacher, cfg.student, aggregation)  # copies the fp32 weights it is cut from
+        # copies the fp32 weights it is cut from; with a tokenizer of its own, all but the embeddings and head
+        student = student_for(teacher, cfg.student, aggregation,
+                              tokens=manifest_tokens(manifest) if config.get("teacher_view") else None)
         # frozen from here on; bf16 weights for a causal teacher on CUDA (half the memory); sharded over the
         # worker group when it must be (teacher.shard): then each rank moves only its shards to its GPU
         sharded = not worker.local and teacher_must_shard(cfg, worker, teacher)
@@ -301,6 +305,8 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     method.vocab = int(manifest["tokenizer"]["vocab_size"])  # logits compared over the tokenizer's real vocabulary
     method.chunk_tokens = cfg.train.chunked_loss_tokens
+    if config.get("teacher_view"):  # the teacher's logits are compared over its own tokenizer's vocabulary
+        method.teacher_vocab = int(config["teacher_view"]["vocab"])
     replica = None
     if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
         model = method.to(worker.device)
@@ -357,7 +363,8 @@ class Run:
         self.teacher_sharded = parallel.is_sharded(teacher)
         self.evaluation = evaluation_for(cfg.teacher.family, config["prepared"], manifest, self.t.eval_pairs,
                                          tokens=tokens, vocab_size=teacher.config.vocab_size,
-                                         template=config.get("template"), teacher_key=config.get("teacher_key")) \
+                                         template=config.get("template"), teacher_key=config.get("teacher_key"),
+                                         teacher_view=config.get("teacher_view")) \
             if worker.rank == 0 or self.teacher_sharded else None
         self.gauges = LiveMetrics(config.get("trial_id", ""), cfg.method.name, config.get("role", "search")) \
             if worker.rank == 0 else None
@@ -428,7 +435,8 @@ def micro_step(state: TrainState, batch: dict, run: Run, meter: Meter) -> bool:
     num_tokens = batch.pop("num_tokens", None)
     if hasattr(core, "resample_batch"):  # DDK: rows redrawn by department sampling weight
         batch = core.resample_batch(batch, state.gen)
-    batch = {k: v.to(w.device, non_blocking=True) for k, v in batch.items()}
+    batch = {k: ({kk: vv.to(w.device, non_blocking=True) for kk, vv in v.items()} if isinstance(v, dict)
+                 else v.to(w.device, non_blocking=True)) for k, v in batch.items()}  # a dict: the teacher's tokens
     core.set_progress(state.step / t.steps)
     inputs = make_inputs(batch, run.tokens, state.gen, corrupt=core.uses_mlm,
                          vocab_size=run.teacher.config.vocab_size, family=core.family)

@@ -32,7 +32,7 @@ from raykd.ray_layer.cache.builder import structural_layers
 from raykd.ray_layer.cache.masked_lm import cache_use, cached_dataset
 from raykd.ray_layer.cache.causal_lm import causal_cached_dataset, trial_causal_cache
 from raykd.ray_layer.loop import train_fn_per_worker
-from raykd.ray_layer.stream import split_datasets
+from raykd.ray_layer.stream import read_parquet, split_datasets
 from raykd.ray_layer.tblog import StepScalars
 from raykd.train.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, StudyPlan, method_kwargs, trial_config
 
@@ -66,7 +66,7 @@ def provenance(cfg: C.Config, plan: StudyPlan, trial_id: str) -> dict:
             "torch": torch.__version__, "ray": ray.__version__, "transformers": transformers.__version__,
             "config": C.to_dict(cfg), "seed": cfg.experiment.seeds[0], "data_key": plan.data_key,
             "teacher_key": plan.teacher_key, "teacher": plan.teacher, "prepared": plan.prepared,
-            "scores": plan.scores}
+            "scores": plan.scores, "teacher_view": plan.teacher_view}
 
 
 def trial_cache(cfg: C.Config, plan: StudyPlan) -> dict | None:
@@ -100,6 +100,11 @@ def run_trial(params: dict, plan: StudyPlan) -> None:
         ds = causal_cached_dataset(plan.cache["dir"], cache["layers"], bool(cache["topk"]), num_cpus=DATA_CPUS)
     elif cache is not None:
         ds = cached_dataset(plan.cache["dir"], cache["layers"], num_cpus=DATA_CPUS)
+    elif plan.teacher_view:  # both tokenizations of every train pair (data.teacher_view)
+        from raykd.data.teacher_view import PAIRED_COLUMNS, paired_paths
+
+        view = plan.teacher_view["prepared"]
+        ds = read_parquet(paired_paths(view, load_manifest(view)), DATA_CPUS).select_columns(list(PAIRED_COLUMNS))
     else:
         ds = split_datasets(plan.prepared, splits=("train",), num_cpus=DATA_CPUS)["train"]
     from ray.data import RandomSeedConfig
@@ -124,7 +129,8 @@ def run_trial(params: dict, plan: StudyPlan) -> None:
                    "t_trial_start": t_trial_start, "local_mode": cfg.train.local_mode, "fault_dir": fault_dir,
                    "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.scores,
                    "role": "reference" if params.get(REFERENCE_KEY) else "confirm" if "confirm" in params else "search",
-                   "plugin_paths": plan.plugin_paths, "template": plan.template, "threads": plan.threads}
+                   "plugin_paths": plan.plugin_paths, "template": plan.template, "threads": plan.threads,
+                   "teacher_view": plan.teacher_view}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from raykd import config as C
+from raykd.config.tokenizers import tokenizer_mismatch
 from raykd.train.trial_spec import StudyPlan
 from raykd.train.budget import budget_text, memory_text
 from raykd.errors import RaykdError
@@ -80,7 +81,9 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
            + f" (limit {cfg.teacher.cache_max_gb:g} GB)" if cfg.teacher.cache != "none"
            else "teacher runs online"),
         f"data: {cfg.data.prepared or f'generated corpus ({cfg.data.synth.dialogs} dialogues)'}, work dir "
-        f"{Path(cfg.data.work_dir).absolute()}",
+        f"{Path(cfg.data.work_dir).absolute()}; tokenizer {cfg.data.tokenizer}"
+        + (f" (the student's), the teacher's own {cfg.teacher.tokenizer}: a teacher view of the data, both "
+           "tokenizations per pair" if tokenizer_mismatch(cfg) else ""),
         f"searched: {', '.join(cfg.space) or '(nothing)'}; metric {cfg.experiment.metric} ({cfg.experiment.mode})",
         "references: " + (f"no_distill × {len(set(cfg.experiment.seeds) | set(cfg.search.confirm.seeds))} seed(s) "
                           "(+ init and teacher from their step 0)" if cfg.experiment.references else "off"),

@@ -61,7 +61,7 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
     from raykd import config as C
     from raykd.data.shards import load_manifest
     from raykd.distill.methods import build_method
-    from raykd.models.student import student_for
+    from raykd.models.student import manifest_tokens, student_for
     from raykd.models.teacher import load_teacher
     from raykd.train.trial_spec import method_kwargs
 
@@ -76,7 +76,8 @@ def load_trial_student(trial: TrialRecord, checkpoint: Path | None = None):
                                                 "revision": t.get("revision")} if not t.get("adapt") else {}),
                            family=t.get("family"))
     kwargs, aggregation = method_kwargs(cfg, len(manifest["departments"]))
-    student = student_for(teacher, cfg.student, aggregation, init_from_teacher=False)
+    student = student_for(teacher, cfg.student, aggregation, init_from_teacher=False,
+                          tokens=manifest_tokens(manifest) if prov.get("teacher_view") else None)
     method = build_method(cfg.method.name, student, teacher.config, **kwargs)
     ckpt = checkpoint or latest_checkpoint(trial)
     try:

@@ -32,6 +32,9 @@ class StudyPlan:
     storage: str | None = None  # the study's storage (where fault markers live)
     adapt: dict | None = None  # a teacher adaptation still to run (``complete_inputs`` runs it and clears this)
     threads: int = 0  # torch threads of a local-mode trial on CPU (``ray_layer.tuners.local_threads``; 0: the rule)
+    # the teacher's own tokenization when it differs from the student's (``data.teacher_view``): {"prepared": its
+    # prepared directory, "key", "vocab": its tokenizer's size, "template": its prompt/response template}
+    teacher_view: dict | None = None
 
 
 def metric_keys(family: str | None) -> tuple[str, ...]:

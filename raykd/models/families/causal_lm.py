@@ -112,8 +112,11 @@ class CausalLM(ModelFamily):
         ids, mask, response = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         dept = batch.get("department")
         dept = torch.full((ids.shape[0],), -1, dtype=torch.long, device=ids.device) if dept is None else dept
-        return {"ids": ids, "mask": mask, "content": response.bool(), "department": dept, "input_ids": ids,
-                "chosen": _next_is(response.bool()), "response": response}
+        out = {"ids": ids, "mask": mask, "content": response.bool(), "department": dept, "input_ids": ids,
+               "chosen": _next_is(response.bool()), "response": response}
+        if "teacher" in batch:  # the teacher's own tokenization of the same pairs (a cross-tokenizer study)
+            out["teacher_inputs"] = self.inputs(batch["teacher"], tokens, generator, corrupt, mlm_prob, vocab_size)
+        return out
 
     def adaptation_step(self, model, batch, tokens, settings, generator, device):
         """Continued causal-LM training: the next-token loss at every real token of prompt + response."""

@@ -42,7 +42,7 @@ class FamilySpec:
     implementation: str  # "module:Class" of its ``base.ModelFamily`` subclass
     archs: tuple[str, ...]  # architectures raykd builds from a config (teacher.arch); the first is the default
     hf_suffixes: tuple[str, ...]  # endings of the HF ``architectures`` class names of this family
-    capabilities: frozenset = field(default_factory=frozenset)  # token_head, masked_inputs, attention_qkv, generates
+    capabilities: frozenset = field(default_factory=frozenset)  # distill.settings.CAPABILITIES
     metric_keys: tuple[str, ...] = ()  # the metrics (without split) its trials report
     view_metrics: tuple[str, ...] = ()  # the test metrics a study's summary prints beside the lead metric
     reference_view_metrics: tuple[str, ...] = ()  # … and, with references, after those
@@ -142,8 +142,9 @@ CAUSAL_LM = register_family(FamilySpec(
     name="causal_lm", implementation="raykd.models.families.causal_lm:CausalLM", archs=("llama", "qwen2", "gpt2"),
     evaluation="raykd.evaluation.causal_lm:CausalEvaluation",
     hf_suffixes=("ForCausalLM", "LMHeadModel"),
-    # a token-prediction head and generation (a decoder's attention is causal, narrower under GQA)
-    capabilities=frozenset({"token_head", "generates"}),
+    # a token-prediction head, generation (a decoder's attention is causal, narrower under GQA) and the teacher's
+    # own tokenization of each example beside the student's
+    capabilities=frozenset({"token_head", "generates", "teacher_tokens"}),
     # the claim form: answer selection, its chance and the retained shares, perplexity, speed
     metric_keys=("perplexity", "answer_accuracy", "answer_chance", "retained_accuracy",
                  "retained_accuracy_above_chance", "param_reduction", "speedup_b1", "speedup_b32",
