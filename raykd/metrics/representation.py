@@ -8,6 +8,7 @@ output representation (its ``encode`` method when it has one, else the masked me
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -53,6 +54,18 @@ def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return ((k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * kl1.sum()) / (n * (n - 3))
 
 
+def _hsic_unbiased_features(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``_hsic_unbiased`` of the linear kernels K = XXᵀ, L = YYᵀ (diagonals zeroed) from the features
+    x [n, p], y [n, q] themselves, in O(n·p·q) instead of two n×n Grams: with d_K = diag(K),
+    tr(K̃L̃) = ‖XᵀY‖²_F − Σ d_K d_L, K̃1 = X(Xᵀ1) − d_K, 1ᵀK̃L̃1 = (K̃1)ᵀ(L̃1). The same value (float64
+    rounding aside; tested against the Gram form)."""
+    n = x.shape[0]
+    dk, dl = x.pow(2).sum(1), y.pow(2).sum(1)
+    tr = (x.T @ y).pow(2).sum() - (dk * dl).sum()
+    uk, ul = x @ x.sum(0) - dk, y @ y.sum(0) - dl
+    return (tr + uk.sum() * ul.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (uk * ul).sum()) / (n * (n - 3))
+
+
 def _zero_diagonal(gram: torch.Tensor) -> torch.Tensor:
     return gram - torch.diag_embed(torch.diagonal(gram))
 
@@ -63,15 +76,27 @@ def _debiased_cka_from_grams(kx: torch.Tensor, ky: torch.Tensor) -> float:
     return float(hxy / den.sqrt()) if den > 0 else 0.0
 
 
-def _linear_grams(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+def _centred(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y in float64, column-centred (the estimator is translation invariant; centring keeps it well
+    conditioned); ValueError unless they have one number of rows, at least 4."""
     x, y = _f64(x), _f64(y)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"debiased_linear_cka: x has {x.shape[0]} rows, y has {y.shape[0]}")
     if x.shape[0] < 4:
         raise ValueError(f"debiased_linear_cka: needs n >= 4 rows, got {x.shape[0]}")
-    x = x - x.mean(0, keepdim=True)  # the estimator is translation invariant; centring keeps it well conditioned
-    y = y - y.mean(0, keepdim=True)
+    return x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True)
+
+
+def _linear_grams(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _centred(x, y)
     return x @ x.T, y @ y.T
+
+
+def _debiased_cka_from_features(x: torch.Tensor, y: torch.Tensor) -> float:
+    """``_debiased_cka_from_grams`` of the linear Grams of centred x, y, computed from the features."""
+    hxy, hxx, hyy = _hsic_unbiased_features(x, y), _hsic_unbiased_features(x, x), _hsic_unbiased_features(y, y)
+    den = hxx * hyy
+    return float(hxy / den.sqrt()) if den > 0 else 0.0
 
 
 def debiased_linear_cka(x, y) -> float:
@@ -80,8 +105,10 @@ def debiased_linear_cka(x, y) -> float:
     CKA by Nguyen, Raghu & Kornblith (2021). Unlike ``linear_cka`` it has no chance floor: two
     independent representations score ≈ 0 at any width (it can be slightly negative); 1 for
     representations equal up to rotation and isotropic scaling. 0 when either side has no variance."""
-    kx, ky = _linear_grams(x, y)
-    return _debiased_cka_from_grams(_zero_diagonal(kx), _zero_diagonal(ky))
+    x, y = _centred(x, y)
+    if x.shape[0] > max(x.shape[1], y.shape[1]):  # the feature form: no n×n Gram (identical values)
+        return _debiased_cka_from_features(x, y)
+    return _debiased_cka_from_grams(_zero_diagonal(x @ x.T), _zero_diagonal(y @ y.T))
 
 
 def semantic_alignment(y_student, y_teacher) -> float:
@@ -137,23 +164,26 @@ def structural_consistency(h_student, h_teacher, mask) -> float:
 
 def _consistency_scores(h_student, h_teacher, mask) -> list[float]:
     """Per-sequence Pearson correlations of structural_consistency (skipped sequences left out)."""
+    per = _consistency_per_sequence(h_student, h_teacher, mask)
+    return [float(x) for x in per if np.isfinite(x)]
+
+
+def _consistency_per_sequence(h_student, h_teacher, mask) -> np.ndarray:
+    """structural_consistency's Pearson correlation of every sequence of the batch at once [b] (NaN
+    where skipped: fewer than 3 tokens, or constant similarities on either side): per sequence, the
+    correlation over the pairs i < j of its masked tokens between the two cosine-similarity matrices."""
     hs, ht, m = _f64(h_student), _f64(h_teacher), _f64(mask) > 0
-    scores = []
-    for i in range(hs.shape[0]):
-        idx = m[i].nonzero().squeeze(1)
-        n = idx.numel()
-        if n < 3:
-            continue
-        a = torch.nn.functional.normalize(hs[i, idx], dim=-1)
-        b = torch.nn.functional.normalize(ht[i, idx], dim=-1)
-        iu = torch.triu_indices(n, n, offset=1)
-        sa, sb = (a @ a.T)[iu[0], iu[1]], (b @ b.T)[iu[0], iu[1]]
-        sa, sb = sa - sa.mean(), sb - sb.mean()
-        den = sa.norm() * sb.norm()
-        if den <= 1e-12:
-            continue
-        scores.append(float((sa * sb).sum() / den))
-    return scores
+    a, b = torch.nn.functional.normalize(hs, dim=-1), torch.nn.functional.normalize(ht, dim=-1)
+    pairs = (m[:, :, None] & m[:, None, :]) & torch.ones(m.shape[1], m.shape[1], dtype=torch.bool).triu(1)
+    w = pairs.to(torch.float64)
+    count = w.sum((1, 2)).clamp_min(1.0)
+    sa, sb = a @ a.transpose(1, 2), b @ b.transpose(1, 2)
+    sa = (sa - ((sa * w).sum((1, 2)) / count)[:, None, None]) * w
+    sb = (sb - ((sb * w).sum((1, 2)) / count)[:, None, None]) * w
+    den = sa.pow(2).sum((1, 2)).sqrt() * sb.pow(2).sum((1, 2)).sqrt()
+    r = (sa * sb).sum((1, 2)) / den.clamp_min(1e-300)
+    keep = (m.sum(1) >= 3) & (den > 1e-12)
+    return torch.where(keep, r, torch.full_like(r, float("nan"))).numpy()
 
 
 TIE_TOLERANCE = 1e-12  # cosines (float64) closer than this are ties: a matmul's blocking leaves ~1e-17 noise
@@ -184,18 +214,35 @@ def reciprocal_ranks(q, a, candidates: int = 100, seed: int = 0, answer_keys=Non
     if answer_keys is not None and len(answer_keys) != n:
         raise ValueError(f"qa_retrieval: {len(answer_keys)} answer keys for {n} answers")
     sims = (qn @ an.T).numpy()
-    keys = None if answer_keys is None else np.asarray([hash(k) for k in answer_keys])
+    keys = None if answer_keys is None else tuple(hash(k) for k in answer_keys)
+    others, valid = _competitors(n, candidates, seed, keys)
+    own = sims[np.arange(n), np.arange(n)]
+    beaten = (np.take_along_axis(sims, others, 1) >= own[:, None] - TIE_TOLERANCE) & valid
+    rank = 1 + beaten.sum(1)
+    return np.where(rank <= 10, 1.0 / rank, 0.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _competitors(n: int, candidates: int, seed: int, keys: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each question's competitor answers (``qa_retrieval``'s draw: questions in order, one
+    ``default_rng(seed)``), as indices [n, width] and a validity mask (rows with fewer eligible answers
+    are padded). A function of (n, candidates, seed, answer keys) only: drawn once and reused by every
+    evaluation of the same pairs (student, teacher, each report)."""
+    keys_arr = None if keys is None else np.asarray(keys)
     rng = np.random.default_rng(seed)
-    out = np.zeros(n)
+    rows = []
     for i in range(n):
         pool = np.r_[0:i, i + 1:n]
-        if keys is not None:
-            pool = pool[keys[pool] != keys[i]]
+        if keys_arr is not None:
+            pool = pool[keys_arr[pool] != keys_arr[i]]
         k = min(candidates - 1, len(pool))
-        others = pool if k == len(pool) else rng.choice(pool, size=k, replace=False)
-        rank = 1 + int((sims[i, others] >= sims[i, i] - TIE_TOLERANCE).sum())
-        out[i] = 1.0 / rank if rank <= 10 else 0.0
-    return out
+        rows.append(pool if k == len(pool) else rng.choice(pool, size=k, replace=False))
+    width = max((len(r) for r in rows), default=0)
+    others, valid = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), dtype=bool)
+    for i, r in enumerate(rows):
+        others[i, : len(r)], valid[i, : len(r)] = r, True
+    others.flags.writeable = valid.flags.writeable = False  # shared by every caller of the cache
+    return others, valid
 
 
 @torch.no_grad()
@@ -330,12 +377,7 @@ def _collect(student, teacher, batches, device, with_answers: bool, special_ids,
 
 def _per_sequence_consistency(sc: list) -> np.ndarray:
     """Structural consistency per sequence (NaN where skipped), in pair order."""
-    out = []
-    for hs, ht, m in sc:
-        for i in range(hs.shape[0]):
-            s = _consistency_scores(hs[i: i + 1], ht[i: i + 1], m[i: i + 1])
-            out.append(s[0] if s else float("nan"))
-    return np.asarray(out)
+    return np.concatenate([_consistency_per_sequence(hs, ht, m) for hs, ht, m in sc]) if sc else np.zeros(0)
 
 
 def split_fit_scored(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -408,14 +450,16 @@ class _Score:
 def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
     """Semantic Alignment over a resample: the unbiased estimator on the resampled list of pairs, with
     every pair of positions drawn from one pair left out (its diagonal, extended to duplicates)."""
-    kx, ky = _linear_grams(ys, yt)
-    kx0, ky0 = _zero_diagonal(kx), _zero_diagonal(ky)
-    n = kx0.shape[0]
+    grams: list = []  # the n×n Grams, built only when resamples are asked for (the final report's CIs)
 
     def batch(draws):
-        return (100.0 * debiased_cka_resampled(kx0, ky0, torch.cat([_counts(idx, n) for idx in draws], 1))).tolist()
+        if not grams:
+            grams.extend(_zero_diagonal(g) for g in _linear_grams(ys, yt))
+        kx0, ky0 = grams
+        return (100.0 * debiased_cka_resampled(kx0, ky0, torch.cat([_counts(idx, kx0.shape[0]) for idx in draws],
+                                                                   1))).tolist()
 
-    return _Score(lambda idx: 100.0 * _debiased_cka_from_grams(kx0, ky0) if idx is None else batch([idx])[0], batch)
+    return _Score(lambda idx: 100.0 * debiased_linear_cka(ys, yt) if idx is None else batch([idx])[0], batch)
 
 
 def _counts(idx: np.ndarray, n: int) -> torch.Tensor:

@@ -272,3 +272,51 @@ def test_aggregated_y_is_the_students_own_encoding():
         want_a = torch.cat([student.encode(b["a_input_ids"], b["a_attention_mask"])[1] for b in batches])
     assert torch.allclose(got["ya_q"], want_q, atol=1e-6) and torch.allclose(got["ya_a"], want_a, atol=1e-6)
     assert not torch.allclose(got["ya_q"], got["ys_q"], atol=1e-3)  # not the content mean
+
+
+def _reference_ranks(q, a, candidates, seed, keys):
+    """qa_retrieval's reciprocal ranks written as its docstring says, one question at a time."""
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    an = a / np.linalg.norm(a, axis=1, keepdims=True)
+    sims, n = qn @ an.T, len(q)
+    rng, out = np.random.default_rng(seed), np.zeros(n)
+    for i in range(n):
+        pool = np.array([j for j in range(n) if j != i and (keys is None or keys[j] != keys[i])], dtype=np.int64)
+        k = min(candidates - 1, len(pool))
+        others = pool if k == len(pool) else rng.choice(pool, size=k, replace=False)
+        rank = 1 + int((sims[i, others] >= sims[i, i] - metrics.TIE_TOLERANCE).sum())
+        out[i] = 1.0 / rank if rank <= 10 else 0.0
+    return out
+
+
+@pytest.mark.parametrize("n,candidates,with_keys", [(40, 100, False), (300, 20, False), (300, 20, True), (6, 3, True)])
+def test_reciprocal_ranks_equal_the_one_question_at_a_time_definition(n, candidates, with_keys):
+    rng = np.random.default_rng(n)
+    q = rng.normal(size=(n, 8))
+    a = q + rng.normal(size=(n, 8)) * 1.5
+    keys = [str(i % 7 if i % 3 == 0 else i) for i in range(n)] if with_keys else None  # duplicates of answers
+    for seed in (0, 5):
+        got = metrics.reciprocal_ranks(q, a, candidates, seed, keys)
+        np.testing.assert_array_equal(got, _reference_ranks(q, a, candidates, seed, keys))
+
+
+def test_consistency_of_a_batch_equals_each_sequence_alone():
+    g2 = torch.Generator().manual_seed(3)
+    hs, ht = torch.randn(6, 9, 5, generator=g2), torch.randn(6, 9, 7, generator=g2)
+    ht[1] = hs[1] @ torch.randn(5, 7, generator=g2)  # a related pair
+    mask = torch.ones(6, 9)
+    mask[2, 2:] = 0  # 2 tokens: skipped
+    mask[3, 5:] = 0
+    hs[4] = 1.0  # constant similarities: skipped
+    per = metrics._consistency_per_sequence(hs, ht, mask)
+    for i in range(6):
+        alone = metrics._consistency_scores(hs[i: i + 1], ht[i: i + 1], mask[i: i + 1])
+        idx = mask[i].nonzero().squeeze(1)
+        if i in (2, 4):
+            assert np.isnan(per[i]) and alone == []
+            continue
+        a = torch.nn.functional.normalize(hs[i, idx].double(), dim=-1)
+        b = torch.nn.functional.normalize(ht[i, idx].double(), dim=-1)
+        iu = torch.triu_indices(len(idx), len(idx), 1)
+        x, y = (a @ a.T)[iu[0], iu[1]].numpy(), (b @ b.T)[iu[0], iu[1]].numpy()
+        assert per[i] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12) and alone == [pytest.approx(per[i])]
