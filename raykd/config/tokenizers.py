@@ -5,10 +5,12 @@ as the JSON / text files it is (``tokenizer.json``'s vocabulary and added tokens
 never through transformers, and a hub id is never fetched.
 
 Two specs name one tokenizer when their identities agree: a tokenizer trained here (``train:N``,
-``train-bpe:N``) is its spec (trained deterministically on the study's corpus); a directory is its
-vocabulary size, special-token ids and a sha256 fingerprint of its vocabulary; a hub id is its name.
-A trained spec and a directory are different tokenizers (a directory equal to a trained one would have
-to be named as such: set ``teacher.tokenizer`` null)."""
+``train-bpe:N``) is its kind and size (trained deterministically on the study's corpus); a directory
+is its vocabulary size, special-token ids and a sha256 fingerprint of its vocabulary and of what else
+decides the split (model type, merges, normaliser, pre-tokenizer, casing flags); a hub id is its name.
+A trained spec, a directory and a hub id are different tokenizers to this check even where their
+content agrees (a hub id is never fetched; a local copy of it is another spec): to use one tokenizer
+on both sides, leave ``teacher.tokenizer`` null."""
 
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ def identify(spec: str) -> TokenizerIdentity:
     """The ``TokenizerIdentity`` of a tokenizer spec (see the module docstring). TokenizerSpecError for a
     local path (``.``, ``/``, ``~``) that holds no saved tokenizer or an unreadable one."""
     if spec.startswith(TRAINED):
-        size = spec.split(":", 1)[1]
-        return TokenizerIdentity(spec, int(size) if size.isdigit() else None, (), "trained:" + spec)
+        kind, size = spec.split(":", 1)
+        vocab = int(size) if size.isdigit() else None
+        return TokenizerIdentity(spec, vocab, (), f"trained:{kind}:{vocab if vocab is not None else size}")
     path = os.path.expanduser(spec)
     if not has_tokenizer(path):
         if spec.startswith((".", "/", "~")) or os.path.isdir(path):
@@ -60,9 +63,11 @@ def identify(spec: str) -> TokenizerIdentity:
         return TokenizerIdentity(spec, None, (), "hub:" + spec)
     try:
         vocab, special = _read_vocab(path)
+        how = _how_it_splits(path)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise TokenizerSpecError(f"{spec}: unreadable tokenizer files: {type(e).__name__}: {e}") from None
-    digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([sorted(vocab.items()), how], ensure_ascii=False, sort_keys=True)
+                            .encode()).hexdigest()
     return TokenizerIdentity(spec, max(vocab.values()) + 1 if vocab else 0, tuple(sorted(special)),
                              f"sha256:{digest}:{','.join(map(str, sorted(special)))}")
 
@@ -85,6 +90,23 @@ def _read_vocab(path: str) -> tuple[dict[str, int], set[int]]:
     lines = open(os.path.join(path, "vocab.txt"), encoding="utf-8").read().splitlines()
     vocab = {tok: i for i, tok in enumerate(lines)}
     return vocab, {i for tok, i in vocab.items() if tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+
+
+def _how_it_splits(path: str) -> list:
+    """What decides how a text becomes those tokens besides the vocabulary: ``tokenizer.json``'s model
+    type and merges, normaliser and pre-tokenizer, and ``tokenizer_config.json``'s casing flags (a cased
+    and an uncased copy of one vocabulary are two tokenizers)."""
+    out: list = []
+    tj = os.path.join(path, "tokenizer.json")
+    if os.path.isfile(tj):
+        data = json.load(open(tj, encoding="utf-8"))
+        model = data.get("model") or {}
+        out += [model.get("type"), model.get("merges"), data.get("normalizer"), data.get("pre_tokenizer")]
+    tc = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(tc):
+        conf = json.load(open(tc, encoding="utf-8"))
+        out.append({k: conf.get(k) for k in ("do_lower_case", "lowercase", "strip_accents", "tokenize_chinese_chars")})
+    return out
 
 
 def teacher_tokenizer_spec(cfg) -> str:

@@ -96,6 +96,9 @@ def _check_tokenizers(cfg: Config, src: str) -> None:
     """Teacher and student on different tokenizers (``teacher.tokenizer`` ≠ ``data.tokenizer``): a family
     that carries the teacher's own tokenization, an objective that distils across tokenizers (the study's
     method, every searched one), and no top-k logit cache. ConfigError naming both tokenizers otherwise."""
+    for name in cfg.space:
+        _check(resolve_key(name) not in ("data.tokenizer", "teacher.tokenizer"), src, f"space.{name}",
+               "a study prepares its data and teacher for one pair of tokenizers: run one study per tokenizer")
     mm = _mismatch(cfg, src)
     if mm is None:
         return
@@ -104,7 +107,8 @@ def _check_tokenizers(cfg: Config, src: str) -> None:
            f"the teacher's tokenizer {mm[0].describe()} differs from the student's {mm[1].describe()} "
            f"(data.tokenizer): a {fam.name} study distils over one tokenizer (across tokenizers: "
            f"{', '.join(f for f in family_names() if family_spec(f).has('teacher_tokens'))})")
-    _check_tokenizer_fit(cfg, cfg.method.name, src, "method.name")
+    if cfg.compare is None:  # a compare study's contenders each name their method (checked there)
+        _check_tokenizer_fit(cfg, cfg.method.name, src, "method.name")
     _check(cfg.teacher.cache not in ("logits", "both"), src, "teacher.cache",
            f"{cfg.teacher.cache}: the top-k logit cache holds the teacher's tokenizer's ids, which mean nothing to the "
            f"student's: the teacher's tokenizer {mm[0].describe()} differs from the student's {mm[1].describe()} "

@@ -64,22 +64,32 @@ class CausalSplit:
     """One split's evaluation pairs: prompts, true responses, the answer-selection candidates, the
     ROUGE prompts with their reference texts."""
 
-    def __init__(self, prepared: str, manifest: dict, split: str, pairs: int, template, tokenizer):
+    def __init__(self, prepared: str, manifest: dict, split: str, pairs: int, template, tokenizer,
+                 same_as: "CausalSplit | None" = None):
         import pyarrow.parquet as pq
 
         t = pq.read_table(shard_paths(prepared, split, manifest),
                           columns=["pair_id", "dialogue_id", "department", "q_input_ids", "a_input_ids"])
         cols = {c: t.column(c).to_pylist() for c in t.column_names}
         chosen = eval_order(cols["pair_id"])[:pairs]
+        if same_as is not None and [cols["pair_id"][i] for i in chosen] != same_as.pair_ids:
+            raise ValueError(f"{prepared}: the teacher's tokenization holds other {split} pairs than the student's")
         self.template = template
+        self.pair_ids = [cols["pair_id"][i] for i in chosen]
         self.prompts = [template.prompt(cols["q_input_ids"][i]) for i in chosen]
         self.responses = [template.response(cols["a_input_ids"][i]) for i in chosen]
         self.departments = [cols["department"][i] for i in chosen]
-        self.candidates, self.true_index = self._candidates(cols, chosen)
+        # the candidates' rows: drawn here, or — for a teacher with its own tokenization (``same_as``: the
+        # student's split over the same rows) — the student's, so both answer the very same questions
+        self.candidate_rows = self._candidate_rows(cols, chosen) if same_as is None else same_as.candidate_rows
+        self.candidates = [[template.response(cols["a_input_ids"][j]) for j in row] for row in self.candidate_rows]
+        self.true_index = [0] * len(self.candidates)
         rouge = chosen[:ROUGE_PROMPTS]
         self.rouge_prompts = [template.prompt(cols["q_input_ids"][i]) for i in rouge]
         strip = set(template.strip)
-        self.rouge_refs = [tokenizer.decode([x for x in cols["a_input_ids"][i] if x not in strip]) for i in rouge]
+        # the reference texts: the student's (one reference for both sides when the teacher reads its own tokens)
+        self.rouge_refs = [tokenizer.decode([x for x in cols["a_input_ids"][i] if x not in strip]) for i in rouge] \
+            if same_as is None else same_as.rouge_refs
         self.max_new = max(len(r) for r in self.responses) if self.responses else 1
         collate = CausalCollate(template, department_index(manifest))
         self.batches = [collate({"q_input_ids": [cols["q_input_ids"][i] for i in chosen[k: k + 64]],
@@ -87,10 +97,10 @@ class CausalSplit:
                                  "department": np.array([cols["department"][i] for i in chosen[k: k + 64]])})
                         for k in range(0, len(chosen), 64)]
 
-    def _candidates(self, cols: dict, chosen: list[int]) -> tuple[list[list[list[int]]], list[int]]:
-        """Per question: [true answer, DISTRACTORS answers of other dialogues] as response ids (the
-        true one first: ties are shared, so its place cannot favour it), drawn by a generator seeded
-        with the pair id."""
+    def _candidate_rows(self, cols: dict, chosen: list[int]) -> list[list[int]]:
+        """Per question: the rows of [its true answer, DISTRACTORS answers of other dialogues] (the true
+        one first: ties are shared, so its place cannot favour it), drawn by a generator seeded with
+        the pair id."""
         by_dept: dict[str, list[int]] = {}
         for i, d in enumerate(cols["department"]):
             by_dept.setdefault(d, []).append(i)
@@ -108,9 +118,8 @@ class CausalSplit:
                           and cols["a_input_ids"][j] != cols["a_input_ids"][i]]
                 if others:
                     picks += [others[k] for k in rng.choice(len(others), size=min(need, len(others)), replace=False)]
-            out.append([self.template.response(cols["a_input_ids"][i])] +
-                       [self.template.response(cols["a_input_ids"][j]) for j in picks])
-        return out, [0] * len(out)
+            out.append([i] + picks)
+        return out
 
 
 class CausalEvaluation(Evaluation):
@@ -130,8 +139,11 @@ class CausalEvaluation(Evaluation):
         self._pinned: dict[str, object] = {}  # what teacher_part computed (a sharded teacher's part)
         self._splits: dict[str, CausalSplit] = {}
         # a teacher with a tokenizer of its own is scored on its own tokenization of the same pairs (the teacher
-        # view: same rows, same order, so the same pairs, candidates and bootstrap resamples); else on ours
+        # view: same rows, same order) with the student's candidates and ROUGE references; else on ours
         self.teacher_side = teacher_side or self
+        self.paired_with: CausalEvaluation | None = None  # on a teacher side: the student's evaluation
+        if teacher_side is not None:
+            teacher_side.paired_with = self
 
     @classmethod
     def for_trial(cls, prepared: str, manifest: dict, pairs: int, *, template, tokens=None, vocab_size=None,
@@ -150,8 +162,9 @@ class CausalEvaluation(Evaluation):
     def data(self, split: str) -> CausalSplit:
         name = "validation" if split == "val" else split
         if name not in self._splits:
+            same_as = self.paired_with.data(split) if self.paired_with is not None else None
             self._splits[name] = CausalSplit(self.prepared, self.manifest, name, self.pairs, self.template,
-                                             self.tokenizer)
+                                             self.tokenizer, same_as)
         return self._splits[name]
 
     @property
@@ -176,7 +189,8 @@ class CausalEvaluation(Evaluation):
         if is_sharded(_lm(teacher)):  # alone on rank 0 its collectives would wait for ever
             raise RuntimeError(f"the sharded teacher's {what} was not computed by every rank together: call "
                                "teacher_part on every rank first")
-        return self.memo(teacher, what, compute)
+        # keyed by the data the teacher read too: its own tokenization, or ours
+        return self.memo(teacher, what, compute, self.teacher_side.manifest["key"])
 
     def _scores(self, model, split: str) -> dict:
         """Perplexity and answer accuracy of ``model`` on ``split`` (raw: no prefix)."""

@@ -168,13 +168,23 @@ def _consistency_scores(h_student, h_teacher, mask) -> list[float]:
     return [float(x) for x in per if np.isfinite(x)]
 
 
+CONSISTENCY_CHUNK = 1 << 21  # elements of one [sequences, t, t] similarity tensor (16 MiB in float64)
+
+
 def _consistency_per_sequence(h_student, h_teacher, mask) -> np.ndarray:
     """structural_consistency's Pearson correlation of every sequence of the batch at once [b] (NaN
     where skipped: fewer than 3 tokens, or constant similarities on either side): per sequence, the
     correlation over the pairs i < j of its masked tokens between the two cosine-similarity matrices."""
     hs, ht, m = _f64(h_student), _f64(h_teacher), _f64(mask) > 0
+    t = m.shape[1]
+    step = max(1, CONSISTENCY_CHUNK // max(t * t, 1))  # sequences at a time: [step, t, t] float64 tensors
+    if hs.shape[0] > step:
+        return np.concatenate([_consistency_per_sequence(hs[i: i + step], ht[i: i + step], m[i: i + step])
+                               for i in range(0, hs.shape[0], step)])
+    # tokens outside the mask never enter (a NaN there must not reach a sequence's sums)
+    hs, ht = torch.where(m[..., None], hs, 0.0), torch.where(m[..., None], ht, 0.0)
     a, b = torch.nn.functional.normalize(hs, dim=-1), torch.nn.functional.normalize(ht, dim=-1)
-    pairs = (m[:, :, None] & m[:, None, :]) & torch.ones(m.shape[1], m.shape[1], dtype=torch.bool).triu(1)
+    pairs = (m[:, :, None] & m[:, None, :]) & torch.ones(t, t, dtype=torch.bool).triu(1)
     w = pairs.to(torch.float64)
     count = w.sum((1, 2)).clamp_min(1.0)
     sa, sb = a @ a.transpose(1, 2), b @ b.transpose(1, 2)

@@ -177,6 +177,18 @@ def test_same_vocabulary_objectives_are_refused_when_the_declared_tokenizers_dif
     assert tokenizer_mismatch(same) is None
 
 
+def test_searched_tokenizers_are_refused_and_a_compare_study_is_judged_by_its_contenders():
+    for key in ("teacher.tokenizer", "data.tokenizer"):
+        with pytest.raises(C.ConfigError, match=rf"space\.{key}: a study prepares its data and teacher for one pair"):
+            _load(**{"space": f"{{{key}: {{choice: [train-bpe:2000, train:1000]}}}}"})
+    # causal_losses.yaml keeps method.name kd at the top; its contenders decide (the top-level name is unused)
+    cfg = _load("search_spaces/causal_losses.yaml", **{
+        "teacher.tokenizer": "train:1000", "search.algorithm": "optuna", "experiment.seeds": "[0, 1]",
+        "compare": "{methods: [uld, {uld: {temperature: 2.0}}], tune: {trials: 1}, against: method=uld, "
+                   "metrics: [test/answer_accuracy]}", "space": "{lr: {loguniform: [1.0e-4, 1.0e-3]}}"})
+    assert [k.label for k in C.compare_contenders(cfg, "x")] == ["uld", "uld[temperature=2.0]"]
+
+
 def test_a_compare_study_with_a_same_vocabulary_contender_is_refused():
     with pytest.raises(C.ConfigError, match=r"compare\.methods\[1\].*'kd'.*tokenizer"):
         _load("search_spaces/causal_losses.yaml", **{"teacher.tokenizer": "train:1000",
@@ -201,6 +213,13 @@ def test_saved_tokenizer_directories_are_told_apart_by_their_vocabulary(tmp_path
         _load(**{"data.tokenizer": str(tmp_path / "a"), "teacher.tokenizer": str(tmp_path / "b")})
     with pytest.raises(C.ConfigError, match=r"teacher\.tokenizer: .*missing: no saved tokenizer"):
         _load(**{"teacher.tokenizer": str(tmp_path / "missing")})
+    # one vocabulary, cased and uncased: two tokenizers (the same ids would mean other text)
+    for name, lower in (("cased", False), ("uncased", True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\nb\n")
+        (tmp_path / name / "tokenizer_config.json").write_text(f'{{"do_lower_case": {str(lower).lower()}}}')
+    assert identify(str(tmp_path / "cased")).fingerprint != identify(str(tmp_path / "uncased")).fingerprint
+    assert identify("train-bpe:02000").fingerprint == identify("train-bpe:2000").fingerprint
 
 
 def test_the_cli_refuses_kd_across_tokenizers_in_one_error_line_before_anything_runs(tmp_path, capsys):
@@ -295,3 +314,26 @@ def test_the_plan_of_a_cross_tokenizer_study_adapts_and_scores_the_teacher_on_it
         "data.synth": "{dialogs: 150, seed: 1}", "data.work_dir": str(tmp_path / "w"), "data.tokenizer": "train-bpe:350",
         "teacher.tokenizer": "train-bpe:350", "method.name": "kd", "method.params": "{}", "space": "{}"}))
     assert same.teacher_view is None and same.adapt["prepared"] == same.prepared
+
+
+def test_the_teacher_is_scored_on_its_own_tokens_with_the_students_candidates_and_references(tmp_path):
+    from transformers import AutoTokenizer
+
+    from raykd.data.shards import PrepareSettings, prepare
+    from raykd.data.synth import write_corpus
+    from raykd.data.teacher_view import prepare_view
+    from raykd.data.template import causal_template
+    from raykd.evaluation.causal_lm import CausalEvaluation
+
+    write_corpus(tmp_path / "raw", 150, seed=4)
+    m = prepare(PrepareSettings(raw=[str(tmp_path / "raw")], out=str(tmp_path / "p"), tokenizer="train-bpe:350",
+                                max_length=12, quiet=True))  # short: truncation makes some answers' ids collide
+    view, vm = prepare_view(tmp_path / "p", m, "train-bpe:600", quiet=True)
+    tpl = lambda d: causal_template(AutoTokenizer.from_pretrained(f"{d}/tokenizer")).as_dict()  # noqa: E731
+    ev = CausalEvaluation.for_trial(str(tmp_path / "p"), m, 40, template=tpl(tmp_path / "p"),
+                                    teacher_view={"prepared": view, "template": tpl(view), "vocab": 600})
+    mine, theirs = ev.data("test"), ev.teacher_side.data("test")
+    assert mine.pair_ids == theirs.pair_ids and mine.candidate_rows == theirs.candidate_rows
+    assert mine.rouge_refs == theirs.rouge_refs and mine.prompts != theirs.prompts  # other ids, same questions
+    assert ev.teacher_side is not ev and CausalEvaluation.for_trial(
+        str(tmp_path / "p"), m, 40, template=tpl(tmp_path / "p")).teacher_side.paired_with is None

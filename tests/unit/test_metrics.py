@@ -320,3 +320,15 @@ def test_consistency_of_a_batch_equals_each_sequence_alone():
         iu = torch.triu_indices(len(idx), len(idx), 1)
         x, y = (a @ a.T)[iu[0], iu[1]].numpy(), (b @ b.T)[iu[0], iu[1]].numpy()
         assert per[i] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12) and alone == [pytest.approx(per[i])]
+
+
+def test_consistency_ignores_what_lies_outside_the_mask_and_works_in_chunks(monkeypatch):
+    g2 = torch.Generator().manual_seed(4)
+    hs, ht = torch.randn(5, 8, 4, generator=g2), torch.randn(5, 8, 6, generator=g2)
+    mask = torch.ones(5, 8)
+    mask[:, 6:] = 0
+    clean = metrics._consistency_per_sequence(hs, ht, mask)
+    hs[:, 7], ht[:, 6] = float("nan"), float("inf")  # padding garbage
+    np.testing.assert_allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
+    monkeypatch.setattr(metrics, "CONSISTENCY_CHUNK", 2 * 8 * 8)  # two sequences at a time
+    np.testing.assert_allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
