@@ -459,15 +459,19 @@ class _Score:
 
 def _sa_score(ys: torch.Tensor, yt: torch.Tensor) -> _Score:
     """Semantic Alignment over a resample: the unbiased estimator on the resampled list of pairs, with
-    every pair of positions drawn from one pair left out (its diagonal, extended to duplicates)."""
+    every pair of positions drawn from one pair left out (its diagonal, extended to duplicates). The
+    resamples' values come from the features or from the n×n Grams, whichever costs fewer operations
+    (``resample_from_features``; the same values)."""
     grams: list = []  # the n×n Grams, built only when resamples are asked for (the final report's CIs)
 
     def batch(draws):
+        n = ys.shape[0]
+        w = torch.cat([_counts(idx, n) for idx in draws], 1)
+        if resample_from_features(n, ys.shape[1], yt.shape[1]):
+            return (100.0 * debiased_cka_resampled_features(*_centred(ys, yt), w)).tolist()
         if not grams:
             grams.extend(_zero_diagonal(g) for g in _linear_grams(ys, yt))
-        kx0, ky0 = grams
-        return (100.0 * debiased_cka_resampled(kx0, ky0, torch.cat([_counts(idx, kx0.shape[0]) for idx in draws],
-                                                                   1))).tolist()
+        return (100.0 * debiased_cka_resampled(*grams, w)).tolist()
 
     return _Score(lambda idx: 100.0 * debiased_linear_cka(ys, yt) if idx is None else batch([idx])[0], batch)
 
@@ -493,6 +497,33 @@ def debiased_cka_resampled(kx0: torch.Tensor, ky0: torch.Tensor, w: torch.Tensor
         return (tr + sa * sb / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * ab1) / (m * (m - 3))
 
     hxy, hxx, hyy = hsic(kx0, kw, ky0, lw), hsic(kx0, kw, kx0, kw), hsic(ky0, lw, ky0, lw)
+    den = hxx * hyy
+    return torch.where(den > 0, hxy / den.clamp_min(1e-300).sqrt(), torch.zeros_like(hxy))
+
+
+def resample_from_features(n: int, p: int, q: int) -> bool:
+    """Whether resampled debiased CKA is cheaper from the features (n·(pq + p² + q²) per resample) than
+    from the Grams (≈ 5·n² per resample, plus building them)."""
+    return n * (p * q + p * p + q * q) < 5 * n * n
+
+
+def debiased_cka_resampled_features(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``debiased_cka_resampled`` from centred features x [n, p], y [n, q] and multiplicities w [n, B]
+    without n×n Grams: with W = diag(w_b) and d_K = diag(XXᵀ), wᵀK̃L̃w = ‖XᵀWY‖²_F − Σ w² d_K d_L,
+    wᵀK̃w = ‖Xᵀw‖² − Σ w² d_K, K̃w = X(Xᵀw) − d_K∘w. Returns [B], equal to the Gram form."""
+    m = w.sum(0)
+    dk, dl = x.pow(2).sum(1), y.pow(2).sum(1)
+    kw, lw = x @ (x.T @ w) - dk[:, None] * w, y @ (y.T @ w) - dl[:, None] * w
+
+    def trace(a, b, da, db):  # [B]: wᵀ(K̃∘L̃)w, one resample at a time (a [p, q] product each)
+        return torch.stack([((a * w[:, j: j + 1]).T @ b).pow(2).sum() for j in range(w.shape[1])]) \
+            - (w.pow(2) * (da * db)[:, None]).sum(0)
+
+    def hsic(tr, aw, bw):
+        sa, sb, ab1 = (w * aw).sum(0), (w * bw).sum(0), (w * aw * bw).sum(0)
+        return (tr + sa * sb / ((m - 1) * (m - 2)) - 2.0 / (m - 2) * ab1) / (m * (m - 3))
+
+    hxy, hxx, hyy = hsic(trace(x, y, dk, dl), kw, lw), hsic(trace(x, x, dk, dk), kw, kw), hsic(trace(y, y, dl, dl), lw, lw)
     den = hxx * hyy
     return torch.where(den > 0, hxy / den.clamp_min(1e-300).sqrt(), torch.zeros_like(hxy))
 

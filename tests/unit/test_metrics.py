@@ -248,6 +248,11 @@ def test_resampled_debiased_cka_equals_the_estimator_on_the_resampled_list():
         same = t[:, None] == t[None, :]
         slow = metrics._debiased_cka_from_grams(kx[t][:, t].masked_fill(same, 0.0), ky[t][:, t].masked_fill(same, 0.0))
         assert f == pytest.approx(slow, rel=1e-9, abs=1e-12)
+    # the same from the features (no Gram): what a study's CIs use when it is cheaper
+    feat = metrics.debiased_cka_resampled_features(*metrics._centred(x, y), torch.cat([metrics._counts(d, 40)
+                                                                                       for d in draws], 1))
+    np.testing.assert_allclose(feat.numpy(), fast.numpy(), rtol=1e-10, atol=1e-12)
+    assert metrics.resample_from_features(4096, 32, 64) and not metrics.resample_from_features(4096, 32, 384)
     # no duplicates in a draw: the plain estimator on that subset
     perm = rng.permutation(40)
     w = metrics._counts(perm, 40)
