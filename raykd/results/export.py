@@ -172,6 +172,9 @@ def model_card(trial: TrialRecord, prov: dict, manifest: dict, teacher, ckpt: Pa
         f"- data: prepared key `{prov['data_key']}`, tokenizer `{manifest['tokenizer'].get('spec', '')}` "
         f"(vocabulary {manifest['tokenizer'].get('vocab_size', '?')}), max length {manifest['max_length']}; "
         + ", ".join(f"{s} {v.get('rows', '?')} pairs" for s, v in splits.items()),
+        *([f"- distilled across tokenizers: the teacher read its own `{cfg['teacher'].get('tokenizer')}` (vocabulary "
+           f"{prov['teacher_view'].get('vocab', '?')}); this student's embeddings and head are its own, for the "
+           "tokenizer saved here"] if prov.get("teacher_view") else []),
         f"- raykd {prov.get('raykd')} (git {prov.get('git_sha') or '?'}), torch {prov.get('torch')}, "
         f"ray {prov.get('ray')}, transformers {prov.get('transformers')}",
         "",

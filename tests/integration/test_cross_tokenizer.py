@@ -83,6 +83,8 @@ def test_report_and_export_that_generates_with_the_students_tokenizer(xtok_study
     build_report(exp, work / "report")
     assert "uld" in (work / "report" / "table.md").read_text()
     export(exp, work / "student")
+    assert "distilled across tokenizers: the teacher read its own `train-bpe:700`" in \
+        (work / "student" / "README.md").read_text()
     code = ("import sys; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f"d = {str(work / 'student')!r}\n"
             "tok = AutoTokenizer.from_pretrained(d); m = AutoModelForCausalLM.from_pretrained(d)\n"
