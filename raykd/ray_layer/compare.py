@@ -21,7 +21,8 @@ from raykd.config import contenders as KC
 from raykd.results import comparison as K
 from raykd import config as C
 from raykd.ray_layer.inputs import log
-from raykd.ray_layer.tuners import REFERENCES_DIR, hparam_metrics, join, restore_tuner, study_tuner, tune_domain
+from raykd.ray_layer.tuners import (REFERENCES_DIR, fit, hparam_metrics, join, restore_tuner, study_tuner,
+                                    tune_domain)
 from raykd.train.trial_spec import REFERENCE_KEY, StudyPlan, metric_keys, reference_method
 
 
@@ -89,7 +90,7 @@ def tune_one(cfg: C.Config, plan: StudyPlan, root: str, label: str, space: dict,
         tuner = study_tuner(cfg, plan, storage, name, tuning_space(space, fixed, seed), cpus,
                             search_alg=search_alg(cfg, seed), scheduler=scheduler(cfg),
                             num_samples=cfg.compare.tune.trials)
-    return summarize_tuning(cfg, label, space, tuner.fit())
+    return summarize_tuning(cfg, label, space, fit(tuner, f"tuning {label}"))
 
 
 def summarize_tuning(cfg: C.Config, label: str, space: dict, results) -> Tuned:
@@ -196,13 +197,14 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
     write_experiment_summary(root, {KC.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
     with clock("confirm"):
         if frozen:
-            confirmed = restore_tuner(cfg, plan, root).fit()
+            confirmed = fit(restore_tuner(cfg, plan, root), "confirmation")
             for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
                 if label in tuned:
                     tuned[label].best = conf
         else:
-            confirmed = study_tuner(cfg, plan, storage, name,
-                                    {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus).fit()
+            confirmed = fit(study_tuner(cfg, plan, storage, name,
+                                        {"confirm": tune.grid_search(best), "seed": tune.grid_search(seeds)}, cpus),
+                            "confirmation")
     if ref is not None:
         with clock("references"):
             _confirm_reference(cfg, plan, storage, name, cpus, resume, ref, seeds)
@@ -222,7 +224,7 @@ def _confirm_reference(cfg: C.Config, plan: StudyPlan, storage: str, name: str, 
 
     shared = {k: v for k, v in (ref.best or {}).items() if k not in (REFERENCE_KEY, KC.CONTENDER_KEY)}
     space = {REFERENCE_KEY: True, "seed": tune.grid_search(seeds), **shared}
-    ran = reference_tuner(cfg, plan, storage, name, cpus, resume, space=space).fit()
+    ran = fit(reference_tuner(cfg, plan, storage, name, cpus, resume, space=space), "references")
     held = {k: v for r in ran for k, v in (r.config or {}).items() if k not in ("seed", REFERENCE_KEY)}
     if held:  # a restored reference experiment ran the settings it was started with
         ref.best = {**(ref.best or {}), **held}

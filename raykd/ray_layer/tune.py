@@ -25,7 +25,7 @@ from raykd.models.families.spec import family_spec
 from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
-from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, hparam_metrics, join, local_threads,  # noqa: F401
+from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, fit, hparam_metrics, join, local_threads,  # noqa: F401
                                     asha, max_concurrent, study_tuner, tune_domain)
 from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
 
@@ -372,12 +372,12 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
             return out
         refs = reference_tuner(cfg, plan, storage, name, cpus, resume)
         with clock("references"):
-            out = Outcome(cfg, storage, name, None, references=refs.fit() if refs is not None else None, clock=clock)
+            out = Outcome(cfg, storage, name, None, references=fit(refs, "references") if refs is not None else None, clock=clock)
         with clock("search"):
-            out.results = build_tuner(cfg, plan, storage, name, cpus, resume).fit()
+            out.results = fit(build_tuner(cfg, plan, storage, name, cpus, resume), "search")
         confirm = confirm_tuner(cfg, plan, out.results, storage, name, cpus)
         with clock("confirm"):
-            out.confirmed = confirm.fit() if confirm is not None else None
+            out.confirmed = fit(confirm, "confirmation") if confirm is not None else None
         for exp in [name] + ([f"{name}-confirm"] if out.confirmed is not None else []):
             prune_experiment(join(storage, exp))
         if out.references is not None:

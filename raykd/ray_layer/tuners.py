@@ -4,6 +4,9 @@ Tuners (search, confirm, references, a compare study's tuning and confirmation) 
 
 from __future__ import annotations
 
+import os
+
+from raykd.errors import RaykdError
 from raykd import config as C
 from raykd.train.trial_spec import StudyPlan
 
@@ -105,6 +108,50 @@ def study_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, param_s
                                   failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                                   checkpoint_config=tune_checkpoints(cfg), sync_config=sync_config(),
                                   callbacks=[TrialHParams(), CheckpointPruner(), UploadLogsBeforeRestart()], verbose=1))
+
+
+class StudyInterrupted(RaykdError):
+    """A stop signal (Ctrl+C, SIGINT) ended a phase of the study with trials unfinished: the study stops
+    there — its later phases never run on half an experiment — and ``--resume`` continues it."""
+
+    exit_code = 130
+
+
+def fit(tuner, what: str):
+    """``tuner.fit()``'s results; StudyInterrupted when a stop signal (SIGINT / Ctrl+C, SIGUSR1) ended it:
+    Tune then saves the experiment's state and *returns* — its trials even read as terminated — so a study
+    of several phases would go on to the next one on half an experiment.
+
+    How it is seen: Tune installs its own SIGINT handler for the run (in the main thread, unless
+    ``TUNE_DISABLE_SIGINT_HANDLER``) and, on a stop signal only, puts back the one it found — here
+    ``stopped``, installed just before. Elsewhere, trials left neither finished nor failed tell it."""
+    import signal
+    import threading
+
+    watch = threading.current_thread() is threading.main_thread() and \
+        not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0)
+    if watch:
+        previous = signal.getsignal(signal.SIGINT)
+
+        def stopped(sig, frame):  # a second Ctrl+C while Tune saves: what the caller had (KeyboardInterrupt)
+            if callable(previous):
+                previous(sig, frame)
+            else:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, stopped)
+    interrupted = False
+    try:
+        results = tuner.fit()
+    finally:
+        if watch:
+            interrupted = signal.getsignal(signal.SIGINT) is stopped
+            signal.signal(signal.SIGINT, previous)
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    if interrupted or unfinished > 0:
+        raise StudyInterrupted(f"{what}: interrupted by a stop signal ({len(results)} trial(s) started); the study "
+                               "stopped here (its state is saved: run the same command with --resume)")
+    return results
 
 
 def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str):

@@ -192,6 +192,50 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(ray_sessio
     assert report["trials"] == 3 and report["counts"]["finished"] == 3  # every trial exactly once
 
 
+def test_a_stop_signal_stops_the_whole_study_and_resume_finishes_it(ray_session, work):
+    """Ctrl+C (SIGINT to the driver) during the search: Tune saves its state and returns; the study then
+    stops with exit 130 and one line saying so, instead of running its next phase on half an experiment
+    (the confirmation here); --resume finishes every trial."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [f"data.work_dir={work / 'work'}", "data.synth.dialogs=600", "teacher.adapt.steps=30",
+            "train.eval_pairs=64", "search.algorithm=random", "search.num_samples=2", "search.scheduler.type=none",
+            "train.steps=24", "train.eval_every=6", "space={depth: {choice: [1, 3]}}", "experiment.references=false",
+            *TEST_BASE, "search.confirm.top_k=1", "search.confirm.seeds=[1]"]
+    args = ["--config", SMOKE, "--storage", str(work / "exp"), "--name", "stopped", "--set", *sets]
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, "-m", "raykd.tune", "--address", address, *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    exp = work / "exp" / "stopped"
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if exp.exists() and any(rows for rows in trial_results(exp).values()):
+                break  # the search has reported: interrupt it mid-way
+            time.sleep(1)
+        else:
+            pytest.fail("no search trial reported in time")
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "search: interrupted" in lines[0] and "--resume" in lines[0]
+    assert "Traceback" not in err and not (work / "exp" / "stopped-confirm").exists()
+    time.sleep(3)
+    assert tune_main([*args, "--resume"]) == 0
+    finished = [rows for rows in trial_results(exp).values() if rows]
+    assert len(finished) == 2 and all(rows[-1]["step"] == 24 for rows in finished)
+    confirmed = trial_results(work / "exp" / "stopped-confirm")  # the next phase ran once the search was whole
+    assert len(confirmed) == 1 and next(iter(confirmed.values()))[-1]["step"] == 24
+
+
 @pytest.mark.parametrize("name", ["depth", "projection", "sampling", "baselines", "ablation"])
 def test_each_small_search_space_runs_with_sizes_overridden(ray_session, work, name):
     """Each study file runs as written but smaller: one seed, a few steps, a small corpus, and its
