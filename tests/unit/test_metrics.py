@@ -301,8 +301,8 @@ def test_reciprocal_ranks_equal_the_one_question_at_a_time_definition(n, candida
     a = q + rng.normal(size=(n, 8)) * 1.5
     keys = [str(i % 7 if i % 3 == 0 else i) for i in range(n)] if with_keys else None  # duplicates of answers
     for seed in (0, 5):
-        got = metrics.reciprocal_ranks(q, a, candidates, seed, keys)
-        np.testing.assert_array_equal(got, _reference_ranks(q, a, candidates, seed, keys))
+        got, want = metrics.reciprocal_ranks(q, a, candidates, seed, keys), _reference_ranks(q, a, candidates, seed, keys)
+        assert np.array_equal(got, want) and 0 < want.mean() <= 1
 
 
 def test_consistency_of_a_batch_equals_each_sequence_alone():
@@ -333,7 +333,8 @@ def test_consistency_ignores_what_lies_outside_the_mask_and_works_in_chunks(monk
     mask = torch.ones(5, 8)
     mask[:, 6:] = 0
     clean = metrics._consistency_per_sequence(hs, ht, mask)
+    assert np.isfinite(clean).all()
     hs[:, 7], ht[:, 6] = float("nan"), float("inf")  # padding garbage
-    np.testing.assert_allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
+    assert np.allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
     monkeypatch.setattr(metrics, "CONSISTENCY_CHUNK", 2 * 8 * 8)  # two sequences at a time
-    np.testing.assert_allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
+    assert np.allclose(metrics._consistency_per_sequence(hs, ht, mask), clean, rtol=0, atol=1e-12)
