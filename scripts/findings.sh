@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-run the studies behind docs/findings.md and their reports, and store their rows under docs/findings/.
 #   scripts/findings.sh [STUDY ...]    STUDY ∈ baselines_compare baselines_compare_teacher_init causal_compare
-#                                      real_teacher_compare (the compare studies of #32: the default) or the
+#                                      causal_xtok_compare real_teacher_compare (the compare studies: the default) or the
 #                                      older hand-set ones: baselines ablation sampling depth projection
 #                                      causal_losses causal_divergences causal_ablation causal_topk
 # causal_topk also runs scripts/topk_gap.py (the top-k loss against the full-vocabulary one).
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 studies=("$@")
 [ ${#studies[@]} -eq 0 ] && studies=(baselines_compare baselines_compare_teacher_init causal_compare
-                                      real_teacher_compare)
+                                      causal_xtok_compare real_teacher_compare)
 declare -A against=([baselines]="method=structural" [ablation]="method.params.ablate=none"
                     [sampling]="sampler=domain_aware" [depth]="" [projection]="" [causal_losses]="method=feature_align"
                     [causal_divergences]="" [causal_ablation]="method.params.ablate=none"

@@ -96,4 +96,28 @@ class CausalCollate:
         if self.teacher is not None:
             out["teacher"] = self.teacher({"q_input_ids": batch["teacher_q_input_ids"],
                                            "a_input_ids": batch["teacher_a_input_ids"]})
+            if "a_span" in batch and "teacher_a_span" in batch:
+                out["span"], out["teacher"]["span"] = _span_tensors(
+                    (self.template, self.teacher.template), (batch["a_input_ids"], batch["teacher_a_input_ids"]),
+                    (batch["a_span"], batch["teacher_a_span"]), (out["response_mask"], out["teacher"]["response_mask"]))
         return _with_row_keys(out, batch, self.departments)
+
+
+def _span_tensors(templates, answers, spans, responses):
+    """(student span tensor, teacher span tensor) for ``CausalCollate``: each response token's span,
+    aligned with the sequences' positions (the responses start where ``responses`` does)."""
+    import torch
+
+    outs = [np.full(tuple(r.shape), -1, dtype=np.int64) for r in responses]
+    for row in range(len(answers[0])):
+        kept = []
+        for tpl, ans, sp in zip(templates, answers, spans):
+            drop = set(tpl.strip)
+            kept.append([int(s) for i, s in zip(ans[row], sp[row]) if int(i) not in drop])
+        whole = all(k and min(k) >= 0 for k in kept)  # both answers covered to their last token
+        suffix = max(kept[0]) + 1 if whole else -1
+        for side, (tpl, k) in enumerate(zip(templates, kept)):
+            start = int(np.argmax(responses[side][row].numpy())) if int(responses[side][row].sum()) else 0
+            values = k + [suffix] * len(tpl.suffix)
+            outs[side][row, start:start + len(values)] = values
+    return torch.from_numpy(outs[0]), torch.from_numpy(outs[1])

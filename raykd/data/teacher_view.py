@@ -9,8 +9,13 @@ like the shards themselves. Layout::
     PREPARED/teacher_view/<key>/paired/train/part-NNNNN.parquet
                                                   the train rows with both tokenizations — pair_id,
                                                   department, q_input_ids, a_input_ids (the student's),
-                                                  teacher_q_input_ids, teacher_a_input_ids — what the
-                                                  trials stream
+                                                  teacher_q_input_ids, teacher_a_input_ids, and a_span /
+                                                  teacher_a_span (each answer token's span: where the two
+                                                  tokenizations of the answer line up, ``token_spans``) —
+                                                  what the trials stream
+    PREPARED/teacher_view/<key>/shared_vocabulary.json
+                                                  {"student": [...], "teacher": [...]}: the vocabulary entries
+                                                  both tokenizers hold under one string (``gold``'s matched part)
 
 The key hashes the prepared data's key and the teacher's tokenizer (a directory by its files' sha256),
 so another tokenizer or other data makes another view, and an unchanged one is reused. The teacher's
@@ -26,13 +31,14 @@ import os
 from pathlib import Path
 
 from raykd.atomic import atomic_directory
-from raykd.data import meddialog, tokenizer as tokenization
+from raykd.data import meddialog, token_spans, tokenizer as tokenization
 from raykd.data.shards import COLUMNS, SPLITS, PrepareSettings, Progress, _write, load_manifest, shard_paths
 from raykd.errors import RaykdError
 
-VIEW_VERSION = 1
+VIEW_VERSION = 2  # 2: answer spans and the shared vocabulary
 TEACHER_COLUMNS = ("teacher_q_input_ids", "teacher_a_input_ids")
-PAIRED_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids", *TEACHER_COLUMNS)
+SPAN_COLUMNS = ("a_span", "teacher_a_span")
+PAIRED_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids", *TEACHER_COLUMNS, *SPAN_COLUMNS)
 
 
 def view_key(manifest: dict, tokenizer_spec: str) -> str:
@@ -76,15 +82,22 @@ def prepare_view(prepared: str | Path, manifest: dict, tokenizer_spec: str, quie
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out) as tmp:
         view = _write(tmp, settings, rows, progress)
+        tok_s = tokenization.load_tokenizer(str(Path(prepared).absolute() / manifest["tokenizer"]["path"]))
+        tok_t = tokenization.load_tokenizer(str(tmp / view["tokenizer"]["path"]))
+        shared_s, shared_t = token_spans.shared_vocabulary(tok_s, tok_t, int(manifest["tokenizer"]["vocab_size"]),
+                                                           int(view["tokenizer"]["vocab_size"]))
+        (tmp / "shared_vocabulary.json").write_text(json.dumps({"student": shared_s, "teacher": shared_t}))
         view.update({"key": key, "view_of": manifest["key"], "counts": manifest.get("counts", {}),
-                     "sources": manifest.get("sources", []), "paired": _write_paired(tmp, prepared, manifest, view)})
+                     "sources": manifest.get("sources", []),
+                     "paired": _write_paired(tmp, prepared, manifest, view, (tok_s, tok_t))})
         (tmp / "manifest.json").write_text(json.dumps(view, ensure_ascii=False, indent=1))
     return str(out), view
 
 
-def _write_paired(tmp: Path, prepared: str | Path, manifest: dict, view: dict) -> list[dict]:
+def _write_paired(tmp: Path, prepared: str | Path, manifest: dict, view: dict, tokenizers) -> list[dict]:
     """The paired train shards under ``tmp/paired/train`` (one per train shard, rows checked pair by
-    pair: the same pair_id on both sides); returns their manifest entries."""
+    pair: the same pair_id on both sides), with each answer token's span under the two ``tokenizers``
+    (student's, teacher's); returns their manifest entries."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -92,12 +105,19 @@ def _write_paired(tmp: Path, prepared: str | Path, manifest: dict, view: dict) -
     entries = []
     for i, (mine, theirs) in enumerate(zip(shard_paths(prepared, "train", manifest),
                                            [str(tmp / s["file"]) for s in view["splits"]["train"]["shards"]])):
-        a = pq.read_table(mine, columns=["pair_id", "department", "q_input_ids", "a_input_ids"])
+        a = pq.read_table(mine, columns=["pair_id", "department", "q_input_ids", "a_input_ids", "answer"])
         b = pq.read_table(theirs, columns=["pair_id", "q_input_ids", "a_input_ids"])
         if a.column("pair_id").to_pylist() != b.column("pair_id").to_pylist():
             raise RaykdError(f"teacher view: train shard {i} of {prepared} and its teacher tokenization hold other "
                              "rows (the prepared directory changed while it was read?)")
-        table = pa.Table.from_arrays([*a.columns, b.column("q_input_ids"), b.column("a_input_ids")],
+        try:
+            spans = token_spans.token_spans(*tokenizers, a.column("answer").to_pylist(),
+                                            a.column("a_input_ids").to_pylist(), b.column("a_input_ids").to_pylist(),
+                                            manifest["max_length"])
+        except ValueError as e:
+            raise RaykdError(f"teacher view of {prepared}: train shard {i}: {e}") from None
+        table = pa.Table.from_arrays([*a.drop(["answer"]).columns, b.column("q_input_ids"), b.column("a_input_ids"),
+                                      *(pa.array(x, pa.list_(pa.int32())) for x in spans)],
                                      names=list(PAIRED_COLUMNS))
         rel = f"paired/train/part-{i:05d}.parquet"
         pq.write_table(table, tmp / rel, compression="zstd")
@@ -121,3 +141,13 @@ def paired_paths(view: str | Path, view_manifest: dict) -> list[str]:
     if not paths:
         raise RaykdError(f"{view}: a teacher view without paired train shards")
     return paths
+
+
+def shared_vocabulary(view: str | Path) -> tuple[list[int], list[int]]:
+    """(student ids, teacher ids) of the vocabulary entries both tokenizers of a teacher view hold under
+    one string (``shared_vocabulary.json``); RaykdError when the view has none (made before version 2)."""
+    p = Path(view) / "shared_vocabulary.json"
+    if not p.exists():
+        raise RaykdError(f"{p}: missing (a teacher view made before spans were recorded: delete {view} to rebuild)")
+    d = json.loads(p.read_text())
+    return [int(i) for i in d["student"]], [int(i) for i in d["teacher"]]

@@ -86,3 +86,82 @@ class ULD(DistillMethod):
             uld = L.uld_distance(self.task_logits(out, inputs)[idx], targets["logits"], temperature=self.temperature,
                                  num_tokens=n or idx.numel())
         return {"ce": self.ce_term(out, inputs), "uld": uld}
+
+
+def span_ids(inputs: dict, t_in: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The span of each task position's predicted token (``chosen`` order) on the student's and the
+    teacher's side, numbered across the batch (row r's span s → r·K + s, K the longer sequence length:
+    no span number needs reading from the device; -1: none), and rows·K (a bound on them): from the batch's
+    ``span`` tensors (a cross-tokenizer batch, ``raykd.data.token_spans``), or — one tokenizer, or a
+    batch without spans — position i of a row paired with position i of the other side (cut to the
+    shorter, as ``aligned_positions``)."""
+    if "span" in inputs and "span" in t_in:
+        sides = [torch.roll(x["span"], -1, dims=1)[x["chosen"]] for x in (inputs, t_in)]
+        rows = [x["chosen"].nonzero()[:, 0] for x in (inputs, t_in)]
+    else:
+        sides, rows = [], []
+        m = torch.minimum(inputs["chosen"].sum(1), t_in["chosen"].sum(1).to(inputs["chosen"].device))
+        for x in (inputs, t_in):
+            rank = x["chosen"].long().cumsum(1) - 1
+            rank = torch.where(rank < m.to(rank.device)[:, None], rank, torch.full_like(rank, -1))
+            sides.append(rank[x["chosen"]])
+            rows.append(x["chosen"].nonzero()[:, 0])
+    k = max(inputs["chosen"].shape[1], t_in["chosen"].shape[1])
+    s_span, t_span = (torch.where(s >= 0, r.to(s.device) * k + s, torch.full_like(s, -1)) for s, r in zip(sides, rows))
+    return s_span, t_span, inputs["chosen"].shape[0] * k
+
+
+@METHODS.register("gold")
+class GOLD(DistillMethod):
+    """GOLD's cross-tokenizer objective (TRL's ``GOLDTrainer`` with ``use_uld_loss``: the byte-offset
+    alignment, the "bayesian" span merge and the hybrid loss): the student's cross-entropy (``ce``) +
+    ``gold_weight`` · ``losses.gold_distance`` (``gold``) over the spans where both tokenizations of the
+    response line up — per span, the shared vocabulary entries by JSD_β and the rest by ULD's sorted L1
+    (``hybrid``), weighted by the shared entries' fraction of the teacher's vocabulary. The template's
+    suffix (eos) is one more span when both answers are covered. With one tokenizer every span is one
+    token and the shared vocabulary is all of it: JSD_β on the tokens, GKD's off-policy objective.
+    Departures from TRL: off-policy only (TRL's λ mixes student generations in), the teacher reads its
+    own template (TRL feeds it the student's rendered text), the shared part is renormalised on the
+    shared entries (TRL feeds the unnormalised slices to its JSD), and the distance is divided like the
+    cross-entropy (per counted student response token)."""
+
+    uses_mlm = True
+    chunkable = False  # spans merge positions: the plain path only (logits [response tokens, V] per side)
+
+    def __init__(self, student, teacher_config, temperature: float = 1.0, gold_weight: float = 1.0, beta: float = 0.5,
+                 hybrid: bool = True, matched_weight: float | None = None, weights=None, dynamic_weights=False):
+        super().__init__(student, teacher_config, {"gold": gold_weight, **(weights or {})}, dynamic_weights)
+        self.temperature, self.beta, self.hybrid, self.matched_weight = temperature, beta, hybrid, matched_weight
+        self.teacher_vocab: int | None = None  # the teacher's tokenizer's real vocabulary (None: the student's)
+        # (student ids, teacher ids) both vocabularies hold under one string; None: one tokenizer (all of it)
+        self.shared: tuple[list[int], list[int]] | None = None
+
+    def teacher_layers(self):
+        return []
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher, inputs):
+        t_in = inputs.get("teacher_inputs", inputs)
+        out = self.family.run(teacher, t_in, hidden=False)
+        v = self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
+        logits = out.logits[t_in["chosen"]]
+        s_span, t_span, bound = span_ids(inputs, t_in)
+        return {"logits": logits if v is None else logits[..., :v], "student_span": s_span, "teacher_span": t_span,
+                "num_spans": bound, "tokens": self.family.labels_at(t_in["ids"], t_in["chosen"])}
+
+    def _shared(self, v_s: int, v_t: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.hybrid:
+            return None
+        if self.shared is None:  # one tokenizer: every entry is shared
+            ids = torch.arange(min(v_s, v_t), device=device)
+            return ids, ids
+        return tuple(torch.tensor(i, dtype=torch.long, device=device) for i in self.shared)
+
+    def losses(self, inputs, targets, out):
+        logits = self.task_logits(out, inputs)
+        gold = L.gold_distance(logits, targets["logits"], self.task_labels(inputs), targets["tokens"],
+                               targets["student_span"], targets["teacher_span"], temperature=self.temperature,
+                               shared=self._shared(logits.shape[-1], targets["logits"].shape[-1], logits.device),
+                               beta=self.beta, matched_weight=self.matched_weight, num_spans=targets["num_spans"],
+                               num_tokens=inputs.get("num_tokens") or targets["student_span"].numel())
+        return {"ce": self.ce_term(out, inputs), "gold": gold}

@@ -151,14 +151,17 @@ def generalized_jsd(logits_s: torch.Tensor, logits_t: torch.Tensor, *, beta: flo
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
     ls, lt = _log_probs(logits_s, logits_t, temperature)
+    return temperature ** 2 * _token_reduce(_jsd(ls, lt, beta), mask, num_tokens)
+
+
+def _jsd(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> torch.Tensor:
+    """JSD_β per position from log-probabilities (student ``ls``, teacher ``lt``), TRL's endpoints."""
     if beta == 0.0:
-        per = _kl(lt, ls)
-    elif beta == 1.0:
-        per = _kl(ls, lt)
-    else:
-        lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
-        per = beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)
-    return temperature ** 2 * _token_reduce(per, mask, num_tokens)
+        return _kl(lt, ls)
+    if beta == 1.0:
+        return _kl(ls, lt)
+    lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), 0)
+    return beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)
 
 
 def skew_kl(logits_s: torch.Tensor, logits_t: torch.Tensor, *, alpha: float = 0.1, reverse: bool = False,
@@ -202,6 +205,73 @@ def uld_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, 
     width = max(ps.shape[-1], pt.shape[-1])
     ps, pt = F.pad(ps, (0, width - ps.shape[-1])), F.pad(pt, (0, width - pt.shape[-1]))
     return _token_reduce((ps - pt).abs().sum(-1), mask, num_tokens)
+
+
+def _sorted_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
+    """Per row Σ |sort↓(p_s) − sort↓(p_t)|, the narrower side zero-padded (ULD's distance on given masses)."""
+    ps, pt = p_s.sort(-1, descending=True).values, p_t.sort(-1, descending=True).values
+    width = max(ps.shape[-1], pt.shape[-1])
+    return (F.pad(ps, (0, width - ps.shape[-1])) - F.pad(pt, (0, width - pt.shape[-1]))).abs().sum(-1)
+
+
+def _span_log_probs(logits: torch.Tensor, tokens: torch.Tensor, spans: torch.Tensor, num_spans: int,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per span g: log q_g(x) = Σ_{earlier positions k of g} log p_k(token_k) + log p_last(x) — the
+    probability of the span's earlier tokens times the distribution of its last (GOLD's "bayesian" merge,
+    each p predicting the token it is paired with) — [num_spans, V], and whether g has positions here."""
+    keep = spans >= 0
+    lp = F.log_softmax(_at_least_fp32(logits[keep]) / temperature, -1)
+    g = spans[keep]
+    own = lp.gather(1, tokens[keep][:, None]).squeeze(1)
+    order = torch.arange(g.numel(), device=g.device)
+    last = torch.full((num_spans,), -1, dtype=torch.long, device=g.device).scatter_reduce(0, g, order, "amax")
+    present = last >= 0
+    last = last.clamp(min=0)
+    earlier = torch.zeros(num_spans, dtype=lp.dtype, device=lp.device).index_add(0, g, own) - own[last]
+    return lp[last] + earlier[:, None], present
+
+
+def gold_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_tokens: torch.Tensor,
+                  teacher_tokens: torch.Tensor, student_spans: torch.Tensor, teacher_spans: torch.Tensor, *,
+                  temperature: float = 1.0, shared: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  beta: float = 0.5, matched_weight: float | None = None, num_tokens: float | None = None,
+                  num_spans: int | None = None) -> torch.Tensor:
+    """GOLD's cross-tokenizer distance (TRL's ``GOLDTrainer`` with ``use_uld_loss``, the byte-offset
+    alignment and the "bayesian" merge). Inputs: per position, the logits [n, V] (student [n_s, V_s],
+    teacher [n_t, V_t]), the token each position predicts [n] and its span [n] (ints numbered alike on
+    both sides, -1: none; ``raykd.data.token_spans``). Each span present on both sides is one
+    distribution per side (``_span_log_probs``: the earlier tokens' probability times the last
+    position's distribution, unnormalised). Per span: with ``shared`` = (student ids [m], teacher ids
+    [m]) of the entries both vocabularies hold, w · JSD_β over those entries (each side renormalised on
+    them; β as ``generalized_jsd``: M = β·p_t + (1−β)·q_s) + (1 − w) · Σ|sort↓ − sort↓| over the other
+    entries of each side (zero-padded), w = ``matched_weight`` or m / V_t (TRL's default); without
+    ``shared``, the sorted L1 over whole vocabularies. No T² factor. Summed over spans and divided by
+    ``num_tokens`` (the mean over spans when None). ``num_spans``: a bound on the span numbers (None:
+    the largest + 1, read from the tensors — a device sync). Teacher inputs carry no gradient."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"gold_distance: beta must be in [0, 1], got {beta}")
+    n = num_spans if num_spans is not None else 1 + max(int(s.max()) if s.numel() else -1
+                                                        for s in (student_spans, teacher_spans))
+    ls, have_s = _span_log_probs(student_logits, student_tokens, student_spans, n, temperature)
+    with torch.no_grad():
+        lt, have_t = _span_log_probs(teacher_logits.detach(), teacher_tokens, teacher_spans, n, temperature)
+    both = have_s & have_t.to(have_s.device)
+    ls, lt = ls[both], lt[both].to(ls.device)
+    if shared is None:
+        per = _sorted_l1(ls.exp(), lt.exp())
+    else:
+        idx_s, idx_t = (i.to(ls.device) for i in shared)
+        w = float(idx_t.numel()) / lt.shape[-1] if matched_weight is None else float(matched_weight)
+        # each side renormalised on the shared entries
+        jsd = _jsd(ls[:, idx_s].log_softmax(-1), lt[:, idx_t].log_softmax(-1), beta)
+        rest_s = torch.ones(ls.shape[-1], dtype=torch.bool, device=ls.device).index_fill(0, idx_s, False)
+        rest_t = torch.ones(lt.shape[-1], dtype=torch.bool, device=ls.device).index_fill(0, idx_t, False)
+        per = w * jsd + (1 - w) * _sorted_l1(ls[:, rest_s].exp(), lt[:, rest_t].exp())
+    if num_tokens is None:
+        return per.mean() if per.numel() else per.sum()
+    return per.sum() / max(float(num_tokens), 1.0)
 
 
 DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": generalized_jsd, "skew_kl": skew_kl,

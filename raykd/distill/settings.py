@@ -141,6 +141,25 @@ class ULDSettings(MethodSettings):
     uld_weight: float = setting(1.0, low=0.0, tune=KD_WEIGHT, doc="weight of the ULD distance beside cross-entropy")
 
 
+@declare("gold")
+@dataclass
+class GOLDSettings(MethodSettings):
+    """GOLD (TRL's GOLDTrainer, cross-tokenizer part): CE + gold_weight · a distance over the spans where both
+    tokenizations of the response line up — shared vocabulary by JSD, the rest by sorted L1 (ULD)."""
+
+    needs: ClassVar[frozenset] = frozenset({"token_head", "teacher_tokens"})
+    same_tokenizer: ClassVar[bool] = False
+
+    temperature: float = setting(1.0, low=0.0, low_open=True, tune=TEMPERATURE,
+                                 doc="softmax temperature of both distributions (no T² factor, as ULD)")
+    gold_weight: float = setting(1.0, low=0.0, tune=KD_WEIGHT, doc="weight of the span distance beside cross-entropy")
+    beta: float = setting(0.5, low=0.0, high=1.0, doc="JSD β of the shared-vocabulary part (TRL's default 0.5)")
+    hybrid: bool = setting(True, doc="shared vocabulary by JSD, the rest by sorted L1 (false: sorted L1 over all)")
+    matched_weight: float | None = setting(None, low=0.0, high=1.0, kind=float,
+                                           doc="weight of the shared part (the rest gets 1 − it); null: the shared "
+                                               "entries' fraction of the teacher's vocabulary (TRL's default)")
+
+
 @declare("feature_align")
 @dataclass
 class FeatureAlignSettings(KDSettings):

@@ -307,6 +307,10 @@ def build_state(config: dict, cfg: C.Config, worker: Worker, manifest: dict, epo
     method.chunk_tokens = cfg.train.chunked_loss_tokens
     if config.get("teacher_view"):  # the teacher's logits are compared over its own tokenizer's vocabulary
         method.teacher_vocab = int(config["teacher_view"]["vocab"])
+        if hasattr(method, "shared"):  # gold: the entries both vocabularies hold under one string
+            from raykd.data.teacher_view import shared_vocabulary
+
+            method.shared = shared_vocabulary(config["teacher_view"]["prepared"])
     replica = None
     if worker.local:  # one worker: nothing to wrap (prepare_model asks for the refused Train context)
         model = method.to(worker.device)

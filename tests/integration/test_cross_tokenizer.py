@@ -1,6 +1,6 @@
 """A cross-tokenizer study end to end on the session's Ray (``search_spaces/causal_xtok.yaml`` at tiny
-size): a LLaMA-arch teacher on one byte-level BPE, students on another, 2 ``uld`` trials with the
-references (teacher scored on its own tokenization, the student as initialised, sft), the report, and
+size): a LLaMA-arch teacher on one byte-level BPE, students on another, a ``uld`` and a ``gold`` trial with
+the references (teacher scored on its own tokenization, the student as initialised, sft), the report, and
 the exported student reloaded with plain transformers and generating with *its* tokenizer."""
 
 from __future__ import annotations
@@ -27,24 +27,29 @@ def xtok_study(ray_session, tmp_path_factory):
     overrides = {"data.work_dir": str(work / "work"), "data.synth.dialogs": 600, "data.tokenizer": "train-bpe:400",
                  "teacher.tokenizer": "train-bpe:700", "teacher.adapt.steps": 60, "train.steps": 8,
                  "train.eval_every": 4, "train.eval_pairs": 32, "search.algorithm": "grid",
-                 "search.scheduler.type": "none", "space": {"method.params.uld_weight": {"grid": [0.5, 2.0]}}}
+                 "search.scheduler.type": "none", "method.params": {},
+                 "space": {"method.name": {"grid": ["uld", "gold"]}}}
     results, path = raykd.run_study(YAML, overrides=overrides, storage=str(work / "exp"), name="xtok")
     return work, Path(path), results
 
 
-def test_uld_trials_read_both_tokenizations_and_report_the_claim_metrics(xtok_study):
+def test_uld_and_gold_trials_read_both_tokenizations_and_report_the_claim_metrics(xtok_study):
     _, exp, results = xtok_study
     assert len(results) == 2 and not results.errors
     trials = trial_results(exp)
     assert len(trials) == 2
+    terms = set()
     for rows in trials.values():
         assert [r["step"] for r in rows] == [0, 4, 8]
         last = rows[-1]
-        assert math.isfinite(last["train/loss"]) and last["train/uld"] > 0 and last["train/ce"] > 0
+        term = "train/uld" if "train/uld" in last else "train/gold"
+        terms.add(term)
+        assert math.isfinite(last["train/loss"]) and last[term] > 0 and last["train/ce"] > 0
         for k in ("test/answer_accuracy", "test/perplexity", "test/retained_accuracy", "test/param_reduction",
                   "test/speedup_b1"):
             assert math.isfinite(last[k]), k
         assert last["test/answer_chance"] == pytest.approx(0.2)
+    assert terms == {"train/uld", "train/gold"}
     prov = json.loads(next(exp.glob("trial_*/provenance.json")).read_text())
     view = prov["teacher_view"]
     assert prov["config"]["teacher"]["tokenizer"] == "train-bpe:700" and view["vocab"] > 400

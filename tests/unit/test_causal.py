@@ -25,7 +25,8 @@ from tests.helpers.tiny_causal import causal_batch as _batch  # noqa: E402
 
 CAUSAL_METHODS = {"sft": {}, "kd": {"divergence": "skew_kl", "temperature": 2.0, "kd_weight": 0.5},
                   "gkd": {"beta": 0.3, "lmbda": 1.0, "max_new_tokens": 4}, "feature_align": {},
-                  "structural": {"projection_dim": 16}, "minillm": {}, "no_distill": {}, "uld": {"uld_weight": 0.5}}
+                  "structural": {"projection_dim": 16}, "minillm": {}, "no_distill": {}, "uld": {"uld_weight": 0.5},
+                  "gold": {"gold_weight": 0.5}}
 
 
 def test_template_and_collate_mark_the_response_tokens_only():
@@ -286,7 +287,7 @@ def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_pairs():
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-@pytest.mark.parametrize("name", ["sft", "kd", "feature_align", "gkd", "minillm", "structural", "uld"])
+@pytest.mark.parametrize("name", ["sft", "kd", "feature_align", "gkd", "minillm", "structural", "uld", "gold"])
 def test_every_causal_method_runs_on_the_meta_device(name, chunked, meta_nonzero, monkeypatch):
     """Forward + backward with every tensor on `meta` (plain and chunked logit terms): a tensor a
     method creates on the CPU meets a meta tensor and raises, as it would meet a CUDA one."""

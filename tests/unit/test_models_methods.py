@@ -80,7 +80,7 @@ def test_fixed_and_gradnorm_weighting():
 
 def test_registry_lists_every_method_and_suggests_names():
     assert METHODS.names() == sorted(["structural", "no_distill", "tinybert", "minilm", "minillm", "gkd", "ddk", "sft", "kd", "feature_align",
-                                      "mixkd", "distillseq", "uld"])
+                                      "mixkd", "distillseq", "uld", "gold"])
     with pytest.raises(Exception, match="did you mean 'tinybert'"):
         METHODS.get("tinybrt")
 

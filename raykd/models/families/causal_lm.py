@@ -114,6 +114,8 @@ class CausalLM(ModelFamily):
         dept = torch.full((ids.shape[0],), -1, dtype=torch.long, device=ids.device) if dept is None else dept
         out = {"ids": ids, "mask": mask, "content": response.bool(), "department": dept, "input_ids": ids,
                "chosen": _next_is(response.bool()), "response": response}
+        if "span" in batch:  # each response token's span across the two tokenizations (gold)
+            out["span"] = batch["span"]
         if "teacher" in batch:  # the teacher's own tokenization of the same pairs (a cross-tokenizer study)
             out["teacher_inputs"] = self.inputs(batch["teacher"], tokens, generator, corrupt, mlm_prob, vocab_size)
         return out
