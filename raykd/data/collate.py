@@ -115,7 +115,9 @@ def _span_tensors(templates, answers, spans, responses):
             drop = set(tpl.strip)
             kept.append([int(s) for i, s in zip(ans[row], sp[row]) if int(i) not in drop])
         whole = all(k and min(k) >= 0 for k in kept)  # both answers covered to their last token
-        suffix = max(kept[0]) + 1 if whole else -1
+        # numbered past every span of either side (a span of stripped tokens only, e.g. a WordPiece [UNK],
+        # is in the data but not in the sequence)
+        suffix = 1 + max(max((int(s) for s in sp[row]), default=-1) for sp in spans) if whole else -1
         for side, (tpl, k) in enumerate(zip(templates, kept)):
             start = int(np.argmax(responses[side][row].numpy())) if int(responses[side][row].sum()) else 0
             values = k + [suffix] * len(tpl.suffix)

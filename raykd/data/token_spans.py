@@ -19,9 +19,12 @@ from typing import Sequence
 NO_SPAN = -1
 
 
-def byte_ends(text: str, offsets: Sequence[tuple[int, int]], special: Sequence[bool]) -> list[int]:
+def byte_ends(text: str, offsets: Sequence[tuple[int, int]], special: Sequence[bool],
+              after: tuple[int, int] | None = None) -> list[int]:
     """Doubled UTF-8 byte ends (see the module docstring) of the tokens with character ``offsets`` in
-    ``text``; a special token (``special`` true: a bos, [CLS], … with no text) gets ``NO_SPAN``."""
+    ``text``; a special token (``special`` true: a bos, [CLS], … with no text) gets ``NO_SPAN``.
+    ``after``: the offsets of the token that follows the last one in the untruncated tokenization (a
+    truncation may cut inside a character), None when the text ends there."""
     prefix = [0]
     for ch in text:
         prefix.append(prefix[-1] + len(ch.encode("utf-8")))
@@ -30,7 +33,7 @@ def byte_ends(text: str, offsets: Sequence[tuple[int, int]], special: Sequence[b
         if sp:
             ends.append(NO_SPAN)
             continue
-        nxt = next((offsets[j] for j in range(i + 1, len(offsets)) if not special[j]), None)
+        nxt = next((offsets[j] for j in range(i + 1, len(offsets)) if not special[j]), after)
         inside = nxt is not None and nxt[0] < end  # the next token starts in this one's last character
         ends.append(2 * prefix[end] - (1 if inside else 0))
     return ends
@@ -77,16 +80,23 @@ def token_spans(tok_s, tok_t, texts: Sequence[str], ids_s: Sequence[Sequence[int
         backend.enable_truncation(max_length)
         backend.no_padding()
         encs = backend.encode_batch(list(texts), add_special_tokens=True)
-        for row, (e, want) in enumerate(zip(encs, ids)):
+        backend.no_truncation()
+        whole = backend.encode_batch(list(texts), add_special_tokens=False)  # what follows a truncation
+        backend.enable_truncation(max_length)
+        out = []
+        for row, (e, w, want) in enumerate(zip(encs, whole, ids)):
             if list(e.ids) != [int(i) for i in want]:
                 raise ValueError(f"token_spans: row {row}: the text does not tokenize to its prepared ids with "
                                  f"{type(tok).__name__} (the tokenizer changed since the data was prepared?)")
-        return encs
+            special = [bool(x) for x in e.special_tokens_mask]
+            kept = len(special) - sum(special)
+            rest = [o for o, sp in zip(w.offsets, w.special_tokens_mask) if not sp][kept:]
+            out.append((e.offsets, special, tuple(rest[0]) if rest else None))
+        return out
 
     out_s, out_t = [], []
     for text, es, et in zip(texts, encodings(tok_s, ids_s), encodings(tok_t, ids_t)):
-        s, t = align_spans(byte_ends(text, es.offsets, [bool(x) for x in es.special_tokens_mask]),
-                           byte_ends(text, et.offsets, [bool(x) for x in et.special_tokens_mask]))
+        s, t = align_spans(byte_ends(text, *es), byte_ends(text, *et))
         out_s.append(s)
         out_t.append(t)
     return out_s, out_t

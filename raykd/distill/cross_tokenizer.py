@@ -90,8 +90,8 @@ class ULD(DistillMethod):
 
 def span_ids(inputs: dict, t_in: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The span of each task position's predicted token (``chosen`` order) on the student's and the
-    teacher's side, numbered across the batch (row r's span s → r·K + s, K the longer sequence length:
-    no span number needs reading from the device; -1: none), and rows·K (a bound on them): from the batch's
+    teacher's side, numbered across the batch (row r's span s → r·K + s, K the longer sequence length,
+    a bound known from the shapes; -1: none), and rows·K (a bound on them): from the batch's
     ``span`` tensors (a cross-tokenizer batch, ``raykd.data.token_spans``), or — one tokenizer, or a
     batch without spans — position i of a row paired with position i of the other side (cut to the
     shorter, as ``aligned_positions``)."""
@@ -122,8 +122,10 @@ class GOLD(DistillMethod):
     token and the shared vocabulary is all of it: JSD_β on the tokens, GKD's off-policy objective.
     Departures from TRL: off-policy only (TRL's λ mixes student generations in), the teacher reads its
     own template (TRL feeds it the student's rendered text), the shared part is renormalised on the
-    shared entries (TRL feeds the unnormalised slices to its JSD), and the distance is divided like the
-    cross-entropy (per counted student response token)."""
+    shared entries (TRL feeds the unnormalised slices to its JSD; renormalising cancels a span's
+    earlier-token factor there, so the merge acts through the sorted-L1 part), and the distance is
+    divided like the cross-entropy (per counted student response token). Shared entries are matched by
+    their raw vocabulary strings, as TRL (a WordPiece and a byte-level BPE share few: 'Ġthe' ≠ 'the')."""
 
     uses_mlm = True
     chunkable = False  # spans merge positions: the plain path only (logits [response tokens, V] per side)
@@ -152,10 +154,15 @@ class GOLD(DistillMethod):
     def _shared(self, v_s: int, v_t: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.hybrid:
             return None
-        if self.shared is None:  # one tokenizer: every entry is shared
-            ids = torch.arange(min(v_s, v_t), device=device)
-            return ids, ids
-        return tuple(torch.tensor(i, dtype=torch.long, device=device) for i in self.shared)
+        key = (str(device), v_s, v_t)
+        if getattr(self, "_shared_cache", (None,))[0] != key:  # built once per device, not every step
+            if self.shared is None:  # one tokenizer: every entry is shared
+                ids = torch.arange(min(v_s, v_t), device=device)
+                pair = (ids, ids)
+            else:
+                pair = tuple(torch.tensor(i, dtype=torch.long, device=device) for i in self.shared)
+            self._shared_cache = (key, pair)
+        return self._shared_cache[1]
 
     def losses(self, inputs, targets, out):
         logits = self.task_logits(out, inputs)

@@ -214,21 +214,28 @@ def _sorted_l1(p_s: torch.Tensor, p_t: torch.Tensor) -> torch.Tensor:
     return (F.pad(ps, (0, width - ps.shape[-1])) - F.pad(pt, (0, width - pt.shape[-1]))).abs().sum(-1)
 
 
-def _span_log_probs(logits: torch.Tensor, tokens: torch.Tensor, spans: torch.Tensor, num_spans: int,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per span g: log q_g(x) = Σ_{earlier positions k of g} log p_k(token_k) + log p_last(x) — the
-    probability of the span's earlier tokens times the distribution of its last (GOLD's "bayesian" merge,
-    each p predicting the token it is paired with) — [num_spans, V], and whether g has positions here."""
+def _span_parts(logits: torch.Tensor, tokens: torch.Tensor, spans: torch.Tensor, num_spans: int,
+                temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pieces of each span's merged distribution (GOLD's "bayesian" merge, each p predicting the
+    token it is paired with): (log p of the positions in spans [n', V], each span's last position in
+    it [num_spans], Σ log p_k(token_k) over each span's earlier positions [num_spans], whether each span
+    has positions here [num_spans]). ``_merged`` gathers log q_g(x) = earlier_g + log p_last(g)(x)."""
     keep = spans >= 0
     lp = F.log_softmax(_at_least_fp32(logits[keep]) / temperature, -1)
     g = spans[keep]
-    own = lp.gather(1, tokens[keep][:, None]).squeeze(1)
     order = torch.arange(g.numel(), device=g.device)
     last = torch.full((num_spans,), -1, dtype=torch.long, device=g.device).scatter_reduce(0, g, order, "amax")
-    present = last >= 0
-    last = last.clamp(min=0)
-    earlier = torch.zeros(num_spans, dtype=lp.dtype, device=lp.device).index_add(0, g, own) - own[last]
-    return lp[last] + earlier[:, None], present
+    own = lp.gather(1, tokens[keep][:, None]).squeeze(1)
+    own = torch.where(order == last[g], torch.zeros_like(own), own)  # the last position's token is the variable
+    earlier = torch.zeros(num_spans, dtype=lp.dtype, device=lp.device).index_add(0, g, own)
+    return lp, last, earlier, last >= 0
+
+
+def _merged(parts, sel: torch.Tensor) -> torch.Tensor:
+    """log q_g [len(sel), V] of the spans ``sel`` (unnormalised: the earlier tokens' probability times the
+    last position's distribution) from ``_span_parts``."""
+    lp, last, earlier, _ = parts
+    return lp[last[sel]] + earlier[sel, None]
 
 
 def gold_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_tokens: torch.Tensor,
@@ -240,25 +247,28 @@ def gold_distance(student_logits: torch.Tensor, teacher_logits: torch.Tensor, st
     alignment and the "bayesian" merge). Inputs: per position, the logits [n, V] (student [n_s, V_s],
     teacher [n_t, V_t]), the token each position predicts [n] and its span [n] (ints numbered alike on
     both sides, -1: none; ``raykd.data.token_spans``). Each span present on both sides is one
-    distribution per side (``_span_log_probs``: the earlier tokens' probability times the last
+    distribution per side (``_span_parts``: the earlier tokens' probability times the last
     position's distribution, unnormalised). Per span: with ``shared`` = (student ids [m], teacher ids
     [m]) of the entries both vocabularies hold, w · JSD_β over those entries (each side renormalised on
     them; β as ``generalized_jsd``: M = β·p_t + (1−β)·q_s) + (1 − w) · Σ|sort↓ − sort↓| over the other
     entries of each side (zero-padded), w = ``matched_weight`` or m / V_t (TRL's default); without
     ``shared``, the sorted L1 over whole vocabularies. No T² factor. Summed over spans and divided by
     ``num_tokens`` (the mean over spans when None). ``num_spans``: a bound on the span numbers (None:
-    the largest + 1, read from the tensors — a device sync). Teacher inputs carry no gradient."""
+    the largest + 1). Teacher inputs carry no gradient. Only the spans on both sides are materialised
+    ([spans, V] per side). Note: renormalising the shared part cancels a span's earlier-token factor
+    there — the JSD compares the last positions' distributions on the shared entries; the merge acts
+    through the sorted L1 of the rest (and the whole of it without ``shared``)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"gold_distance: beta must be in [0, 1], got {beta}")
     n = num_spans if num_spans is not None else 1 + max(int(s.max()) if s.numel() else -1
                                                         for s in (student_spans, teacher_spans))
-    ls, have_s = _span_log_probs(student_logits, student_tokens, student_spans, n, temperature)
+    ps = _span_parts(student_logits, student_tokens, student_spans, n, temperature)
     with torch.no_grad():
-        lt, have_t = _span_log_probs(teacher_logits.detach(), teacher_tokens, teacher_spans, n, temperature)
-    both = have_s & have_t.to(have_s.device)
-    ls, lt = ls[both], lt[both].to(ls.device)
+        pt = _span_parts(teacher_logits.detach(), teacher_tokens, teacher_spans, n, temperature)
+    sel = (ps[3] & pt[3].to(ps[3].device)).nonzero().squeeze(1)  # spans on both sides
+    ls, lt = _merged(ps, sel), _merged(pt, sel.to(pt[0].device)).to(ps[0].device)
     if shared is None:
         per = _sorted_l1(ls.exp(), lt.exp())
     else:

@@ -72,6 +72,22 @@ def test_spans_of_real_tokenizers_cover_the_same_text_on_both_sides(student):
     assert multi > 0  # N:M spans occur (else the test would not test merging)
 
 
+def test_a_truncation_inside_a_character_closes_no_span_there():
+    text = "中文字中文字"
+    corpus = [text, "中文", "文字", "字中"] * 20
+    tok_t = train_bpe(corpus, 262)  # alphabet 256 + specials + a few merges: characters cut into bytes
+    tok_s = train_wordpiece(corpus, 60)  # whole characters
+    full = tok_t.backend_tokenizer.encode(text).offsets
+    cut_inside = 0
+    for n in range(1, len(full)):  # every truncation point of the teacher's tokens
+        ids_s, ids_t = encode_ids(tok_s, [text], n), encode_ids(tok_t, [text], n)
+        s, t = token_spans(tok_s, tok_t, [text], ids_s, ids_t, n)
+        if full[n][0] < full[n - 1][1]:  # the cut falls inside a character: its last token closes no span
+            cut_inside += 1
+            assert t[0][-1] == NO_SPAN, (n, t)
+    assert cut_inside > 0
+
+
 def test_token_spans_refuse_ids_the_tokenizer_does_not_give():
     tok = train_bpe(TEXTS * 10, 300)
     ids = encode_ids(tok, TEXTS[:1], 64)
@@ -169,8 +185,10 @@ def test_gold_distance_hand_values():
     assert got == pytest.approx(float(L.generalized_jsd(z, y, beta=0.3)), rel=1e-10)
     # without the shared part, 1:1 spans: ULD's distance
     assert float(L.gold_distance(z, y, toks, toks, spans, spans)) == pytest.approx(float(L.uld_distance(z, y)), rel=1e-10)
-    # no span on both sides: nothing to compare
+    # no span on both sides: nothing to compare; no span at all on one side, with a bound given
     assert float(L.gold_distance(z, y, toks, toks, spans, spans + 10)) == 0.0
+    none = torch.full_like(spans, -1)
+    assert float(L.gold_distance(z, y, toks, toks, spans, none, num_spans=20, num_tokens=5.0)) == 0.0
 
 
 def test_gold_distance_gradients_reach_the_student_only():
@@ -199,6 +217,18 @@ def test_the_collate_places_each_answer_tokens_span_on_its_response_position():
     # row 1: the student's last answer token is in no span, so the suffix is in none either
     assert s[1][out["response_mask"][1].bool()].tolist() == [0, 1, -1, -1]
     assert t[1][out["teacher"]["response_mask"][1].bool()].tolist() == [0, 1, -1]
+
+
+def test_the_suffix_span_is_numbered_past_spans_of_stripped_tokens():
+    # the student's answer ends in a special token (a WordPiece [UNK]: stripped from its sequence) that
+    # forms span 1 alone; the teacher's last tokens are span 1 too: the suffix must not join it
+    rows = {"q_input_ids": [[20]], "a_input_ids": [[30, PAD]], "teacher_q_input_ids": [[40]],
+            "teacher_a_input_ids": [[50, 51]], "a_span": [[0, 1]], "teacher_a_span": [[0, 1]],
+            "department": np.array(["x"])}
+    out = CausalCollate(TEMPLATE, {"x": 0}, T_TEMPLATE)(rows)
+    s = out["span"][0][out["response_mask"][0].bool()].tolist()
+    t = out["teacher"]["span"][0][out["teacher"]["response_mask"][0].bool()].tolist()
+    assert s == [0, 2] and t == [0, 1, 2]
 
 
 def test_a_gold_step_with_a_teacher_of_another_vocabulary():
