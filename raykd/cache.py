@@ -1,4 +1,4 @@
-"""``python -m raykd.cache build`` — build a study's teacher-output cache (``raykd.ray_layer.cache.cli``)."""
+"""``python -m raykd.cache build / import / export`` — build a study's teacher-output cache, or bring a teacher's top-k log-probs in from another project's layout and out again (``raykd.ray_layer.cache.cli``)."""
 
 import sys
 

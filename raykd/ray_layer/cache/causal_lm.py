@@ -184,7 +184,8 @@ def build_causal_cache(prepared: str, teacher: str, template: dict, layers: list
     meta = write_cache(ds, out, train_rows, size, {
         "key": key, "version": CAUSAL_CACHE_VERSION, "family": "causal_lm", "data_key": manifest["key"],
         "teacher": teacher, "layers": sorted(layers), "hidden": tconf.hidden_size, "topk": topk,
-        "temperatures": sorted(temperatures), "vocab": vocab, "sequence_tokens": seq, "response_tokens": resp}, log)
+        "temperatures": sorted(temperatures), "vocab": vocab, "sequence_tokens": seq, "response_tokens": resp,
+        "template": template}, log)
     return out, meta
 
 

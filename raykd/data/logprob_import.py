@@ -1,0 +1,428 @@
+"""``python -m raykd.cache import``'s work, Ray-free: a teacher's top-k log-probs made elsewhere (axolotl,
+DistillKit or raykd rows: ``raykd.data.logprob_sources``) turned into raykd's causal top-k cache for a
+study's prepared data — the directory layout and manifest ``raykd.ray_layer.cache.causal_lm`` reads.
+
+* **Matched by content**: a source row belongs to the prepared train pair whose prompt + response ids
+  (the study's template) equal its ``input_ids``; never by position. Unmatched source rows and
+  prepared pairs without a source row are counted and the first few shown; ``strict`` makes either
+  fatal. The trials of a study on a partial import train on the matched pairs only (said when made).
+* **Checked before anything is kept**: every row (``check_row``: k, ids in the vocabulary, finite
+  values, mass ≤ 1 + 1e-3); the position convention on the first ``check_rows`` matched rows
+  (``alignment_rates``: a source one position off is refused); a renormalised source not declared as
+  such (or declared but not) only warns. Bad input raises ``RaykdError`` and leaves nothing behind.
+* **Bounded memory, resumable**: sources are read a batch at a time (Parquet row groups, JSONL lines,
+  an HF ``save_to_disk`` folder through ``datasets``, memory-mapped); converted rows are flushed to
+  parts per source file and prepared shard under ``<out>.partial/`` every ``flush_bytes``, and a
+  source file whose ``.done`` marker exists is skipped when the import runs again with the same
+  inputs. The cache directory appears by one rename when complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from raykd.data import logprob_sources as S
+from raykd.data.shards import shard_paths
+from raykd.errors import RaykdError
+
+FORMATS = ("axolotl", "distillkit", "raykd")
+IMPORT_VERSION = 1
+TOKEN_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids")
+
+
+@dataclass
+class ImportSettings:
+    """What ``import_logprobs`` does: the source (``format``, ``source`` path), the temperature its
+    log-probs were made at, whether its top-k was renormalised, the position convention of axolotl
+    prepared rows, whether any mismatch is fatal, and how it reads."""
+
+    format: str
+    source: str
+    temperature: float = 1.0
+    renormalized: bool = False
+    alignment: str = "next"
+    strict: bool = False
+    batch_rows: int = 512
+    check_rows: int = 256
+    flush_bytes: int = 64 << 20
+    examples: int = 3
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise RaykdError(f"--format {self.format!r}: one of {', '.join(FORMATS)}")
+        if self.temperature <= 0:
+            raise RaykdError(f"--temperature must be positive, got {self.temperature}")
+        if self.alignment not in S.ALIGNMENTS:
+            raise RaykdError(f"--alignment {self.alignment!r}: one of {', '.join(S.ALIGNMENTS)}")
+
+
+# ------------------------------------------------------------------------------------------ reading sources
+def source_files(path: str | Path, fmt: str) -> list[tuple[str, Path]]:
+    """The source's files as (kind, path), kind ∈ parquet | jsonl | hf | raykd, in a fixed order;
+    RaykdError when there is nothing readable."""
+    p = Path(path)
+    if not p.exists():
+        raise RaykdError(f"--from {p}: no such file or directory")
+    if fmt == "raykd":
+        if not (p / "manifest.json").exists():
+            raise RaykdError(f"--from {p}: not a raykd cache directory (no manifest.json)")
+        return [("raykd", f) for f in sorted((p / "train").glob("*.parquet"))]
+    if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "state.json").exists()):
+        return [("hf", p)]
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".parquet", ".jsonl"))
+    out = [("parquet" if f.suffix == ".parquet" else "jsonl", f) for f in files]
+    if not out:
+        raise RaykdError(f"--from {p}: no .parquet / .jsonl files and not an HF save_to_disk folder")
+    return out
+
+
+def iter_batches(kind: str, path: Path, batch_rows: int) -> Iterator[list[dict]]:
+    """The records of one source file, ``batch_rows`` at a time (bounded memory)."""
+    if kind in ("parquet", "raykd"):
+        import pyarrow.parquet as pq
+
+        for b in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield b.to_pylist()
+    elif kind == "jsonl":
+        batch = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        batch.append(json.loads(line))
+                    except ValueError as e:
+                        raise RaykdError(f"{path}:{n}: not a JSON line ({e})") from None
+                if len(batch) >= batch_rows:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+    else:  # an HF save_to_disk folder: memory-mapped Arrow, read through datasets
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise RaykdError(f"{path}: a DatasetDict without a train split ({sorted(ds)})")
+            ds = ds["train"]
+        for cols in ds.iter(batch_size=batch_rows):
+            yield [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+
+
+# ------------------------------------------------------------------------------------------ the prepared side
+@dataclass
+class PreparedIndex:
+    """The study's train pairs by content: a 16-byte digest of the sequence → row numbers (train order),
+    each row's shard and response [start, end) — ~100 bytes per pair, not the sequences."""
+
+    rows: dict[bytes, list[int]] = field(default_factory=dict)
+    shard: list[int] = field(default_factory=list)
+    response: list[tuple[int, int]] = field(default_factory=list)
+    template: dict | None = None  # the template's pieces, recorded in the cache's manifest
+
+    @classmethod
+    def build(cls, prepared: str, manifest: dict, template) -> "PreparedIndex":
+        import pyarrow.parquet as pq
+
+        idx = cls(template=template.as_dict())
+        for s, path in enumerate(shard_paths(prepared, "train", manifest)):
+            t = pq.read_table(path, columns=["q_input_ids", "a_input_ids"])
+            for q, a in zip(t.column("q_input_ids").to_pylist(), t.column("a_input_ids").to_pylist()):
+                seq, resp = S.prepared_sequence(template, q, a)
+                idx.rows.setdefault(_digest(seq), []).append(len(idx.shard))
+                idx.shard.append(s)
+                idx.response.append(resp)
+        return idx
+
+
+def _digest(seq) -> bytes:
+    return hashlib.blake2b(S.sequence_key(seq), digest_size=16).digest()
+
+
+# ------------------------------------------------------------------------------------------ the import
+class _Parts:
+    """Converted rows buffered per prepared shard, flushed to ``parts/<file>-<chunk>-<shard>.parquet``."""
+
+    def __init__(self, root: Path, file_no: int, flush_bytes: int):
+        self.root, self.file_no, self.flush_bytes = root, file_no, flush_bytes
+        self.buf: dict[int, list] = {}
+        self.size, self.chunk = 0, 0
+
+    def add(self, shard: int, row: int, cols: tuple[bytes, bytes, bytes]) -> None:
+        self.buf.setdefault(shard, []).append((row, *cols))
+        self.size += sum(len(c) for c in cols)
+        if self.size >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for shard, rows in self.buf.items():
+            cols = list(zip(*rows))
+            table = pa.table({"row": pa.array(cols[0], pa.int64()),
+                              **{n: pa.array(c, pa.binary()) for n, c in zip(("topk_ids", "topk_logp", "topk_tail"),
+                                                                             cols[1:])}})
+            pq.write_table(table, self.root / f"{self.file_no:05d}-{self.chunk:04d}-{shard:05d}.parquet")
+        self.buf, self.size, self.chunk = {}, 0, self.chunk + 1
+
+
+def import_key(settings: ImportSettings, files: list[tuple[str, Path]], manifest: dict, template: dict, vocab: int) -> str:
+    """Content key of an import: the source files (name, size, modification time), the data, the
+    template, the vocabulary and the settings that change what is stored."""
+    ident = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for _, p in files]
+    payload = {"files": ident, "data": manifest["key"], "template": template, "vocab": vocab, "version": IMPORT_VERSION,
+               **{k: getattr(settings, k) for k in ("format", "temperature", "renormalized", "alignment")}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def import_logprobs(settings: ImportSettings, prepared: str, manifest: dict, template, out: Path,
+                    log: Callable[[str], None] = print) -> dict:
+    """Import ``settings.source`` into the cache directory ``out`` for the train split of ``prepared``
+    (its ``manifest``) under ``template`` (a ``CausalTemplate``). Returns the cache's manifest
+    (existing: reused). RaykdError on bad input, nothing left behind."""
+    from raykd.atomic import atomic_directory
+
+    if (out / "manifest.json").exists():
+        log(f"[import] reusing {out}")
+        return json.loads((out / "manifest.json").read_text())
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    files = source_files(settings.source, settings.format)
+    check_exported_tokenizer(settings.source, prepared, manifest)
+    partial = out.parent / (out.name + ".partial")
+    ident = {"settings": asdict(settings), "key": out.name}
+    if partial.exists() and _read_json(partial / "import.json") != ident:
+        shutil.rmtree(partial)  # another import was interrupted here: start over
+    (partial / "parts").mkdir(parents=True, exist_ok=True)
+    (partial / "import.json").write_text(json.dumps(ident))
+    index = PreparedIndex.build(prepared, manifest, template)
+    log(f"[import] {settings.format} rows from {settings.source} ({len(files)} file(s)) → {out}; "
+        f"{len(index.shard):,} train pairs to match")
+    try:
+        stats = _convert(settings, files, index, vocab, partial, log)
+        with atomic_directory(out) as tmp:
+            meta = _assemble(settings, partial / "parts", prepared, manifest, index, tmp, stats, vocab, out.name, log)
+    except RaykdError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(partial, ignore_errors=True)
+    return meta
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _source_row(settings: ImportSettings, rec: dict, raykd_meta: dict | None, template) -> S.SourceRow:
+    if settings.format == "axolotl":
+        return S.read_axolotl(rec, settings.alignment)
+    if settings.format == "distillkit":
+        return S.read_distillkit(rec)
+    seq, resp = S.prepared_sequence(template, rec["q_input_ids"], rec["a_input_ids"])
+    return S.read_raykd(rec, np.asarray(seq), resp[0], int(raykd_meta["topk"]),
+                        [float(t) for t in raykd_meta["temperatures"]], settings.temperature)
+
+
+def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, partial: Path, log) -> dict:
+    """Every source file → parts (skipping files already done); returns the counts."""
+    raykd_meta = _read_json(Path(settings.source) / "manifest.json") if settings.format == "raykd" else None
+    template = None
+    if settings.format == "raykd":
+        from raykd.data.template import CausalTemplate
+
+        template = CausalTemplate.from_dict(raykd_meta["template"]) if raykd_meta.get("template") else None
+        if template is None:
+            raise RaykdError(f"{settings.source}: its manifest records no template (made before imports were possible)")
+    stats = {"source_rows": 0, "matched": 0, "unmatched": 0, "missing_positions": 0, "examples": [],
+             "checked": False, "k": None}
+    checked: list[S.SourceRow] = []
+    for file_no, (kind, path) in enumerate(files):
+        done = partial / "parts" / f"{file_no:05d}.done"
+        if done.exists():
+            prev = json.loads(done.read_text())
+            for k in ("source_rows", "matched", "unmatched", "missing_positions"):
+                stats[k] += prev[k]
+            stats["checked"], stats["k"] = True, stats["k"] or prev.get("k")
+            log(f"[import] {path.name}: done before ({prev['matched']:,} rows), skipped")
+            continue
+        parts = _Parts(partial / "parts", file_no, settings.flush_bytes)
+        mine = {k: 0 for k in ("source_rows", "matched", "unmatched", "missing_positions")}
+        for batch in iter_batches(kind, path, settings.batch_rows):
+            for n, rec in enumerate(batch):
+                mine["source_rows"] += 1
+                row = _source_row(settings, rec, raykd_meta, template)
+                bad = S.check_row(row, vocab)
+                if bad:
+                    raise RaykdError(f"{path}: row {mine['source_rows']}: {bad}")
+                if row.valid.any():
+                    stats["k"] = stats["k"] or row.ids.shape[1]
+                    if row.ids.shape[1] != stats["k"]:
+                        raise RaykdError(f"{path}: row {mine['source_rows']}: k = {row.ids.shape[1]}, earlier rows "
+                                         f"k = {stats['k']}: k differs between rows (one k per source)")
+                targets = index.rows.get(_digest(row.input_ids), [])
+                if not targets:
+                    mine["unmatched"] += 1
+                    if len(stats["examples"]) < settings.examples:
+                        stats["examples"].append(f"{path.name} row {mine['source_rows']}: {len(row.input_ids)} "
+                                                 f"tokens, starting {row.input_ids[:8].tolist()}")
+                    continue
+                if not stats["checked"]:
+                    checked.append(row)
+                    if len(checked) >= settings.check_rows:
+                        _check_source(settings, checked, log)
+                        stats["checked"] = True
+                for r in targets:
+                    cols = S.cache_row(row, index.response[r], settings.temperature, settings.renormalized)
+                    if cols is None:
+                        mine["missing_positions"] += 1
+                        continue
+                    parts.add(index.shard[r], r, cols)
+                mine["matched"] += 1
+        if not stats["checked"] and checked and file_no == len(files) - 1:
+            _check_source(settings, checked, log)  # fewer rows than check_rows in all
+            stats["checked"] = True
+        parts.flush()
+        done.write_text(json.dumps({**mine, "k": stats["k"]}))
+        for k, v in mine.items():
+            stats[k] += v
+        log(f"[import] {path.name}: {mine['source_rows']:,} rows, {mine['matched']:,} matched")
+    return stats
+
+
+def _check_source(settings: ImportSettings, rows: list[S.SourceRow], log) -> None:
+    """The position convention (refused when off by one) and the declared renormalisation (warned)."""
+    S.check_alignment(S.alignment_rates(rows), f"{settings.format} source {settings.source}")
+    share = S.renormalized_share(rows)
+    if settings.renormalized and share < 0.9:
+        log(f"[import] warning: declared --renormalized, but only {share:.0%} of the checked positions hold a top-k "
+            "mass of 1: the tail bucket is stored empty anyway")
+    elif not settings.renormalized and share > 0.9:
+        log(f"[import] warning: {share:.0%} of the checked positions hold a top-k mass of 1 (a renormalised source, "
+            "e.g. axolotl's prepared rows?): declare --renormalized; the tail stored is then empty, not log(1 − Σp)")
+
+
+def _assemble(settings: ImportSettings, parts: Path, prepared: str, manifest: dict, index: PreparedIndex, tmp: Path,
+              stats: dict, vocab: int, key: str, log) -> dict:
+    """One cache shard per prepared train shard (its matched rows, in train order, with the token
+    columns) and the manifest; RaykdError under ``strict`` on any mismatch or when nothing matched."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp / "train").mkdir(parents=True)
+    files, matched_rows, resp_tokens, offset = {}, 0, 0, 0
+    for s, path in enumerate(shard_paths(prepared, "train", manifest)):
+        tokens = pq.read_table(path, columns=list(TOKEN_COLUMNS))
+        got = [pq.read_table(p) for p in sorted(parts.glob(f"*-{s:05d}.parquet"))]
+        if got:
+            t = pa.concat_tables(got).to_pydict()
+            first = {}
+            for r, i, lp, tl in zip(t["row"], t["topk_ids"], t["topk_logp"], t["topk_tail"]):
+                first.setdefault(r, (i, lp, tl))  # one row per pair (a source may repeat a sequence)
+            rows = sorted(first)
+            table = tokens.take([r - offset for r in rows])
+            for n, c in enumerate(("topk_ids", "topk_logp", "topk_tail")):
+                table = table.append_column(c, pa.array([first[r][n] for r in rows], pa.binary()))
+            name = f"part-{s:05d}.parquet"
+            pq.write_table(table, tmp / "train" / name, compression="zstd")
+            files[name] = {"rows": table.num_rows, "bytes": (tmp / "train" / name).stat().st_size}
+            matched_rows += table.num_rows
+            resp_tokens += sum(index.response[r][1] - index.response[r][0] for r in rows)
+        offset += tokens.num_rows
+    total = len(index.shard)
+    missing = total - matched_rows
+    summary = (f"{stats['source_rows']:,} source rows: {stats['matched']:,} matched, {stats['unmatched']:,} unmatched"
+               f"{' (e.g. ' + '; '.join(stats['examples']) + ')' if stats['examples'] else ''}; "
+               f"{matched_rows:,} of {total:,} train pairs have teacher log-probs"
+               + (f" ({stats['missing_positions']:,} lacked a stored row for some response token)"
+                  if stats["missing_positions"] else ""))
+    if matched_rows == 0:
+        raise RaykdError(f"import: no row matched the study's train pairs — {summary} (another tokenizer, template or "
+                         "data? rows are matched by their prompt + response token ids)")
+    if settings.strict and (stats["unmatched"] or missing):
+        raise RaykdError(f"import --strict: {summary}")
+    log(f"[import] {summary}" + ("" if not missing else f"; the trials of a study on this cache train on those "
+                                                         f"{matched_rows:,} pairs"))
+    meta = {"key": key, "version": 1, "family": "causal_lm", "data_key": manifest["key"],
+            "teacher": f"imported:{settings.format}:{settings.source}", "layers": [], "hidden": None,
+            "topk": stats["k"],
+            "temperatures": [settings.temperature], "vocab": vocab, "response_tokens": resp_tokens,
+            "template": index.template,
+            "rows": matched_rows, "files": files,
+            "imported": {**asdict(settings), "source_rows": stats["source_rows"], "matched": stats["matched"],
+                         "unmatched": stats["unmatched"], "train_pairs": total, "pairs_with_logprobs": matched_rows}}
+    (tmp / "manifest.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ export
+EXPORT_META = "raykd_export.json"
+
+
+def export_axolotl(cache_dir: str | Path, prepared: str, manifest: dict, template, out: str | Path,
+                   temperature: float | None = None, log: Callable[[str], None] = print) -> dict:
+    """Write raykd's causal top-k cache ``cache_dir`` as axolotl KD rows under ``out`` (one Parquet file
+    per cache shard): ``input_ids`` (prompt + response under ``template``), ``labels`` (-100 on the
+    prompt), ``target_token_ids`` / ``target_logprobs`` / ``target_mask`` [L][k] — axolotl's current
+    convention, row j over token j + 1, raw log-probs at ``temperature`` (one of the cache's; default its
+    first), padding rows id 0 / −1e9 / mask 0 — and ``raykd_export.json`` (k, temperature, alignment, the
+    tokenizer's fingerprint). Returns that metadata. RaykdError for a cache without top-k logits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raykd.atomic import atomic_directory
+    from raykd.data.tokenizer import tokenizer_sha256
+
+    cache_dir, out = Path(cache_dir), Path(out)
+    meta = _read_json(cache_dir / "manifest.json")
+    if not meta or not meta.get("topk"):
+        raise RaykdError(f"{cache_dir}: not a raykd cache with top-k logits")
+    temps = [float(t) for t in meta["temperatures"]]
+    temperature = temps[0] if temperature is None else float(temperature)
+    if temperature not in temps:
+        raise RaykdError(f"export: temperature {temperature} is not cached in {cache_dir} (it has {temps})")
+    k = int(meta["topk"])
+    info = {"format": "axolotl", "alignment": "next", "k": k, "temperature": temperature, "renormalized": False,
+            "source_cache": str(cache_dir), "data_key": meta.get("data_key"),
+            "tokenizer_sha256": tokenizer_sha256(Path(prepared) / manifest["tokenizer"]["path"])}
+    rows = 0
+    with atomic_directory(out) as tmp:
+        for name in sorted(meta["files"]):
+            recs = []
+            for r in pq.read_table(cache_dir / "train" / name).to_pylist():
+                seq, (a, b) = S.prepared_sequence(template, r["q_input_ids"], r["a_input_ids"])
+                src = S.read_raykd(r, np.asarray(seq), a, k, temps, temperature)
+                ids = np.zeros((len(seq), k), np.int64)
+                logp = np.full((len(seq), k), -1e9)
+                mask = np.zeros((len(seq), k), np.int64)
+                ids[a - 1:b - 1], logp[a - 1:b - 1], mask[a - 1:b - 1] = src.ids, src.logp, 1
+                recs.append({"input_ids": seq, "labels": [-100] * a + seq[a:], "target_token_ids": ids.tolist(),
+                             "target_logprobs": logp.astype(np.float32).tolist(), "target_mask": mask.tolist()})
+            pq.write_table(pa.Table.from_pylist(recs), tmp / name, compression="zstd")
+            rows += len(recs)
+        info["rows"] = rows
+        (tmp / EXPORT_META).write_text(json.dumps(info, indent=1))
+    log(f"[export] {rows:,} rows in axolotl's layout → {out}")
+    return info
+
+
+def check_exported_tokenizer(source: str | Path, prepared: str, manifest: dict) -> None:
+    """RaykdError when ``source`` carries a raykd export's metadata naming another tokenizer than the
+    prepared data's (by its files' sha256); nothing to check otherwise (rows are matched by content)."""
+    from raykd.data.tokenizer import tokenizer_sha256
+
+    p = Path(source)
+    info = _read_json((p if p.is_dir() else p.parent) / EXPORT_META)
+    if info and info.get("tokenizer_sha256"):
+        mine = tokenizer_sha256(Path(prepared) / manifest["tokenizer"]["path"])
+        if info["tokenizer_sha256"] != mine:
+            raise RaykdError(f"{source}: made with another tokenizer (sha256 {info['tokenizer_sha256'][:12]}…, the "
+                             f"study's {mine[:12]}…): its ids mean other tokens")
