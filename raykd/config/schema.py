@@ -99,6 +99,9 @@ class TeacherConfig:
     cache: str | bool = "none"
     cache_topk: int = 64  # the logit cache's tokens per position (a study caches its largest searched value)
     cache_max_gb: float = 20.0  # the cache build refuses above this estimated size
+    # a causal teacher's top-k log-probs made elsewhere and imported (python -m raykd.cache import): the
+    # imported cache directory the trials read instead of a cache raykd builds (with cache: logits)
+    cache_import: str | None = None
     # auto | never | always: the frozen causal teacher sharded by FSDP2 over the trial's workers (train.strategy
     # fsdp) instead of one full copy per GPU; auto shards when the full copy would exceed budget.TEACHER_GPU_SHARE
     # of a GPU's memory (never on CPU)

@@ -3,6 +3,8 @@ search domains. Each failure names the file, the key and what is allowed."""
 
 from __future__ import annotations
 
+import os
+
 import difflib
 
 
@@ -55,6 +57,12 @@ def _check_data_and_models(cfg: Config, src: str) -> None:
            f"{cfg.teacher.cache!r} is not one of {', '.join(CACHE_KINDS)} (true ≡ hidden, false ≡ none)")
     _check(cfg.teacher.cache_topk >= 1, src, "teacher.cache_topk", f"must be at least 1, got {cfg.teacher.cache_topk}")
     _check(cfg.teacher.cache_max_gb > 0, src, "teacher.cache_max_gb", f"must be positive, got {cfg.teacher.cache_max_gb}")
+    if cfg.teacher.cache_import is not None:
+        _check(cfg.teacher.cache == "logits", src, "teacher.cache_import",
+               f"an imported top-k cache is read with teacher.cache: logits (got {cfg.teacher.cache!r})")
+        _check(os.path.isfile(os.path.join(os.path.expanduser(cfg.teacher.cache_import), "manifest.json")), src,
+               "teacher.cache_import", f"{cfg.teacher.cache_import}: not a cache directory (no manifest.json; make one "
+               "with python -m raykd.cache import)")
     _check(cfg.student.layers >= 1, src, "student.layers", "must be at least 1")
     if cfg.student.hidden and cfg.student.heads:
         _check(cfg.student.hidden % cfg.student.heads == 0, src, "student.heads",

@@ -7,6 +7,7 @@ the study's plan (a ``StudyPlan`` every trial receives)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict
 import sys
@@ -245,6 +246,8 @@ def causal_teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False
     from raykd.ray_layer.cache.causal_lm import build_causal_cache, study_cache_request
 
     tconf = teacher_config(plan.teacher, plan.teacher_load)
+    if cfg.teacher.cache_import:
+        return imported_cache_entry(cfg, plan, tconf.num_hidden_layers)
     req = study_cache_request(cfg, tconf.num_hidden_layers, lambda key: space_values(cfg, key), force)
     if req is None:
         if cfg.teacher.cache != "none":
@@ -256,6 +259,41 @@ def causal_teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False
                                    req["temperatures"], plan.teacher_load, max_bytes=limit, log=log)
     return {"kind": "topk", "dir": str(out), "layers": meta["layers"], "hidden": meta["hidden"],
             "teacher_layers": tconf.num_hidden_layers, "topk": meta["topk"], "temperatures": meta["temperatures"]}
+
+
+def imported_cache_entry(cfg: C.Config, plan: StudyPlan, teacher_layers: int) -> dict:
+    """The plan's cache entry for ``teacher.cache_import`` (a top-k cache made by ``python -m raykd.cache
+    import``), after checking it serves this study: the same prepared data and template, k at least the
+    study's ``cache_topk`` values, and every temperature the study compares logits at cached — an imported
+    cache is exact only at its source's temperature. RaykdError naming what differs otherwise."""
+    from raykd.ray_layer.cache.builder import load_cache_manifest
+    from raykd.ray_layer.cache.causal_lm import logit_temperature
+
+    path = str(Path(cfg.teacher.cache_import).expanduser().absolute())
+    meta = load_cache_manifest(path)
+    where = f"teacher.cache_import {path}"
+    if meta.get("data_key") != plan.data_key:
+        raise RaykdError(f"{where}: made for other prepared data (key {meta.get('data_key')}, this study's "
+                         f"{plan.data_key}): import it again with this study's config")
+    if meta.get("template") is not None and meta["template"] != json.loads(json.dumps(plan.template)):
+        raise RaykdError(f"{where}: made under another prompt/response template than this study's")
+    if not meta.get("topk"):
+        raise RaykdError(f"{where}: holds no top-k log-probs")
+    ks = [cfg.teacher.cache_topk, *space_values(cfg, "teacher.cache_topk")]
+    if max(ks) > meta["topk"]:
+        raise RaykdError(f"{where}: holds the top-{meta['topk']}; this study reads up to k = {max(ks)} "
+                         "(lower teacher.cache_topk)")
+    params = cfg.method.params
+    temps = {logit_temperature(m, params) for m in {cfg.method.name, *space_values(cfg, "method.name")}}
+    temps |= {float(t) for t in space_values(cfg, "method.params.temperature")}
+    missing = sorted(temps - {float(t) for t in meta["temperatures"]})
+    if missing:
+        raise RaykdError(f"{where}: its log-probs are exact at T = {meta['temperatures']} only (the source's "
+                         f"temperature); this study compares logits at T = {missing}")
+    log(f"[cache] the imported teacher log-probs {path}: {meta['rows']:,} train pairs, top-{meta['topk']} at "
+        f"T = {meta['temperatures']} ({meta.get('teacher', 'imported')})")
+    return {"kind": "topk", "dir": path, "layers": [], "hidden": meta.get("hidden"), "teacher_layers": teacher_layers,
+            "topk": meta["topk"], "temperatures": meta["temperatures"]}
 
 
 def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_remote_code: bool = False,

@@ -163,3 +163,45 @@ def test_a_study_reads_the_logit_cache_and_a_generating_trial_runs_online(ray_se
         prov = json.loads((Path(path) / name / "provenance.json").read_text())
         sources[prov["config"]["method"]["params"]["lmbda"]] = final["teacher_source"]
     assert sources == {0.0: "cache", 1.0: "online"}  # lmbda 1: the student's own samples need the teacher
+
+
+@pytest.mark.parametrize("fmt", ["axolotl", "raykd"])
+def test_an_imported_cache_gives_the_built_caches_loss_and_a_study_trains_on_it(built, causal_work, tmp_path, fmt):
+    """raykd's cache exported as axolotl rows (or read as raykd rows) and imported at its temperature
+    (``python -m raykd.cache import``): the same teacher distribution and sparse loss as the cache built
+    here (within fp16), and a kd study at that temperature reads it (``teacher.cache_import``)."""
+    from raykd.data import logprob_import as I
+    from raykd.data.template import CausalTemplate
+    from raykd.distill.topk import sparse_divergence
+    from raykd.ray_layer.cache.cli import main as cache_main
+
+    cfg, plan, cache, _ = built
+    manifest = json.loads(Path(plan.prepared, "manifest.json").read_text())
+    tpl = CausalTemplate.from_dict(plan.template)
+    source = cache["dir"]
+    if fmt == "axolotl":
+        source = str(tmp_path / "axolotl")
+        I.export_axolotl(cache["dir"], plan.prepared, manifest, tpl, source, temperature=2.0, log=lambda s: None)
+    sets = [f"data.work_dir={causal_work / 'work'}", *(f"{k}={v}" for k, v in CAUSAL_OVERRIDES.items()), "space={}"]
+    assert cache_main(["import", "--format", fmt, "--from", source, "--config", CAUSAL, "--temperature", "2.0",
+                       "--strict", "--set", *sets]) == 0
+    imported = sorted(Path(cache["dir"]).parent.glob("imported-*"), key=lambda p: p.stat().st_mtime)[-1]
+    entry = {**cache, "dir": str(imported), "layers": [], "temperatures": [2.0]}
+    a_in, a_t, _ = _batch(cfg, plan, cache, 64, 2.0)
+    b_in, b_t, _ = _batch(cfg, plan, entry, 64, 2.0)
+    assert torch.equal(a_in["input_ids"], b_in["input_ids"]) and torch.equal(a_t["topk_ids"], b_t["topk_ids"])
+    assert torch.allclose(a_t["topk_lp"], b_t["topk_lp"], atol=2e-2)
+    torch.manual_seed(0)
+    z = torch.randn(a_t["topk_ids"].shape[0], int(manifest["tokenizer"]["vocab_size"]))
+    la = float(sparse_divergence("forward_kl", z, a_t["topk_ids"], a_t["topk_lp"], temperature=2.0))
+    lb = float(sparse_divergence("forward_kl", z, b_t["topk_ids"], b_t["topk_lp"], temperature=2.0))
+    assert lb == pytest.approx(la, rel=5e-3)
+    overrides = {"data.work_dir": str(causal_work / "work"), **CAUSAL_OVERRIDES, "train.steps": 2,
+                 "train.eval_every": 2, "train.eval_pairs": 16, "experiment.references": False,
+                 "teacher.cache": "logits", "teacher.cache_import": str(imported), "teacher.cache_topk": 16,
+                 "search.algorithm": "grid", "search.scheduler.type": "none", "method.name": "kd",
+                 "method.params": {"temperature": 2.0}, "space": {}, "search.num_samples": 1}
+    results, path = raykd.run_study(CAUSAL, overrides=overrides, storage=str(tmp_path / "exp"), name=f"imp-{fmt}")
+    assert len(results) == 1 and not results.errors
+    final = next(iter(trial_results(Path(path)).values()))[-1]
+    assert final["teacher_source"] == "cache" and final["train/loss"] == final["train/loss"]

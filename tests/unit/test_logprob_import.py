@@ -243,3 +243,44 @@ def test_the_command_imports_refuses_in_one_line_and_exports(tmp_path, capsys):
     assert main(["import", "--format", "axolotl", "--from", str(tmp_path / "a.parquet"), "--config",
                  "search_spaces/causal_xtok.yaml", "--set", *sets]) == 2
     assert "tokenizer" in capsys.readouterr().err
+
+
+def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):
+    """``teacher.cache_import``: checked at load time (a directory with a manifest, with cache: logits)
+    and at plan time (the same data, k, and only the source's temperature)."""
+    from raykd import config as C
+    from raykd.data.shards import load_manifest
+    from raykd.data.template import CausalTemplate
+    from raykd.ray_layer.inputs import imported_cache_entry, prepare_inputs
+
+    cfg_path = "search_spaces/causal_smoke.yaml"
+    sets = ["data.synth.dialogs=60", "data.max_length=16", "data.tokenizer=train-bpe:300",
+            f"data.work_dir={tmp_path / 'work'}", "method.name=kd", "space={}"]
+    plan = prepare_inputs(C.load_config(cfg_path, C.parse_set(sets)))
+    m, tpl = load_manifest(plan.prepared), CausalTemplate.from_dict(plan.template)
+    rows = []
+    for path in shard_paths(plan.prepared, "train", m):
+        t = pq.read_table(path).to_pydict()
+        rows += [S.prepared_sequence(tpl, q, a) for q, a in zip(t["q_input_ids"], t["a_input_ids"])]
+    pq.write_table(pa.Table.from_pylist(_axolotl_rows(rows, m["tokenizer"]["vocab_size"])), tmp_path / "a.parquet")
+    out = tmp_path / "imported"
+    I.import_logprobs(I.ImportSettings("axolotl", str(tmp_path / "a.parquet"), temperature=2.0), plan.prepared, m, tpl,
+                      out, log=lambda s: None)
+
+    def entry(*more):
+        cfg = C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={out}", "teacher.cache=logits",
+                                                          "teacher.cache_topk=4", *more]))
+        return imported_cache_entry(cfg, prepare_inputs(cfg), 2)
+
+    got = entry("method.params.temperature=2.0")
+    assert got["dir"] == str(out) and got["topk"] == K and got["temperatures"] == [2.0]
+    with pytest.raises(RaykdError, match=r"exact at T = \[2.0\] only .* T = \[1.0\]"):
+        entry("method.params.temperature=1.0")
+    with pytest.raises(RaykdError, match="top-5"):
+        entry("method.params.temperature=2.0", "teacher.cache_topk=8")
+    with pytest.raises(RaykdError, match="other prepared data"):
+        entry("method.params.temperature=2.0", "data.max_length=20")
+    with pytest.raises(C.ConfigError, match="teacher.cache_import"):
+        C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={tmp_path}", "teacher.cache=logits"]))
+    with pytest.raises(C.ConfigError, match="cache: logits"):
+        C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={out}"]))
