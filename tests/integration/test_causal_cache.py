@@ -20,7 +20,8 @@ from raykd.distill.methods import TokenIds, build_method, make_inputs
 from raykd.models.families import family as get_family
 from raykd.models.student import build_student
 from raykd.models.teacher import load_teacher
-from raykd.ray_layer.cache.causal_lm import CausalCachedCollate, causal_cached_dataset, causal_cached_targets
+from raykd.ray_layer.cache.causal_lm import (TOPK_COLUMNS as TOPK, CausalCachedCollate, causal_cached_dataset,
+                                             causal_cached_targets)
 from raykd.ray_layer.inputs import complete_inputs, prepare_inputs, teacher_cache_for
 from tests.conftest import CAUSAL_OVERRIDES, ROOT
 from tests.helpers.studies import trial_results
@@ -186,9 +187,28 @@ def test_an_imported_cache_gives_the_built_caches_loss_and_a_study_trains_on_it(
     assert cache_main(["import", "--format", fmt, "--from", source, "--config", CAUSAL, "--temperature", "2.0",
                        "--strict", "--set", *sets]) == 0
     imported = sorted(Path(cache["dir"]).parent.glob("imported-*"), key=lambda p: p.stat().st_mtime)[-1]
-    entry = {**cache, "dir": str(imported), "layers": [], "temperatures": [2.0]}
-    a_in, a_t, _ = _batch(cfg, plan, cache, 64, 2.0)
-    b_in, b_t, _ = _batch(cfg, plan, entry, 64, 2.0)
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def rows_of(directory):  # by pair_id: Ray Data may have written the built cache in another order
+        meta = json.loads(Path(directory, "manifest.json").read_text())
+        t = pa.concat_tables([pq.read_table(Path(directory, "train", f)) for f in sorted(meta["files"])])
+        return {r["pair_id"]: r for r in t.to_pylist()}, meta
+
+    (mine, m_meta), (theirs, t_meta) = rows_of(cache["dir"]), rows_of(imported)
+    assert sorted(mine) == sorted(theirs) and t_meta["temperatures"] == [2.0] and t_meta["topk"] == 64
+    pick = sorted(mine)[:12]
+
+    def targets(rows, meta):
+        temps = meta["temperatures"]
+        batch = {k: np.array([rows[p][k] for p in pick], dtype=object) for k in ("pair_id", "q_input_ids",
+                                                                              "a_input_ids", *TOPK)}
+        c = CausalCachedCollate(tpl, None, [], 0, topk=64, cached_topk=64, temperature=2.0,
+                                temperature_index=temps.index(2.0), temperatures=len(temps))(batch)
+        return c, causal_cached_targets(c.pop("teacher_cached"), "cpu")
+
+    (a_in, a_t), (b_in, b_t) = targets(mine, m_meta), targets(theirs, t_meta)
     assert torch.equal(a_in["input_ids"], b_in["input_ids"]) and torch.equal(a_t["topk_ids"], b_t["topk_ids"])
     assert torch.allclose(a_t["topk_lp"], b_t["topk_lp"], atol=2e-2)
     torch.manual_seed(0)
