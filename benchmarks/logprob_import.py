@@ -42,8 +42,10 @@ def _source(prepared: str, manifest: dict, template, k: int, out: Path) -> tuple
         for q, a in zip(t["q_input_ids"], t["a_input_ids"]):
             seq, _ = prepared_sequence(template, q, a)
             L = len(seq)
-            ids = g.integers(0, vocab, size=(L, k))
-            ids[:-1, 0] = seq[1:]
+            r = g.random((L, vocab))  # k distinct ids per position, the true next token among them, ranked first
+            r[np.arange(L - 1), seq[1:]] = -1.0
+            part = np.argpartition(r, k, axis=1)[:, :k]
+            ids = np.take_along_axis(part, np.argsort(np.take_along_axis(r, part, 1), axis=1), 1)
             logp = np.sort(np.log(g.dirichlet(np.ones(4 * k), size=L)[:, :k]), axis=1)[:, ::-1]
             mask = np.ones((L, k), np.int8)
             ids[-1], logp[-1], mask[-1] = 0, -1e9, 0

@@ -60,6 +60,9 @@ def _check_data_and_models(cfg: Config, src: str) -> None:
     if cfg.teacher.cache_import is not None:
         _check(cfg.teacher.cache == "logits", src, "teacher.cache_import",
                f"an imported top-k cache is read with teacher.cache: logits (got {cfg.teacher.cache!r})")
+        _check(cfg.compare is None, src, "teacher.cache_import",
+               "a compare study tunes each contender's temperature; imported log-probs are exact at one temperature "
+               "(run a plain study at the source's temperature)")
         _check(os.path.isfile(os.path.join(os.path.expanduser(cfg.teacher.cache_import), "manifest.json")), src,
                "teacher.cache_import", f"{cfg.teacher.cache_import}: not a cache directory (no manifest.json; make one "
                "with python -m raykd.cache import)")

@@ -48,7 +48,7 @@ class ImportSettings:
     renormalized: bool = False
     alignment: str = "next"
     strict: bool = False
-    batch_rows: int = 512
+    batch_rows: int = 64
     check_rows: int = 256
     flush_bytes: int = 64 << 20
     examples: int = 3
@@ -178,7 +178,7 @@ def import_key(settings: ImportSettings, files: list[tuple[str, Path]], manifest
     template, the vocabulary and the settings that change what is stored."""
     ident = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for _, p in files]
     payload = {"files": ident, "data": manifest["key"], "template": template, "vocab": vocab, "version": IMPORT_VERSION,
-               **{k: getattr(settings, k) for k in ("format", "temperature", "renormalized", "alignment")}}
+               **{k: getattr(settings, k) for k in ("format", "temperature", "renormalized", "alignment", "strict")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -222,92 +222,122 @@ def _read_json(p: Path):
         return None
 
 
-def _source_row(settings: ImportSettings, rec: dict, raykd_meta: dict | None, template) -> S.SourceRow:
-    if settings.format == "axolotl":
-        return S.read_axolotl(rec, settings.alignment)
-    if settings.format == "distillkit":
-        return S.read_distillkit(rec)
-    seq, resp = S.prepared_sequence(template, rec["q_input_ids"], rec["a_input_ids"])
-    return S.read_raykd(rec, np.asarray(seq), resp[0], int(raykd_meta["topk"]),
-                        [float(t) for t in raykd_meta["temperatures"]], settings.temperature)
+def _source_row(settings: ImportSettings, rec: dict, raykd_meta: dict | None, template, where: str) -> S.SourceRow:
+    """One record as a ``SourceRow``; RaykdError naming ``where`` for a record of another shape (a missing
+    column, a null position, ragged rows) — never a traceback."""
+    try:
+        if settings.format == "axolotl":
+            return S.read_axolotl(rec, settings.alignment)
+        if settings.format == "distillkit":
+            return S.read_distillkit(rec)
+        seq, resp = S.prepared_sequence(template, rec["q_input_ids"], rec["a_input_ids"])
+        return S.read_raykd(rec, np.asarray(seq), resp[0], int(raykd_meta["topk"]),
+                            [float(t) for t in raykd_meta["temperatures"]], settings.temperature)
+    except RaykdError as e:
+        raise RaykdError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise RaykdError(f"{where}: not a {settings.format} row ({type(e).__name__}: {e}; it has "
+                         f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__})") from None
 
 
-def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, partial: Path, log) -> dict:
-    """Every source file → parts (skipping files already done); returns the counts."""
-    raykd_meta = _read_json(Path(settings.source) / "manifest.json") if settings.format == "raykd" else None
-    template = None
-    if settings.format == "raykd":
-        from raykd.data.template import CausalTemplate
-
-        template = CausalTemplate.from_dict(raykd_meta["template"]) if raykd_meta.get("template") else None
-        if template is None:
-            raise RaykdError(f"{settings.source}: its manifest records no template (made before imports were possible)")
-    stats = {"source_rows": 0, "matched": 0, "unmatched": 0, "missing_positions": 0, "examples": [],
-             "checked": False, "k": None}
-    checked: list[S.SourceRow] = []
-    for file_no, (kind, path) in enumerate(files):
-        done = partial / "parts" / f"{file_no:05d}.done"
-        if done.exists():
-            prev = json.loads(done.read_text())
-            for k in ("source_rows", "matched", "unmatched", "missing_positions"):
-                stats[k] += prev[k]
-            stats["checked"], stats["k"] = True, stats["k"] or prev.get("k")
-            log(f"[import] {path.name}: done before ({prev['matched']:,} rows), skipped")
-            continue
-        parts = _Parts(partial / "parts", file_no, settings.flush_bytes)
-        mine = {k: 0 for k in ("source_rows", "matched", "unmatched", "missing_positions")}
+def _records(settings: ImportSettings, numbered, raykd_meta, template, vocab: int):
+    """(file number, path, row number, checked ``SourceRow``) over every row of the ``numbered`` files
+    ((file number, kind, path) triples), in order; RaykdError naming the first bad row."""
+    for file_no, kind, path in numbered:
+        n = 0
         for batch in iter_batches(kind, path, settings.batch_rows):
-            for n, rec in enumerate(batch):
-                mine["source_rows"] += 1
-                row = _source_row(settings, rec, raykd_meta, template)
+            for rec in batch:
+                n += 1
+                row = _source_row(settings, rec, raykd_meta, template, f"{path}: row {n}")
                 bad = S.check_row(row, vocab)
                 if bad:
-                    raise RaykdError(f"{path}: row {mine['source_rows']}: {bad}")
-                if row.valid.any():
-                    stats["k"] = stats["k"] or row.ids.shape[1]
-                    if row.ids.shape[1] != stats["k"]:
-                        raise RaykdError(f"{path}: row {mine['source_rows']}: k = {row.ids.shape[1]}, earlier rows "
-                                         f"k = {stats['k']}: k differs between rows (one k per source)")
-                targets = index.rows.get(_digest(row.input_ids), [])
-                if not targets:
-                    mine["unmatched"] += 1
-                    if len(stats["examples"]) < settings.examples:
-                        stats["examples"].append(f"{path.name} row {mine['source_rows']}: {len(row.input_ids)} "
-                                                 f"tokens, starting {row.input_ids[:8].tolist()}")
-                    continue
-                if not stats["checked"]:
-                    checked.append(row)
-                    if len(checked) >= settings.check_rows:
-                        _check_source(settings, checked, log)
-                        stats["checked"] = True
-                for r in targets:
-                    cols = S.cache_row(row, index.response[r], settings.temperature, settings.renormalized)
-                    if cols is None:
-                        mine["missing_positions"] += 1
-                        continue
-                    parts.add(index.shard[r], r, cols)
-                mine["matched"] += 1
-        if not stats["checked"] and checked and file_no == len(files) - 1:
-            _check_source(settings, checked, log)  # fewer rows than check_rows in all
-            stats["checked"] = True
-        parts.flush()
-        done.write_text(json.dumps({**mine, "k": stats["k"]}))
-        for k, v in mine.items():
-            stats[k] += v
-        log(f"[import] {path.name}: {mine['source_rows']:,} rows, {mine['matched']:,} matched")
-    return stats
+                    raise RaykdError(f"{path}: row {n}: {bad}")
+                yield file_no, path, n, row
 
 
-def _check_source(settings: ImportSettings, rows: list[S.SourceRow], log) -> None:
-    """The position convention (refused when off by one) and the declared renormalisation (warned)."""
-    S.check_alignment(S.alignment_rates(rows), f"{settings.format} source {settings.source}")
-    share = S.renormalized_share(rows)
+def _precheck(settings: ImportSettings, numbered, index: "PreparedIndex", vocab: int, raykd_meta, template,
+              log) -> None:
+    """Before anything is converted (and again on a resumed import): the position convention and the
+    declared renormalisation on the first ``check_rows`` matched rows, accumulated without keeping them."""
+    check = S.SourceCheck()
+    for _, _, _, row in _records(settings, numbered, raykd_meta, template, vocab):
+        if _digest(row.input_ids) in index.rows:
+            check.add(row)
+            if check.rows >= settings.check_rows:
+                break
+    if check.rows == 0:
+        return  # nothing matches: the assembly says so
+    S.check_alignment(check.rates(), f"{settings.format} source {settings.source}")
+    share = check.renormalized_share()
     if settings.renormalized and share < 0.9:
         log(f"[import] warning: declared --renormalized, but only {share:.0%} of the checked positions hold a top-k "
             "mass of 1: the tail bucket is stored empty anyway")
     elif not settings.renormalized and share > 0.9:
         log(f"[import] warning: {share:.0%} of the checked positions hold a top-k mass of 1 (a renormalised source, "
             "e.g. axolotl's prepared rows?): declare --renormalized; the tail stored is then empty, not log(1 − Σp)")
+
+
+def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, partial: Path, log) -> dict:
+    """Every source file → parts (skipping files already done, each marked by an atomically written
+    ``.done`` with its counts); returns the totals."""
+    raykd_meta = _read_json(Path(settings.source) / "manifest.json") if settings.format == "raykd" else None
+    template = None
+    if settings.format == "raykd":
+        from raykd.data.template import CausalTemplate
+
+        if not (raykd_meta or {}).get("template"):
+            raise RaykdError(f"{settings.source}: its manifest records no template (made before imports were possible)")
+        template = CausalTemplate.from_dict(raykd_meta["template"])
+    numbered = [(i, kind, path) for i, (kind, path) in enumerate(files)]
+    _precheck(settings, numbered, index, vocab, raykd_meta, template, log)
+    keys = ("source_rows", "matched", "unmatched", "missing_positions")
+    stats = {**{k: 0 for k in keys}, "examples": [], "k": None}
+    done = {i: partial / "parts" / f"{i:05d}.done" for i in range(len(files))}
+    todo = []
+    for i, kind, path in numbered:
+        prev = _read_json(done[i])
+        if prev is None:
+            todo.append((i, kind, path))
+            continue
+        for k in keys:
+            stats[k] += prev[k]
+        stats["k"] = stats["k"] or prev.get("k")
+        log(f"[import] {path.name}: done before ({prev['matched']:,} rows), skipped")
+    for i, kind, path in todo:  # one file at a time: its parts, then its marker
+        parts, mine = _Parts(partial / "parts", i, settings.flush_bytes), {k: 0 for k in keys}
+        for _, _, n, row in _records(settings, [(i, kind, path)], raykd_meta, template, vocab):
+            mine["source_rows"] += 1
+            if row.valid.any():
+                stats["k"] = stats["k"] or row.ids.shape[1]
+                if row.ids.shape[1] != stats["k"]:
+                    raise RaykdError(f"{path}: row {n}: k = {row.ids.shape[1]}, earlier rows k = {stats['k']}: k "
+                                     "differs between rows (one k per source)")
+            targets = index.rows.get(_digest(row.input_ids), [])
+            if not targets:
+                mine["unmatched"] += 1
+                if len(stats["examples"]) < settings.examples:
+                    stats["examples"].append(f"{path.name} row {n}: {len(row.input_ids)} tokens, starting "
+                                             f"{row.input_ids[:8].tolist()}")
+                continue
+            for r in targets:
+                cols = S.cache_row(row, index.response[r], settings.temperature, settings.renormalized)
+                if cols is None:
+                    mine["missing_positions"] += 1
+                    continue
+                parts.add(index.shard[r], r, cols)
+            mine["matched"] += 1
+        parts.flush()
+        _write_done(done[i], {**mine, "k": stats["k"]})
+        for k, v in mine.items():
+            stats[k] += v
+        log(f"[import] {path.name}: {mine['source_rows']:,} rows, {mine['matched']:,} matched")
+    return stats
+
+
+def _write_done(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)  # atomic: a marker is whole or absent
 
 
 def _assemble(settings: ImportSettings, parts: Path, prepared: str, manifest: dict, index: PreparedIndex, tmp: Path,
@@ -322,20 +352,20 @@ def _assemble(settings: ImportSettings, parts: Path, prepared: str, manifest: di
     for s, path in enumerate(shard_paths(prepared, "train", manifest)):
         tokens = pq.read_table(path, columns=list(TOKEN_COLUMNS))
         got = [pq.read_table(p) for p in sorted(parts.glob(f"*-{s:05d}.parquet"))]
-        if got:
-            t = pa.concat_tables(got).to_pydict()
-            first = {}
-            for r, i, lp, tl in zip(t["row"], t["topk_ids"], t["topk_logp"], t["topk_tail"]):
-                first.setdefault(r, (i, lp, tl))  # one row per pair (a source may repeat a sequence)
-            rows = sorted(first)
-            table = tokens.take([r - offset for r in rows])
-            for n, c in enumerate(("topk_ids", "topk_logp", "topk_tail")):
-                table = table.append_column(c, pa.array([first[r][n] for r in rows], pa.binary()))
+        if got:  # kept in Arrow: one shard's cache rows at a time, no Python copies of the bytes
+            t = pa.concat_tables(got)
+            rows = t.column("row").to_numpy()
+            order = np.argsort(rows, kind="stable")
+            first = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]  # one row per pair (a source may repeat)
+            t = t.take(pa.array(first))
+            table = tokens.take(pa.array(t.column("row").to_numpy() - offset))
+            for c in ("topk_ids", "topk_logp", "topk_tail"):
+                table = table.append_column(c, t.column(c))
             name = f"part-{s:05d}.parquet"
-            pq.write_table(table, tmp / "train" / name, compression="zstd")
+            pq.write_table(table, tmp / "train" / name, compression="zstd", row_group_size=1024)
             files[name] = {"rows": table.num_rows, "bytes": (tmp / "train" / name).stat().st_size}
             matched_rows += table.num_rows
-            resp_tokens += sum(index.response[r][1] - index.response[r][0] for r in rows)
+            resp_tokens += sum(index.response[r][1] - index.response[r][0] for r in t.column("row").to_pylist())
         offset += tokens.num_rows
     total = len(index.shard)
     missing = total - matched_rows
@@ -367,6 +397,14 @@ def _assemble(settings: ImportSettings, parts: Path, prepared: str, manifest: di
 EXPORT_META = "raykd_export.json"
 
 
+def _axolotl_schema():
+    import pyarrow as pa
+
+    ids, lists = pa.list_(pa.int64()), pa.list_(pa.list_(pa.int64()))
+    return pa.schema([("input_ids", ids), ("labels", ids), ("target_token_ids", lists),
+                      ("target_logprobs", pa.list_(pa.list_(pa.float32()))), ("target_mask", lists)])
+
+
 def export_axolotl(cache_dir: str | Path, prepared: str, manifest: dict, template, out: str | Path,
                    temperature: float | None = None, log: Callable[[str], None] = print) -> dict:
     """Write raykd's causal top-k cache ``cache_dir`` as axolotl KD rows under ``out`` (one Parquet file
@@ -390,24 +428,31 @@ def export_axolotl(cache_dir: str | Path, prepared: str, manifest: dict, templat
     if temperature not in temps:
         raise RaykdError(f"export: temperature {temperature} is not cached in {cache_dir} (it has {temps})")
     k = int(meta["topk"])
-    info = {"format": "axolotl", "alignment": "next", "k": k, "temperature": temperature, "renormalized": False,
+    renormalized = bool(meta.get("imported", {}).get("renormalized", False))  # its tail was not the teacher's
+    info = {"format": "axolotl", "alignment": "next", "k": k, "temperature": temperature, "renormalized": renormalized,
             "source_cache": str(cache_dir), "data_key": meta.get("data_key"),
             "tokenizer_sha256": tokenizer_sha256(Path(prepared) / manifest["tokenizer"]["path"])}
     rows = 0
     with atomic_directory(out) as tmp:
         for name in sorted(meta["files"]):
-            recs = []
-            for r in pq.read_table(cache_dir / "train" / name).to_pylist():
-                seq, (a, b) = S.prepared_sequence(template, r["q_input_ids"], r["a_input_ids"])
-                src = S.read_raykd(r, np.asarray(seq), a, k, temps, temperature)
-                ids = np.zeros((len(seq), k), np.int64)
-                logp = np.full((len(seq), k), -1e9)
-                mask = np.zeros((len(seq), k), np.int64)
-                ids[a - 1:b - 1], logp[a - 1:b - 1], mask[a - 1:b - 1] = src.ids, src.logp, 1
-                recs.append({"input_ids": seq, "labels": [-100] * a + seq[a:], "target_token_ids": ids.tolist(),
-                             "target_logprobs": logp.astype(np.float32).tolist(), "target_mask": mask.tolist()})
-            pq.write_table(pa.Table.from_pylist(recs), tmp / name, compression="zstd")
-            rows += len(recs)
+            writer = None
+            for batch in pq.ParquetFile(cache_dir / "train" / name).iter_batches(batch_size=64):
+                recs = []
+                for r in batch.to_pylist():
+                    seq, (a, b) = S.prepared_sequence(template, r["q_input_ids"], r["a_input_ids"])
+                    src = S.read_raykd(r, np.asarray(seq), a, k, temps, temperature)
+                    ids = np.zeros((len(seq), k), np.int64)
+                    logp = np.full((len(seq), k), -1e9)
+                    mask = np.zeros((len(seq), k), np.int64)
+                    ids[a - 1:b - 1], logp[a - 1:b - 1], mask[a - 1:b - 1] = src.ids, src.logp, 1
+                    recs.append({"input_ids": seq, "labels": [-100] * a + seq[a:], "target_token_ids": ids.tolist(),
+                                 "target_logprobs": logp.astype(np.float32).tolist(), "target_mask": mask.tolist()})
+                table = pa.Table.from_pylist(recs, schema=_axolotl_schema())
+                writer = writer or pq.ParquetWriter(tmp / name, table.schema, compression="zstd")
+                writer.write_table(table)
+                rows += len(recs)
+            if writer is not None:
+                writer.close()
         info["rows"] = rows
         (tmp / EXPORT_META).write_text(json.dumps(info, indent=1))
     log(f"[export] {rows:,} rows in axolotl's layout → {out}")

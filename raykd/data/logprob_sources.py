@@ -132,35 +132,65 @@ def check_row(row: SourceRow, vocab: int) -> str | None:
         return f"positions holding fewer than k = {logp.shape[1]} entries (padded slots): k differs between positions"
     if ids.min() < 0 or ids.max() >= vocab:
         return f"token ids outside the student's vocabulary 0..{vocab - 1} (seen {int(ids.min())}..{int(ids.max())})"
+    srt = np.sort(ids, axis=1)
+    if (srt[:, 1:] == srt[:, :-1]).any():
+        return "a position lists one token id twice (its probability would count twice)"
     mass = np.exp(logp).sum(1)
     if mass.max() > 1 + MASS_TOLERANCE:
         return f"top-k probabilities summing to {mass.max():.6f} > 1 + {MASS_TOLERANCE:g} (not log-probabilities?)"
     return None
 
 
-def renormalized_share(rows: list[SourceRow]) -> float:
-    """The share of valid stored positions whose top-k mass is 1 within ``MASS_TOLERANCE`` (a
-    renormalised source: all of them; a raw top-k of a real teacher: almost none)."""
-    masses = [np.exp(r.logp[r.valid]).sum(1) for r in rows if r.valid.any()]
-    if not masses:
-        return 0.0
-    m = np.concatenate(masses)
-    return float((np.abs(m - 1) <= MASS_TOLERANCE).mean())
+class SourceCheck:
+    """What ``check_alignment`` and the renormalisation warning look at, accumulated row by row (no row
+    is kept): per shift s ∈ {−1, 0, +1}, how often the token a stored row is declared to be over shifted
+    by s is among that row's top-k ids (the right alignment scores far higher: a teacher ranks the token
+    that follows high, vLLM even adds it to its top-k), and how many stored positions hold mass 1."""
 
+    shifts = (-1, 0, 1)
 
-def alignment_rates(rows: list[SourceRow], shifts=(-1, 0, 1)) -> dict[int, float]:
-    """How often the token a stored row is declared to be over (shift 0), or the one before (−1) or after
-    (+1) it, is among that row's top-k ids, over the valid rows of ``rows``: the right alignment scores
-    far higher (a teacher ranks the token that follows high; vLLM even adds it to its top-k)."""
-    hits = {s: [0, 0] for s in shifts}
-    for row in rows:
-        for s in shifts:
+    def __init__(self):
+        self.hits = {s: [0, 0] for s in self.shifts}
+        self.mass_one = [0, 0]
+        self.rows = 0
+
+    def add(self, row: SourceRow) -> None:
+        self.rows += 1
+        for s in self.shifts:
             tok = row.first + s + np.arange(len(row.ids))
             inside = row.valid & (tok >= 0) & (tok < len(row.input_ids))
             if inside.any():
-                hits[s][0] += int((row.ids[inside] == row.input_ids[tok[inside]][:, None]).any(1).sum())
-                hits[s][1] += int(inside.sum())
-    return {s: (h / n if n else 0.0) for s, (h, n) in hits.items()}
+                self.hits[s][0] += int((row.ids[inside] == row.input_ids[tok[inside]][:, None]).any(1).sum())
+                self.hits[s][1] += int(inside.sum())
+        if row.valid.any():
+            m = np.exp(row.logp[row.valid]).sum(1)
+            self.mass_one[0] += int((np.abs(m - 1) <= MASS_TOLERANCE).sum())
+            self.mass_one[1] += len(m)
+
+    def rates(self) -> dict[int, float]:
+        return {s: (h / n if n else 0.0) for s, (h, n) in self.hits.items()}
+
+    def renormalized_share(self) -> float:
+        """The share of valid stored positions whose top-k mass is 1 within ``MASS_TOLERANCE`` (a
+        renormalised source: all of them; a raw top-k of a real teacher: almost none)."""
+        return self.mass_one[0] / self.mass_one[1] if self.mass_one[1] else 0.0
+
+
+def _checked(rows: list[SourceRow]) -> SourceCheck:
+    c = SourceCheck()
+    for r in rows:
+        c.add(r)
+    return c
+
+
+def alignment_rates(rows: list[SourceRow]) -> dict[int, float]:
+    """``SourceCheck.rates`` over ``rows``."""
+    return _checked(rows).rates()
+
+
+def renormalized_share(rows: list[SourceRow]) -> float:
+    """``SourceCheck.renormalized_share`` over ``rows``."""
+    return _checked(rows).renormalized_share()
 
 
 def check_alignment(rates: dict[int, float], what: str) -> None:

@@ -283,6 +283,14 @@ def imported_cache_entry(cfg: C.Config, plan: StudyPlan, teacher_layers: int) ->
     if max(ks) > meta["topk"]:
         raise RaykdError(f"{where}: holds the top-{meta['topk']}; this study reads up to k = {max(ks)} "
                          "(lower teacher.cache_topk)")
+    if meta.get("rows") != plan_train_rows(plan):
+        raise RaykdError(f"{where}: holds {meta.get('rows'):,} of the {plan_train_rows(plan):,} train pairs: its trials "
+                         "would train on fewer pairs than the references and the other trials (import a source that "
+                         "covers every pair; --strict says which do not)")
+    for name, spec in cfg.space.items():
+        if C.resolve_key(name) == "method.params.temperature" and next(iter(spec)) not in ("choice", "grid"):
+            raise RaykdError(f"{where}: space.{name} searches a continuous temperature; the imported log-probs are "
+                             f"exact at T = {meta['temperatures']} only")
     params = cfg.method.params
     temps = {logit_temperature(m, params) for m in {cfg.method.name, *space_values(cfg, "method.name")}}
     temps |= {float(t) for t in space_values(cfg, "method.params.temperature")}
@@ -294,6 +302,13 @@ def imported_cache_entry(cfg: C.Config, plan: StudyPlan, teacher_layers: int) ->
         f"T = {meta['temperatures']} ({meta.get('teacher', 'imported')})")
     return {"kind": "topk", "dir": path, "layers": [], "hidden": meta.get("hidden"), "teacher_layers": teacher_layers,
             "topk": meta["topk"], "temperatures": meta["temperatures"]}
+
+
+def plan_train_rows(plan: StudyPlan) -> int:
+    """The train split's pair count of the plan's prepared data."""
+    from raykd.data.shards import load_manifest
+
+    return int(load_manifest(plan.prepared)["splits"]["train"]["rows"])
 
 
 def check_teacher_matches_data(spec: str, prepared: str, manifest: dict, trust_remote_code: bool = False,

@@ -166,9 +166,10 @@ def test_a_study_reads_the_logit_cache_and_a_generating_trial_runs_online(ray_se
     assert sources == {0.0: "cache", 1.0: "online"}  # lmbda 1: the student's own samples need the teacher
 
 
-@pytest.mark.parametrize("fmt", ["axolotl", "raykd"])
+@pytest.mark.parametrize("fmt", ["axolotl", "distillkit", "raykd"])
 def test_an_imported_cache_gives_the_built_caches_loss_and_a_study_trains_on_it(built, causal_work, tmp_path, fmt):
-    """raykd's cache exported as axolotl rows (or read as raykd rows) and imported at its temperature
+    """raykd's cache exported as axolotl rows (DistillKit raw rows from those, or raykd rows as they are) and
+    imported at its temperature
     (``python -m raykd.cache import``): the same teacher distribution and sparse loss as the cache built
     here (within fp16), and a kd study at that temperature reads it (``teacher.cache_import``)."""
     from raykd.data import logprob_import as I
@@ -180,9 +181,17 @@ def test_an_imported_cache_gives_the_built_caches_loss_and_a_study_trains_on_it(
     manifest = json.loads(Path(plan.prepared, "manifest.json").read_text())
     tpl = CausalTemplate.from_dict(plan.template)
     source = cache["dir"]
-    if fmt == "axolotl":
+    if fmt != "raykd":
         source = str(tmp_path / "axolotl")
         I.export_axolotl(cache["dir"], plan.prepared, manifest, tpl, source, temperature=2.0, log=lambda s: None)
+    if fmt == "distillkit":  # DistillKit's raw rows: row t over token t + 1, no row for the last position
+        import pyarrow.parquet as pq_
+
+        lines = [json.dumps({"input_ids": r["input_ids"], "token_ids": r["target_token_ids"][:-1],
+                             "top_values": r["target_logprobs"][:-1]})
+                 for f in sorted(Path(source).glob("*.parquet")) for r in pq_.read_table(f).to_pylist()]
+        source = str(tmp_path / "distillkit.jsonl")
+        Path(source).write_text("\n".join(lines) + "\n")
     sets = [f"data.work_dir={causal_work / 'work'}", *(f"{k}={v}" for k, v in CAUSAL_OVERRIDES.items()), "space={}"]
     assert cache_main(["import", "--format", fmt, "--from", source, "--config", CAUSAL, "--temperature", "2.0",
                        "--strict", "--set", *sets]) == 0

@@ -129,6 +129,19 @@ def test_a_shifted_source_is_refused_and_nothing_is_left(data, tmp_path):
     with pytest.raises(RaykdError, match="shifted by one position"):
         _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "s.parquet")), "shifted")
     assert not list((root / "caches").glob("shifted*"))
+    # over several small files (each under the checked rows), and after an interrupted run: still refused
+    (tmp_path / "many").mkdir()
+    for i in range(3):
+        pq.write_table(pa.Table.from_pylist(src[i::3]), tmp_path / "many" / f"f{i}.parquet")
+    (root / "caches" / "many.partial" / "parts").mkdir(parents=True)
+    with pytest.raises(RaykdError, match="shifted by one position"):
+        _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "many")), "many")
+    # records of another shape: one error naming the row, no traceback
+    pq.write_table(pa.Table.from_pylist([{"input_ids": [1, 2], "target_token_ids": [[1], None],
+                                          "target_logprobs": [[-1.0], [-1.0]]}]), tmp_path / "odd.parquet")
+    with pytest.raises(RaykdError, match=r"row 1: not a axolotl row \(TypeError"):
+        _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "odd.parquet")), "odd")
+    assert not list((root / "caches").glob("odd*"))
     bad = _axolotl_rows(rows[:3], m["tokenizer"]["vocab_size"])  # then an id beyond the student's vocabulary
     bad[1]["target_token_ids"][2][0] = m["tokenizer"]["vocab_size"] + 5
     pq.write_table(pa.Table.from_pylist(bad), tmp_path / "v.parquet")
@@ -166,7 +179,9 @@ def test_an_interrupted_import_resumes_where_it_stopped(data, tmp_path, monkeypa
     calls.clear()
     monkeypatch.setattr(I, "iter_batches", lambda *a: (calls.append(Path(a[1]).name), real(*a))[1])
     meta, logs = _run(root, m, tpl, settings, "resume")
-    assert calls == ["part-2.parquet"] and any("done before" in x for x in logs)
+    # the convention check reads the first rows again (a resumed import is checked like a fresh one);
+    # only the file without its marker is converted
+    assert calls == ["part-0.parquet", "part-2.parquet"] and sum("done before" in x for x in logs) == 2
     assert meta["imported"]["matched"] == len(rows) and meta["rows"] == len(rows)
     _check_cache(root, "resume", m, tpl, vocab, len(rows))
     assert not (root / "caches" / "resume.partial").exists()
@@ -280,7 +295,33 @@ def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):
         entry("method.params.temperature=2.0", "teacher.cache_topk=8")
     with pytest.raises(RaykdError, match="other prepared data"):
         entry("method.params.temperature=2.0", "data.max_length=20")
+    with pytest.raises(RaykdError, match="continuous temperature"):
+        entry("method.params.temperature=2.0", "space={method.params.temperature: {uniform: [1.5, 2.5]}}")
+    # a trial that cannot read it (another temperature, or generating) is an error, never the local teacher
+    from raykd.ray_layer.cache.causal_lm import trial_causal_cache
+
+    cfg = C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={out}", "teacher.cache=logits",
+                                                      "method.params.temperature=2.0"]))
+    assert trial_causal_cache(cfg, got)["temperature"] == 2.0
+    cfg.method.params["temperature"] = 1.0
+    with pytest.raises(RaykdError, match="cannot read the imported"):
+        trial_causal_cache(cfg, got)
+    cfg.method.name, cfg.method.params = "sft", {}
+    assert trial_causal_cache(cfg, got) is None  # reads no teacher: fine
+    # a partial import is refused: its trials would train on other pairs than the references
+    half = [r for i, r in enumerate(_axolotl_rows(rows, m["tokenizer"]["vocab_size"])) if i % 2]
+    pq.write_table(pa.Table.from_pylist(half), tmp_path / "half.parquet")
+    I.import_logprobs(I.ImportSettings("axolotl", str(tmp_path / "half.parquet"), temperature=2.0), plan.prepared, m,
+                      tpl, tmp_path / "half", log=lambda s: None)
+    with pytest.raises(RaykdError, match="of the .* train pairs"):
+        cfg = C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={tmp_path / 'half'}",
+                                                          "teacher.cache=logits", "teacher.cache_topk=4",
+                                                          "method.params.temperature=2.0"]))
+        imported_cache_entry(cfg, prepare_inputs(cfg), 2)
     with pytest.raises(C.ConfigError, match="teacher.cache_import"):
         C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={tmp_path}", "teacher.cache=logits"]))
+    with pytest.raises(C.ConfigError, match="compare study"):
+        C.load_config("search_spaces/causal_compare.yaml",
+                      C.parse_set([f"teacher.cache_import={out}", "teacher.cache=logits"]))
     with pytest.raises(C.ConfigError, match="cache: logits"):
         C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={out}"]))

@@ -176,6 +176,7 @@ def test_bad_rows_are_named():
     assert "NaN" in bad(logp=at(np.nan)) and "+inf" in bad(logp=at(np.inf))
     assert "summing" in bad(logp=lambda a: a + 1.0)
     assert "fewer than k" in bad(logp=at(-1e9))
+    assert "twice" in bad(ids=lambda a: (a.__setitem__((2, 1), a[2, 0]), a)[1])
     ragged = dict(good, target_token_ids=[r[:-1] if j == 3 else r for j, r in enumerate(good["target_token_ids"])])
     with pytest.raises(RaykdError, match="k differs"):
         S.read_axolotl(ragged)

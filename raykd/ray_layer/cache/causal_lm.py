@@ -303,7 +303,21 @@ def study_cache_request(cfg, teacher_layers: int, searched, force: bool = False)
 
 def trial_causal_cache(cfg, cache: dict) -> dict | None:
     """What a causal trial reads from the study's cache (``cache``: the plan's entry), or None when it
-    runs its teacher online: its method needs what the cache lacks, or generates, or reads no teacher."""
+    runs its teacher online: its method needs what the cache lacks, or generates, or reads no teacher.
+    With an imported cache (``teacher.cache_import``) a trial that needs the teacher but cannot read it is
+    an error (RaykdError): the model whose log-probs were imported is not the one it would run."""
+    out = _trial_causal_cache(cfg, cache)
+    needs = causal_needs(cfg.method.name, cfg.method.params)
+    if out is None and getattr(cfg.teacher, "cache_import", None) and needs:
+        t = logit_temperature(cfg.method.name, cfg.method.params)
+        raise RaykdError(f"method {cfg.method.name} (T = {t}) cannot read the imported teacher log-probs "
+                         f"{cfg.teacher.cache_import} (top-{cache.get('topk')} at T = {cache.get('temperatures')}, no "
+                         f"hidden states): {needs if isinstance(needs, str) else 'it needs ' + ', '.join(sorted(needs))}"
+                         "; running the study's own teacher instead would distil another model")
+    return out
+
+
+def _trial_causal_cache(cfg, cache: dict) -> dict | None:
     from raykd.ray_layer.cache.builder import structural_layers
 
     needs = causal_needs(cfg.method.name, cfg.method.params)

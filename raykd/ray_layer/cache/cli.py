@@ -97,7 +97,8 @@ def _transfer(args) -> int:
     from raykd.ray_layer.cache.builder import cache_dir_for
 
     try:
-        cfg = C.load_config(args.config, C.parse_set(args.set))
+        # the study's config may already name the cache this makes (teacher.cache_import): not read here
+        cfg = C.load_config(args.config, C.parse_set([*args.set, "teacher.cache_import=null"]))
         if not family_spec(cfg.teacher.family).template:
             raise RaykdError(f"{args.config}: teacher.family {cfg.teacher.family}: top-k next-token log-probs are a "
                              "causal teacher's (a family with a prompt/response template)")
