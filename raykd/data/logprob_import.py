@@ -5,11 +5,14 @@ study's prepared data — the directory layout and manifest ``raykd.ray_layer.ca
 * **Matched by content**: a source row belongs to the prepared train pair whose prompt + response ids
   (the study's template) equal its ``input_ids``; never by position. Unmatched source rows and
   prepared pairs without a source row are counted and the first few shown; ``strict`` makes either
-  fatal. The trials of a study on a partial import train on the matched pairs only (said when made).
-* **Checked before anything is kept**: every row (``check_row``: k, ids in the vocabulary, finite
-  values, mass ≤ 1 + 1e-3); the position convention on the first ``check_rows`` matched rows
-  (``alignment_rates``: a source one position off is refused); a renormalised source not declared as
-  such (or declared but not) only warns. Bad input raises ``RaykdError`` and leaves nothing behind.
+  fatal. A study refuses a partial cache (``raykd.ray_layer.inputs.imported_cache_entry``): its trials
+  would train on other pairs than its references.
+* **Checked before anything is kept**: every row (``check_row``: k, ids in the vocabulary and none
+  twice, finite values, mass ≤ 1 + 1e-3; a record of another shape is named, never a traceback); the
+  position convention on the first ``check_rows`` matched rows, before any conversion and again on a
+  resumed import (``SourceCheck``: a source one position off is refused); a renormalised source not
+  declared as such (or declared but not) only warns. Bad input raises ``RaykdError`` and leaves
+  nothing behind.
 * **Bounded memory, resumable**: sources are read a batch at a time (Parquet row groups, JSONL lines,
   an HF ``save_to_disk`` folder through ``datasets``, memory-mapped); converted rows are flushed to
   parts per source file and prepared shard under ``<out>.partial/`` every ``flush_bytes``, and a
@@ -379,8 +382,8 @@ def _assemble(settings: ImportSettings, parts: Path, prepared: str, manifest: di
                          "data? rows are matched by their prompt + response token ids)")
     if settings.strict and (stats["unmatched"] or missing):
         raise RaykdError(f"import --strict: {summary}")
-    log(f"[import] {summary}" + ("" if not missing else f"; the trials of a study on this cache train on those "
-                                                         f"{matched_rows:,} pairs"))
+    log(f"[import] {summary}" + ("" if not missing else "; a study refuses a cache that lacks train pairs (its "
+                                                         "trials would train on other pairs than its references)"))
     meta = {"key": key, "version": 1, "family": "causal_lm", "data_key": manifest["key"],
             "teacher": f"imported:{settings.format}:{settings.source}", "layers": [], "hidden": None,
             "topk": stats["k"],

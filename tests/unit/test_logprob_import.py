@@ -115,7 +115,7 @@ def test_distillkit_jsonl_and_an_hf_folder(data, tmp_path):
     meta, logs = _run(root, m, tpl, I.ImportSettings("distillkit", str(tmp_path / "dk.jsonl")), "dk")
     # a sequence that occurs twice in the train split gives both pairs their log-probs
     covered = sum(tuple(seq) in {tuple(s) for s, _ in rows[:25]} for seq, _ in rows)
-    assert meta["rows"] == covered < len(rows) and f"{covered} of" in logs[-1] and "train on those" in logs[-1]
+    assert meta["rows"] == covered < len(rows) and f"{covered} of" in logs[-1] and "a study refuses" in logs[-1]
     _check_cache(root, "dk", m, tpl, vocab, covered)
     datasets.Dataset.from_list(_axolotl_rows(rows, vocab)).save_to_disk(str(tmp_path / "hf"))
     _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "hf")), "hf")
