@@ -186,10 +186,12 @@ def import_key(settings: ImportSettings, files: list[tuple[str, Path]], manifest
 
 
 def import_logprobs(settings: ImportSettings, prepared: str, manifest: dict, template, out: Path,
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print, map_files=None) -> dict:
     """Import ``settings.source`` into the cache directory ``out`` for the train split of ``prepared``
     (its ``manifest``) under ``template`` (a ``CausalTemplate``). Returns the cache's manifest
-    (existing: reused). RaykdError on bad input, nothing left behind."""
+    (existing: reused). RaykdError on bad input, nothing left behind. ``map_files(convert_file, jobs,
+    index)`` yields each ``FileJob``'s counts in order: how the files are spread (the command's
+    ``--workers`` runs them on Ray Data; None: one after the other here)."""
     from raykd.atomic import atomic_directory
 
     if (out / "manifest.json").exists():
@@ -208,7 +210,7 @@ def import_logprobs(settings: ImportSettings, prepared: str, manifest: dict, tem
     log(f"[import] {settings.format} rows from {settings.source} ({len(files)} file(s)) → {out}; "
         f"{len(index.shard):,} train pairs to match")
     try:
-        stats = _convert(settings, files, index, vocab, partial, log)
+        stats = _convert(settings, files, index, vocab, partial, log, map_files)
         with atomic_directory(out) as tmp:
             meta = _assemble(settings, partial / "parts", prepared, manifest, index, tmp, stats, vocab, out.name, log)
     except RaykdError:
@@ -280,9 +282,11 @@ def _precheck(settings: ImportSettings, numbered, index: "PreparedIndex", vocab:
             "e.g. axolotl's prepared rows?): declare --renormalized; the tail stored is then empty, not log(1 − Σp)")
 
 
-def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, partial: Path, log) -> dict:
+def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, partial: Path, log,
+             map_files=None) -> dict:
     """Every source file → parts (skipping files already done, each marked by an atomically written
-    ``.done`` with its counts); returns the totals."""
+    ``.done`` with its counts) through ``map_files(convert_file, jobs, index)`` (default: in order, here);
+    returns the totals."""
     raykd_meta = _read_json(Path(settings.source) / "manifest.json") if settings.format == "raykd" else None
     template = None
     if settings.format == "raykd":
@@ -304,37 +308,77 @@ def _convert(settings: ImportSettings, files, index: PreparedIndex, vocab: int, 
             continue
         for k in keys:
             stats[k] += prev[k]
+        stats["examples"] = (stats["examples"] + prev.get("examples", []))[:settings.examples]
         stats["k"] = stats["k"] or prev.get("k")
         log(f"[import] {path.name}: done before ({prev['matched']:,} rows), skipped")
-    for i, kind, path in todo:  # one file at a time: its parts, then its marker
-        parts, mine = _Parts(partial / "parts", i, settings.flush_bytes), {k: 0 for k in keys}
-        for _, _, n, row in _records(settings, [(i, kind, path)], raykd_meta, template, vocab):
-            mine["source_rows"] += 1
-            if row.valid.any():
-                stats["k"] = stats["k"] or row.ids.shape[1]
-                if row.ids.shape[1] != stats["k"]:
-                    raise RaykdError(f"{path}: row {n}: k = {row.ids.shape[1]}, earlier rows k = {stats['k']}: k "
-                                     "differs between rows (one k per source)")
-            targets = index.rows.get(_digest(row.input_ids), [])
-            if not targets:
-                mine["unmatched"] += 1
-                if len(stats["examples"]) < settings.examples:
-                    stats["examples"].append(f"{path.name} row {n}: {len(row.input_ids)} tokens, starting "
-                                             f"{row.input_ids[:8].tolist()}")
-                continue
-            for r in targets:
-                cols = S.cache_row(row, index.response[r], settings.temperature, settings.renormalized)
-                if cols is None:
-                    mine["missing_positions"] += 1
-                    continue
-                parts.add(index.shard[r], r, cols)
-            mine["matched"] += 1
-        parts.flush()
-        _write_done(done[i], {**mine, "k": stats["k"]})
-        for k, v in mine.items():
-            stats[k] += v
-        log(f"[import] {path.name}: {mine['source_rows']:,} rows, {mine['matched']:,} matched")
+    jobs = [FileJob(settings, i, kind, str(path), vocab, str(partial / "parts"), raykd_meta) for i, kind, path in todo]
+    for job, mine in zip(jobs, (map_files or _in_order)(convert_file, jobs, index)):
+        for k in keys:
+            stats[k] += mine[k]
+        stats["examples"] = (stats["examples"] + mine["examples"])[:settings.examples]
+        if mine["k"] and stats["k"] and mine["k"] != stats["k"]:
+            raise RaykdError(f"{job.path}: k = {mine['k']}, other files k = {stats['k']}: k differs between rows "
+                             "(one k per source)")
+        stats["k"] = stats["k"] or mine["k"]
+        log(f"[import] {Path(job.path).name}: {mine['source_rows']:,} rows, {mine['matched']:,} matched")
     return stats
+
+
+@dataclass
+class FileJob:
+    """One source file's conversion (``convert_file``): picklable, for a worker elsewhere."""
+
+    settings: ImportSettings
+    file_no: int
+    kind: str
+    path: str
+    vocab: int
+    parts: str
+    raykd_meta: dict | None = None
+
+
+def _in_order(fn, jobs: list[FileJob], index: "PreparedIndex"):
+    """The default file mapper: one file after the other, here."""
+    for job in jobs:
+        yield fn(job, index)
+
+
+def convert_file(job: FileJob, index: "PreparedIndex") -> dict:
+    """Convert one source file into parts under ``job.parts`` and mark it done (atomically); returns its
+    counts (source_rows, matched, unmatched, missing_positions), its k and a few unmatched examples.
+    RaykdError naming the first bad row."""
+    settings, path = job.settings, Path(job.path)
+    template = None
+    if settings.format == "raykd":
+        from raykd.data.template import CausalTemplate
+
+        template = CausalTemplate.from_dict(job.raykd_meta["template"])
+    parts = _Parts(Path(job.parts), job.file_no, settings.flush_bytes)
+    mine = {"source_rows": 0, "matched": 0, "unmatched": 0, "missing_positions": 0, "examples": [], "k": None}
+    for _, _, n, row in _records(settings, [(job.file_no, job.kind, path)], job.raykd_meta, template, job.vocab):
+        mine["source_rows"] += 1
+        if row.valid.any():
+            mine["k"] = mine["k"] or row.ids.shape[1]
+            if row.ids.shape[1] != mine["k"]:
+                raise RaykdError(f"{path}: row {n}: k = {row.ids.shape[1]}, earlier rows k = {mine['k']}: k "
+                                 "differs between rows (one k per source)")
+        targets = index.rows.get(_digest(row.input_ids), [])
+        if not targets:
+            mine["unmatched"] += 1
+            if len(mine["examples"]) < settings.examples:
+                mine["examples"].append(f"{path.name} row {n}: {len(row.input_ids)} tokens, starting "
+                                        f"{row.input_ids[:8].tolist()}")
+            continue
+        for r in targets:
+            cols = S.cache_row(row, index.response[r], settings.temperature, settings.renormalized)
+            if cols is None:
+                mine["missing_positions"] += 1
+                continue
+            parts.add(index.shard[r], r, cols)
+        mine["matched"] += 1
+    parts.flush()
+    _write_done(Path(job.parts) / f"{job.file_no:05d}.done", mine)
+    return mine
 
 
 def _write_done(path: Path, value: dict) -> None:

@@ -234,3 +234,30 @@ def test_an_imported_cache_gives_the_built_caches_loss_and_a_study_trains_on_it(
     assert len(results) == 1 and not results.errors
     final = next(iter(trial_results(Path(path)).values()))[-1]
     assert final["teacher_source"] == "cache" and final["train/loss"] == final["train/loss"]
+
+
+def test_import_on_ray_data_workers_writes_what_the_driver_writes(built, tmp_path):
+    """``--workers``: the source's files converted by Ray Data actors give the very cache the driver's
+    one-after-the-other import gives (same rows, same bytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raykd.data import logprob_import as I
+    from raykd.data.template import CausalTemplate
+    from raykd.ray_layer.cache.importer import ray_data_mapper
+
+    cfg, plan, cache, _ = built
+    manifest = json.loads(Path(plan.prepared, "manifest.json").read_text())
+    tpl = CausalTemplate.from_dict(plan.template)
+    I.export_axolotl(cache["dir"], plan.prepared, manifest, tpl, tmp_path / "ax", temperature=1.0, log=lambda s: None)
+    rows = pa.concat_tables([pq.read_table(f) for f in sorted((tmp_path / "ax").glob("*.parquet"))])
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        pq.write_table(rows.take(list(range(i, rows.num_rows, 3))), tmp_path / "src" / f"part-{i}.parquet")
+    settings = I.ImportSettings("axolotl", str(tmp_path / "src"), strict=True)
+    a = I.import_logprobs(settings, plan.prepared, manifest, tpl, tmp_path / "driver", log=lambda s: None)
+    b = I.import_logprobs(settings, plan.prepared, manifest, tpl, tmp_path / "workers", log=lambda s: None,
+                          map_files=ray_data_mapper(2))
+    assert a["rows"] == b["rows"] == manifest["splits"]["train"]["rows"] and a["files"].keys() == b["files"].keys()
+    for name in a["files"]:
+        assert pq.read_table(tmp_path / "driver" / "train" / name).equals(pq.read_table(tmp_path / "workers" / "train" / name))

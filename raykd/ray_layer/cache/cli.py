@@ -2,11 +2,12 @@
 (see ``raykd.ray_layer.cache.masked_lm``; causal teachers ``raykd.ray_layer.cache.causal_lm``) ahead of the study,
 on a local Ray or ``--address``. With ``teacher.cache: none`` it builds what the study's trials would read.
 ``import`` / ``export`` move a causal teacher's top-k log-probs between raykd's cache and the layouts other
-projects write (``raykd.data.logprob_import``; driver-side, no Ray).
+projects write (``raykd.data.logprob_import``; on the driver, or its files spread over Ray Data actors with
+``--workers``).
 
     python -m raykd.cache build --config search_spaces/depth.yaml [--set key=value ...] [--max-gb G]
     python -m raykd.cache import --format axolotl|distillkit|raykd --from PATH --config X.yaml [--temperature T]
-                                 [--renormalized] [--alignment next|current] [--strict]
+                                 [--renormalized] [--alignment next|current] [--strict] [--workers N]
     python -m raykd.cache export --format axolotl --from CACHE_DIR --to OUT --config X.yaml [--temperature T]
 """
 
@@ -85,6 +86,9 @@ def _transfer_parsers(sub) -> None:
     i.add_argument("--alignment", choices=("next", "current"), default="next",
                    help="axolotl prepared rows: row j over token j + 1 (axolotl > 0.18, default) or over token j")
     i.add_argument("--strict", action="store_true", help="any unmatched source row or train pair is an error")
+    i.add_argument("--workers", type=int, default=0, help="convert the source's files on this many Ray Data actors "
+                   "(a local Ray, or --address); 0: one after the other on the driver, no Ray (default)")
+    i.add_argument("--address", default=None, help="an existing Ray cluster for --workers")
 
 
 def _transfer(args) -> int:
@@ -117,7 +121,18 @@ def _transfer(args) -> int:
         files = I.source_files(settings.source, settings.format)
         key = I.import_key(settings, files, manifest, plan.template, int(manifest["tokenizer"]["vocab_size"]))
         out = cache_dir_for(plan.prepared, f"imported-{key}")
-        I.import_logprobs(settings, plan.prepared, manifest, template, out, log=log)
+        if args.workers > 0:
+            from raykd.ray_layer.cache.importer import ray_data_mapper
+
+            ray, started = init_ray(args.address)
+            try:
+                I.import_logprobs(settings, plan.prepared, manifest, template, out, log=log,
+                                  map_files=ray_data_mapper(args.workers))
+            finally:
+                if started:
+                    ray.shutdown()
+        else:
+            I.import_logprobs(settings, plan.prepared, manifest, template, out, log=log)
     except RaykdError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
