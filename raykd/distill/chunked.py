@@ -43,8 +43,9 @@ class _Chunked(torch.autograd.Function):
         grad_w = torch.zeros_like(w32)
         grad_b = None if b32 is None else torch.zeros_like(b32)
         total = torch.zeros((), dtype=torch.float32, device=h_s.device)
-        for start in range(0, h_s.shape[0], chunk):
-            sl = slice(start, start + chunk)
+        # ``chunk``: a size, or the chunks' slices themselves (chunks that must not cut a group of positions)
+        slices = chunk if isinstance(chunk, list) else [slice(s, s + chunk) for s in range(0, h_s.shape[0], chunk)]
+        for sl in slices:
             hs = h_s[sl].detach().float()
             with torch.no_grad():
                 logits = hs @ w32.T if b32 is None else torch.addmm(b32, hs, w32.T)
@@ -184,3 +185,57 @@ def chunked_uld(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: to
                               num_tokens=denom)
 
     return _Chunked.apply(h_s, w_s, b_s, part, chunk_tokens)
+
+
+def span_chunks(spans: torch.Tensor, chunk_tokens: int) -> list[slice]:
+    """Contiguous slices of positions, each about ``chunk_tokens`` long, cut only where the span number
+    changes (``spans`` [n], non-decreasing: a span's positions stay in one chunk). On the meta device
+    (no values to read): one chunk."""
+    n = spans.shape[0]
+    if spans.device.type == "meta" or n == 0:
+        return [slice(0, n)]
+    values = spans.tolist()
+    out, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or (i - start >= chunk_tokens and values[i] != values[i - 1]):
+            out.append(slice(start, i))
+            start = i
+    return out
+
+
+def chunked_gold(h_s: torch.Tensor, w_s: torch.Tensor, h_t: torch.Tensor, w_t: torch.Tensor,
+                 student_tokens: torch.Tensor, teacher_tokens: torch.Tensor, student_spans: torch.Tensor,
+                 teacher_spans: torch.Tensor, *, num_tokens: float, temperature: float = 1.0,
+                 shared: tuple[torch.Tensor, torch.Tensor] | None = None, beta: float = 0.5,
+                 matched_weight: float | None = None, num_spans: int | None = None, chunk_tokens: int = 256,
+                 b_s: torch.Tensor | None = None, b_t: torch.Tensor | None = None, vocab_s: int | None = None,
+                 vocab_t: int | None = None) -> torch.Tensor:
+    """``losses.gold_distance`` from final hidden states and heads (student h_s [n_s, d_s], w_s; teacher
+    h_t [n_t, d_t], w_t, no gradient), about ``chunk_tokens`` student positions at a time, never cutting a
+    span: each chunk takes the teacher positions of its own spans. Only positions in a span are used
+    (span numbers non-decreasing along each side, as ``cross_tokenizer.span_ids`` gives them). The sum
+    over spans ÷ ``num_tokens``; value and gradients equal the plain form. Gradients reach h_s, w_s, b_s."""
+    keep_s, keep_t = student_spans >= 0, teacher_spans >= 0
+    h_s, tok_s, sp_s = h_s[keep_s], student_tokens[keep_s], student_spans[keep_s]
+    h_t, tok_t, sp_t = h_t[keep_t.to(h_t.device)], teacher_tokens[keep_t], teacher_spans[keep_t]
+    wt = w_t.detach().float()
+    bt = None if b_t is None else b_t.detach().float()
+
+    def part(ls: torch.Tensor, sl: slice) -> torch.Tensor:
+        mine = sp_s[sl]
+        if mine.numel() == 0:  # no span in this batch: nothing to compare (a zero with a graph)
+            return ls.sum() * 0.0
+        if mine.device.type == "meta":
+            theirs = torch.ones_like(sp_t, dtype=torch.bool)
+        else:
+            theirs = (sp_t >= mine.min()) & (sp_t <= mine.max())  # spans are numbered in position order
+        with torch.no_grad():
+            lt = h_t[theirs].detach().float() @ wt.T
+            lt = lt if bt is None else lt + bt
+        ls = ls if vocab_s is None else ls[..., :vocab_s]
+        lt = lt if vocab_t is None else lt[..., :vocab_t]
+        return L.gold_distance(ls, lt, tok_s[sl], tok_t[theirs], mine, sp_t[theirs], temperature=temperature,
+                               shared=shared, beta=beta, matched_weight=matched_weight, num_tokens=num_tokens,
+                               num_spans=num_spans)
+
+    return _Chunked.apply(h_s, w_s, b_s, part, span_chunks(sp_s, chunk_tokens))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import losses as L
-from .chunked import chunked_uld
+from .chunked import chunked_gold, chunked_uld
 from .base import DistillMethod
 from ..registry import METHODS
 
@@ -128,7 +128,7 @@ class GOLD(DistillMethod):
     their raw vocabulary strings, as TRL (a WordPiece and a byte-level BPE share few: 'Ġthe' ≠ 'the')."""
 
     uses_mlm = True
-    chunkable = False  # spans merge positions: the plain path only (logits [response tokens, V] per side)
+    chunkable = True  # chunks of whole spans (``chunked.chunked_gold``)
 
     def __init__(self, student, teacher_config, temperature: float = 1.0, gold_weight: float = 1.0, beta: float = 0.5,
                  hybrid: bool = True, matched_weight: float | None = None, weights=None, dynamic_weights=False):
@@ -144,12 +144,20 @@ class GOLD(DistillMethod):
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs):
         t_in = inputs.get("teacher_inputs", inputs)
-        out = self.family.run(teacher, t_in, hidden=False)
-        v = self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
-        logits = out.logits[t_in["chosen"]]
+        chunked = self.use_chunked(inputs)
+        out = self.family.run(teacher.base_model if chunked else teacher, t_in, hidden=False)
         s_span, t_span, bound = span_ids(inputs, t_in)
-        return {"logits": logits if v is None else logits[..., :v], "student_span": s_span, "teacher_span": t_span,
-                "num_spans": bound, "tokens": self.family.labels_at(t_in["ids"], t_in["chosen"])}
+        targets = {"student_span": s_span, "teacher_span": t_span, "num_spans": bound,
+                   "tokens": self.family.labels_at(t_in["ids"], t_in["chosen"])}
+        if chunked:
+            head = teacher.get_output_embeddings()
+            targets["final_hidden"] = out.last_hidden_state[t_in["chosen"]]
+            targets["head"] = (head.weight, head.bias)
+        else:
+            v = self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
+            logits = out.logits[t_in["chosen"]]
+            targets["logits"] = logits if v is None else logits[..., :v]
+        return targets
 
     def _shared(self, v_s: int, v_t: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.hybrid:
@@ -165,10 +173,22 @@ class GOLD(DistillMethod):
         return self._shared_cache[1]
 
     def losses(self, inputs, targets, out):
-        logits = self.task_logits(out, inputs)
-        gold = L.gold_distance(logits, targets["logits"], self.task_labels(inputs), targets["tokens"],
-                               targets["student_span"], targets["teacher_span"], temperature=self.temperature,
-                               shared=self._shared(logits.shape[-1], targets["logits"].shape[-1], logits.device),
-                               beta=self.beta, matched_weight=self.matched_weight, num_spans=targets["num_spans"],
-                               num_tokens=inputs.get("num_tokens") or targets["student_span"].numel())
+        n = inputs.get("num_tokens") or targets["student_span"].numel()
+        kw = dict(temperature=self.temperature, beta=self.beta, matched_weight=self.matched_weight,
+                  num_spans=targets["num_spans"], num_tokens=n)
+        if inputs.get("chunked"):
+            head = self.student.mlm.get_output_embeddings()
+            w_t, b_t = targets["head"]
+            v_s = self.vocab or head.weight.shape[0]
+            v_t = (self.teacher_vocab if "teacher_inputs" in inputs else self.vocab) or w_t.shape[0]
+            gold = chunked_gold(out.last_hidden_state[inputs["chosen"]], head.weight, targets["final_hidden"], w_t,
+                                self.task_labels(inputs), targets["tokens"], targets["student_span"],
+                                targets["teacher_span"], shared=self._shared(v_s, v_t, head.weight.device),
+                                chunk_tokens=self.chunk_tokens, b_s=head.bias, b_t=b_t, vocab_s=v_s, vocab_t=v_t, **kw)
+        else:
+            logits = self.task_logits(out, inputs)
+            gold = L.gold_distance(logits, targets["logits"], self.task_labels(inputs), targets["tokens"],
+                                   targets["student_span"], targets["teacher_span"],
+                                   shared=self._shared(logits.shape[-1], targets["logits"].shape[-1], logits.device),
+                                   **kw)
         return {"ce": self.ce_term(out, inputs), "gold": gold}

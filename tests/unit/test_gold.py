@@ -263,6 +263,45 @@ def test_a_gold_step_with_a_teacher_of_another_vocabulary():
     assert float(method.student.mlm.get_input_embeddings().weight.grad.abs().sum()) > 0
 
 
+def test_span_chunks_never_cut_a_span():
+    from raykd.distill.chunked import span_chunks
+
+    spans = torch.tensor([0, 0, 0, 1, 2, 2, 5, 5, 5, 5, 9])
+    got = span_chunks(spans, 2)
+    assert [(c.start, c.stop) for c in got] == [(0, 3), (3, 6), (6, 10), (10, 11)]
+    assert span_chunks(spans, 100) == [slice(0, 11)] and span_chunks(spans[:0], 4) == [slice(0, 0)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_chunked_gold_equals_the_plain_distance_in_value_and_gradients(chunk):
+    from raykd.distill.chunked import chunked_gold
+
+    g = torch.Generator().manual_seed(chunk)
+    n_s, n_t, d, v_s, v_t = 9, 7, 6, 11, 13
+    h_s, h_t = torch.randn(n_s, d, generator=g, dtype=torch.float64), torch.randn(n_t, d, generator=g, dtype=torch.float64)
+    w_s, w_t = torch.randn(v_s + 2, d, generator=g, dtype=torch.float64), torch.randn(v_t, d, generator=g, dtype=torch.float64)
+    b_s = torch.randn(v_s + 2, generator=g, dtype=torch.float64)
+    tok_s, tok_t = torch.randint(0, v_s, (n_s,), generator=g), torch.randint(0, v_t, (n_t,), generator=g)
+    span_s = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, -1])
+    span_t = torch.tensor([0, 1, 2, 3, 3, -1, 5])
+    shared = (torch.tensor([0, 2, 3, 7]), torch.tensor([5, 2, 12, 0]))
+    kw = dict(temperature=1.5, shared=shared, beta=0.3, num_tokens=9.0)
+    runs = []
+    for chunked in (False, True):
+        hs, ws, bs = (x.clone().requires_grad_(True) for x in (h_s, w_s, b_s))
+        if chunked:
+            value = chunked_gold(hs, ws, h_t, w_t, tok_s, tok_t, span_s, span_t, chunk_tokens=chunk, b_s=bs,
+                                 vocab_s=v_s, **kw)
+        else:
+            value = L.gold_distance((hs @ ws.T + bs)[:, :v_s], h_t @ w_t.T, tok_s, tok_t, span_s, span_t, **kw)
+        value.backward()
+        runs.append((float(value), hs.grad, ws.grad, bs.grad))
+    (a, *ga), (b, *gb) = runs
+    assert b == pytest.approx(a, rel=1e-6)  # the chunks run in fp32 (as every chunked loss), the plain form in fp64
+    for x, y in zip(ga, gb):
+        assert float((x - y).norm()) <= 1e-5 * float(x.norm()) + 1e-9
+
+
 def test_the_teacher_view_records_spans_and_the_shared_vocabulary(tmp_path):
     import pyarrow.parquet as pq
 
