@@ -33,8 +33,35 @@ def aligned_positions(chosen_s: torch.Tensor, chosen_t: torch.Tensor) -> tuple[t
     return pick(chosen_s), pick(chosen_t)
 
 
+class CrossTokenizerMethod(DistillMethod):
+    """What ``uld`` and ``gold`` share: the teacher run on its own tokenization (``teacher_inputs``; the
+    student's inputs with one tokenizer), its logits compared over its own tokenizer's vocabulary, no
+    teacher layers read, chunkable."""
+
+    uses_mlm = True
+    chunkable = True
+
+    def __init__(self, student, teacher_config, weights: dict, dynamic_weights: bool):
+        super().__init__(student, teacher_config, weights, dynamic_weights)
+        self.teacher_vocab: int | None = None  # the teacher's tokenizer's real vocabulary (None: the student's)
+
+    def teacher_layers(self):
+        return []
+
+    def teacher_pass(self, teacher, inputs: dict):
+        """(the teacher's inputs, whether this batch runs chunked, the teacher's output: its trunk's when
+        chunked — the head is applied chunk by chunk — else the full model's)."""
+        t_in = inputs.get("teacher_inputs", inputs)
+        chunked = self.use_chunked(inputs)
+        return t_in, chunked, self.family.run(teacher.base_model if chunked else teacher, t_in, hidden=False)
+
+    def teacher_side_vocab(self, inputs: dict) -> int | None:
+        """The vocabulary the teacher's logits are compared over in this batch."""
+        return self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
+
+
 @METHODS.register("uld")
-class ULD(DistillMethod):
+class ULD(CrossTokenizerMethod):
     """Universal Logit Distillation (Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the
     Universal Logit Distillation Loss for LLMs"): the student's cross-entropy on the true response
     tokens (``ce``) + ``uld_weight`` · ``losses.uld_distance`` (``uld``) between the student's and the
@@ -44,23 +71,14 @@ class ULD(DistillMethod):
     answers; here on the corpus's answers, as every other causal method. The distance is summed over
     aligned positions and divided like the cross-entropy (per counted student response token)."""
 
-    uses_mlm = True
-    chunkable = True
-
     def __init__(self, student, teacher_config, temperature: float = 1.0, uld_weight: float = 1.0, weights=None,
                  dynamic_weights=False):
         super().__init__(student, teacher_config, {"uld": uld_weight, **(weights or {})}, dynamic_weights)
         self.temperature = temperature
-        self.teacher_vocab: int | None = None  # the teacher's tokenizer's real vocabulary (None: the student's)
-
-    def teacher_layers(self):
-        return []
 
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs):
-        t_in = inputs.get("teacher_inputs", inputs)
-        chunked = self.use_chunked(inputs)
-        out = self.family.run(teacher.base_model if chunked else teacher, t_in, hidden=False)
+        t_in, chunked, out = self.teacher_pass(teacher, inputs)
         s_idx, t_idx = aligned_positions(inputs["chosen"], t_in["chosen"])
         targets = {"student_index": s_idx}
         if chunked:
@@ -69,7 +87,7 @@ class ULD(DistillMethod):
             targets["head"] = (head.weight, head.bias)
         else:
             logits = out.logits[t_in["chosen"]][t_idx]
-            v = self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
+            v = self.teacher_side_vocab(inputs)
             targets["logits"] = logits if v is None else logits[..., :v]
         return targets
 
@@ -81,7 +99,7 @@ class ULD(DistillMethod):
             uld = chunked_uld(out.last_hidden_state[inputs["chosen"]][idx], head.weight, targets["final_hidden"], w_t,
                               b_s=head.bias, b_t=b_t, temperature=self.temperature, num_tokens=n or idx.numel(),
                               chunk_tokens=self.chunk_tokens, vocab_s=self.vocab,
-                              vocab_t=self.teacher_vocab if "teacher_inputs" in inputs else self.vocab)
+                              vocab_t=self.teacher_side_vocab(inputs))
         else:
             uld = L.uld_distance(self.task_logits(out, inputs)[idx], targets["logits"], temperature=self.temperature,
                                  num_tokens=n or idx.numel())
@@ -112,7 +130,7 @@ def span_ids(inputs: dict, t_in: dict) -> tuple[torch.Tensor, torch.Tensor, int]
 
 
 @METHODS.register("gold")
-class GOLD(DistillMethod):
+class GOLD(CrossTokenizerMethod):
     """GOLD's cross-tokenizer objective (TRL's ``GOLDTrainer`` with ``use_uld_loss``: the byte-offset
     alignment, the "bayesian" span merge and the hybrid loss): the student's cross-entropy (``ce``) +
     ``gold_weight`` · ``losses.gold_distance`` (``gold``) over the spans where both tokenizations of the
@@ -127,25 +145,16 @@ class GOLD(DistillMethod):
     divided like the cross-entropy (per counted student response token). Shared entries are matched by
     their raw vocabulary strings, as TRL (a WordPiece and a byte-level BPE share few: 'Ġthe' ≠ 'the')."""
 
-    uses_mlm = True
-    chunkable = True  # chunks of whole spans (``chunked.chunked_gold``)
-
     def __init__(self, student, teacher_config, temperature: float = 1.0, gold_weight: float = 1.0, beta: float = 0.5,
                  hybrid: bool = True, matched_weight: float | None = None, weights=None, dynamic_weights=False):
         super().__init__(student, teacher_config, {"gold": gold_weight, **(weights or {})}, dynamic_weights)
         self.temperature, self.beta, self.hybrid, self.matched_weight = temperature, beta, hybrid, matched_weight
-        self.teacher_vocab: int | None = None  # the teacher's tokenizer's real vocabulary (None: the student's)
         # (student ids, teacher ids) both vocabularies hold under one string; None: one tokenizer (all of it)
         self.shared: tuple[list[int], list[int]] | None = None
 
-    def teacher_layers(self):
-        return []
-
     @torch.no_grad()
     def teacher_targets(self, teacher, inputs):
-        t_in = inputs.get("teacher_inputs", inputs)
-        chunked = self.use_chunked(inputs)
-        out = self.family.run(teacher.base_model if chunked else teacher, t_in, hidden=False)
+        t_in, chunked, out = self.teacher_pass(teacher, inputs)  # chunked: in chunks of whole spans
         s_span, t_span, bound = span_ids(inputs, t_in)
         targets = {"student_span": s_span, "teacher_span": t_span, "num_spans": bound,
                    "tokens": self.family.labels_at(t_in["ids"], t_in["chosen"])}
@@ -154,7 +163,7 @@ class GOLD(DistillMethod):
             targets["final_hidden"] = out.last_hidden_state[t_in["chosen"]]
             targets["head"] = (head.weight, head.bias)
         else:
-            v = self.teacher_vocab if "teacher_inputs" in inputs else self.vocab
+            v = self.teacher_side_vocab(inputs)
             logits = out.logits[t_in["chosen"]]
             targets["logits"] = logits if v is None else logits[..., :v]
         return targets
@@ -180,7 +189,7 @@ class GOLD(DistillMethod):
             head = self.student.mlm.get_output_embeddings()
             w_t, b_t = targets["head"]
             v_s = self.vocab or head.weight.shape[0]
-            v_t = (self.teacher_vocab if "teacher_inputs" in inputs else self.vocab) or w_t.shape[0]
+            v_t = self.teacher_side_vocab(inputs) or w_t.shape[0]
             gold = chunked_gold(out.last_hidden_state[inputs["chosen"]], head.weight, targets["final_hidden"], w_t,
                                 self.task_labels(inputs), targets["tokens"], targets["student_span"],
                                 targets["teacher_span"], shared=self._shared(v_s, v_t, head.weight.device),

@@ -217,6 +217,24 @@ def test_export_to_axolotl_and_back_is_identical_in_ids_and_within_fp16_in_value
         _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "ax")), "rt3")
 
 
+def _study_source(cfg_path, sets, out):
+    """A tiny causal study's inputs prepared here (no Ray) and an axolotl source of its train pairs at
+    ``out``: (plan, manifest, template, [(sequence, response range)])."""
+    from raykd import config as C
+    from raykd.data.shards import load_manifest
+    from raykd.data.template import CausalTemplate
+    from raykd.ray_layer.inputs import prepare_inputs
+
+    plan = prepare_inputs(C.load_config(cfg_path, C.parse_set(sets)))
+    m, tpl = load_manifest(plan.prepared), CausalTemplate.from_dict(plan.template)
+    rows = []
+    for path in shard_paths(plan.prepared, "train", m):
+        t = pq.read_table(path).to_pydict()
+        rows += [S.prepared_sequence(tpl, q, a) for q, a in zip(t["q_input_ids"], t["a_input_ids"])]
+    pq.write_table(pa.Table.from_pylist(_axolotl_rows(rows, m["tokenizer"]["vocab_size"])), out)
+    return plan, m, tpl, rows
+
+
 def test_the_command_imports_refuses_in_one_line_and_exports(tmp_path, capsys):
     """``python -m raykd.cache import/export`` on a tiny causal study (its data prepared here, no Ray)."""
     from raykd.ray_layer.cache.cli import main
@@ -224,19 +242,7 @@ def test_the_command_imports_refuses_in_one_line_and_exports(tmp_path, capsys):
     sets = ["data.synth.dialogs=60", "data.max_length=16", "data.tokenizer=train-bpe:300",
             f"data.work_dir={tmp_path / 'work'}"]
     cfg = "search_spaces/causal_smoke.yaml"
-    from raykd import config as C
-    from raykd.ray_layer.inputs import prepare_inputs
-
-    plan = prepare_inputs(C.load_config(cfg, C.parse_set(sets)))
-    from raykd.data.shards import load_manifest
-    from raykd.data.template import CausalTemplate
-
-    m, tpl = load_manifest(plan.prepared), CausalTemplate.from_dict(plan.template)
-    rows = []
-    for path in shard_paths(plan.prepared, "train", m):
-        t = pq.read_table(path).to_pydict()
-        rows += [S.prepared_sequence(tpl, q, a) for q, a in zip(t["q_input_ids"], t["a_input_ids"])]
-    pq.write_table(pa.Table.from_pylist(_axolotl_rows(rows, m["tokenizer"]["vocab_size"])), tmp_path / "a.parquet")
+    plan, m, tpl, rows = _study_source(cfg, sets, tmp_path / "a.parquet")
     capsys.readouterr()
     assert main(["import", "--format", "axolotl", "--from", str(tmp_path / "a.parquet"), "--config", cfg,
                  "--set", *sets]) == 0
@@ -264,20 +270,12 @@ def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):
     """``teacher.cache_import``: checked at load time (a directory with a manifest, with cache: logits)
     and at plan time (the same data, k, and only the source's temperature)."""
     from raykd import config as C
-    from raykd.data.shards import load_manifest
-    from raykd.data.template import CausalTemplate
     from raykd.ray_layer.inputs import imported_cache_entry, prepare_inputs
 
     cfg_path = "search_spaces/causal_smoke.yaml"
     sets = ["data.synth.dialogs=60", "data.max_length=16", "data.tokenizer=train-bpe:300",
             f"data.work_dir={tmp_path / 'work'}", "method.name=kd", "space={}"]
-    plan = prepare_inputs(C.load_config(cfg_path, C.parse_set(sets)))
-    m, tpl = load_manifest(plan.prepared), CausalTemplate.from_dict(plan.template)
-    rows = []
-    for path in shard_paths(plan.prepared, "train", m):
-        t = pq.read_table(path).to_pydict()
-        rows += [S.prepared_sequence(tpl, q, a) for q, a in zip(t["q_input_ids"], t["a_input_ids"])]
-    pq.write_table(pa.Table.from_pylist(_axolotl_rows(rows, m["tokenizer"]["vocab_size"])), tmp_path / "a.parquet")
+    plan, m, tpl, rows = _study_source(cfg_path, sets, tmp_path / "a.parquet")
     out = tmp_path / "imported"
     I.import_logprobs(I.ImportSettings("axolotl", str(tmp_path / "a.parquet"), temperature=2.0), plan.prepared, m, tpl,
                       out, log=lambda s: None)
