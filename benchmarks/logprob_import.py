@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from benchmarks.common import median
-from benchmarks.logit_cache import _column_bytes as column_bytes
 
 HELP = "cache import / export: rows/s, tokens/s and bytes per token against the axolotl source"
 
@@ -58,6 +57,19 @@ def _source(prepared: str, manifest: dict, template, k: int, out: Path) -> tuple
     return rows, positions
 
 
+def _bytes(files, columns) -> int:
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        md = pq.ParquetFile(f).metadata
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            total += sum(rg.column(c).total_compressed_size for c in range(rg.num_columns)
+                         if rg.column(c).path_in_schema.split(".")[0] in columns)
+    return total
+
+
 def bench_logprob_import(args) -> dict:
     """Import the generated axolotl source into raykd's cache and export it back, alternating rounds
     (each import into a fresh directory: nothing reused); medians over rounds."""
@@ -77,7 +89,7 @@ def bench_logprob_import(args) -> dict:
         tpl = causal_template(load_tokenizer(str(tmp / "p" / m["tokenizer"]["path"])))
         (tmp / "src").mkdir()
         rows, positions = _source(str(tmp / "p"), m, tpl, k, tmp / "src")
-        src_bytes = column_bytes(sorted((tmp / "src").glob("*.parquet")), ("target_token_ids", "target_logprobs",
+        src_bytes = _bytes(sorted((tmp / "src").glob("*.parquet")), ("target_token_ids", "target_logprobs",
                                                                        "target_mask"))
         times: dict[str, list[float]] = {"import": [], "export": []}
         meta: dict = {}
@@ -92,7 +104,7 @@ def bench_logprob_import(args) -> dict:
                     I.export_axolotl(tmp / f"cache-{last}", str(tmp / "p"), m, tpl, tmp / f"ax-{r}", log=lambda s: None)
                 times[what].append(time.perf_counter() - t)
                 print(f"  round {r + 1} {what}: {times[what][-1]:.2f} s", flush=True)
-        cache_bytes = column_bytes(sorted((tmp / "cache-0" / "train").glob("*.parquet")),
+        cache_bytes = _bytes(sorted((tmp / "cache-0" / "train").glob("*.parquet")),
                              ("topk_ids", "topk_logp", "topk_tail"))
     med = {w: median(v) for w, v in times.items()}
     resp = meta["response_tokens"]
