@@ -20,7 +20,11 @@ def ray_session(tmp_path_factory):
 
     if not ray.is_initialized():
         from raykd.ray_layer.cluster import start_local_ray
+        from raykd.ray_layer.live_view import REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS
 
+        # as `raykd.tune --monitor` does: workers export their gauges every 2 s, not Ray's default 10 s, so the
+        # session's short trials (a few seconds each) are seen by the Prometheus export while they run
+        os.environ.setdefault(REPORT_INTERVAL_ENV, REPORT_INTERVAL_MS)
         start_local_ray(2, str(ROOT))
     yield ray
     ray.shutdown()
