@@ -190,7 +190,8 @@ class CausalEvaluation(Evaluation):
             raise RuntimeError(f"the sharded teacher's {what} was not computed by every rank together: call "
                                "teacher_part on every rank first")
         # keyed by the data the teacher read too: its own tokenization, or ours
-        return self.memo(teacher, what, compute, self.teacher_side.manifest["key"])
+        return self.memo(teacher, what, compute, self.teacher_side.manifest["key"],
+                         keep=not what.startswith("efficiency/"))  # timings are measured beside the student's
 
     def _scores(self, model, split: str) -> dict:
         """Perplexity and answer accuracy of ``model`` on ``split`` (raw: no prefix)."""

@@ -59,7 +59,7 @@ class MaskedLMEvaluation(Evaluation):
         return self._test
 
     def _memo(self, teacher, what: str, compute):
-        return self.memo(teacher, what, compute, self.tokens.special)
+        return self.memo(teacher, what, compute, self.tokens.special, keep=True)  # every entry is deterministic
 
     def _teacher_outputs(self, teacher, split: str) -> list:
         batches = self.val if split == "val" else self.test

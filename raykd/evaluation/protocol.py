@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import sys
 from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
 
 BOOTSTRAP = 200  # resamples of the evaluation pairs behind each final metric's 95 % CI
 EVAL_SEED = 0  # which pairs are evaluation pairs, and their candidates / distractors: the same for every trial
@@ -41,6 +45,96 @@ class TeacherMemo:
 
 
 TEACHER_MEMO = TeacherMemo()
+STORED_MEMO_DIR = "eval_memo"  # PREPARED/eval_memo/: the teacher's evaluation outputs kept between processes
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 (hex, 16 characters) over raykd's Python sources and the torch / transformers versions: a stored
+    teacher output is used only by the code that computed it."""
+    import torch
+    import transformers
+
+    h = hashlib.sha256(f"{torch.__version__}|{transformers.__version__}".encode())
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def weights_fingerprint(model) -> str | None:
+    """sha256 (hex, 16 characters) over each parameter's name, shape, dtype and first 256 values — tells two sets of
+    weights apart without reading all of a large model; None for a sharded model (its values live on every rank)."""
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if hasattr(p, "to_local"):
+                return None
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}".encode())
+            h.update(p.detach().reshape(-1)[:256].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _storable(value):
+    """``value`` with NumPy arrays as tagged tensors (``torch.load(weights_only=True)`` reads no NumPy)."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_storable(v) for v in value)
+    return value
+
+
+def _restored(value):
+    """The inverse of ``_storable``."""
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            return value["__ndarray__"].numpy()
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_restored(v) for v in value)
+    return value
+
+
+def stored(directory: str | Path, key: tuple, compute):
+    """``compute`` kept on disk: a function returning the value stored under ``key`` in ``directory`` (written by
+    this code version: ``code_fingerprint``), else ``compute()``, which it then stores (atomically; files of other
+    code versions are removed; an unwritable directory only means no store). For deterministic values only."""
+    import torch
+
+    directory = Path(directory)
+    prefix = code_fingerprint()
+    path = directory / f"{prefix}-{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}.pt"
+
+    def load_or_compute():
+        if path.exists():
+            try:
+                return _restored(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception as e:  # a damaged file: computed again and rewritten
+                print(f"[eval] stored teacher output {path} unreadable ({type(e).__name__}); computing it again",
+                      file=sys.stderr, flush=True)
+        value = compute()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save(_storable(value), tmp)
+            os.replace(tmp, path)
+            for old in directory.glob("*.pt"):
+                if not old.name.startswith(prefix):
+                    old.unlink(missing_ok=True)
+        except OSError as e:
+            print(f"[eval] teacher output not stored in {directory} ({e}); computed per process instead",
+                  file=sys.stderr, flush=True)
+        return value
+
+    return load_or_compute
 
 
 class Evaluation:
@@ -55,14 +149,20 @@ class Evaluation:
         self.prepared, self.manifest, self.pairs, self.teacher_key = prepared, manifest, pairs, teacher_key
         self._local = TeacherMemo(keep=8)
 
-    def memo(self, teacher, what: str, compute, *key):
+    def memo(self, teacher, what: str, compute, *key, keep: bool = False):
         """``compute()`` once per (teacher, data, pairs, ``key``, what): per process when the teacher has a
-        ``teacher_key`` (content-addressed), else for this evaluation's lifetime only (an object id may be
-        reused by another teacher once this one is gone)."""
+        ``teacher_key``, else for this evaluation's lifetime only (an object id may be reused by another teacher
+        once this one is gone). With ``keep`` (deterministic values only: never timings) the value is also kept on disk under ``PREPARED/eval_memo/`` for every later process and study (``stored``), keyed by
+        the teacher's weights too (``weights_fingerprint``) and the device type."""
         if self.teacher_key is None:
             return self._local.get((id(teacher), what), compute)
-        return TEACHER_MEMO.get((self.teacher_key, self.manifest["key"], self.pairs, *key, self.memo_tag, what),
-                                compute)
+        full = (self.teacher_key, self.manifest["key"], self.pairs, *key, self.memo_tag, what)
+        if keep and full not in TEACHER_MEMO.items:
+            weights = weights_fingerprint(teacher)
+            if weights is not None:
+                device = next(teacher.parameters()).device.type
+                compute = stored(Path(self.prepared) / STORED_MEMO_DIR, (*full, weights, device), compute)
+        return TEACHER_MEMO.get(full, compute)
 
     @property
     def val(self) -> list[dict]:
