@@ -76,9 +76,12 @@ def prepare_inputs(cfg: C.Config) -> StudyPlan:
     template = causal_template_of(prepared, manifest, cfg) if fam.template else None
     if cfg.student.spec:
         check_student_matches_data(cfg.student.spec, cfg.student.revision, prepared, manifest)
-    return StudyPlan(base=C.to_dict(cfg), prepared=prepared, teacher=teacher, teacher_load=teacher_load,
+    plan = StudyPlan(base=C.to_dict(cfg), prepared=prepared, teacher=teacher, teacher_load=teacher_load,
                      teacher_key=key, data_key=manifest["key"], adapt=adapt, plugin_paths=C.plugin_paths(cfg.plugins),
                      template=template, teacher_view=view)
+    if cfg.teacher.cache_import:  # refused now, not after the teacher's adaptation
+        check_imported_cache(cfg, plan)
+    return plan
 
 
 def teacher_view_of(cfg: C.Config, prepared: str, manifest: dict) -> dict | None:
@@ -263,9 +266,19 @@ def causal_teacher_cache_for(cfg: C.Config, plan: StudyPlan, force: bool = False
 
 def imported_cache_entry(cfg: C.Config, plan: StudyPlan, teacher_layers: int) -> dict:
     """The plan's cache entry for ``teacher.cache_import`` (a top-k cache made by ``python -m raykd.cache
-    import``), after checking it serves this study: the same prepared data and template, k at least the
-    study's ``cache_topk`` values, and every temperature the study compares logits at cached — an imported
-    cache is exact only at its source's temperature. RaykdError naming what differs otherwise."""
+    import``), after ``check_imported_cache``."""
+    path, meta = check_imported_cache(cfg, plan)
+    log(f"[cache] the imported teacher log-probs {path}: {meta['rows']:,} train pairs, top-{meta['topk']} at "
+        f"T = {meta['temperatures']} ({meta.get('teacher', 'imported')})")
+    return {"kind": "topk", "dir": path, "layers": [], "hidden": meta.get("hidden"), "teacher_layers": teacher_layers,
+            "topk": meta["topk"], "temperatures": meta["temperatures"]}
+
+
+def check_imported_cache(cfg: C.Config, plan: StudyPlan) -> tuple[str, dict]:
+    """(path, manifest) of ``teacher.cache_import`` once it is checked to serve this study: the same prepared
+    data and template, every train pair, k at least the study's ``cache_topk`` values, and every temperature the
+    study compares logits at cached — an imported cache is exact only at its source's temperature. RaykdError
+    naming what differs otherwise. Needs no teacher: ``prepare_inputs`` runs it before any adaptation."""
     from raykd.ray_layer.cache.builder import load_cache_manifest
     from raykd.ray_layer.cache.causal_lm import logit_temperature
 
@@ -298,10 +311,7 @@ def imported_cache_entry(cfg: C.Config, plan: StudyPlan, teacher_layers: int) ->
     if missing:
         raise RaykdError(f"{where}: its log-probs are exact at T = {meta['temperatures']} only (the source's "
                          f"temperature); this study compares logits at T = {missing}")
-    log(f"[cache] the imported teacher log-probs {path}: {meta['rows']:,} train pairs, top-{meta['topk']} at "
-        f"T = {meta['temperatures']} ({meta.get('teacher', 'imported')})")
-    return {"kind": "topk", "dir": path, "layers": [], "hidden": meta.get("hidden"), "teacher_layers": teacher_layers,
-            "topk": meta["topk"], "temperatures": meta["temperatures"]}
+    return path, meta
 
 
 def plan_train_rows(plan: StudyPlan) -> int:

@@ -268,7 +268,8 @@ def test_the_command_imports_refuses_in_one_line_and_exports(tmp_path, capsys):
 
 def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):
     """``teacher.cache_import``: checked at load time (a directory with a manifest, with cache: logits)
-    and at plan time (the same data, k, and only the source's temperature)."""
+    and at plan time, by ``prepare_inputs`` itself — before any teacher adaptation — (the same data, k, every
+    train pair, and only the source's temperature)."""
     from raykd import config as C
     from raykd.ray_layer.inputs import imported_cache_entry, prepare_inputs
 
@@ -289,6 +290,9 @@ def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):
     assert got["dir"] == str(out) and got["topk"] == K and got["temperatures"] == [2.0]
     with pytest.raises(RaykdError, match=r"exact at T = \[2.0\] only .* T = \[1.0\]"):
         entry("method.params.temperature=1.0")
+    with pytest.raises(RaykdError, match=r"exact at T = \[2.0\] only"):  # the plan alone refuses it
+        prepare_inputs(C.load_config(cfg_path, C.parse_set(sets + [f"teacher.cache_import={out}", "teacher.cache=logits",
+                                                                   "teacher.cache_topk=4", "method.params.temperature=1.0"])))
     with pytest.raises(RaykdError, match="top-5"):
         entry("method.params.temperature=2.0", "teacher.cache_topk=8")
     with pytest.raises(RaykdError, match="other prepared data"):
