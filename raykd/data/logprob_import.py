@@ -43,7 +43,8 @@ TOKEN_COLUMNS = ("pair_id", "department", "q_input_ids", "a_input_ids")
 class ImportSettings:
     """What ``import_logprobs`` does: the source (``format``, ``source`` path), the temperature its
     log-probs were made at, whether its top-k was renormalised, the position convention of axolotl
-    prepared rows, whether any mismatch is fatal, and how it reads."""
+    prepared rows, whether any mismatch is fatal, DistillKit's compression config for its compressed
+    rows (``S.CompressionConfig``; distillkit only), and how it reads."""
 
     format: str
     source: str
@@ -51,6 +52,7 @@ class ImportSettings:
     renormalized: bool = False
     alignment: str = "next"
     strict: bool = False
+    compression: S.CompressionConfig | None = None
     batch_rows: int = 64
     check_rows: int = 256
     flush_bytes: int = 64 << 20
@@ -63,6 +65,8 @@ class ImportSettings:
             raise RaykdError(f"--temperature must be positive, got {self.temperature}")
         if self.alignment not in S.ALIGNMENTS:
             raise RaykdError(f"--alignment {self.alignment!r}: one of {', '.join(S.ALIGNMENTS)}")
+        if self.compression is not None and self.format != "distillkit":
+            raise RaykdError(f"--compression: only with --format distillkit (not {self.format})")
 
 
 # ------------------------------------------------------------------------------------------ reading sources
@@ -178,10 +182,13 @@ class _Parts:
 
 def import_key(settings: ImportSettings, files: list[tuple[str, Path]], manifest: dict, template: dict, vocab: int) -> str:
     """Content key of an import: the source files (name, size, modification time), the data, the
-    template, the vocabulary and the settings that change what is stored."""
+    template, the vocabulary and the settings that change what is stored (DistillKit's compression
+    config where one is given)."""
     ident = [(str(p), p.stat().st_size, int(p.stat().st_mtime)) for _, p in files]
     payload = {"files": ident, "data": manifest["key"], "template": template, "vocab": vocab, "version": IMPORT_VERSION,
                **{k: getattr(settings, k) for k in ("format", "temperature", "renormalized", "alignment", "strict")}}
+    if settings.compression is not None:
+        payload["compression"] = asdict(settings.compression)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -201,7 +208,7 @@ def import_logprobs(settings: ImportSettings, prepared: str, manifest: dict, tem
     files = source_files(settings.source, settings.format)
     check_exported_tokenizer(settings.source, prepared, manifest)
     partial = out.parent / (out.name + ".partial")
-    ident = {"settings": asdict(settings), "key": out.name}
+    ident = json.loads(json.dumps({"settings": asdict(settings), "key": out.name}))  # as read back (tuples: lists)
     if partial.exists() and _read_json(partial / "import.json") != ident:
         shutil.rmtree(partial)  # another import was interrupted here: start over
     (partial / "parts").mkdir(parents=True, exist_ok=True)
@@ -234,7 +241,7 @@ def _source_row(settings: ImportSettings, rec: dict, raykd_meta: dict | None, te
         if settings.format == "axolotl":
             return S.read_axolotl(rec, settings.alignment)
         if settings.format == "distillkit":
-            return S.read_distillkit(rec)
+            return S.read_distillkit(rec, settings.compression)
         seq, resp = S.prepared_sequence(template, rec["q_input_ids"], rec["a_input_ids"])
         return S.read_raykd(rec, np.asarray(seq), resp[0], int(raykd_meta["topk"]),
                             [float(t) for t in raykd_meta["temperatures"]], settings.temperature)

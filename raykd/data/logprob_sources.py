@@ -14,7 +14,10 @@ Exactness: raykd's cache stores log-probabilities "at T = 1" and a tail log(1 �
 T; from a source made at temperature T_s it stores T_s · log p_{T_s} (log p_1 shifted by a constant
 per position, which ``raykd.distill.topk.teacher_log_probs`` cancels) and the tail at T_s, so the
 teacher's distribution is exact at T_s and only there. A renormalised source (axolotl's prepared rows:
-Σ_top-k p = 1) has lost its tail: the bucket is stored empty (``LOG_FLOOR``), an approximation."""
+Σ_top-k p = 1) has lost its tail: the bucket is stored empty (``LOG_FLOOR``), an approximation.
+DistillKit's compressed rows (``decompress_distillkit``, under its ``CompressionConfig``) hold their
+first ``exact_k`` values exactly and the rest as a fit plus quantised residuals: approximations, and so
+is the tail computed from them."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raykd.data.distillkit_compressed import LEGACY_KEYS, CompressionConfig, decompress_distillkit
 from raykd.errors import RaykdError
 
 LOG_FLOOR = -50.0  # = raykd.distill.topk.LOG_FLOOR (kept torch-free here; a test checks they agree)
@@ -76,18 +80,28 @@ def read_axolotl(record: dict, alignment: str = "next") -> SourceRow:
     return SourceRow(seq, ids, logp, valid, first)
 
 
-def read_distillkit(record: dict) -> SourceRow:
-    """A DistillKit row in its raw form (``input_ids``, ``token_ids`` [L'][k], ``top_values`` [L'][k]:
-    raw log-probs, row t over token t + 1 — vLLM's ``prompt_logprobs`` with entry 0 dropped). Its
-    compressed forms (``compressed_logprobs`` / ``packed_indices``) are refused: decompress them with
-    DistillKit's ``LogprobCompressor.decompress_to_sparse`` first."""
-    if "compressed_logprobs" in record or "packed_indices" in record:
-        raise RaykdError("distillkit: compressed rows (compressed_logprobs / packed_indices) are not read; write them "
-                         "out with DistillKit's LogprobCompressor.decompress_to_sparse as token_ids / top_values")
-    if record.get("token_ids") is None or record.get("top_values") is None:
-        raise RaykdError(f"distillkit: a row needs input_ids, token_ids and top_values; it has {sorted(record)}")
-    ids = _matrix(record["token_ids"], np.int64, "distillkit token_ids")
-    logp = _matrix(record["top_values"], np.float64, "distillkit top_values")
+def read_distillkit(record: dict, compression: CompressionConfig | None = None) -> SourceRow:
+    """A DistillKit row as a ``SourceRow``: raw (``input_ids``, ``token_ids`` [L'][k], ``top_values``
+    [L'][k]) or compressed (``input_ids``, ``compressed_logprobs`` / ``bytepacked_indices``: per position
+    a list of uint8, decoded by ``decompress_distillkit`` under ``compression``, DistillKit's
+    ``DistributionQuantizationConfig``: values beyond its ``exact_k`` are approximations). Raw
+    log-probs, row t over token t + 1 — vLLM's ``prompt_logprobs`` with entry 0 dropped. The legacy
+    compressed rows (``packed_indices`` / ``exact_values`` / ``coeffs``) are refused."""
+    if any(key in record for key in LEGACY_KEYS):
+        raise RaykdError("distillkit: legacy compressed rows (packed_indices / exact_values / coeffs) are not read; "
+                         "decompress them with DistillKit's LogprobCompressor(legacy_config=...).decompress_to_sparse "
+                         "and write token_ids / top_values")
+    if "compressed_logprobs" in record:
+        if compression is None:
+            raise RaykdError("distillkit: compressed rows (compressed_logprobs / bytepacked_indices) need DistillKit's "
+                             "compression config: pass --compression FILE (its DistributionQuantizationConfig)")
+        ids, logp = decompress_distillkit(record["compressed_logprobs"], record["bytepacked_indices"], compression)
+    elif record.get("token_ids") is None or record.get("top_values") is None:
+        raise RaykdError(f"distillkit: a row needs input_ids and token_ids / top_values (raw) or compressed_logprobs / "
+                         f"bytepacked_indices (compressed); it has {sorted(record)}")
+    else:
+        ids = _matrix(record["token_ids"], np.int64, "distillkit token_ids")
+        logp = _matrix(record["top_values"], np.float64, "distillkit top_values")
     return SourceRow(np.asarray(record["input_ids"], dtype=np.int64), ids, logp, (logp > PAD_LOGPROB).any(1), 1)
 
 
@@ -234,3 +248,4 @@ def prepared_sequence(template, q_ids, a_ids) -> tuple[list[int], tuple[int, int
     response's [start, end) in them): what a source row must equal, and the tokens the cache covers."""
     prompt, response = template.prompt(q_ids), template.response(a_ids)
     return prompt + response, (len(prompt), len(prompt) + len(response))
+

@@ -2,11 +2,13 @@
 in each source layout (axolotl Parquet, DistillKit JSONL, an HF ``save_to_disk`` folder, raykd's own
 cache), imported into raykd's cache layout and compared with what that teacher gives; unmatched rows
 counted, ``strict``, a shifted source refused with nothing left behind, an interrupted import resumed.
-Schemas: see tests/unit/test_logprob_sources.py's docstring."""
+DistillKit's compressed rows imported losslessly match its raw ones. Schemas: see
+tests/unit/test_logprob_sources.py's docstring."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raykd.data import distillkit_compressed as DK
 from raykd.data import logprob_import as I
 from raykd.data import logprob_sources as S
 from raykd.data.shards import PrepareSettings, prepare, shard_paths
@@ -63,6 +66,14 @@ def _axolotl_rows(rows, vocab, shift=0):
         out.append({"input_ids": seq, "target_token_ids": idx.tolist(), "target_logprobs": top.tolist(),
                     "target_mask": np.ones_like(idx).tolist()})
     return out
+
+
+def _packed_ids(ids: np.ndarray, vocab: int) -> list[list[int]]:
+    """DistillKit's ``bytepacked_indices``: per position the k ids at ceil(log2 vocab) bits, most
+    significant bit first, padded to a whole byte."""
+    bits = int(np.ceil(np.log2(vocab)))
+    stream = (ids[:, :, None] >> np.arange(bits - 1, -1, -1)) & 1
+    return np.packbits(stream.reshape(len(ids), -1).astype(np.uint8), axis=1).tolist()
 
 
 def _run(root, m, tpl, settings, name="c"):
@@ -117,6 +128,23 @@ def test_distillkit_jsonl_and_an_hf_folder(data, tmp_path):
     covered = sum(tuple(seq) in {tuple(s) for s, _ in rows[:25]} for seq, _ in rows)
     assert meta["rows"] == covered < len(rows) and f"{covered} of" in logs[-1] and "a study refuses" in logs[-1]
     _check_cache(root, "dk", m, tpl, vocab, covered)
+    # the same rows compressed by DistillKit without approximation (exact_k = k, float64): the same cache
+    cfg = {"d": vocab, "k": K, "exact_k": K, "exact_dtype": "float64", "residual_bins": [], "delta_encoding": False}
+    (tmp_path / "dkc.json").write_text(json.dumps(cfg))
+    dkc = [{"input_ids": r["input_ids"], "bytepacked_indices": _packed_ids(np.array(r["token_ids"]), vocab),
+            "compressed_logprobs": [list(np.array(v, "<f8").tobytes()) for v in r["top_values"]]} for r in dk]
+    (tmp_path / "dkc.jsonl").write_text("\n".join(json.dumps(r) for r in dkc) + "\n")
+    with pytest.raises(RaykdError, match="--compression FILE"):
+        _run(root, m, tpl, I.ImportSettings("distillkit", str(tmp_path / "dkc.jsonl")), "dkc")
+    compression = DK.load_compression_config(tmp_path / "dkc.json")
+    _run(root, m, tpl, I.ImportSettings("distillkit", str(tmp_path / "dkc.jsonl"), compression=compression), "dkc")
+    raw, packed = (pa.concat_tables([pq.read_table(p) for p in sorted((root / "caches" / n / "train").glob("*.parquet"))])
+                   for n in ("dk", "dkc"))
+    assert packed.num_rows == covered and packed.equals(raw)
+    files = I.source_files(tmp_path / "dkc.jsonl", "distillkit")  # the config is part of the import's key
+    keys = {I.import_key(I.ImportSettings("distillkit", str(tmp_path / "dkc.jsonl"), compression=c), files, m,
+                         tpl.as_dict(), vocab) for c in (compression, replace(compression, exact_dtype="float32"), None)}
+    assert len(keys) == 3
     datasets.Dataset.from_list(_axolotl_rows(rows, vocab)).save_to_disk(str(tmp_path / "hf"))
     _run(root, m, tpl, I.ImportSettings("axolotl", str(tmp_path / "hf")), "hf")
     _check_cache(root, "hf", m, tpl, vocab, len(rows))
@@ -264,6 +292,14 @@ def test_the_command_imports_refuses_in_one_line_and_exports(tmp_path, capsys):
     assert main(["import", "--format", "axolotl", "--from", str(tmp_path / "a.parquet"), "--config",
                  "search_spaces/causal_xtok.yaml", "--set", *sets]) == 2
     assert "tokenizer" in capsys.readouterr().err
+    # DistillKit's compression config: only with --format distillkit, and a bad one named by its key
+    (tmp_path / "dk.yaml").write_text("d: 300\nk: 5\nexact_k: 5\nresidual_bins: []\nexact_dtyp: float16\n")
+    for fmt, match in (("axolotl", "only with --format distillkit"), ("distillkit", "dk.yaml: exact_dtyp: unknown key")):
+        assert main(["import", "--format", fmt, "--from", str(tmp_path / "a.parquet"), "--config", cfg,
+                     "--compression", str(tmp_path / "dk.yaml"), "--set", *sets]) == 2
+        err = capsys.readouterr().err
+        assert [x for x in err.splitlines() if x.startswith("error:")] == [x for x in err.splitlines() if match in x]
+        assert len(err.splitlines()) == 1
 
 
 def test_a_study_reads_an_imported_cache_only_where_it_is_exact(tmp_path):

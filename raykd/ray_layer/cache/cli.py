@@ -8,6 +8,7 @@ projects write (``raykd.data.logprob_import``; on the driver, or its files sprea
     python -m raykd.cache build --config search_spaces/depth.yaml [--set key=value ...] [--max-gb G]
     python -m raykd.cache import --format axolotl|distillkit|raykd --from PATH --config X.yaml [--temperature T]
                                  [--renormalized] [--alignment next|current] [--strict] [--workers N]
+                                 [--compression DISTILLKIT_CONFIG.json|yaml]
     python -m raykd.cache export --format axolotl --from CACHE_DIR --to OUT --config X.yaml [--temperature T]
 """
 
@@ -68,7 +69,8 @@ def _transfer_parsers(sub) -> None:
                        f"(formats: {', '.join(FORMATS)})")
     i.add_argument("--format", required=True, choices=FORMATS,
                    help="axolotl: KD rows (input_ids, target_token_ids, target_logprobs[, target_mask]; raw v2: "
-                        "logprobs); distillkit: raw rows (input_ids, token_ids, top_values); raykd: a raykd cache")
+                        "logprobs); distillkit: raw rows (input_ids, token_ids, top_values) or compressed ones "
+                        "(compressed_logprobs, bytepacked_indices: with --compression); raykd: a raykd cache")
     i.add_argument("--from", dest="source", required=True, help="a Parquet / JSONL file, a folder of them, an HF "
                    "save_to_disk folder, or (raykd) a cache directory")
     e = sub.add_parser("export", help="write a study's causal logit cache in another project's layout")
@@ -86,6 +88,9 @@ def _transfer_parsers(sub) -> None:
     i.add_argument("--alignment", choices=("next", "current"), default="next",
                    help="axolotl prepared rows: row j over token j + 1 (axolotl > 0.18, default) or over token j")
     i.add_argument("--strict", action="store_true", help="any unmatched source row or train pair is an error")
+    i.add_argument("--compression", default=None, metavar="FILE", help="DistillKit's DistributionQuantizationConfig "
+                   "as JSON/YAML (its teacher.logprob_compressor block), needed for compressed rows "
+                   "(compressed_logprobs / bytepacked_indices); only with --format distillkit")
     i.add_argument("--workers", type=int, default=0, help="convert the source's files on this many Ray Data actors "
                    "(a local Ray, or --address); 0: one after the other on the driver, no Ray (default)")
     i.add_argument("--address", default=None, help="an existing Ray cluster for --workers")
@@ -101,6 +106,7 @@ def _transfer(args) -> int:
     from raykd.ray_layer.cache.builder import cache_dir_for
 
     try:
+        compression = _compression(args)
         # the study's config may already name the cache this makes (teacher.cache_import): not read here
         cfg = C.load_config(args.config, C.parse_set([*args.set, "teacher.cache_import=null"]))
         if not family_spec(cfg.teacher.family).template:
@@ -117,7 +123,8 @@ def _transfer(args) -> int:
             print(args.to)
             return 0
         settings = I.ImportSettings(args.format, args.source, temperature=args.temperature or 1.0,
-                                    renormalized=args.renormalized, alignment=args.alignment, strict=args.strict)
+                                    renormalized=args.renormalized, alignment=args.alignment, strict=args.strict,
+                                    compression=compression)
         files = I.source_files(settings.source, settings.format)
         key = I.import_key(settings, files, manifest, plan.template, int(manifest["tokenizer"]["vocab_size"]))
         out = cache_dir_for(plan.prepared, f"imported-{key}")
@@ -138,6 +145,19 @@ def _transfer(args) -> int:
         return e.exit_code
     print(out)
     return 0
+
+
+def _compression(args):
+    """``import --compression FILE``: DistillKit's compression config (None without the flag); RaykdError
+    with another ``--format`` or a bad file — before the study's data is prepared."""
+    path = getattr(args, "compression", None)
+    if path is None:
+        return None
+    if args.format != "distillkit":
+        raise RaykdError(f"--compression: only with --format distillkit (not {args.format})")
+    from raykd.data.distillkit_compressed import load_compression_config
+
+    return load_compression_config(path)
 
 
 if __name__ == "__main__":
