@@ -93,15 +93,24 @@ class Browser:
                         await self._call(ws, "Input.insertText", text=text)
                         await asyncio.sleep(3)
                 shot = await self._call(ws, "Page.captureScreenshot", format="png")
+                text = await self._call(ws, "Runtime.evaluate", expression="document.body.innerText",
+                                        returnByValue=True)
         out.write_bytes(base64.b64decode(shot["data"]))
+        return text.get("result", {}).get("value") or ""
 
     def screenshot(self, url: str, out: Path, wait_s: float = 8.0, cookies: list[dict] | None = None,
                    filters: dict[str, str] | None = None) -> Path:
         """Open ``url`` (cookies cleared, then ``cookies`` set), wait ``wait_s`` seconds for it to
-        render, type ``filters`` into the labelled text fields, save a PNG at ``out``."""
-        asyncio.run(self._shoot(url, out, wait_s, cookies or [], filters or {}))
-        print(f"[e2e] {url} → {out} ({out.stat().st_size:,} bytes)", flush=True)
+        render, type ``filters`` into the labelled text fields, save a PNG at ``out``; returns ``out``."""
+        self.look(url, out, wait_s, cookies, filters)
         return out
+
+    def look(self, url: str, out: Path, wait_s: float = 8.0, cookies: list[dict] | None = None,
+             filters: dict[str, str] | None = None) -> str:
+        """As ``screenshot``; returns the text the page shows (``document.body.innerText``)."""
+        text = asyncio.run(self._shoot(url, out, wait_s, cookies or [], filters or {}))
+        print(f"[e2e] {url} → {out} ({out.stat().st_size:,} bytes)", flush=True)
+        return text
 
     def close(self) -> None:
         self.proc.terminate()
