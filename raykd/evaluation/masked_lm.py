@@ -16,16 +16,26 @@ from raykd.models.families import family_of
 
 def _eval_batches(prepared: str, manifest: dict, split: str, pairs: int, batch_size: int = 64) -> list[dict]:
     """The split's evaluation pairs as collated batches: ``pairs`` of them chosen by a seeded hash of
-    ``pair_id`` (``protocol.eval_order``), in that hash order — a random subset, not the first rows in source
-    order, and the same for every trial of every study on this data."""
+    ``pair_id`` (``protocol.eval_order``) — a random subset, not the first rows in source order, and the same
+    for every trial of every study on this data. Batched by length (the longer of question and answer: a
+    quarter fewer padded tokens than batches in hash order); each batch's ``pair_index`` holds its pairs'
+    places in the hash order, in which the metrics see them (``metrics.evaluate``)."""
+    import numpy as np
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t = pq.read_table(shard_paths(prepared, split, manifest), columns=["pair_id", "department", "q_input_ids",
                                                                        "a_input_ids"])
     t = t.take(eval_order(t.column("pair_id").to_pylist())[:pairs])
+    longer = np.maximum(pc.list_value_length(t.column("q_input_ids")).to_numpy(),
+                        pc.list_value_length(t.column("a_input_ids")).to_numpy())
+    by_length = np.argsort(longer, kind="stable")
+    t = t.take(by_length)
     collate = PairCollate(manifest["tokenizer"]["pad_token_id"], department_index(manifest))
     cols = {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
-    return [collate({c: v[i: i + batch_size] for c, v in cols.items()}) for i in range(0, t.num_rows, batch_size)]
+    return [{**collate({c: v[i: i + batch_size] for c, v in cols.items()}),
+             "pair_index": torch.from_numpy(by_length[i: i + batch_size].astype(np.int64))}
+            for i in range(0, t.num_rows, batch_size)]
 
 
 class MaskedLMEvaluation(Evaluation):

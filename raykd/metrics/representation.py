@@ -382,7 +382,24 @@ def _collect(student, teacher, batches, device, with_answers: bool, special_ids,
             out["yt_a"].append(yt_a)
             ids, lengths = batch["a_input_ids"].cpu(), batch["a_attention_mask"].sum(1).cpu()
             out["akeys"].extend(tuple(ids[r, : int(lengths[r])].tolist()) for r in range(ids.shape[0]))
-    return {k: (torch.cat(v) if v and isinstance(v[0], torch.Tensor) else v) for k, v in out.items()}
+    out = {k: (torch.cat(v) if v and isinstance(v[0], torch.Tensor) else v) for k, v in out.items()}
+    return _in_pair_order(out, batches)
+
+
+def _in_pair_order(out: dict, batches) -> dict:
+    """``_collect``'s per-pair entries put back in the pairs' order (each batch's ``pair_index``: batches made
+    by length for less padding) — the metrics' candidates, halves and resamples are drawn over that order;
+    ``sc`` stays per batch, its per-sequence values reordered by ``sc_order``. Unchanged without it."""
+    if not batches or "pair_index" not in batches[0]:
+        return out
+    order = torch.argsort(torch.cat([b["pair_index"] for b in batches]))
+    for k in ("ys_q", "yt_q", "ya_q", "ys_a", "yt_a", "ya_a"):
+        if isinstance(out[k], torch.Tensor):
+            out[k] = out[k][order]
+    if out["akeys"]:
+        out["akeys"] = [out["akeys"][i] for i in order.tolist()]
+    out["sc_order"] = order.numpy()
+    return out
 
 
 def _per_sequence_consistency(sc: list) -> np.ndarray:
@@ -537,6 +554,8 @@ def _pair_scores(ev: dict, fit: dict | None, candidates: int, seed: int) -> dict
     row_of = np.full(n, -1, dtype=np.int64)  # evaluation pair → its row among the scored pairs (−1: a fit pair)
     row_of[scored_idx] = np.arange(len(scored_idx))
     sc = _per_sequence_consistency(ev["sc"])
+    if ev.get("sc_order") is not None:
+        sc = sc[ev["sc_order"]]
     views = {"": (ev["ys_q"], ev["ys_a"])}
     if len(ev["ya_q"]):
         views["_aggregated"] = (ev["ya_q"], ev["ya_a"])

@@ -205,6 +205,42 @@ def test_evaluate_with_a_teacher_cache_gives_the_same_numbers_without_running_th
         metrics.evaluate(student, teacher, ev[:2], special_ids=(0, 1, 2, 3, 4), teacher_cache=(cache[0], None))
 
 
+def _rebatched(batches: list[dict], size: int) -> list[dict]:
+    """The same pairs batched by the length of the longer side (as ``masked_lm._eval_batches``), each batch
+    carrying its pairs' places in the original order as ``pair_index``, and padded to its own longest."""
+    rows = [{k: b[k][i] for k in b} for b in batches for i in range(b["q_input_ids"].shape[0])]
+    longer = np.array([max(int(r["q_attention_mask"].sum()), int(r["a_attention_mask"].sum())) for r in rows])
+    order = np.argsort(longer, kind="stable")
+    out = []
+    for start in range(0, len(order), size):
+        idx = order[start: start + size]
+        b = {}
+        for side in ("q", "a"):
+            width = max(int(rows[i][f"{side}_attention_mask"].sum()) for i in idx)
+            for key in (f"{side}_input_ids", f"{side}_attention_mask"):
+                b[key] = torch.stack([rows[i][key][:width] for i in idx])
+        b["pair_index"] = torch.from_numpy(idx.astype(np.int64))
+        out.append(b)
+    return out
+
+
+def test_batches_made_by_length_give_the_metrics_of_the_pairs_in_their_order():
+    """Batching by length only saves padding: every metric and CI equals the one of the pairs in their own order
+    (to float rounding), candidates, halves and resamples drawn over the same order."""
+    teacher, student = _bert_pair(seed=0), _bert_pair(seed=1)
+    ev, fit = _batches(48, seed=0), _batches(32, seed=1)
+    plain = metrics.evaluate(student, teacher, ev, fit, special_ids=(0, 1, 2, 3, 4), bootstrap=20)
+    sorted_ev = _rebatched(ev, 16)
+    assert [b["q_input_ids"].shape[1] for b in sorted_ev] != [b["q_input_ids"].shape[1] for b in ev]
+    by_length = metrics.evaluate(student, teacher, sorted_ev, _rebatched(fit, 16), special_ids=(0, 1, 2, 3, 4),
+                                 bootstrap=20)
+    assert by_length == pytest.approx(plain, rel=1e-5, abs=1e-6)
+    # without putting them back in order the draws differ: the test can fail
+    no_order = [{k: v for k, v in b.items() if k != "pair_index"} for b in sorted_ev]
+    shuffled = metrics.evaluate(student, teacher, no_order, fit, special_ids=(0, 1, 2, 3, 4), bootstrap=20)
+    assert shuffled != pytest.approx(plain, rel=1e-5, abs=1e-6)
+
+
 def test_evaluate_y_ignores_special_tokens():
     """Y is the content-token mean: appending extra [SEP]/padding to every sequence changes nothing."""
     teacher = _bert_pair(seed=0)
