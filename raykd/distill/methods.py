@@ -431,6 +431,24 @@ def regenerate_responses(model, inputs: dict, max_new_tokens: int, sample: bool)
             "response": new_resp, "num_tokens": None}
 
 
+def first_pairs(batches: list[dict], n: int):
+    """The evaluation batches cut to their first ``n`` pairs in the pairs' own order: by ``pair_index`` where the
+    batches were made by length (``masked_lm._eval_batches``; a random subset, not the shortest pairs), else the
+    first batches holding ``n``. Yields batches."""
+    if batches and "pair_index" in batches[0]:
+        for b in batches:
+            keep = b["pair_index"] < n
+            if keep.any():
+                yield {k: (v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape else v) for k, v in b.items()}
+        return
+    used = 0
+    for b in batches:
+        if used >= n:
+            return
+        used += b["q_input_ids"].shape[0]
+        yield b
+
+
 @METHODS.register("ddk")
 class DDK(DistillMethod):
     """DDK (Liu et al., 2024): distillation with domain-discrepancy-driven data *sampling*. Every
@@ -491,11 +509,7 @@ class DDK(DistillMethod):
         was = self.training
         self.eval()
         try:
-            used = 0
-            for batch in batches:
-                if used >= self.eval_pairs:
-                    break
-                used += batch["q_input_ids"].shape[0]
+            for batch in first_pairs(batches, self.eval_pairs):
                 inputs = make_inputs({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}, tokens, gen,
                                      corrupt=True, vocab_size=vocab_size, family=self.family)
                 chosen = inputs["chosen"]

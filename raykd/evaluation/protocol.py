@@ -5,9 +5,11 @@ part (``masked_lm``, ``causal_lm``) is a subclass, named by its ``FamilySpec.eva
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
+import socket
 import sys
 from collections import OrderedDict
 from functools import lru_cache
@@ -121,17 +123,19 @@ def stored(directory: str | Path, key: tuple, compute):
                 print(f"[eval] stored teacher output {path} unreadable ({type(e).__name__}); computing it again",
                       file=sys.stderr, flush=True)
         value = compute()
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             torch.save(_storable(value), tmp)
             os.replace(tmp, path)
             for old in directory.glob("*.pt"):
                 if not old.name.startswith(prefix):
                     old.unlink(missing_ok=True)
-        except OSError as e:
-            print(f"[eval] teacher output not stored in {directory} ({e}); computed per process instead",
-                  file=sys.stderr, flush=True)
+        except (OSError, RuntimeError) as e:  # torch.save reports an unwritable file or a full disk as RuntimeError
+            with contextlib.suppress(OSError):  # a half-written file
+                tmp.unlink(missing_ok=True)
+            print(f"[eval] teacher output not stored in {directory} ({str(e).splitlines()[0]}); computed per process "
+                  "instead", file=sys.stderr, flush=True)
         return value
 
     return load_or_compute

@@ -120,8 +120,9 @@ def test_a_browser_shows_each_trials_line_and_the_dashboards_jobs(monitored_stud
     search = {rows[-1]["trial_id"] for rows in trial_results(tmp_path / "exp" / "live").values()}
     assert len(search) == 2, search
     server = Prometheus(binary, session_dir(), tmp_path / "exp" / "live" / "prometheus").start()
-    browser = e2e.Browser(chromium)
+    browser = None
     try:
+        browser = e2e.Browser(chromium)
         graph = browser.look(graph_url(server.base, ("ray_raykd_train_loss",
                                                      "max by (reference) (ray_raykd_reference)"), "30m"),
                              shots / "prometheus_graph.png", 10)
@@ -137,5 +138,6 @@ def test_a_browser_shows_each_trials_line_and_the_dashboards_jobs(monitored_stud
             assert (shots / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (shots / png).stat().st_size > 20_000
         print(f"[e2e] screenshots in {shots}")
     finally:
-        browser.close()
+        if browser is not None:
+            browser.close()
         server.stop()

@@ -216,3 +216,20 @@ def test_structural_in_training_uses_the_within_scope_by_default():
         finally:
             L.relation_loss_within = real
         assert (seen["groups"].tolist() if seen["groups"] is not None else None) == want
+
+
+def test_ddk_measures_its_gap_on_the_first_evaluation_pairs_in_their_order_not_the_shortest():
+    """Evaluation batches made by length carry ``pair_index``: DDK's ``eval_pairs`` are the first pairs in hash
+    order (a random subset), wherever their batch; batches without it are read in order."""
+    import torch
+
+    from raykd.distill.methods import first_pairs
+
+    by_length = [{"q_input_ids": torch.zeros(3, 4 + i, dtype=torch.long), "department": torch.tensor([0, 1, 2]),
+                  "pair_index": torch.tensor(idx)} for i, idx in enumerate(([5, 0, 8], [2, 7, 1], [3, 6, 4]))]
+    got = list(first_pairs(by_length, 4))
+    assert sorted(int(i) for b in got for i in b["pair_index"]) == [0, 1, 2, 3]
+    assert [b["q_input_ids"].shape for b in got] == [(1, 4), (2, 5), (1, 6)]
+    assert [b["department"].tolist() for b in got] == [[1], [0, 2], [0]]
+    plain = [{"q_input_ids": torch.zeros(3, 4)} for _ in range(3)]
+    assert len(list(first_pairs(plain, 4))) == 2

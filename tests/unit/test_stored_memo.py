@@ -4,6 +4,8 @@ damaged file or another code version mean computing again; timings are never kep
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -98,6 +100,42 @@ def test_an_unwritable_store_still_returns_the_value(tmp_path, capsys):
     blocker.write_text("")
     assert protocol.stored(blocker / "memo", ("k",), lambda: 1.5)() == 1.5
     assert "not stored" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_no_file_and_still_returns_the_value(tmp_path, monkeypatch, capsys):
+    """torch.save reports a full disk or an unwritable file as RuntimeError: the value is returned, nothing kept."""
+    from raykd.evaluation import protocol
+
+    def full_disk(obj, f):
+        open(f, "wb").write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert protocol.stored(tmp_path, ("k",), lambda: 2.5)() == 2.5
+    assert list(tmp_path.iterdir()) == [] and "not stored" in capsys.readouterr().err
+
+
+def test_the_key_holds_the_pairs_the_data_and_the_special_ids(masked_setup, monkeypatch):
+    """Another pair count or other special ids under the same teacher are computed afresh, never read."""
+    from raykd.evaluation import protocol
+    from raykd.evaluation.masked_lm import MaskedLMEvaluation
+    from raykd.metrics import representation
+
+    teacher, student, fresh, store = masked_setup
+    ev = fresh()
+    ev.split(student, teacher, "val")
+    calls = []
+    real = representation.teacher_outputs
+    monkeypatch.setattr(representation, "teacher_outputs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    protocol.TEACHER_MEMO.items.clear()
+    MaskedLMEvaluation(ev.prepared, ev.manifest, 12, ev.tokens, ev.vocab_size, teacher_key="adapted-key").split(
+        student, teacher, "val")
+    assert calls == [1]
+    protocol.TEACHER_MEMO.items.clear()
+    other = dataclasses.replace(ev.tokens, others=tuple(ev.tokens.others) + (7,))
+    MaskedLMEvaluation(ev.prepared, ev.manifest, 16, other, ev.vocab_size, teacher_key="adapted-key").split(
+        student, teacher, "val")
+    assert calls == [1, 1]
 
 
 def test_weights_fingerprint_tells_weights_apart():
