@@ -1,5 +1,6 @@
 """The sampler scoring pass (``raykd.stages.score.compute_scores``) run in batches of similar question length:
 its rows come back in the train split's order, each row's embedding its own question's."""
+
 from __future__ import annotations
 
 import numpy as np
