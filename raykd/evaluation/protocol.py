@@ -156,8 +156,9 @@ class Evaluation:
     def memo(self, teacher, what: str, compute, *key, keep: bool = False):
         """``compute()`` once per (teacher, data, pairs, ``key``, what): per process when the teacher has a
         ``teacher_key``, else for this evaluation's lifetime only (an object id may be reused by another teacher
-        once this one is gone). With ``keep`` (deterministic values only: never timings) the value is also kept on disk under ``PREPARED/eval_memo/`` for every later process and study (``stored``), keyed by
-        the teacher's weights too (``weights_fingerprint``) and the device type."""
+        once this one is gone). With ``keep`` (deterministic values only: never timings) the value is also kept
+        on disk under ``PREPARED/eval_memo/`` for every later process and study (``stored``), keyed by the
+        teacher's weights too (``weights_fingerprint``) and the device type."""
         if self.teacher_key is None:
             return self._local.get((id(teacher), what), compute)
         full = (self.teacher_key, self.manifest["key"], self.pairs, *key, self.memo_tag, what)
