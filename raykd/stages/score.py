@@ -108,12 +108,11 @@ def compute_scores(prepared_dir: str | Path, teacher, teacher_id: str, batch_siz
     back = np.argsort(by_length)  # sorted position of each source row
     ids_all = source.column("pair_id").to_pylist()
     dept_all = source.column("department").to_pylist()
-    ent_all = [np.concatenate(ent_all)[back]]
-    emb_all = [torch.cat(emb_all)[torch.from_numpy(back)]]
-    emb = torch.cat(emb_all)
+    entropy = np.concatenate(ent_all)[back]
+    emb = torch.cat(emb_all)[torch.from_numpy(back)]
     emb = torch.nn.functional.normalize(emb - emb.mean(0, keepdim=True), dim=-1).numpy()  # centred: no common direction
     relevance = department_relevance(emb, np.array(dept_all, dtype=object))
-    table = pa.table({"pair_id": ids_all, "department": dept_all, "entropy": np.concatenate(ent_all).astype(np.float32),
+    table = pa.table({"pair_id": ids_all, "department": dept_all, "entropy": entropy.astype(np.float32),
                       "relevance": relevance,
                       "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float16).ravel()),
                                                                      emb.shape[1])})
