@@ -161,24 +161,26 @@ class HardNegative(Sampler):
         s = self._need_scores()
         size = int(self.params.get("batch_size", 16))
         n = len(batch["pair_id"])
-        emb = s.embedding[s.rows(batch["pair_id"])]
         key = hash_uniform(self.seed, batch["pair_id"], f"order|{epoch}")
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(key, kind="stable")  # positions below are in this (hashed) order, not the rows'
+        emb = s.embedding[s.rows(batch["pair_id"][order])]
+        # one product over rows in the hashed order: BLAS rounds a dot product by where its rows sit in the
+        # matrix, so computed in the rows' order two equally near candidates could swap with that order
+        sims = emb @ emb.T
         placed = np.zeros(n, dtype=bool)
         out = []
-        sims = emb @ emb.T
-        for start in order:
+        for start in range(n):
             if placed[start]:
                 continue
             placed[start] = True
             group = [start]
             cand = np.where(~placed)[0]
             if len(cand):
-                near = cand[np.lexsort((key[cand], -sims[start, cand]))[: size - 1]]  # ties: by hash, not position
+                near = cand[np.argsort(-sims[start, cand], kind="stable")[: size - 1]]  # ties: by hash order
                 placed[near] = True
                 group.extend(near.tolist())
             out.extend(group)
-        idx = np.array(out, dtype=np.int64)
+        idx = order[np.array(out, dtype=np.int64)]
         return {k: v[idx] for k, v in batch.items()}
 
 

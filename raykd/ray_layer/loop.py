@@ -11,6 +11,7 @@ forward/backward), ``optimizer_step`` and ``evaluate_and_report``.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
@@ -47,6 +48,8 @@ from raykd.ray_layer.stream import CausalCollator, PairCollator, department_inde
 from raykd.ray_layer.tblog import STEP_HISTORY_KEY, StepScalars
 from raykd.train.trial_spec import method_kwargs
 
+REPORT_FILE = "report.json"  # beside a checkpoint's weights and state: the report it was sent with
+
 
 # ------------------------------------------------------------------------------------------ the loop
 def train_fn_per_worker(config: dict) -> None:
@@ -61,6 +64,11 @@ def train_fn_per_worker(config: dict) -> None:
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest, special_token_ids(config["prepared"], manifest))
     checkpoint = tune.get_checkpoint() if worker.local else ray.train.get_checkpoint()  # RAY: resume after a failure
+    if checkpoint and checkpoint_state(checkpoint)[0] >= cfg.train.steps:
+        # the run had finished: its last checkpoint is the final one, whose report may never have reached Tune (a
+        # driver stopped or killed between the two) — send it again instead of finishing with nothing reported
+        worker.send(final_result(checkpoint, worker.rank, worker.world), None)
+        return
     stream = TrainStream(config, cfg.train, tokens, manifest, seed, checkpoint_state(checkpoint)[1])
     teacher, state = build_state(config, cfg, worker, manifest, stream.index, seed)
     if checkpoint:
@@ -548,6 +556,8 @@ def report(state: TrainState, run: Run, result: dict, final: bool) -> None:
             run.eval_s += time.perf_counter() - t0
             result["time/eval_s"] = run.eval_s
             state.save(d, optim_sd)
+            # kept with the checkpoint: what a restart from it sends again if this report never reaches Tune
+            Path(d, REPORT_FILE).write_text(json.dumps(result, default=_plain))
             ckpt_dir = d
         w.send(result, ckpt_dir)
 
@@ -616,6 +626,24 @@ def sampled_batches(shard, sampler, epoch: int, batch_size: int, collate):
         carry = {k: v[full:] for k, v in rows.items()} if full < n else None
     if carry is not None:
         yield collate(carry)
+
+
+def _plain(value):
+    """A numpy scalar or array in a report as plain Python (json.dumps' ``default``)."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def final_result(checkpoint, rank: int, world: int) -> dict:
+    """The report a run sent with its final checkpoint (``REPORT_FILE`` in it; rank 0's, with its evaluations),
+    to send again from a restart at that checkpoint; other ranks: the step alone."""
+    step = checkpoint_state(checkpoint)[0]
+    if rank != 0:
+        return {"step": step, "world_size": world}
+    with checkpoint.as_directory() as d:
+        path = Path(d, REPORT_FILE)
+        if not path.exists():  # a checkpoint from before the report was kept with it: what is known
+            return {"step": step, "world_size": world}
+        return json.loads(path.read_text())
 
 
 def checkpoint_state(checkpoint) -> tuple[int, int]:

@@ -64,3 +64,41 @@ def test_an_erroring_trial_is_reported_and_the_cli_exits_nonzero(faulty_study, t
     assert sorted(x["status"] for x in rows) == ["error", "error", "finished", "finished"]
     assert all(bad in x["error"] for x in rows if x["status"] == "error")
     assert "## Errored trials" in (tmp_path / "report" / "table.md").read_text(encoding="utf-8")
+
+
+def test_a_run_whose_final_report_never_reached_tune_sends_it_again_on_resume(ray_session, grid_experiment):
+    """A driver stopped between a worker-group trial's final checkpoint (kept by its Train run) and Tune
+    seeing the report sent with it (seen in CI: Ctrl+C, or a killed driver, at that moment): on --resume the
+    trial's Train run restores that final checkpoint and has no step left to run. It must send the final
+    report again — test metrics included — instead of finishing with its last row at an earlier step.
+    The race is made certain here: a finished study's Tune state is set back to before its last report."""
+    import json
+    from pathlib import Path
+
+    from raykd.ray_layer.tune import main as tune_main
+
+    _, _, work, _ = grid_experiment
+    args = study_args(work, "lost-report", f"data.prepared={work / 'prepared'}", "search.algorithm=grid",
+                      "train.steps=4", "train.eval_every=2", "experiment.references=false", "space={}")
+    assert tune_main(args) == 0
+    exp = work / "exp" / "lost-report"
+    ((name, rows),) = trial_results(exp).items()
+    assert rows[-1]["step"] == 4 and "test/mrr@10" in rows[-1]
+    # Tune's view as if the step-4 report had been lost: its trial pending, its rows up to step 2 — in storage and
+    # in the driver's staging copy of this Ray session, which a restored trial keeps writing to (and syncs back)
+    session = Path(ray_session._private.worker._global_node.get_session_dir_path())
+    staged = list(session.glob(f"artifacts/*/lost-report/driver_artifacts/{name}/result.json"))
+    assert staged
+    for copy in [exp / name / "result.json", *staged]:
+        copy.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] < 4))
+    state_file = max(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for trial in state["trial_data"]:
+        t = json.loads(trial[0])
+        t["status"] = "PENDING"
+        trial[0] = json.dumps(t)
+    state_file.write_text(json.dumps(state))
+    assert tune_main([*args, "--resume"]) == 0
+    ((_, after),) = trial_results(exp).items()
+    assert [r["step"] for r in after] == [0, 2, 4]
+    assert after[-1]["test/mrr@10"] == rows[-1]["test/mrr@10"]  # the report the run sent with its final checkpoint
