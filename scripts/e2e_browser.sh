@@ -6,10 +6,6 @@
 #   scripts/e2e_browser.sh [OUT_DIR]      # default .raykd/e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  echo "[e2e] installing chromium (apt)"
-  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
-fi
+bash scripts/install_tools.sh chromium || true  # without it e2e_browser.py says what is missing
 bash scripts/setup_env.sh
 exec .venv/bin/python scripts/e2e_browser.py --out "${1:-.raykd/e2e}"

@@ -8,16 +8,10 @@
 #   scripts/monitor.sh [--session-dir /tmp/ray/session_latest] [--data .raykd/prometheus] [--port N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v prometheus >/dev/null 2>&1; then
-  if [[ $(id -u) -eq 0 ]] || sudo -n true 2>/dev/null; then
-    echo "[monitor] installing prometheus (apt)"
-    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
-    $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q prometheus
-  else
-    echo "[monitor] no prometheus binary and no root / sudo to install it: apt install prometheus, or the" \
-         "release tarball from https://prometheus.io/download/ on PATH" >&2
-    exit 2
-  fi
+if ! bash scripts/install_tools.sh prometheus; then
+  echo "[monitor] no prometheus binary: apt install prometheus, or the release tarball from" \
+       "https://prometheus.io/download/ on PATH" >&2
+  exit 2
 fi
 PY=${PYTHON:-.venv/bin/python}
 exec "$PY" -m raykd.ray_layer.live_view "$@"

@@ -30,6 +30,25 @@ def ray_session(tmp_path_factory):
     ray.shutdown()
 
 
+def wait_for_idle_cluster(ray, timeout_s: float = 120.0) -> None:
+    """Return once no CPU of the session's Ray is held (by an earlier test's trials, a killed driver's actors or
+    placement groups); fail after ``timeout_s`` naming what holds them — instead of the next study waiting out
+    its whole timeout with its trials pending."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0):
+            return
+        time.sleep(1.0)
+    from ray.util.state import list_actors, list_placement_groups
+
+    actors = [f"{a.class_name} (job {a.job_id})" for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)]
+    groups = [f"{g.placement_group_id} {g.state}" for g in list_placement_groups(limit=1000) if g.state != "REMOVED"]
+    pytest.fail(f"the cluster is still busy after {timeout_s:.0f} s: {ray.available_resources().get('CPU', 0.0)} of "
+                f"{ray.cluster_resources().get('CPU', 0.0)} CPUs free; alive actors {actors}; placement groups {groups}")
+
+
 @pytest.fixture
 def meta_nonzero():
     """Boolean indexing on the meta device (task positions) with the all-nonzero assumption."""

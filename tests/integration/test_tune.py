@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from raykd.ray_layer.tune import main as tune_main
-from tests.conftest import GRID_ARGS, TEST_BASE, study_args
+from tests.conftest import GRID_ARGS, TEST_BASE, study_args, wait_for_idle_cluster
 from tests.helpers.studies import trial_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -27,6 +27,13 @@ def study(tmp: Path, name: str, *sets: str) -> int:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("tune")
+
+
+@pytest.fixture(autouse=True)
+def idle_cluster(ray_session):
+    """Every test here starts on an idle cluster (the driver-kill and stop-signal tests leave a dead or stopped
+    driver's trials behind them): a leak fails the next test at once, naming what holds the CPUs."""
+    wait_for_idle_cluster(ray_session)
 
 
 def test_grid_of_two_depths_over_two_seeds_runs_end_to_end(grid_experiment):
