@@ -1,10 +1,14 @@
-"""``bench.py utilisation``: how busy the whole machine is while a study's trials run, and how long they take,
-with one torch thread per local-mode trial (``train.threads_per_worker=1``: the rule before #34, a core kept
-for Ray Data) against the automatic share (the node's CPUs divided among the concurrent trials,
-``ray_layer.tuners.local_threads``), the two run alternately in one process, ``--rounds`` times each."""
+"""``bench.py utilisation``: how busy the whole machine is while a study's trials run, how long they take, and
+who used the CPU (the trials, Ray Data's tasks and actors, Ray's own services, the driver) — for three ways
+of using a 2-core node: one torch thread per local-mode trial (``train.threads_per_worker=1``: the rule
+before #34, a core kept for Ray Data), the automatic share (the node's CPUs divided among the concurrent
+trials, ``ray_layer.tuners.local_threads``: one trial, two threads), and two trials at once with one thread
+each (``train.cpus_per_worker=0.5``). They run alternately in one process, ``--rounds`` times each."""
 
 from __future__ import annotations
 
+import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +17,19 @@ from benchmarks.common import median
 
 HELP = "busy fraction of all cores during a study's trials and its trial time: one thread per trial vs the node's share"
 TRIAL_PHASES = ("references", "search", "confirm", "tuning")
-VARIANTS = (("one thread per trial (before)", 1), ("the node's CPUs per trial (after)", 0))
+VARIANTS = (("one trial, one thread (before)", "before", {"train.threads_per_worker": 1}),
+            ("one trial, the node's CPUs (after)", "after", {}),
+            ("two trials at once, one thread each", "parallel", {"train.cpus_per_worker": 0.5}))
+# who a process is, from its title (Ray names a worker process after the task or actor method it runs)
+ROLES = (("trial", re.compile(r"ray::(ImplicitFunc|_Inner|RayTrainWorker|TrainController|PlacementGroupCleaner"
+                              r"|SynchronizationActor)")),
+         ("ray data", re.compile(r"ray::(.*(Read|Map|Shuffle|Split|Repartition|Sort|Aggregate|Limit|Project|Filter)"
+                                 r"|DatasetManager|_StatsActor|_AutoscalingCoordinatorActor|ActorLocationTracker)")),
+         ("ray services", re.compile(r"(gcs_server|raylet|dashboard|ray::DashboardAgent|ray::RuntimeEnvAgent|log_monitor"
+                                     r"|autoscaler|monitor\.py|ray::TrainStateActor)")),
+         # a worker between tasks: starting up, or after a task shorter than a sample (an upper bound on what the
+         # Ray Data share can miss)
+         ("idle ray workers", re.compile(r"^ray::IDLE")))
 
 
 def add_arguments(p) -> None:
@@ -65,40 +81,113 @@ class CpuSampler:
         return busy / total if total else float("nan")
 
 
-def _study(threads: int, args, storage: Path, name: str) -> dict:
-    """One study of the embedded default with ``train.threads_per_worker=threads`` (0: automatic): the seconds
-    of its trial phases and the machine's busy fraction over them."""
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """{pid: (title, user + system CPU seconds since it started)} of every process now running."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile
+            continue
+        out[int(d)] = (title, (float(fields[11]) + float(fields[12])) / tick)
+    return out
+
+
+def role(pid: int, title: str) -> str:
+    """Which part of a study a process is: the driver (this process), a trial, Ray Data, Ray's services, other."""
+    if pid == os.getpid():
+        return "driver"
+    return next((name for name, pattern in ROLES if pattern.search(title)), "other")
+
+
+class ProcessCpu:
+    """CPU seconds per role (``role``) over wall-clock spans, from every process's /proc entry sampled each
+    ``period_s``: a process's CPU between two samples counts for the role its title had at the earlier one when
+    it reads ``ray::IDLE`` at the later (a task that ended meanwhile), else at the later one."""
+
+    def __init__(self, period_s: float = 0.25):
+        from raykd.ray_layer.monitoring import PeriodicSampler
+
+        outer = self
+
+        class _Sampler(PeriodicSampler):
+            def sample(self):
+                outer.samples.append((time.time(), process_cpu()))
+
+        self.samples: list[tuple[float, dict]] = []
+        self._sampler = _Sampler(period_s)
+
+    def __enter__(self):
+        self.samples.append((time.time(), process_cpu()))
+        self._sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._sampler.__exit__(*exc)
+
+    def seconds(self, spans: list[tuple[float, float]]) -> dict[str, float]:
+        """CPU seconds of each role within ``spans``."""
+        used: dict[str, float] = {}
+        for (t0, a), (t1, b) in zip(self.samples, self.samples[1:]):
+            if not any(start <= t0 and t1 <= end for start, end in spans):
+                continue
+            for pid, (title, cpu) in b.items():
+                before = a.get(pid)
+                was = before[0] if before else title
+                name = role(pid, was if title == "ray::IDLE" else title)
+                used[name] = used.get(name, 0.0) + cpu - (before[1] if before else 0.0)
+        return used
+
+
+def _study(sets: dict, args, storage: Path, name: str) -> dict:
+    """One study of the embedded default with ``sets`` on top: the seconds of its trial phases, the machine's
+    busy fraction over them and the CPU seconds each role used there."""
     from raykd import config as C
     from raykd.ray_layer.tune import DEFAULT_CONFIG, run_phases
 
-    sets = {"train.threads_per_worker": threads, "data.work_dir": args.work}
+    sets = {**sets, "data.work_dir": args.work}
     if not args.full:
         sets.update({"search.num_samples": 4, "search.confirm.top_k": 0})
     cfg = C.load_config(DEFAULT_CONFIG, sets)
-    with CpuSampler() as cpu:
+    with CpuSampler() as cpu, ProcessCpu() as procs:
         out = run_phases(cfg, str(storage), name, False, None)
     spans = [s for p in TRIAL_PHASES for s in out.clock.spans.get(p, [])]
     return {"trials_s": sum(e - s for s, e in spans), "busy": cpu.busy_fraction(spans),
-            "total_s": sum(out.clock.seconds.values())}
+            "total_s": sum(out.clock.seconds.values()), "cpu_s": procs.seconds(spans)}
+
+
+def _cores(res: dict, name: str) -> float:
+    """Mean cores a role kept busy over the trial phases."""
+    return res["cpu_s"].get(name, 0.0) / res["trials_s"]
 
 
 def bench_utilisation(args) -> dict:
-    """Per variant: median trial-phase seconds and busy fraction over ``--rounds``; the before ÷ after ratio of
-    trial time per round (its spread is the machine's noise)."""
-    runs: dict[int, list[dict]] = {t: [] for _, t in VARIANTS}
+    """Per variant: median trial-phase seconds, busy fraction and cores per role over ``--rounds``; each
+    variant's trial time ÷ the automatic share's, per round (their spread is the machine's noise)."""
+    runs: dict[str, list[dict]] = {key: [] for _, key, _ in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp:
         for r in range(args.rounds):
-            for label, threads in VARIANTS:
-                res = _study(threads, args, Path(tmp), f"u{r}-{threads}")
-                runs[threads].append(res)
+            for label, key, sets in VARIANTS:
+                res = _study(sets, args, Path(tmp), f"u{r}-{key}")
+                runs[key].append(res)
+                roles = ", ".join(f"{name} {_cores(res, name):.2f}" for name in sorted(res["cpu_s"]))
                 print(f"[utilisation] round {r + 1}: {label}: trials {res['trials_s']:.0f} s, all cores "
-                      f"{100 * res['busy']:.0f} % busy (study {res['total_s']:.0f} s)", flush=True)
-    ratios = [b["trials_s"] / a["trials_s"] for b, a in zip(runs[1], runs[0])]
-    out = {"rounds": args.rounds, "full": bool(args.full), "ratio_before_over_after": ratios}
-    for label, threads in VARIANTS:
-        key = "before" if threads == 1 else "after"
-        out[f"{key}_trials_s"] = median([x["trials_s"] for x in runs[threads]])
-        out[f"{key}_busy"] = median([x["busy"] for x in runs[threads]])
-        print(f"{label:38s} trials {out[f'{key}_trials_s']:6.0f} s · all cores {100 * out[f'{key}_busy']:3.0f} % busy")
-    print(f"trial time before ÷ after: {', '.join(f'{x:.2f}' for x in ratios)} (per round)")
+                      f"{100 * res['busy']:.0f} % busy (study {res['total_s']:.0f} s); cores used: {roles}", flush=True)
+    out = {"rounds": args.rounds, "full": bool(args.full), "runs": runs}
+    for label, key, _ in VARIANTS:
+        rows = runs[key]
+        out[key] = {"trials_s": median([x["trials_s"] for x in rows]), "busy": median([x["busy"] for x in rows]),
+                    "cores": {name: median([_cores(x, name) for x in rows])
+                              for name in sorted({n for x in rows for n in x["cpu_s"]})},
+                    "over_after": [x["trials_s"] / a["trials_s"] for x, a in zip(rows, runs["after"])]}
+        v = out[key]
+        print(f"{label:38s} trials {v['trials_s']:6.0f} s · all cores {100 * v['busy']:3.0f} % busy · ray data "
+              f"{v['cores'].get('ray data', 0.0):.3f} cores · trial time ÷ after "
+              f"{', '.join(f'{x:.2f}' for x in v['over_after'])} (per round)")
     return out
