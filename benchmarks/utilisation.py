@@ -25,11 +25,11 @@ ROLES = (("trial", re.compile(r"ray::(ImplicitFunc|_Inner|RayTrainWorker|TrainCo
                               r"|SynchronizationActor)")),
          ("ray data", re.compile(r"ray::(.*(Read|Map|Shuffle|Split|Repartition|Sort|Aggregate|Limit|Project|Filter)"
                                  r"|DatasetManager|_StatsActor|_AutoscalingCoordinatorActor|ActorLocationTracker)")),
-         ("ray services", re.compile(r"(gcs_server|raylet|dashboard|ray::DashboardAgent|ray::RuntimeEnvAgent|log_monitor"
-                                     r"|autoscaler|monitor\.py|ray::TrainStateActor)")),
-         # a worker between tasks: starting up, or after a task shorter than a sample (an upper bound on what the
-         # Ray Data share can miss)
-         ("idle ray workers", re.compile(r"^ray::IDLE")))
+         # a worker starting (``default_worker.py``, before it takes a title) or between tasks (after one shorter
+         # than a sample): an upper bound on what the Ray Data share can miss
+         ("idle ray workers", re.compile(r"^ray::IDLE|default_worker\.py|setup_worker\.py")),
+         ("ray services", re.compile(r"(^|/)(gcs_server|raylet)( |$)|dashboard|ray::DashboardAgent|ray::RuntimeEnvAgent"
+                                     r"|log_monitor|autoscaler|monitor\.py|ray::TrainStateActor")))
 
 
 def add_arguments(p) -> None:
@@ -141,7 +141,8 @@ class ProcessCpu:
                 before = a.get(pid)
                 was = before[0] if before else title
                 name = role(pid, was if title == "ray::IDLE" else title)
-                used[name] = used.get(name, 0.0) + cpu - (before[1] if before else 0.0)
+                # a process new since the last sample counts whole; a reused pid (a smaller total) from zero
+                used[name] = used.get(name, 0.0) + (cpu - before[1] if before and cpu >= before[1] else cpu)
         return used
 
 
@@ -164,7 +165,7 @@ def _study(sets: dict, args, storage: Path, name: str) -> dict:
 
 def _cores(res: dict, name: str) -> float:
     """Mean cores a role kept busy over the trial phases."""
-    return res["cpu_s"].get(name, 0.0) / res["trials_s"]
+    return res["cpu_s"].get(name, 0.0) / res["trials_s"] if res["trials_s"] else float("nan")
 
 
 def bench_utilisation(args) -> dict:

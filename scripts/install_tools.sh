@@ -25,12 +25,18 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
   fi
 fi
-start=$(date +%s)
-echo "[tools] installing ${missing[*]} (apt)"
-if $SUDO timeout 600 apt-get update -q >/dev/null && \
-   DEBIAN_FRONTEND=noninteractive $SUDO timeout 600 apt-get install -y -q "${missing[@]}" >/dev/null; then
-  echo "[tools] installed ${missing[*]} in $(( $(date +%s) - start )) s"
-else
-  echo "[tools] apt could not install ${missing[*]} (no package mirror reachable?)" >&2
-  exit 1
-fi
+status=0
+$SUDO timeout 600 apt-get update -q >/dev/null || { echo "[tools] apt-get update failed (no package mirror reachable?)" >&2; exit 1; }
+for pkg in "${missing[@]}"; do  # one at a time: a package this system lacks does not keep the others out
+  start=$(date +%s)
+  # no recommends for prometheus: Debian's would add node-exporter, a daemon of its own
+  extra=(); [[ $pkg != chromium ]] && extra=(--no-install-recommends)
+  if $SUDO env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${extra[@]}" "$pkg" \
+       </dev/null >/dev/null; then
+    echo "[tools] installed $pkg (apt) in $(( $(date +%s) - start )) s"
+  else
+    echo "[tools] apt could not install $pkg" >&2
+    status=1
+  fi
+done
+exit $status

@@ -64,12 +64,14 @@ def train_fn_per_worker(config: dict) -> None:
     manifest = load_manifest(config["prepared"])
     tokens = TokenIds.from_manifest(manifest, special_token_ids(config["prepared"], manifest))
     checkpoint = tune.get_checkpoint() if worker.local else ray.train.get_checkpoint()  # RAY: resume after a failure
-    if checkpoint and checkpoint_state(checkpoint)[0] >= cfg.train.steps:
+    at_step, epoch = checkpoint_state(checkpoint)
+    kept = kept_report(checkpoint) if at_step >= cfg.train.steps else None
+    if kept is not None:
         # the run had finished: its last checkpoint is the final one, whose report may never have reached Tune (a
         # driver stopped or killed between the two) — send it again instead of finishing with nothing reported
-        worker.send(final_result(checkpoint, worker.rank, worker.world), None)
+        worker.send(kept if worker.rank == 0 else {"step": at_step, "world_size": worker.world}, None)
         return
-    stream = TrainStream(config, cfg.train, tokens, manifest, seed, checkpoint_state(checkpoint)[1])
+    stream = TrainStream(config, cfg.train, tokens, manifest, seed, epoch)
     teacher, state = build_state(config, cfg, worker, manifest, stream.index, seed)
     if checkpoint:
         state.restore(checkpoint, worker.device)
@@ -633,17 +635,17 @@ def _plain(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def final_result(checkpoint, rank: int, world: int) -> dict:
-    """The report a run sent with its final checkpoint (``REPORT_FILE`` in it; rank 0's, with its evaluations),
-    to send again from a restart at that checkpoint; other ranks: the step alone."""
-    step = checkpoint_state(checkpoint)[0]
-    if rank != 0:
-        return {"step": step, "world_size": world}
+def kept_report(checkpoint) -> dict | None:
+    """The report a run sent with this checkpoint (``REPORT_FILE`` beside its weights: rank 0's, evaluations
+    included), without the per-step rows it carried (already written where it was first received); None for a
+    checkpoint kept without one (raykd before it kept them). Every rank reads the same, so all take one branch."""
     with checkpoint.as_directory() as d:
         path = Path(d, REPORT_FILE)
-        if not path.exists():  # a checkpoint from before the report was kept with it: what is known
-            return {"step": step, "world_size": world}
-        return json.loads(path.read_text())
+        if not path.exists():
+            return None
+        report = json.loads(path.read_text())
+    report.pop(STEP_HISTORY_KEY, None)
+    return report
 
 
 def checkpoint_state(checkpoint) -> tuple[int, int]:

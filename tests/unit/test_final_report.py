@@ -1,4 +1,4 @@
-"""The report a run kept with its final checkpoint, sent again by a restart from it (``loop.final_result``)."""
+"""The report a run kept with its final checkpoint, sent again by a restart from it (``loop.kept_report``)."""
 
 from __future__ import annotations
 
@@ -19,20 +19,24 @@ def _checkpoint(d, step: int, report: dict | None):
     return Checkpoint.from_directory(str(d))
 
 
-def test_rank_0_sends_the_kept_report_and_the_others_the_step(tmp_path):
-    from raykd.ray_layer.loop import REPORT_FILE, final_result
+def test_the_kept_report_comes_back_without_its_per_step_rows(tmp_path):
+    from raykd.ray_layer.loop import REPORT_FILE, checkpoint_state, kept_report
+    from raykd.ray_layer.tblog import STEP_HISTORY_KEY
 
     assert REPORT_FILE == "report.json"
-    report = {"step": 8, "world_size": 2, "test/mrr@10": 0.25, "_step_history": [{"step": 7, "train/loss": 1.5}]}
+    report = {"step": 8, "world_size": 2, "test/mrr@10": 0.25, "val/mrr@10": float("nan"),
+              STEP_HISTORY_KEY: [{"step": 7, "train/loss": 1.5}]}
     ckpt = _checkpoint(tmp_path, 8, report)
-    assert final_result(ckpt, 0, 2) == report
-    assert final_result(ckpt, 1, 2) == {"step": 8, "world_size": 2}
+    got = kept_report(ckpt)
+    assert set(got) == {"step", "world_size", "test/mrr@10", "val/mrr@10"}  # the TensorBoard rows were written once
+    assert got["test/mrr@10"] == 0.25 and got["val/mrr@10"] != got["val/mrr@10"]  # NaN survives the round trip
+    assert checkpoint_state(ckpt) == (8, 1)
 
 
-def test_a_checkpoint_without_a_kept_report_gives_its_step(tmp_path):
-    from raykd.ray_layer.loop import final_result
+def test_a_checkpoint_kept_without_a_report_gives_none(tmp_path):
+    from raykd.ray_layer.loop import kept_report
 
-    assert final_result(_checkpoint(tmp_path, 5, None), 0, 1) == {"step": 5, "world_size": 1}
+    assert kept_report(_checkpoint(tmp_path, 5, None)) is None
 
 
 def test_numpy_values_in_a_report_are_kept_as_plain_numbers():
