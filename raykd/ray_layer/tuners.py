@@ -11,7 +11,11 @@ from raykd import config as C
 from raykd.train.trial_spec import StudyPlan
 
 SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it (remote storage)
-DATA_RESERVE_CPUS = 1.0  # kept free of trial workers so Ray Data reads never starve
+# Ray Data's room on a node: CPUs no trial may reserve, so that Ray Data's tasks (each reserving trial.DATA_CPUS,
+# a quarter CPU: four at once) can always be scheduled. A scheduling reserve, not a compute one: streaming used
+# 0.02 cores on average over a study's trial phases, in every variant measured (docs/benchmarks.md, `bench
+# utilisation`), so local-mode trials take every core as torch threads (local_threads) and no core idles for it.
+DATA_RESERVE_CPUS = 1.0
 REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
 
 
@@ -55,8 +59,8 @@ def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
 def local_threads(cfg: C.Config, cluster_cpus: float) -> int:
     """Torch threads per trial where trials run in Train local mode on CPUs and ``train.threads_per_worker`` is
     not set: the node's CPUs shared among the concurrent trials (``max_concurrent``), Ray Data's reserve
-    included — its streaming of tokenized shards keeps a core busy only in bursts, so a trial that leaves the
-    reserve idle leaves the machine half idle on 2 cores (docs/benchmarks.md, ``bench utilisation``). 0 (the
+    included — its streaming of tokenized shards used 0.02 cores, so a trial that left the reserve idle left
+    the machine 59 % busy on 2 cores (95 % with this rule; docs/benchmarks.md, ``bench utilisation``). 0 (the
     rule before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
     t = cfg.train
     if not t.local_mode or t.use_gpu or t.threads_per_worker:
