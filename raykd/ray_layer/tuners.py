@@ -60,7 +60,7 @@ def local_threads(cfg: C.Config, cluster_cpus: float) -> int:
     """Torch threads per trial where trials run in Train local mode on CPUs and ``train.threads_per_worker`` is
     not set: the node's CPUs shared among the concurrent trials (``max_concurrent``), Ray Data's reserve
     included — its streaming of tokenized shards used 0.02 cores, so a trial that left the reserve idle left
-    the machine 59 % busy on 2 cores (95 % with this rule; docs/benchmarks.md, ``bench utilisation``). 0 (the
+    the machine 59 % busy on 2 cores (93 % with this rule; docs/benchmarks.md, ``bench utilisation``). 0 (the
     rule before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
     t = cfg.train
     if not t.local_mode or t.use_gpu or t.threads_per_worker:
