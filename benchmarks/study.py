@@ -63,7 +63,7 @@ def raykd_anchor_study(tmp: Path, name: str, local_mode: bool) -> dict:
     train_ds = anchor_trial.train_dataset()  # the anchors build their data before their timed study, too
     trainable = tune.with_resources(tune.with_parameters(anchor_trial.run_trial, train_cfg=cfg.train,
                                                          train_ds=train_ds),
-                                    trial_resources(cfg.train))
+                                    trial_resources(cfg.train, cfg.train.cpus_per_worker))
     tuner = tune.Tuner(
         trainable,
         param_space={"learning_rate": tune.loguniform(*K.LR_RANGE), "weight_decay": tune.uniform(*K.WD_RANGE)},

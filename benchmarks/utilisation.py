@@ -1,9 +1,10 @@
 """``bench.py utilisation``: how busy the whole machine is while a study's trials run, how long they take, and
 who used the CPU (the trials, Ray Data's tasks and actors, Ray's own services, the driver) — for three ways
-of using a 2-core node: one torch thread per local-mode trial (``train.threads_per_worker=1``: the rule
-before #34, a core kept for Ray Data), the automatic share (the node's CPUs divided among the concurrent
-trials, ``ray_layer.tuners.local_threads``: one trial, two threads), and two trials at once with one thread
-each (``train.cpus_per_worker=0.5``). They run alternately in one process, ``--rounds`` times each."""
+of using a 2-core node: one trial at a time on one torch thread (``train.cpus_per_worker=1``,
+``train.threads_per_worker=1``: the rule before #34, a core kept for Ray Data), one trial at a time on the
+node's CPUs (``train.cpus_per_worker=1``: ``ray_layer.tuners.local_threads`` gives it both cores), and two
+trials at once with one thread each (today's default, ``ray_layer.tuners.trial_cpus``: 0.5 CPU a trial). They
+run alternately in one process, ``--rounds`` times each."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from pathlib import Path
 
 from benchmarks.common import median
 
-HELP = "busy fraction of all cores during a study's trials and its trial time: one thread per trial vs the node's share"
+HELP = "busy fraction of all cores during a study's trials and its trial time: one trial on one thread, on every core, or one trial per core"
 TRIAL_PHASES = ("references", "search", "confirm", "tuning")
-VARIANTS = (("one trial, one thread (before)", "before", {"train.threads_per_worker": 1}),
-            ("one trial, the node's CPUs (after)", "after", {}),
-            ("two trials at once, one thread each", "parallel", {"train.cpus_per_worker": 0.5}))
+VARIANTS = (("one trial, one thread (before)", "before", {"train.cpus_per_worker": 1, "train.threads_per_worker": 1}),
+            ("one trial, the node's CPUs", "after", {"train.cpus_per_worker": 1}),
+            ("two trials at once, one thread each (default)", "parallel", {}))
 # who a process is, from its title (Ray names a worker process after the task or actor method it runs)
 ROLES = (("trial", re.compile(r"ray::(ImplicitFunc|_Inner|RayTrainWorker|TrainController|PlacementGroupCleaner"
                               r"|SynchronizationActor)")),
@@ -160,7 +161,27 @@ def _study(sets: dict, args, storage: Path, name: str) -> dict:
         out = run_phases(cfg, str(storage), name, False, None)
     spans = [s for p in TRIAL_PHASES for s in out.clock.spans.get(p, [])]
     return {"trials_s": sum(e - s for s, e in spans), "busy": cpu.busy_fraction(spans),
-            "total_s": sum(out.clock.seconds.values()), "cpu_s": procs.seconds(spans)}
+            "total_s": sum(out.clock.seconds.values()), "cpu_s": procs.seconds(spans),
+            "found": findings(str(storage / name), cfg)}
+
+
+def findings(exp: str, cfg) -> dict:
+    """What a study found, to set beside its time: each search trial (params, status, steps, last validation
+    lead metric) and, where a confirm phase ran, the confirmed configuration's gains over ``init`` and
+    ``no_distill`` on the test lead metric (paired by seed: mean, 95 % CI half-width, Holm p)."""
+    from raykd.results.report import gains_over_references, load_experiment, load_references, varied_parameters
+
+    lead = cfg.experiment.metric
+    trials = load_experiment(exp)
+    search = [{"params": t.params, "status": t.status, "steps": t.steps, lead: t.metrics.get(lead)} for t in trials]
+    confirm = Path(exp + "-confirm")
+    gains = []
+    if confirm.exists():
+        done = [t for t in load_experiment(confirm) if t.status == "finished"]
+        rows = gains_over_references(done, load_references(exp), varied_parameters(done),
+                                     "test/" + lead.split("/", 1)[-1])
+        gains = [{k: r[k] for k in ("label", "role", "n", "diff", "ci", "p_holm")} for r in rows]
+    return {"search": search, "gains": gains}
 
 
 def _cores(res: dict, name: str) -> float:
@@ -180,6 +201,9 @@ def bench_utilisation(args) -> dict:
                 roles = ", ".join(f"{name} {_cores(res, name):.2f}" for name in sorted(res["cpu_s"]))
                 print(f"[utilisation] round {r + 1}: {label}: trials {res['trials_s']:.0f} s, all cores "
                       f"{100 * res['busy']:.0f} % busy (study {res['total_s']:.0f} s); cores used: {roles}", flush=True)
+                for g in res["found"]["gains"]:
+                    print(f"[utilisation]   found: {g['label']} over {g['role']}: {g['diff']:+.4f} ± {g['ci']:.4f} "
+                          f"(n={g['n']}, p_holm={g['p_holm']:.3g})", flush=True)
     out = {"rounds": args.rounds, "full": bool(args.full), "runs": runs}
     for label, key, _ in VARIANTS:
         rows = runs[key]

@@ -164,8 +164,10 @@ class TrainConfig:
     eval_pairs: int = 4096  # validation (and test) pairs per evaluation: all of them on the generated default
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    threads_per_worker: int = 0
+    # CPUs each worker reserves; null (the default): 1, except a local-mode trial on CPUs, which takes an equal
+    # share of the node with one trial per CPU (``ray_layer.tuners.trial_cpus``: 0.5 each on 2 CPUs)
+    cpus_per_worker: float | None = None
+    threads_per_worker: int = 0  # torch threads per worker; 0: the rule (``ray_layer.tuners.local_threads``)
     checkpoint_keep: int = 2
     max_failures: int = 1
     # run the one worker inside the trial's Tune actor (Ray Train local mode, actors reused); null (the

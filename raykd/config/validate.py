@@ -150,6 +150,10 @@ def _check_train(cfg: Config, src: str) -> None:
                     ("eval_pairs", 8), ("checkpoint_keep", 1)):
         _check(getattr(t, key) >= lo, src, f"train.{key}", f"must be at least {lo}, got {getattr(t, key)}")
     _check(t.lr > 0, src, "train.lr", "must be positive")
+    _check(t.cpus_per_worker is None or t.cpus_per_worker > 0, src, "train.cpus_per_worker",
+           f"must be positive, or null (the rule: 1, or a local-mode trial's share of the node), got {t.cpus_per_worker}")
+    _check(t.threads_per_worker >= 0, src, "train.threads_per_worker",
+           f"must be 0 (the rule) or a positive number of torch threads, got {t.threads_per_worker}")
     _check(t.chunked_loss_tokens >= 0, src, "train.chunked_loss_tokens",
            f"must be 0 (never chunk) or a positive number of tokens, got {t.chunked_loss_tokens}")
     _check(not t.local_mode or t.num_workers == 1, src, "train.local_mode",

@@ -130,7 +130,8 @@ class Worker:
         else:
             ctx = ray.train.get_context()  # RAY
             rank, world = ctx.get_world_rank(), ctx.get_world_size()
-        torch.set_num_threads(max(1, t.threads_per_worker or config.get("threads") or int(t.cpus_per_worker)))
+        # local mode on CPUs: the study's rule (config["threads"]); else one thread per CPU reserved (null: 1)
+        torch.set_num_threads(max(1, t.threads_per_worker or config.get("threads") or int(t.cpus_per_worker or 1)))
         device = ray.train.torch.get_device()  # RAY
         send = LocalReporter(config.get("trial_dir")) if local else train_report
         family = config["cfg"].get("teacher", {}).get("family") or DEFAULT

@@ -47,7 +47,7 @@ def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, clu
     parent = join(storage, name)
     path = join(parent, REFERENCES_DIR)
     if resume and tune.Tuner.can_restore(path):
-        return restore_tuner(cfg, plan, path)
+        return restore_tuner(cfg, plan, path, cluster_cpus)
     log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
         f"built; the teacher scored as its own student) → {path}")
     return study_tuner(cfg, plan, parent, REFERENCES_DIR, space, cluster_cpus)

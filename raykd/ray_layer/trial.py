@@ -38,13 +38,15 @@ from raykd.train.trial_spec import REFERENCE_KEY, SCORED_SAMPLERS, StudyPlan, me
 
 DATA_CPUS = 0.25  # what each Ray Data read / map task reserves: never a whole CPU, so data always runs
 TRIAL_DRIVER_CPUS = 0.05
+WORKER_CPUS = 1.0  # what a worker-group worker reserves where train.cpus_per_worker is null
 
 
-def trial_resources(t: C.TrainConfig) -> dict:
-    """Resources of a trial's Tune actor: in local mode the whole worker (it trains there), else a
-    sliver for the function that fits the TorchTrainer (its workers reserve their own)."""
+def trial_resources(t: C.TrainConfig, worker_cpus: float) -> dict:
+    """Resources of a trial's Tune actor: in local mode the whole worker, ``worker_cpus`` CPUs
+    (``tuners.trial_cpus``; it trains there), else a sliver for the function that fits the TorchTrainer
+    (its workers reserve their own)."""
     if t.local_mode:
-        return {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        return {"CPU": worker_cpus, **({"GPU": 1} if t.use_gpu else {})}
     return {"CPU": TRIAL_DRIVER_CPUS}
 
 
@@ -157,7 +159,7 @@ def trainer_for(train_fn, loop_config: dict, t: C.TrainConfig, trial_id: str, tr
         callbacks = []
     else:
         scaling = ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                          resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})})
+                                          resources_per_worker={"CPU": t.cpus_per_worker or WORKER_CPUS, **({"GPU": 1} if t.use_gpu else {})})
         callbacks = [StepScalars(trial_dir), TuneReportCallback()]
     return ray.train.torch.TorchTrainer(
         train_fn, train_loop_config=loop_config, scaling_config=scaling, datasets=datasets,

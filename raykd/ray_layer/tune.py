@@ -26,7 +26,7 @@ from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, fit, hparam_metrics, join, local_threads,  # noqa: F401
-                                    asha, max_concurrent, study_tuner, tune_domain)
+                                    asha, max_concurrent, study_tuner, trial_cpus, tune_domain)
 from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
@@ -51,12 +51,22 @@ def check_trial_fits(cfg: C.Config, cluster_cpus: float) -> None:
     """Refuse a trial that needs more CPUs than the local cluster has besides ``DATA_RESERVE_CPUS``:
     it would never be scheduled (worker groups) or would starve its own Ray Data input (local mode)."""
     t = cfg.train
-    need = t.num_workers * t.cpus_per_worker
-    if need > cluster_cpus - DATA_RESERVE_CPUS:
+    per_worker = trial_cpus(t, cluster_cpus)
+    need = t.num_workers * per_worker
+    if need > cluster_cpus - DATA_RESERVE_CPUS + 1e-9:
         raise RaykdError(
-            f"train.cpus_per_worker: a trial needs {t.num_workers} × {t.cpus_per_worker:g} = {need:g} CPUs, but this "
+            f"train.cpus_per_worker: a trial needs {t.num_workers} × {per_worker:g} = {need:g} CPUs, but this "
             f"Ray has {cluster_cpus:g} and keeps {DATA_RESERVE_CPUS:g} for Ray Data; use at most "
             f"{max(cluster_cpus - DATA_RESERVE_CPUS, 0):g} CPUs per trial (torch threads: train.threads_per_worker)")
+
+
+def cpus_text(t: C.TrainConfig) -> str:
+    """What one worker of a trial reserves, as the plan says it before Ray's CPUs are known."""
+    if t.cpus_per_worker is not None:
+        return f"{t.cpus_per_worker:g} CPU"
+    if t.local_mode and not t.use_gpu:
+        return f"a share of the CPUs: one trial per CPU, {DATA_RESERVE_CPUS:g} CPU kept for Ray Data"
+    return "1 CPU"
 
 
 def plan_text(cfg: C.Config, storage: str, name: str) -> str:
@@ -67,9 +77,9 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f"experiment {name}: {n} trials ({cfg.search.algorithm}"
         f"{', ASHA early stopping' if cfg.search.scheduler.type == 'asha' and cfg.search.algorithm != 'grid' else ''})"
         f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
-        f"per trial: {t.num_workers} worker(s) × {t.cpus_per_worker} CPU{' + 1 GPU' if t.use_gpu else ''}"
+        f"per trial: {t.num_workers} worker(s) × {cpus_text(t)}{' + 1 GPU' if t.use_gpu else ''}"
         f"{' in the Tune actor (Ray Train local mode, actors reused)' if t.local_mode else ''}, "
-        f"torch threads {t.threads_per_worker or ('the node’s CPUs ÷ concurrent trials' if t.local_mode and not t.use_gpu else int(t.cpus_per_worker))}, "
+        f"torch threads {t.threads_per_worker or ('the node’s CPUs ÷ concurrent trials' if t.local_mode and not t.use_gpu else int(t.cpus_per_worker or 1))}, "
         f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
         f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
@@ -166,7 +176,7 @@ def build_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster
     if resume:
         if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
-        return restore_tuner(cfg, plan, path)
+        return restore_tuner(cfg, plan, path, cluster_cpus)
     search_alg = None
     if cfg.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch

@@ -14,7 +14,7 @@ SYNC_PERIOD_S = 10  # how far a report on a running experiment may lag behind it
 # Ray Data's room on a node: CPUs no trial may reserve, so that Ray Data's tasks (each reserving trial.DATA_CPUS,
 # a quarter CPU: four at once) can always be scheduled. A scheduling reserve, not a compute one: streaming used
 # 0.02 cores on average over a study's trial phases, in every variant measured (docs/benchmarks.md, `bench
-# utilisation`), so local-mode trials take every core as torch threads (local_threads) and no core idles for it.
+# utilisation`), so local-mode trials run one per core (trial_cpus, local_threads) and no core idles for it.
 DATA_RESERVE_CPUS = 1.0
 REFERENCES_DIR = "references"  # the reference trials of experiment NAME live in NAME/references
 
@@ -47,10 +47,28 @@ def hparam_metrics(cfg: C.Config) -> list[str]:
     return [tb_tag(TUNE_PREFIX + n) for n in names + ["best_metric", "train/loss", "tokens_per_s", "step"]]
 
 
+def trial_cpus(t: C.TrainConfig, cluster_cpus: float) -> float:
+    """CPUs each worker of a trial reserves: ``train.cpus_per_worker`` where set, else 1 — except a local-mode
+    trial on CPUs, which reserves an equal share of the CPUs besides ``DATA_RESERVE_CPUS`` so that one trial
+    runs per whole CPU (0.5 each on 2 CPUs, 0.9375 on 16; rounded down to Ray's 1e-4 resource precision), each
+    on one torch thread (``local_threads``). On 2 CPUs that was faster for the whole embedded default than one
+    trial on both cores in every round measured (0.80–0.94×; docs/benchmarks.md, ``bench utilisation``).
+    A node with no CPU besides the reserve gets 1 (``tune.check_trial_fits`` refuses it)."""
+    if t.cpus_per_worker is not None:
+        return t.cpus_per_worker
+    cores = int(cluster_cpus)
+    if not t.local_mode or t.use_gpu or cores < 1 or cluster_cpus <= DATA_RESERVE_CPUS:
+        from raykd.ray_layer.trial import WORKER_CPUS
+
+        return WORKER_CPUS
+    return int((cluster_cpus - DATA_RESERVE_CPUS) / cores * 1e4) / 1e4
+
+
 def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
-    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1)."""
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + (0 if cfg.train.local_mode else 0.05)
-    fit = int((cluster_cpus - DATA_RESERVE_CPUS) // per_trial)
+    """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1; at most
+    ``search.max_concurrent``)."""
+    per_trial = cfg.train.num_workers * trial_cpus(cfg.train, cluster_cpus) + (0 if cfg.train.local_mode else 0.05)
+    fit = int((cluster_cpus - DATA_RESERVE_CPUS) / per_trial + 1e-9)
     if cfg.search.max_concurrent:
         fit = min(fit, cfg.search.max_concurrent)
     return max(1, fit)
@@ -59,8 +77,9 @@ def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
 def local_threads(cfg: C.Config, cluster_cpus: float) -> int:
     """Torch threads per trial where trials run in Train local mode on CPUs and ``train.threads_per_worker`` is
     not set: the node's CPUs shared among the concurrent trials (``max_concurrent``), Ray Data's reserve
-    included — its streaming of tokenized shards used 0.02 cores, so a trial that left the reserve idle left
-    the machine 59 % busy on 2 cores (93 % with this rule; docs/benchmarks.md, ``bench utilisation``). 0 (the
+    included — its streaming of tokenized shards used 0.02 cores (docs/benchmarks.md, ``bench utilisation``).
+    With ``trial_cpus``'s share that is one thread per trial; a study held to fewer trials at once
+    (``search.max_concurrent``, or an explicit ``train.cpus_per_worker``) gets more threads per trial. 0 (the
     rule before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
     t = cfg.train
     if not t.local_mode or t.use_gpu or t.threads_per_worker:
@@ -99,7 +118,8 @@ def study_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, param_s
     from raykd.ray_layer.tblog import TrialHParams
     from raykd.ray_layer.trial import run_trial, trial_resources
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
+                                   trial_resources(cfg.train, trial_cpus(cfg.train, cluster_cpus)))
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode, search_alg=search_alg,
@@ -158,14 +178,15 @@ def fit(tuner, what: str):
     return results
 
 
-def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str):
+def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str, cluster_cpus: float):
     """The Tuner of the interrupted experiment at ``path`` (finished trials are not rerun, errored ones
-    resume from their checkpoints)."""
+    resume from their checkpoints), its trials sized for ``cluster_cpus`` as ``study_tuner``'s are."""
     from ray import tune
 
     from raykd.ray_layer.trial import run_trial, trial_resources
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(cfg.train))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
+                                   trial_resources(cfg.train, trial_cpus(cfg.train, cluster_cpus)))
     return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)
 
 

@@ -50,16 +50,18 @@ def test_param_space_seeds_and_concurrency():
     assert set(space) == {"depth", "projection_dim", "sampler", "seed"} and space["seed"] == 0
     grid = C.load_config(SMOKE, {"search.algorithm": "grid", "experiment.seeds": [0, 1], "search.max_trials": 60})
     assert param_space(grid)["seed"] == {"grid_search": [0, 1]}
-    assert max_concurrent(cfg, 2.0) == 1  # one CPU stays free for Ray Data
-    assert max_concurrent(cfg, 16.0) == 15  # local mode (the shipped default): 1 CPU per trial, nothing more
+    assert max_concurrent(cfg, 2.0) == 2  # local mode on CPUs (the shipped default): one trial per CPU ...
+    assert max_concurrent(cfg, 16.0) == 16  # ... in the CPUs besides Ray Data's reserve (trial_cpus)
+    assert max_concurrent(C.load_config(SMOKE, {"train.cpus_per_worker": 1}), 2.0) == 1  # one CPU stays free
+    assert max_concurrent(C.load_config(SMOKE, {"train.cpus_per_worker": 1}), 16.0) == 15
     workers = C.load_config(SMOKE, {"train.local_mode": False})
-    assert max_concurrent(workers, 16.0) == 14  # a worker group adds its 0.05-CPU trial driver
+    assert max_concurrent(workers, 16.0) == 14  # a worker group: 1 CPU a worker, plus its 0.05-CPU trial driver
 
 
 def test_local_mode_puts_the_worker_in_the_tune_actor_and_needs_one_worker(tmp_path, capsys):
     cfg = C.load_config(SMOKE, {"train.local_mode": True, "train.cpus_per_worker": 2})
-    assert trial_resources(cfg.train) == {"CPU": 2}  # the actor trains: it holds the worker's CPUs
-    assert trial_resources(C.load_config(SMOKE, {"train.local_mode": False}).train) == {"CPU": 0.05}  # fits the trainer
+    assert trial_resources(cfg.train, 2) == {"CPU": 2}  # the actor trains: it holds the worker's CPUs
+    assert trial_resources(C.load_config(SMOKE, {"train.local_mode": False}).train, 1) == {"CPU": 0.05}  # fits the trainer
     assert max_concurrent(cfg, 5.0) == 2
     check_trial_fits(cfg, 3.0)
     with pytest.raises(RaykdError, match=r"needs 1 × 2 = 2 CPUs, but this Ray has 2 and keeps 1 for Ray Data"):
@@ -266,8 +268,51 @@ def test_a_local_mode_trial_on_cpus_takes_its_share_of_the_whole_node():
     def cfg(**sets):
         return C.load_config(Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml", sets)
 
-    assert local_threads(cfg(), 2) == 2  # one trial at a time: both cores, Ray Data's reserve included
+    assert local_threads(cfg(), 2) == 1  # two trials at once (trial_cpus): one core each
+    assert local_threads(cfg(), 16) == 1  # 16 trials at once: one core each
+    assert local_threads(cfg(**{"search.max_concurrent": 1}), 2) == 2  # one trial at a time: both cores, reserve included
     assert local_threads(cfg(**{"search.max_concurrent": 2}), 16) == 8
-    assert local_threads(cfg(), 16) == 1  # 15 trials at once: one core each
+    assert local_threads(cfg(**{"train.cpus_per_worker": 1}), 2) == 2  # an explicit share: 1 trial, the node's threads
     assert local_threads(cfg(**{"train.threads_per_worker": 1}), 2) == 0  # an explicit count wins (the rule)
     assert local_threads(cfg(**{"train.local_mode": False}), 2) == 0  # worker groups keep today's placement
+
+
+def test_local_mode_trials_on_cpus_run_one_per_cpu_in_the_cpus_besides_ray_datas_reserve():
+    from raykd.ray_layer.tuners import DATA_RESERVE_CPUS, trial_cpus
+
+    def cfg(**sets):
+        return C.load_config(SMOKE, sets)
+
+    assert trial_cpus(cfg().train, 2.0) == 0.5 and trial_cpus(cfg().train, 16.0) == 0.9375
+    assert trial_cpus(cfg().train, 3.0) == 0.6666  # rounded down (Ray's resources have 1e-4 precision)
+    for cpus in [2, 2.5, 3, 4, 7, 8, 12, 16, 24, 33, 64, 96, 128, 192]:
+        share = trial_cpus(cfg().train, float(cpus))
+        n = max_concurrent(cfg(), float(cpus))
+        assert n == int(cpus), cpus  # one trial per whole CPU ...
+        assert n * share <= cpus - DATA_RESERVE_CPUS + 1e-12, cpus  # ... and Ray Data's reserve stays free
+        check_trial_fits(cfg(), float(cpus))
+    assert trial_cpus(cfg(**{"train.cpus_per_worker": 2}).train, 16.0) == 2  # an explicit share wins
+    assert trial_cpus(cfg(**{"train.local_mode": False}).train, 16.0) == 1  # worker groups: today's 1 CPU a worker
+    assert trial_cpus(cfg(**{"train.use_gpu": True}).train, 16.0) == 1  # a GPU trial: 1 CPU beside its GPU
+    assert trial_cpus(cfg().train, 1.0) == 1  # nothing besides the reserve: refused, as before
+    with pytest.raises(RaykdError, match="needs 1 × 1 = 1 CPUs, but this Ray has 1 and keeps 1 for Ray Data"):
+        check_trial_fits(cfg(), 1.0)
+
+
+@pytest.mark.parametrize("key,value,message", [("train.cpus_per_worker", 0, "must be positive, or null"),
+                                                ("train.cpus_per_worker", -1.5, "must be positive, or null"),
+                                                ("train.threads_per_worker", -1, "must be 0 .the rule. or a positive")])
+def test_impossible_cpu_and_thread_counts_fail_at_load_time(key, value, message):
+    with pytest.raises(C.ConfigError, match=f"smoke.yaml: {key}: {message}"):
+        C.load_config(SMOKE, {key: value})
+
+
+def test_the_plan_says_what_a_trial_reserves(tmp_path, capsys):
+    def plan(*sets):
+        assert main(["--config", str(SMOKE), "--dry-run", "--storage", str(tmp_path / "s"),
+                     "--set", f"data.work_dir={tmp_path / 'w'}", *sets]) == 0
+        return capsys.readouterr().out
+
+    assert "1 worker(s) × a share of the CPUs: one trial per CPU, 1 CPU kept for Ray Data" in plan()
+    assert "1 worker(s) × 2 CPU in the Tune actor" in plan("train.cpus_per_worker=2")
+    assert "1 worker(s) × 1 CPU, torch threads 1" in plan("train.local_mode=false")
