@@ -96,6 +96,6 @@ def run_trial(params: dict, train_cfg, train_ds) -> None:
 
     ctx = tune.get_context()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    threads = train_cfg.threads_per_worker or int(train_cfg.cpus_per_worker)
+    threads = train_cfg.threads_per_worker or int(train_cfg.cpus_per_worker or 1)
     loop_config = {**params, "threads": threads, "local_mode": train_cfg.local_mode}
     trainer_for(train_fn, loop_config, train_cfg, ctx.get_trial_id(), ctx.get_trial_dir(), {"train": train_ds}).fit()

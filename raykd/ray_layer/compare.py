@@ -81,7 +81,7 @@ def tune_one(cfg: C.Config, plan: StudyPlan, root: str, label: str, space: dict,
     storage, name = join(root, KC.TUNE_DIR), _dir_name(label)
     path = join(storage, name)
     if resume and tune.Tuner.can_restore(path):
-        tuner = restore_tuner(cfg, plan, path, cpus)
+        tuner = restore_tuner(cfg, plan, path, cpus, cfg.compare.tune.trials)
         if frozen:
             return summarize_tuning(cfg, label, space, tuner.get_results())
     else:
@@ -197,7 +197,7 @@ def run_compare(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cpus: f
     write_experiment_summary(root, {KC.CONTENDER_KEY: {"choice": labels}, **cfg.space}, hparam_metrics(cfg))
     with clock("confirm"):
         if frozen:
-            confirmed = fit(restore_tuner(cfg, plan, root, cpus), "confirmation")
+            confirmed = fit(restore_tuner(cfg, plan, root, cpus, len(best) * len(seeds)), "confirmation")
             for label, conf in confirmed_bests(confirmed).items():  # the settings confirmed are the ones reported
                 if label in tuned:
                     tuned[label].best = conf

@@ -8,7 +8,7 @@ from raykd import config as C
 from raykd.train.trial_spec import StudyPlan
 from raykd.errors import RaykdError
 from raykd.ray_layer.inputs import log
-from raykd.ray_layer.tuners import REFERENCES_DIR, join, restore_tuner, study_tuner
+from raykd.ray_layer.tuners import REFERENCES_DIR, join, phase_trials, restore_tuner, study_tuner
 
 
 def reference_space(cfg: C.Config) -> dict | None:
@@ -47,7 +47,7 @@ def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, clu
     parent = join(storage, name)
     path = join(parent, REFERENCES_DIR)
     if resume and tune.Tuner.can_restore(path):
-        return restore_tuner(cfg, plan, path, cluster_cpus)
+        return restore_tuner(cfg, plan, path, cluster_cpus, phase_trials(space, 1))
     log(f"[tune] references: no_distill × {len(space['seed']['grid_search'])} seed(s) (its step 0 = the student as "
         f"built; the teacher scored as its own student) → {path}")
     return study_tuner(cfg, plan, parent, REFERENCES_DIR, space, cluster_cpus)

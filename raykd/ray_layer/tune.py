@@ -26,7 +26,7 @@ from raykd.ray_layer.cluster import init_ray
 from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, fit, hparam_metrics, join, local_threads,  # noqa: F401
-                                    asha, max_concurrent, study_tuner, trial_cpus, tune_domain)
+                                    asha, max_concurrent, phase_trials, study_tuner, trial_cpus, tune_domain)
 from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
@@ -79,7 +79,7 @@ def plan_text(cfg: C.Config, storage: str, name: str) -> str:
         f" × {t.steps} steps × batch {t.batch_size} × accumulation {t.grad_accum}",
         f"per trial: {t.num_workers} worker(s) × {cpus_text(t)}{' + 1 GPU' if t.use_gpu else ''}"
         f"{' in the Tune actor (Ray Train local mode, actors reused)' if t.local_mode else ''}, "
-        f"torch threads {t.threads_per_worker or ('the node’s CPUs ÷ concurrent trials' if t.local_mode and not t.use_gpu else int(t.cpus_per_worker or 1))}, "
+        f"torch threads {t.threads_per_worker or ('the node’s CPUs ÷ concurrent trials' if t.local_mode and not t.use_gpu else max(1, int(t.cpus_per_worker or 1)))}, "
         f"precision {t.precision}, evaluation every {t.eval_every} steps on {t.eval_pairs} validation pairs",
         f"compute at most: {n * t.steps:,} trial-steps = {n * t.steps * t.batch_size * t.grad_accum:,} training pairs"
         + (f"; confirm: top {cfg.search.confirm.top_k} × {len(cfg.search.confirm.seeds)} seeds"
@@ -160,6 +160,11 @@ def set_aside_previous(storage: str, name: str) -> list[str]:
     return moved
 
 
+def search_samples(cfg: C.Config) -> int:
+    """The search's ``num_samples`` (a grid: 1, its trials are the grid's points)."""
+    return 1 if cfg.search.algorithm == "grid" else cfg.search.num_samples
+
+
 def build_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster_cpus: float, resume: bool):
     """The Tuner for this study (restored from ``storage/name`` with ``resume``)."""
     from ray import tune
@@ -176,7 +181,7 @@ def build_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster
     if resume:
         if not tune.Tuner.can_restore(path):
             raise RaykdError(f"--resume: {path} holds no experiment to resume")
-        return restore_tuner(cfg, plan, path, cluster_cpus)
+        return restore_tuner(cfg, plan, path, cluster_cpus, phase_trials(param_space(cfg), search_samples(cfg)))
     search_alg = None
     if cfg.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -185,7 +190,7 @@ def build_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, cluster
     early = cfg.search.scheduler.type == "asha" and cfg.search.algorithm != "grid"
     scheduler = asha(cfg) if early else FIFOScheduler()
     return study_tuner(cfg, plan, storage, name, param_space(cfg), cluster_cpus, search_alg=search_alg,
-                       scheduler=scheduler, num_samples=1 if cfg.search.algorithm == "grid" else cfg.search.num_samples,
+                       scheduler=scheduler, num_samples=search_samples(cfg),
                        time_budget_s=cfg.search.time_budget_s)
 
 
@@ -340,6 +345,20 @@ def with_local_mode(cfg: C.Config, address: str | None) -> C.Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, local_mode=local))
 
 
+def with_worker_cpus(cfg: C.Config) -> C.Config:
+    """``cfg`` with a null ``train.cpus_per_worker`` set to ``WORKER_CPUS`` (1), for a cluster that is not one
+    local node (``--address``, or several nodes): trials may land on several nodes, now or once it scales, and
+    a share of the whole cluster per trial (``trial_cpus``) would leave a node with a trial on every CPU and no
+    room for Ray Data's tasks (the study would hang)."""
+    if cfg.train.cpus_per_worker is not None:
+        return cfg
+    import dataclasses
+
+    from raykd.ray_layer.trial import WORKER_CPUS
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, cpus_per_worker=WORKER_CPUS))
+
+
 def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: str | None,
                monitor: bool = False) -> Outcome:
     """Prepare the inputs, connect to Ray and run the references, the search and its confirm phase,
@@ -369,7 +388,8 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         cpus = ray.cluster_resources().get("CPU", 1.0)
         if started:  # a cluster given by --address may still be scaling up
             check_trial_fits(cfg, cpus)
-        plan.threads = local_threads(cfg, cpus)
+        if not (started or (address is None and len([n for n in ray.nodes() if n.get("Alive")]) == 1)):
+            cfg = with_worker_cpus(cfg)  # trial_cpus' one-trial-per-CPU share is sized for one node
         from raykd.ray_layer.pruning import prune_experiment
 
         if cfg.compare is not None:

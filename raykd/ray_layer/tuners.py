@@ -4,6 +4,7 @@ Tuners (search, confirm, references, a compare study's tuning and confirmation) 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from raykd.errors import RaykdError
@@ -52,39 +53,57 @@ def trial_cpus(t: C.TrainConfig, cluster_cpus: float) -> float:
     trial on CPUs, which reserves an equal share of the CPUs besides ``DATA_RESERVE_CPUS`` so that one trial
     runs per whole CPU (0.5 each on 2 CPUs, 0.9375 on 16; rounded down to Ray's 1e-4 resource precision), each
     on one torch thread (``local_threads``). On 2 CPUs that was faster for the whole embedded default than one
-    trial on both cores in every round measured (0.80–0.94×; docs/benchmarks.md, ``bench utilisation``).
-    A node with no CPU besides the reserve gets 1 (``tune.check_trial_fits`` refuses it)."""
+    trial on both cores in every round measured (docs/benchmarks.md, ``bench utilisation``). The share is sized
+    for one node: ``tune.run_phases`` sets 1 CPU (``tune.with_worker_cpus``) on a cluster it did not start. A
+    Ray of under 2 CPUs gets 1 (``tune.check_trial_fits`` refuses it: nothing is left for Ray Data)."""
     if t.cpus_per_worker is not None:
         return t.cpus_per_worker
-    cores = int(cluster_cpus)
-    if not t.local_mode or t.use_gpu or cores < 1 or cluster_cpus <= DATA_RESERVE_CPUS:
+    if not t.local_mode or t.use_gpu or cluster_cpus < DATA_RESERVE_CPUS + 1:
         from raykd.ray_layer.trial import WORKER_CPUS
 
         return WORKER_CPUS
-    return int((cluster_cpus - DATA_RESERVE_CPUS) / cores * 1e4) / 1e4
+    return int((cluster_cpus - DATA_RESERVE_CPUS) / int(cluster_cpus) * 1e4) / 1e4
 
 
-def max_concurrent(cfg: C.Config, cluster_cpus: float) -> int:
+def max_concurrent(cfg: C.Config, cluster_cpus: float, trials: int | None = None) -> int:
     """Concurrent trials the cluster holds with ``DATA_RESERVE_CPUS`` left for Ray Data (at least 1; at most
-    ``search.max_concurrent``)."""
+    ``search.max_concurrent`` and, where known, the phase's ``trials``)."""
     per_trial = cfg.train.num_workers * trial_cpus(cfg.train, cluster_cpus) + (0 if cfg.train.local_mode else 0.05)
     fit = int((cluster_cpus - DATA_RESERVE_CPUS) / per_trial + 1e-9)
     if cfg.search.max_concurrent:
         fit = min(fit, cfg.search.max_concurrent)
+    if trials:
+        fit = min(fit, trials)
     return max(1, fit)
 
 
-def local_threads(cfg: C.Config, cluster_cpus: float) -> int:
+def local_threads(cfg: C.Config, cluster_cpus: float, trials: int | None = None) -> int:
     """Torch threads per trial where trials run in Train local mode on CPUs and ``train.threads_per_worker`` is
-    not set: the node's CPUs shared among the concurrent trials (``max_concurrent``), Ray Data's reserve
-    included — its streaming of tokenized shards used 0.02 cores (docs/benchmarks.md, ``bench utilisation``).
-    With ``trial_cpus``'s share that is one thread per trial; a study held to fewer trials at once
-    (``search.max_concurrent``, or an explicit ``train.cpus_per_worker``) gets more threads per trial. 0 (the
-    rule before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
+    not set: the node's CPUs shared among the trials that run at once (``max_concurrent``; ``trials``: how
+    many the phase has, where known), Ray Data's reserve included — its streaming of tokenized shards used
+    0.02 cores (docs/benchmarks.md, ``bench utilisation``). With ``trial_cpus``'s share that is one thread per
+    trial while a phase has a trial for every CPU; a phase of fewer trials, or a study held to fewer at once
+    (``search.max_concurrent``, an explicit ``train.cpus_per_worker``), gives each more threads. 0 (the rule
+    before: ``cpus_per_worker`` threads) for worker groups, GPUs and an explicit thread count."""
     t = cfg.train
     if not t.local_mode or t.use_gpu or t.threads_per_worker:
         return 0
-    return max(1, int(cluster_cpus // max_concurrent(cfg, cluster_cpus)))
+    return max(1, int(cluster_cpus // max_concurrent(cfg, cluster_cpus, trials)))
+
+
+def phase_trials(param_space: dict, num_samples: int) -> int:
+    """How many trials a Tuner over ``param_space`` runs at most: ``num_samples`` × the size of every
+    ``grid_search`` in it (nested ones included), as Tune expands them."""
+    n = num_samples
+    stack = [param_space]
+    while stack:
+        d = stack.pop()
+        for v in d.values():
+            if isinstance(v, dict) and set(v) == {"grid_search"}:
+                n *= max(1, len(v["grid_search"]))
+            elif isinstance(v, dict):
+                stack.append(v)
+    return n
 
 
 def sync_config():
@@ -108,7 +127,8 @@ def tune_checkpoints(cfg: C.Config):
 def study_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, param_space: dict, cluster_cpus: float, *,
                 search_alg=None, scheduler=None, num_samples: int = 1, time_budget_s: float | None = None):
     """A Tuner of raykd trials (``trial.run_trial``) for experiment ``storage/name``: trial directories
-    named from the trial id, at most ``max_concurrent`` at once, actors reused in local mode, the
+    named from the trial id, at most ``max_concurrent`` at once (the CPUs shared among as many as the phase
+    has: ``local_threads``), actors reused in local mode, the
     study's failure, checkpoint and sync policy, raykd's callbacks (HParams, checkpoint pruning, logs
     before a restart). Metric and mode are the study's lead metric."""
     from ray import tune
@@ -118,13 +138,15 @@ def study_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, param_s
     from raykd.ray_layer.tblog import TrialHParams
     from raykd.ray_layer.trial import run_trial, trial_resources
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
+    trials = phase_trials(param_space, num_samples)
+    plan = dataclasses.replace(plan, threads=local_threads(cfg, cluster_cpus, trials))  # a phase of fewer trials
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),  # than CPUs: more threads each
                                    trial_resources(cfg.train, trial_cpus(cfg.train, cluster_cpus)))
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=cfg.experiment.metric, mode=cfg.experiment.mode, search_alg=search_alg,
                                     scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus),
+                                    max_concurrent_trials=max_concurrent(cfg, cluster_cpus, trials),
                                     time_budget_s=time_budget_s, reuse_actors=cfg.train.local_mode,
                                     trial_name_creator=lambda t: f"trial_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
@@ -178,13 +200,16 @@ def fit(tuner, what: str):
     return results
 
 
-def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str, cluster_cpus: float):
+def restore_tuner(cfg: C.Config, plan: StudyPlan, path: str, cluster_cpus: float, trials: int):
     """The Tuner of the interrupted experiment at ``path`` (finished trials are not rerun, errored ones
-    resume from their checkpoints), its trials sized for ``cluster_cpus`` as ``study_tuner``'s are."""
+    resume from their checkpoints), its trials sized for ``cluster_cpus`` and the phase's ``trials`` as
+    ``study_tuner`` sized them (Tune restores the phase's concurrency; the torch threads are set here, so a
+    resumed trial computes with as many threads as an uninterrupted one)."""
     from ray import tune
 
     from raykd.ray_layer.trial import run_trial, trial_resources
 
+    plan = dataclasses.replace(plan, threads=local_threads(cfg, cluster_cpus, trials))
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
                                    trial_resources(cfg.train, trial_cpus(cfg.train, cluster_cpus)))
     return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, restart_errored=False)

@@ -316,3 +316,79 @@ def test_the_plan_says_what_a_trial_reserves(tmp_path, capsys):
     assert "1 worker(s) × a share of the CPUs: one trial per CPU, 1 CPU kept for Ray Data" in plan()
     assert "1 worker(s) × 2 CPU in the Tune actor" in plan("train.cpus_per_worker=2")
     assert "1 worker(s) × 1 CPU, torch threads 1" in plan("train.local_mode=false")
+
+
+def test_a_phase_of_fewer_trials_than_cpus_gives_each_trial_more_threads():
+    from ray import tune
+
+    from raykd.ray_layer.tuners import local_threads, phase_trials
+
+    cfg = C.load_config(SMOKE)
+    assert phase_trials(param_space(cfg), 6) == 6  # the search: its samples
+    confirm = {"confirm": tune.grid_search([{"depth": 2}]), "seed": tune.grid_search([0, 1, 2])}
+    assert phase_trials(confirm, 1) == 3 and phase_trials({"a": {"b": tune.grid_search([1, 2])}, "c": 1}, 2) == 4
+    assert max_concurrent(cfg, 2.0, trials=1) == 1 and local_threads(cfg, 2.0, trials=1) == 2  # one trial: both cores
+    assert local_threads(cfg, 2.0, trials=3) == 1  # two at once, one core each
+    assert max_concurrent(cfg, 16.0, trials=6) == 6 and local_threads(cfg, 16.0, trials=6) == 2  # 6 trials, 16 CPUs
+    assert max_concurrent(cfg, 16.0, trials=40) == 16 and local_threads(cfg, 16.0, trials=40) == 1
+
+
+def test_each_phase_and_its_resume_size_threads_and_resources_alike(monkeypatch):
+    """``study_tuner`` and ``restore_tuner`` (a resumed phase) give a phase's trials the same CPUs and torch
+    threads — a resumed trial computes with as many threads as an uninterrupted one — with Tune's Tuner, and the
+    parameter and resource wrappers, recorded instead of run."""
+    from ray import tune
+
+    from raykd.ray_layer import tuners
+    from raykd.train.trial_spec import StudyPlan
+
+    seen = {}
+
+    class Recorded:
+        def __init__(self, trainable, param_space=None, tune_config=None, run_config=None):
+            seen.update(trainable=trainable, concurrent=tune_config.max_concurrent_trials)
+
+        @classmethod
+        def restore(cls, path, trainable=None, **kw):
+            seen.update(trainable=trainable, concurrent=None)
+
+    monkeypatch.setattr(tune, "Tuner", Recorded)
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, plan: plan)
+    monkeypatch.setattr(tune, "with_resources", lambda plan, resources: (plan, resources))
+    cfg, plan = C.load_config(SMOKE), StudyPlan(base={})
+    one = {"seed": tune.grid_search([0])}
+    three = {"confirm": tune.grid_search([{"depth": 2}]), "seed": tune.grid_search([0, 1, 2])}
+    for cpus, space, trials, threads, concurrent, share in [(2.0, one, 1, 2, 1, 0.5), (2.0, three, 3, 1, 2, 0.5),
+                                                            (16.0, three, 3, 5, 3, 0.9375)]:
+        tuners.study_tuner(cfg, plan, "/tmp/s", "n", space, cpus)
+        assert seen["trainable"] == (dataclasses_replace(plan, threads), {"CPU": share}) and seen["concurrent"] == concurrent
+        tuners.restore_tuner(cfg, plan, "/tmp/s/n", cpus, trials)
+        assert seen["trainable"] == (dataclasses_replace(plan, threads), {"CPU": share})
+    assert plan.threads == 0  # the study's own plan is not changed by a phase
+    workers = C.load_config(SMOKE, {"train.local_mode": False})
+    tuners.study_tuner(workers, plan, "/tmp/s", "n", three, 2.0)
+    assert seen["trainable"] == (plan, {"CPU": 0.05})  # a worker group: its workers hold the CPUs and threads
+    gpu = C.load_config(SMOKE, {"train.use_gpu": True})
+    tuners.study_tuner(gpu, plan, "/tmp/s", "n", three, 16.0)
+    assert seen["trainable"] == (plan, {"CPU": 1.0, "GPU": 1})
+
+
+def dataclasses_replace(plan, threads):
+    import dataclasses
+
+    return dataclasses.replace(plan, threads=threads)
+
+
+def test_a_ray_of_under_two_cpus_or_a_cluster_raykd_did_not_start_gets_a_cpu_per_worker():
+    from raykd.ray_layer.tune import with_worker_cpus
+    from raykd.ray_layer.tuners import trial_cpus
+
+    cfg = C.load_config(SMOKE)
+    for cpus in (1.0, 1.00005, 1.0001, 1.5, 1.9999):  # nothing left for a trial beside Ray Data's reserve ...
+        assert trial_cpus(cfg.train, cpus) == 1 and max_concurrent(cfg, cpus) == 1, cpus
+        with pytest.raises(RaykdError, match="keeps 1 for Ray Data"):  # ... so the study is refused, as before
+            check_trial_fits(cfg, cpus)
+    assert with_worker_cpus(cfg).train.cpus_per_worker == 1.0
+    assert trial_cpus(with_worker_cpus(cfg).train, 2.0) == 1.0 and max_concurrent(with_worker_cpus(cfg), 16.0) == 15
+    explicit = C.load_config(SMOKE, {"train.cpus_per_worker": 0.5})
+    assert with_worker_cpus(explicit) is explicit
