@@ -191,7 +191,8 @@ def _cores(res: dict, name: str) -> float:
 
 def bench_utilisation(args) -> dict:
     """Per variant: median trial-phase seconds, busy fraction and cores per role over ``--rounds``; each
-    variant's trial time ÷ the automatic share's, per round (their spread is the machine's noise)."""
+    variant's trial time ÷ that of one trial on the node's CPUs ("after"), per round (their spread is the
+    machine's noise)."""
     runs: dict[str, list[dict]] = {key: [] for _, key, _ in VARIANTS}
     with tempfile.TemporaryDirectory(prefix="raykd-bench-") as tmp:
         for r in range(args.rounds):
@@ -213,6 +214,6 @@ def bench_utilisation(args) -> dict:
                     "over_after": [x["trials_s"] / a["trials_s"] for x, a in zip(rows, runs["after"])]}
         v = out[key]
         print(f"{label:38s} trials {v['trials_s']:6.0f} s · all cores {100 * v['busy']:3.0f} % busy · ray data "
-              f"{v['cores'].get('ray data', 0.0):.3f} cores · trial time ÷ after "
+              f"{v['cores'].get('ray data', 0.0):.3f} cores · trial time ÷ one trial on the node's CPUs "
               f"{', '.join(f'{x:.2f}' for x in v['over_after'])} (per round)")
     return out

@@ -68,8 +68,10 @@ def train_fn_per_worker(config: dict) -> None:
     kept = kept_report(checkpoint) if at_step >= cfg.train.steps else None
     if kept is not None:
         # the run had finished: its last checkpoint is the final one, whose report may never have reached Tune (a
-        # driver stopped or killed between the two) — send it again instead of finishing with nothing reported
-        worker.send(kept if worker.rank == 0 else {"step": at_step, "world_size": worker.world}, None)
+        # driver stopped or killed between the two) — send it again instead of finishing with nothing reported,
+        # unless Tune had recorded it (``trial.received_step``): a second copy would be a duplicate result row
+        if config.get("received_step", -1) < at_step:
+            worker.send(kept if worker.rank == 0 else {"step": at_step, "world_size": worker.world}, None)
         return
     stream = TrainStream(config, cfg.train, tokens, manifest, seed, epoch)
     teacher, state = build_state(config, cfg, worker, manifest, stream.index, seed)

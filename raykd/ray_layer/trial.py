@@ -132,8 +132,26 @@ def run_trial(params: dict, plan: StudyPlan) -> None:
                    "reference": bool(params.get(REFERENCE_KEY)), "sampler": sampler, "scores": plan.scores,
                    "role": "reference" if params.get(REFERENCE_KEY) else "confirm" if "confirm" in params else "search",
                    "plugin_paths": plan.plugin_paths, "template": plan.template, "threads": plan.threads,
-                   "teacher_view": plan.teacher_view}
+                   "teacher_view": plan.teacher_view, "received_step": received_step(ctx)}
     trainer_for(train_fn_per_worker, loop_config, cfg.train, trial_id, trial_dir, {"train": ds}).fit()
+
+
+def received_step(ctx) -> int:
+    """The last step this trial's ``result.json`` in the experiment's storage records — what Tune had received
+    from it before this attempt (a resume after the driver was stopped or killed) — or -1 (none, unreadable)."""
+    try:
+        storage = ctx.get_storage()
+        with storage.storage_filesystem.open_input_stream(storage.trial_fs_path + "/result.json") as f:
+            text = f.read().decode("utf-8", errors="replace")
+    except (OSError, RuntimeError, AttributeError):  # no file yet; no storage context (outside Tune)
+        return -1
+    steps = []
+    for line in text.splitlines():
+        try:
+            steps.append(int(json.loads(line).get("step", -1)))
+        except (ValueError, TypeError, AttributeError):  # a line cut off by the kill
+            continue
+    return max(steps, default=-1)
 
 
 def marker_dir(plan: StudyPlan, experiment: str, trial_dir: str) -> str:

@@ -66,6 +66,20 @@ def test_an_erroring_trial_is_reported_and_the_cli_exits_nonzero(faulty_study, t
     assert "## Errored trials" in (tmp_path / "report" / "table.md").read_text(encoding="utf-8")
 
 
+def set_trials_pending(exp) -> None:
+    """Tune's saved state of experiment ``exp`` with every trial PENDING, as if its driver had died before
+    recording them finished."""
+    import json
+
+    state_file = max(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for trial in state["trial_data"]:
+        t = json.loads(trial[0])
+        t["status"] = "PENDING"
+        trial[0] = json.dumps(t)
+    state_file.write_text(json.dumps(state))
+
+
 def test_a_run_whose_final_report_never_reached_tune_sends_it_again_on_resume(ray_session, grid_experiment):
     """A driver stopped between a worker-group trial's final checkpoint (kept by its Train run) and Tune
     seeing the report sent with it (seen in CI: Ctrl+C, or a killed driver, at that moment): on --resume the
@@ -91,14 +105,15 @@ def test_a_run_whose_final_report_never_reached_tune_sends_it_again_on_resume(ra
     assert staged
     for copy in [exp / name / "result.json", *staged]:
         copy.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] < 4))
-    state_file = max(exp.glob("experiment_state-*.json"))
-    state = json.loads(state_file.read_text())
-    for trial in state["trial_data"]:
-        t = json.loads(trial[0])
-        t["status"] = "PENDING"
-        trial[0] = json.dumps(t)
-    state_file.write_text(json.dumps(state))
+    set_trials_pending(exp)
     assert tune_main([*args, "--resume"]) == 0
     ((_, after),) = trial_results(exp).items()
     assert [r["step"] for r in after] == [0, 2, 4]
     assert after[-1]["test/mrr@10"] == rows[-1]["test/mrr@10"]  # the report the run sent with its final checkpoint
+    # the other side of that race (seen in CI): the driver killed after Tune recorded the final report but before
+    # it saved the trial as finished — the resumed run restores its final checkpoint and sends nothing again
+    # (a second step-4 row would change a finished trial's results)
+    recorded = (exp / name / "result.json").read_text()
+    set_trials_pending(exp)
+    assert tune_main([*args, "--resume"]) == 0
+    assert (exp / name / "result.json").read_text() == recorded

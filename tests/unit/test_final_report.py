@@ -46,3 +46,30 @@ def test_numpy_values_in_a_report_are_kept_as_plain_numbers():
 
     text = json.dumps({"a": np.float32(0.5), "b": np.int64(3), "c": np.arange(2)}, default=_plain)
     assert json.loads(text) == {"a": 0.5, "b": 3, "c": [0, 1]}
+
+
+def test_received_step_is_the_last_step_the_trials_stored_results_record(tmp_path):
+    """What Tune had recorded of a trial before this attempt, read from its result.json in storage (a line cut
+    off by a kill is skipped); -1 without a file or outside Tune."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from raykd.ray_layer.trial import received_step
+
+    def ctx(trial_dir):
+        storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(trial_dir))
+        return SimpleNamespace(get_storage=lambda: storage)
+
+    trial = tmp_path / "trial_x"
+    assert received_step(ctx(trial)) == -1  # no result yet
+    trial.mkdir()
+    (trial / "result.json").write_text('{"step": 0}\n{"step": 6, "val/mrr@10": 0.1}\n{"step": 12, "test/mrr')
+    assert received_step(ctx(trial)) == 6
+    (trial / "result.json").write_text('{"step": 0}\n{"step": 6}\n{"step": 12, "test/mrr@10": 0.2}\n')
+    assert received_step(ctx(trial)) == 12
+
+    def outside():
+        raise RuntimeError("Should not access `trial_fs_path` without setting `trial_dir_name`")
+
+    assert received_step(SimpleNamespace(get_storage=outside)) == -1
