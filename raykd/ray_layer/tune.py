@@ -65,7 +65,8 @@ def cpus_text(t: C.TrainConfig) -> str:
     if t.cpus_per_worker is not None:
         return f"{t.cpus_per_worker:g} CPU"
     if t.local_mode and not t.use_gpu:
-        return f"a share of the CPUs: one trial per CPU, {DATA_RESERVE_CPUS:g} CPU kept for Ray Data"
+        return (f"a share of the CPUs: one trial per CPU, {DATA_RESERVE_CPUS:g} CPU kept for Ray Data (on one local "
+                "node; 1 CPU on --address or several nodes)")
     return "1 CPU"
 
 
