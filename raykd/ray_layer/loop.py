@@ -79,13 +79,13 @@ def train_fn_per_worker(config: dict) -> None:
         state.restore(checkpoint, worker.device)
     t_model = time.time()
     run = Run(cfg, config, worker, tokens, teacher, manifest)
-    run.evaluate_sharded_teacher()
-    if state.step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: it schedules on steps)
-        report_start(state.eval_model(), run)
-    run.check_cache_layers(state.core)
-    # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
-    meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
-    try:
+    try:  # the gauges end (and stop re-sending) whatever happens from here
+        run.evaluate_sharded_teacher()
+        if state.step == 0:  # where the student started: a result row at step 0 (not an ASHA rung: steps schedule it)
+            report_start(state.eval_model(), run)
+        run.check_cache_layers(state.core)
+        # where the seconds to the first optimizer step went, reported once (not after a restart from a checkpoint)
+        meter = Meter(startup=None if state.step else {"t_fn": t_fn, "t_model": t_model})
         train_steps(state, run, stream, meter)
     finally:
         if run.gauges is not None:

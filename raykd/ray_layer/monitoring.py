@@ -21,10 +21,12 @@ GAUGES = {
                          "student's forward and backward, from --dry-run's model (train.budget.step_flops)",
     "raykd_mfu": "raykd_flops_per_s / the trial's GPUs' dense bf16 peak (only where the GPU's peak is known)",
     "raykd_gpu_memory_bytes": "GPU memory allocated by torch on the trial's rank-0 worker (on GPU only)",
-    "raykd_reference": "a reference point of the experiment's validation metric (tag reference: teacher, init), "
-                       "set by the no-distillation reference trial: flat lines beside the trials",
-    "raykd_trial_running": "1 while the trial runs, 0 once it has ended (its other series are then NaN: no "
-                           "stale flat line after a trial)",
+    "raykd_reference": "a reference point of the experiment's validation metric (tag reference: teacher, init, "
+                       "no_distill): each reference trial's teacher and init while it runs, then the study's mean "
+                       "of each over the seeds (trial_id: the study's name) until the study ends: flat lines "
+                       "beside the trials",
+    "raykd_trial_running": "1 while the trial runs, 0 once it has ended (its other series then end: no stale "
+                           "flat line after a trial)",
 }
 TAG_KEYS = ("trial_id", "method", "role")  # role: search, confirm or reference (the no-distillation trial)
 EXTRA_TAG = {"raykd_loss_term": "term", "raykd_reference": "reference"}
@@ -37,28 +39,84 @@ def peak_flops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in device_name.upper()), None)
 
 
-class LiveMetrics:
-    """The trial's gauges; cheap to set every step (values are aggregated and exported by Ray). Every series is
-    tagged with the trial id, its method and its role."""
+def refresh_period_s() -> float:
+    """Seconds between re-sends of a held gauge value: half of this process's metrics report interval
+    (``RAY_metrics_report_interval_ms``, Ray's default 10 s, floored at 1 s as Ray does)."""
+    import os
 
-    def __init__(self, trial_id: str, method: str = "", role: str = "search"):
+    try:
+        import ray
+
+        interval_ms = ray._config.metrics_report_interval_ms()  # RAY: the interval this worker reports at
+    except Exception:
+        interval_ms = int(os.environ.get("RAY_metrics_report_interval_ms", "10000"))
+    return max(interval_ms, 1000) / 2000
+
+
+class HeldGauges:
+    """Gauges of ``GAUGES`` tagged ``tags`` whose latest values are sent again every ``period_s`` seconds
+    (``refresh_period_s``) until ``end``: Ray's metrics agent drops a gauge series that is not set again within
+    two report intervals (Ray 2.60's gauge TTL), so a value set once — a reference point, the validation metric
+    between evaluations minutes apart — would vanish from every chart seconds later."""
+
+    def __init__(self, tags: dict, period_s: float | None = None):
+        import threading
+
         from ray.util.metrics import Gauge
 
-        self.tags = {"trial_id": trial_id or "unknown", "method": method or "unknown", "role": role}
+        self.tags = tags
         self.gauges = {name: Gauge(name, description=desc, tag_keys=TAG_KEYS + ((EXTRA_TAG[name],) if name in
                                                                                  EXTRA_TAG else ()))
                        for name, desc in GAUGES.items()}
-        self.terms: set[str] = set()
-        self.references: set[str] = set()
-        self.gauges["raykd_trial_running"].set(1, tags=self.tags)
+        self.values: dict[tuple, float] = {}  # (gauge name, extra tags as sorted pairs) → latest value
+        self._lock = threading.Lock()
+        self._refresher = _Refresher(self.refresh, period_s or refresh_period_s())
+        self._refresher.__enter__()
+
+    def set(self, name: str, value: float, **extra: str) -> None:
+        """Set gauge ``name`` (tagged with ``extra`` besides the held tags) to ``value`` and hold it."""
+        with self._lock:
+            self.values[(name, tuple(sorted(extra.items())))] = float(value)
+            self.gauges[name].set(float(value), tags={**self.tags, **extra})
+
+    def refresh(self) -> None:
+        """Send every held value again (the refresher's thread calls it every period)."""
+        with self._lock:
+            for (name, extra), value in self.values.items():
+                self.gauges[name].set(value, tags={**self.tags, **dict(extra)})
+
+    def set_references(self, values: dict) -> None:
+        """Hold reference points of the validation metric ({reference name: value}: teacher, init,
+        no_distill; None or non-finite values are left out)."""
+        for name, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                self.set("raykd_reference", float(value), reference=name)
+
+    def end(self) -> None:
+        """Stop re-sending and set every held series to NaN, which Ray's export leaves out: the series ends at the
+        next report instead of its last value lingering for two report intervals (and a NaN that does reach a
+        chart draws no line). Idempotent."""
+        self._refresher.__exit__(None, None, None)
+        with self._lock:
+            for (name, extra), _ in self.values.items():
+                self.gauges[name].set(float("nan"), tags={**self.tags, **dict(extra)})
+            self.values.clear()
+
+
+class LiveMetrics(HeldGauges):
+    """A trial's gauges, tagged with the trial id, its method and its role; cheap to set every step (values are
+    aggregated and exported by Ray). ``raykd_trial_running`` is 1 until ``end`` sets it to 0."""
+
+    def __init__(self, trial_id: str, method: str = "", role: str = "search", period_s: float | None = None):
+        super().__init__({"trial_id": trial_id or "unknown", "method": method or "unknown", "role": role}, period_s)
+        self.set("raykd_trial_running", 1)
 
     def set_step(self, step: int, loss: float, terms: dict | None = None) -> None:
         """Record the optimizer step count, that step's training loss and each of its loss terms."""
-        self.gauges["raykd_step"].set(step, tags=self.tags)
-        self.gauges["raykd_train_loss"].set(loss, tags=self.tags)
+        self.set("raykd_step", step)
+        self.set("raykd_train_loss", loss)
         for name, value in (terms or {}).items():
-            self.terms.add(name)
-            self.gauges["raykd_loss_term"].set(float(value), tags={**self.tags, "term": name})
+            self.set("raykd_loss_term", float(value), term=name)
 
     def set_report(self, result: dict, metric: str | None = None, gpu_peak: float | None = None) -> None:
         """Record throughput (tokens, pairs and FLOP/s, MFU against ``gpu_peak``), GPU memory, the validation
@@ -68,32 +126,14 @@ class LiveMetrics:
                            (metric, "raykd_val_metric"), ("best_metric", "raykd_best_metric")):
             value = result.get(key) if key else None
             if value is not None and math.isfinite(float(value)):
-                self.gauges[gauge].set(float(value), tags=self.tags)
+                self.set(gauge, float(value))
         if gpu_peak and result.get("flops_per_s") is not None:
-            self.gauges["raykd_mfu"].set(float(result["flops_per_s"]) / gpu_peak, tags=self.tags)
-
-    def set_references(self, values: dict) -> None:
-        """Record reference points of the validation metric ({reference name: value}: teacher, init)."""
-        for name, value in values.items():
-            if value is not None and math.isfinite(float(value)):
-                self.references.add(name)
-                self.gauges["raykd_reference"].set(float(value), tags={**self.tags, "reference": name})
+            self.set("raykd_mfu", float(result["flops_per_s"]) / gpu_peak)
 
     def end(self) -> None:
-        """The trial has ended: ``raykd_trial_running`` 0 and every other series of it NaN (Prometheus and
-        Grafana draw no line through NaN), so its last values do not linger as flat lines."""
-        nan = float("nan")
-        for name, gauge in self.gauges.items():
-            if name == "raykd_trial_running":
-                gauge.set(0, tags=self.tags)
-            elif name == "raykd_loss_term":
-                for term in self.terms:
-                    gauge.set(nan, tags={**self.tags, "term": term})
-            elif name == "raykd_reference":
-                for ref in self.references:
-                    gauge.set(nan, tags={**self.tags, "reference": ref})
-            else:
-                gauge.set(nan, tags=self.tags)
+        """The trial has ended: ``raykd_trial_running`` 0 and every other series of it NaN."""
+        super().end()
+        self.gauges["raykd_trial_running"].set(0, tags=self.tags)
 
 
 def auth_token() -> str | None:
@@ -145,6 +185,17 @@ class PeriodicSampler:
             self.sample()
         except Exception:
             pass
+
+
+class _Refresher(PeriodicSampler):
+    """Calls ``fn`` every ``period_s`` seconds in a background thread (``HeldGauges``' re-sends)."""
+
+    def __init__(self, fn, period_s: float):
+        super().__init__(period_s)
+        self.fn = fn
+
+    def sample(self) -> None:
+        self.fn()
 
 
 class ResourceWatch(PeriodicSampler):

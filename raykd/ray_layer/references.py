@@ -53,3 +53,26 @@ def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, clu
     return study_tuner(cfg, plan, parent, REFERENCES_DIR, space, cluster_cpus)
 
 
+
+
+def reference_lines(cfg: C.Config, exp_path: str, name: str):
+    """The study's references as live flat lines: ``raykd_reference{reference=teacher|init|no_distill}`` (the
+    validation metric's mean over the reference trials' seeds), tagged ``trial_id`` = the study's name and
+    role ``reference``, held from the end of the reference phase until ``.end()`` (the study's end); None when
+    the study has no finished reference or this driver cannot export metrics (said in one line)."""
+    from raykd.ray_layer.monitoring import HeldGauges
+    from raykd.results.report import load_references, reference_means
+
+    try:
+        means = reference_means(load_references(exp_path), cfg.experiment.metric)
+    except RaykdError:
+        means = {}
+    if not means:
+        return None
+    try:
+        lines = HeldGauges({"trial_id": name, "method": cfg.method.name, "role": "reference"})
+    except Exception as e:  # a driver that exports no metrics (Ray Client)
+        log(f"[monitor] the references are not charted live: {type(e).__name__}: {e}")
+        return None
+    lines.set_references(means)
+    return lines

@@ -27,7 +27,7 @@ from raykd.ray_layer.phases import PhaseClock
 from raykd.ray_layer.inputs import complete_inputs, generated_prepared_dir, log, prepare_inputs, teacher_cache_for
 from raykd.ray_layer.tuners import (DATA_RESERVE_CPUS, REFERENCES_DIR, fit, hparam_metrics, join, local_threads,  # noqa: F401
                                     asha, max_concurrent, phase_trials, study_tuner, trial_cpus, tune_domain)
-from raykd.ray_layer.references import reference_space, reference_tuner  # noqa: F401
+from raykd.ray_layer.references import reference_lines, reference_space, reference_tuner  # noqa: F401
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "search_spaces" / "smoke.yaml"
 
@@ -381,6 +381,7 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         ray, started = init_ray(address, keep_idle_workers=not cfg.train.local_mode, plugins=cfg.plugins)
     log(f"[tune] watch the trials: tensorboard --logdir {join(storage, name)} --host 127.0.0.1")
     live = live_view(cfg, storage, name) if monitor else None
+    lines = None  # the references' flat lines, from the end of their phase to the end of the study
     try:
         with clock("adaptation & scoring"):
             complete_inputs(cfg, plan)
@@ -404,6 +405,8 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         refs = reference_tuner(cfg, plan, storage, name, cpus, resume)
         with clock("references"):
             out = Outcome(cfg, storage, name, None, references=fit(refs, "references") if refs is not None else None, clock=clock)
+        if out.references is not None:
+            lines = reference_lines(cfg, join(storage, name), name)
         with clock("search"):
             out.results = fit(build_tuner(cfg, plan, storage, name, cpus, resume), "search")
         confirm = confirm_tuner(cfg, plan, out.results, storage, name, cpus)
@@ -414,6 +417,8 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
         if out.references is not None:
             prune_experiment(join(join(storage, name), REFERENCES_DIR))
     finally:
+        if lines is not None:
+            lines.end()
         if live is not None:
             from raykd.ray_layer.live_view import SETTLE_S
 

@@ -276,6 +276,17 @@ def load_references(exp_dir: str | Path) -> list[TrialRecord]:
     return out
 
 
+def reference_means(refs: list[TrialRecord], metric: str) -> dict[str, float]:
+    """{role (teacher, init, no_distill): mean of ``metric`` over its finished rows (seeds, student shapes)};
+    roles without a finite value are left out."""
+    values: dict[str, list[float]] = {}
+    for r in refs:
+        v = r.metrics.get(metric)
+        if r.status == "finished" and isinstance(v, (int, float)) and math.isfinite(v):
+            values.setdefault(r.role, []).append(float(v))
+    return {role: sum(vs) / len(vs) for role, vs in values.items()}
+
+
 def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
     """(validation metric, mode) the experiment selected on, from a trial's provenance."""
     for t in trials:

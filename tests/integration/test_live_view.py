@@ -85,7 +85,16 @@ def test_a_monitored_study_is_charted_live_by_prometheus(monitored_study):
         search = {t: n for t, n in scraped.items() if t.startswith(_experiment_prefix(tmp_path))}
         assert len(search) == 2 and min(search.values()) >= 3, scraped
         refs = {s["metric"]["reference"] for s in server.query_range("ray_raykd_reference", 1800)}
-        assert refs == {"teacher", "init"}
+        assert refs == {"teacher", "init", "no_distill"}
+        # the study's reference lines (trial_id = the study's name) stand beside the search trials to their end
+        loss = server.query_range("ray_raykd_train_loss", 1800)
+        last = max(float(s["values"][-1][0]) for s in loss if s["metric"]["trial_id"] in search)
+        lines = server.query_range('ray_raykd_reference{trial_id="live"}', 1800)
+        assert {s["metric"]["reference"] for s in lines} == {"teacher", "init", "no_distill"}, lines
+        for s in lines:
+            finite = [float(t) for t, v in s["values"] if v not in ("NaN", "+Inf", "-Inf")]
+            assert len(finite) >= 3 and max(finite) >= last, (s["metric"], finite, last)
+            assert len({v for _, v in s["values"]}) == 1, s  # flat
         running = server.query_range("ray_raykd_trial_running", 1800)
         ended = {s["metric"]["trial_id"] for s in running if float(s["values"][-1][1]) == 0.0}
         assert set(search) <= ended, (search, running)  # every trial's series says it ended
@@ -99,8 +108,8 @@ def _chromium() -> str | None:
 
 def test_a_browser_shows_each_trials_line_and_the_dashboards_jobs(monitored_study, ray_session):
     """What a user sees: Prometheus's graph page (reopened on the study's data) lists a train-loss series for
-    each search trial and the references' lines; the Ray dashboard's Jobs view (token cookie set) lists the
-    driver's job. Ray 2.60's open-source dashboard has no Train page (only the Train state API the monitoring
+    each search trial and the references' lines (teacher, init, no_distill); the Ray dashboard's Jobs view (token
+    cookie set) lists the driver's job. Ray 2.60's open-source dashboard has no Train page (only the Train state API the monitoring
     test reads), so the Jobs view is the one shown."""
     from raykd.ray_layer.cluster import session_dir
     from raykd.ray_layer.live_view import Prometheus, graph_url
@@ -128,7 +137,7 @@ def test_a_browser_shows_each_trials_line_and_the_dashboards_jobs(monitored_stud
                              shots / "prometheus_graph.png", 10)
         # the legend names every series: a train-loss line per search trial, the teacher and init lines
         assert all(f'trial_id="{t}"' in graph for t in search), graph[-3000:]
-        assert 'reference="teacher"' in graph and 'reference="init"' in graph, graph[-3000:]
+        assert all(f'reference="{r}"' in graph for r in ("teacher", "init", "no_distill")), graph[-3000:]
         dashboard = "http://" + ray_session._private.worker.get_dashboard_url()
         token = auth_token()
         cookie = [{"name": "ray-authentication-token", "value": token, "url": dashboard}] if token else []

@@ -5,7 +5,9 @@ listed, and raykd's live gauges exported per trial id."""
 from __future__ import annotations
 
 import math
+import os
 import re
+import time
 
 import pytest
 
@@ -40,6 +42,8 @@ def _gauge_samples(lines) -> list[tuple[str, dict, float]]:
 
 
 def test_live_gauges_reach_the_prometheus_export_tagged_by_trial(grid_experiment):
+    from raykd.results.report import experiment_metric, load_experiment, load_references, reference_means
+
     _, exp, _, monitor = grid_experiment
     trial_ids = {rows[-1]["trial_id"] for d in (exp, exp / "references") for rows in trial_results(d).values()}
     samples = _gauge_samples(monitor.gauge_lines)
@@ -55,13 +59,60 @@ def test_live_gauges_reach_the_prometheus_export_tagged_by_trial(grid_experiment
     assert not seen.keys() & {"ray_raykd_gpu_memory_bytes", "ray_raykd_mfu"}
     # the loss terms of the objective (structural: align, relation, sentence, contrastive), one series each
     assert {labels["term"] for name, labels, _ in samples if name == "ray_raykd_loss_term"} >= {"align", "sentence"}
-    # the references as their own series, set by the no-distillation reference trial
-    refs = {labels["reference"]: v for name, labels, v in samples if name == "ray_raykd_reference"
-            and math.isfinite(v)}
-    assert set(refs) == {"teacher", "init"}, refs
+    # the references as their own series: each no-distillation reference trial's teacher and init while it runs,
+    # then the study's flat lines (trial_id = the study's name) — each role's mean over the reference rows
+    refs = [(labels["trial_id"], labels["reference"], v) for name, labels, v in samples
+            if name == "ray_raykd_reference" and math.isfinite(v)]
+    assert {r for t, r, _ in refs if t in trial_ids} == {"teacher", "init"}, refs
+    study = {r: v for t, r, v in refs if t == "grid"}
+    metric, _ = experiment_metric(load_experiment(exp))
+    assert study == pytest.approx(reference_means(load_references(exp), metric), rel=1e-6), refs
+    assert set(study) == {"teacher", "init", "no_distill"}, refs
     # a series is finite while its trial runs; NaN (no stale flat line) only once it has ended
     ended = {labels["trial_id"] for name, labels, v in samples if name == "ray_raykd_trial_running" and v == 0}
     for name, labels, v in samples:
         assert math.isfinite(v) or labels["trial_id"] in ended, (name, labels, v)
     assert {labels["trial_id"] for name, labels, v in samples if name == "ray_raykd_trial_running" and v == 1} \
         <= trial_ids
+
+
+def _exported(ray, name: str) -> list[tuple[dict, float]]:
+    """(labels, value) of each ``name`` series in the node's Prometheus export now."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return [(labels, v) for n, labels, v in _gauge_samples(lines) if n == name]
+
+
+def test_a_value_set_once_stays_exported_until_its_holder_ends(ray_session):
+    """Ray 2.60's metrics agent drops a gauge series that is not set again within two report intervals (2 s
+    each in this session): a plain gauge set once leaves the export seconds later, while a reference point held
+    by ``HeldGauges`` stays (re-sent every second) until ``end``, which sets it to NaN: then it leaves at once."""
+    from ray.util.metrics import Gauge
+
+    from raykd.ray_layer.monitoring import HeldGauges, refresh_period_s
+
+    assert refresh_period_s() == 1.0  # half the session's 2 s report interval
+    tag = f"held-{os.getpid()}"
+    plain = Gauge("raykd_reference", description="x", tag_keys=("trial_id", "method", "role", "reference"))
+    plain.set(0.5, tags={"trial_id": tag, "method": "plain", "role": "reference", "reference": "teacher"})
+    lines = HeldGauges({"trial_id": tag, "method": "held", "role": "reference"})
+    seen = []
+    try:
+        lines.set_references({"teacher": 0.25, "init": float("nan"), "no_distill": None})  # only finite ones held
+        for _ in range(7):  # 14 s: over three times the 4 s Ray keeps a value not set again
+            time.sleep(2)
+            seen.append({(labels["method"], labels["reference"]): v
+                         for labels, v in _exported(ray_session, "ray_raykd_reference") if labels["trial_id"] == tag})
+    finally:
+        lines.end()
+    assert all(s.get(("held", "teacher")) == 0.25 and len(s) <= 2 for s in seen[1:]), seen
+    assert ("plain", "teacher") not in seen[-1] and ("plain", "teacher") not in seen[-2], seen
+    after = []
+    for _ in range(6):  # 12 s
+        time.sleep(2)
+        after.append([v for labels, v in _exported(ray_session, "ray_raykd_reference") if labels["trial_id"] == tag])
+    # the line ends: its last value does not linger (a NaN never reaches the export; a finite value would stay 4 s)
+    assert after[1:] == [[]] * 5, after

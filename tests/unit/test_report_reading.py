@@ -136,3 +136,21 @@ def test_against_pairs_one_configuration_with_each_other_by_seed_and_holm_adjust
         against(trials, ["method"], {"method": "nope"}, ["test/mrr@10"])
     with pytest.raises(RaykdError, match="sampler is not a varied parameter"):
         against(trials, ["method"], {"sampler": "uniform"}, ["test/mrr@10"])
+
+
+def test_reference_means_average_each_roles_finished_rows_and_leave_out_the_rest():
+    from raykd.results.report import TrialRecord, reference_means
+
+    m = "val/mrr@10"
+    refs = [TrialRecord("teacher-s0", "", "finished", seed=0, metrics={m: 0.35}, role="teacher"),
+            TrialRecord("teacher-s1", "", "finished", seed=1, metrics={m: 0.35}, role="teacher"),
+            TrialRecord("init-s0", "", "finished", seed=0, metrics={m: 0.06}, role="init"),
+            TrialRecord("init-s1", "", "finished", seed=1, metrics={m: 0.08}, role="init"),
+            TrialRecord("no_distill-s0", "", "finished", seed=0, metrics={m: 0.07}, role="no_distill"),
+            TrialRecord("no_distill-s1", "", "error", seed=1, metrics={m: 0.50}, role="no_distill"),  # not finished
+            TrialRecord("no_distill-s2", "", "finished", seed=2, metrics={m: float("nan")}, role="no_distill"),
+            TrialRecord("no_distill-s3", "", "finished", seed=3, metrics={}, role="no_distill")]
+    means = reference_means(refs, m)
+    assert means == pytest.approx({"teacher": 0.35, "init": 0.07, "no_distill": 0.07})
+    assert reference_means(refs[:2], m) == pytest.approx({"teacher": 0.35})  # a role without rows is left out
+    assert reference_means(refs, "val/other") == {}
