@@ -196,6 +196,11 @@ def main() -> int:
                 browser.screenshot(graph_url(prom.base, ("ray_raykd_train_loss",
                                                          "ray_raykd_val_metric or max by (reference) (ray_raykd_reference)"),
                                              range_input="5m"), out / "prometheus_graph.png", 10)
+                # the lead metric alone, so its panel is on screen: each trial's evaluations beside the
+                # references' flat lines (teacher, init, no_distill) that span the search
+                browser.screenshot(graph_url(prom.base, ("ray_raykd_val_metric or max by (reference) "
+                                                         "(ray_raykd_reference)",), range_input="5m"),
+                                   out / "prometheus_references.png", 10)
             finally:
                 prom.stop()
         tb = tensorboard_shots(browser, exp, out)
