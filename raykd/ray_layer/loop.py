@@ -383,13 +383,14 @@ class Run:
                                          template=config.get("template"), teacher_key=config.get("teacher_key"),
                                          teacher_view=config.get("teacher_view")) \
             if worker.rank == 0 or self.teacher_sharded else None
-        self.gauges = LiveMetrics(config.get("trial_id", ""), cfg.method.name, config.get("role", "search")) \
-            if worker.rank == 0 else None
         self.eval_s = 0.0  # seconds rank 0 spent evaluating so far (reported as time/eval_s)
         self.step_flops = _step_flops(cfg)  # --dry-run's model of one optimizer step (None: shapes unknown here)
         # the dense bf16 peak of the trial's GPUs (None on CPU and on GPUs whose peak raykd does not know)
         peak = peak_flops(torch.cuda.get_device_name(worker.device)) if worker.device.type == "cuda" else None
         self.gpu_peak = peak * worker.world if peak else None
+        # last: once built, its re-sending thread runs until train_fn_per_worker's finally ends it
+        self.gauges = LiveMetrics(config.get("trial_id", ""), cfg.method.name, config.get("role", "search")) \
+            if worker.rank == 0 else None
 
     def evaluate_sharded_teacher(self) -> None:
         """A sharded teacher's part of the evaluation (its scores, generations and latency), computed by

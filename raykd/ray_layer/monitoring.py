@@ -8,6 +8,7 @@ dashboard's Metrics view, Prometheus and raykd's Grafana dashboard read that exp
 from __future__ import annotations
 
 import math
+import time
 
 GAUGES = {
     "raykd_step": "optimizer steps done by the trial",
@@ -57,9 +58,11 @@ class HeldGauges:
     """Gauges of ``GAUGES`` tagged ``tags`` whose latest values are sent again every ``period_s`` seconds
     (``refresh_period_s``) until ``end``: Ray's metrics agent drops a gauge series that is not set again within
     two report intervals (Ray 2.60's gauge TTL), so a value set once — a reference point, the validation metric
-    between evaluations minutes apart — would vanish from every chart seconds later."""
+    between evaluations minutes apart — would vanish from every chart seconds later. With ``lease_s``, re-sending
+    pauses once nothing has been set for max(``lease_s``, twice the longest gap between sets so far) — a trial
+    that Tune stopped but whose actor it keeps for reuse stops showing as running — and resumes at the next set."""
 
-    def __init__(self, tags: dict, period_s: float | None = None):
+    def __init__(self, tags: dict, period_s: float | None = None, lease_s: float | None = None):
         import threading
 
         from ray.util.metrics import Gauge
@@ -69,19 +72,28 @@ class HeldGauges:
                                                                                  EXTRA_TAG else ()))
                        for name, desc in GAUGES.items()}
         self.values: dict[tuple, float] = {}  # (gauge name, extra tags as sorted pairs) → latest value
+        self.lease_s = lease_s
+        self._last_set = time.monotonic()
+        self._longest_gap = 0.0
         self._lock = threading.Lock()
         self._refresher = _Refresher(self.refresh, period_s or refresh_period_s())
-        self._refresher.__enter__()
+        self._refresher.start()
 
     def set(self, name: str, value: float, **extra: str) -> None:
         """Set gauge ``name`` (tagged with ``extra`` besides the held tags) to ``value`` and hold it."""
         with self._lock:
+            now = time.monotonic()
+            self._longest_gap = max(self._longest_gap, now - self._last_set)
+            self._last_set = now
             self.values[(name, tuple(sorted(extra.items())))] = float(value)
             self.gauges[name].set(float(value), tags={**self.tags, **extra})
 
     def refresh(self) -> None:
-        """Send every held value again (the refresher's thread calls it every period)."""
+        """Send every held value again (the refresher's thread calls it every period), unless the lease ran out."""
         with self._lock:
+            if self.lease_s is not None and \
+                    time.monotonic() - self._last_set > max(self.lease_s, 2 * self._longest_gap):
+                return
             for (name, extra), value in self.values.items():
                 self.gauges[name].set(value, tags={**self.tags, **dict(extra)})
 
@@ -93,10 +105,9 @@ class HeldGauges:
                 self.set("raykd_reference", float(value), reference=name)
 
     def end(self) -> None:
-        """Stop re-sending and set every held series to NaN, which Ray's export leaves out: the series ends at the
-        next report instead of its last value lingering for two report intervals (and a NaN that does reach a
-        chart draws no line). Idempotent."""
-        self._refresher.__exit__(None, None, None)
+        """Stop re-sending: every held series leaves Ray's export within two report intervals. Each is also set
+        to NaN (which Ray's export leaves out, and a chart fed NaN draws no line through). Idempotent."""
+        self._refresher.stop()
         with self._lock:
             for (name, extra), _ in self.values.items():
                 self.gauges[name].set(float("nan"), tags={**self.tags, **dict(extra)})
@@ -107,8 +118,11 @@ class LiveMetrics(HeldGauges):
     """A trial's gauges, tagged with the trial id, its method and its role; cheap to set every step (values are
     aggregated and exported by Ray). ``raykd_trial_running`` is 1 until ``end`` sets it to 0."""
 
+    LEASE_S = 120.0  # at least this long without a set before a trial's values stop being re-sent
+
     def __init__(self, trial_id: str, method: str = "", role: str = "search", period_s: float | None = None):
-        super().__init__({"trial_id": trial_id or "unknown", "method": method or "unknown", "role": role}, period_s)
+        super().__init__({"trial_id": trial_id or "unknown", "method": method or "unknown", "role": role}, period_s,
+                         lease_s=self.LEASE_S)
         self.set("raykd_trial_running", 1)
 
     def set_step(self, step: int, loss: float, terms: dict | None = None) -> None:
@@ -188,7 +202,8 @@ class PeriodicSampler:
 
 
 class _Refresher(PeriodicSampler):
-    """Calls ``fn`` every ``period_s`` seconds in a background thread (``HeldGauges``' re-sends)."""
+    """Calls ``fn`` every ``period_s`` seconds in a daemon thread from ``start`` to ``stop`` (``HeldGauges``'
+    re-sends; unlike a sampler's exit, ``stop`` calls it no more)."""
 
     def __init__(self, fn, period_s: float):
         super().__init__(period_s)
@@ -196,6 +211,14 @@ class _Refresher(PeriodicSampler):
 
     def sample(self) -> None:
         self.fn()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
 
 
 class ResourceWatch(PeriodicSampler):

@@ -53,26 +53,23 @@ def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, clu
     return study_tuner(cfg, plan, parent, REFERENCES_DIR, space, cluster_cpus)
 
 
-
-
 def reference_lines(cfg: C.Config, exp_path: str, name: str):
     """The study's references as live flat lines: ``raykd_reference{reference=teacher|init|no_distill}`` (the
-    validation metric's mean over the reference trials' seeds), tagged ``trial_id`` = the study's name and
+    validation metric's mean over the reference rows: seeds and searched student shapes), tagged ``trial_id`` = the study's name and
     role ``reference``, held from the end of the reference phase until ``.end()`` (the study's end); None when
     the study has no finished reference or this driver cannot export metrics (said in one line)."""
     from raykd.ray_layer.monitoring import HeldGauges
     from raykd.results.report import load_references, reference_means
 
-    try:
+    try:  # the charts' flat lines are not worth a study: any failure here is said and the study goes on
         means = reference_means(load_references(exp_path), cfg.experiment.metric)
-    except RaykdError:
-        means = {}
-    if not means:
-        return None
-    try:
+        if not means:
+            log(f"[monitor] the references are not charted live: no finished reference row read under {exp_path}"
+                + (" (a remote storage: the driver reads no rows there)" if "://" in exp_path else ""))
+            return None
         lines = HeldGauges({"trial_id": name, "method": cfg.method.name, "role": "reference"})
-    except Exception as e:  # a driver that exports no metrics (Ray Client)
+        lines.set_references(means)
+        return lines
+    except Exception as e:  # unreadable reference rows; a driver that exports no metrics (Ray Client)
         log(f"[monitor] the references are not charted live: {type(e).__name__}: {e}")
         return None
-    lines.set_references(means)
-    return lines

@@ -418,7 +418,10 @@ def run_phases(cfg: C.Config, storage: str, name: str, resume: bool, address: st
             prune_experiment(join(join(storage, name), REFERENCES_DIR))
     finally:
         if lines is not None:
-            lines.end()
+            try:
+                lines.end()
+            except Exception as e:  # never hide the study's own outcome
+                log(f"[monitor] ending the references' lines: {type(e).__name__}: {e}")
         if live is not None:
             from raykd.ray_layer.live_view import SETTLE_S
 

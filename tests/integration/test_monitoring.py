@@ -89,7 +89,8 @@ def _exported(ray, name: str) -> list[tuple[dict, float]]:
 def test_a_value_set_once_stays_exported_until_its_holder_ends(ray_session):
     """Ray 2.60's metrics agent drops a gauge series that is not set again within two report intervals (2 s
     each in this session): a plain gauge set once leaves the export seconds later, while a reference point held
-    by ``HeldGauges`` stays (re-sent every second) until ``end``, which sets it to NaN: then it leaves at once."""
+    by ``HeldGauges`` stays (re-sent every second) until ``end``; then it leaves too. With a lease, re-sending stops
+    once nothing was set for that long (a trial Tune stopped while keeping its actor)."""
     from ray.util.metrics import Gauge
 
     from raykd.ray_layer.monitoring import HeldGauges, refresh_period_s
@@ -99,20 +100,25 @@ def test_a_value_set_once_stays_exported_until_its_holder_ends(ray_session):
     plain = Gauge("raykd_reference", description="x", tag_keys=("trial_id", "method", "role", "reference"))
     plain.set(0.5, tags={"trial_id": tag, "method": "plain", "role": "reference", "reference": "teacher"})
     lines = HeldGauges({"trial_id": tag, "method": "held", "role": "reference"})
+    leased = HeldGauges({"trial_id": tag, "method": "leased", "role": "reference"}, lease_s=2.0)
     seen = []
     try:
         lines.set_references({"teacher": 0.25, "init": float("nan"), "no_distill": None})  # only finite ones held
+        leased.set_references({"teacher": 0.75})  # re-sent for 2 s only: nothing set it again
         for _ in range(7):  # 14 s: over three times the 4 s Ray keeps a value not set again
             time.sleep(2)
             seen.append({(labels["method"], labels["reference"]): v
                          for labels, v in _exported(ray_session, "ray_raykd_reference") if labels["trial_id"] == tag})
     finally:
         lines.end()
-    assert all(s.get(("held", "teacher")) == 0.25 and len(s) <= 2 for s in seen[1:]), seen
+        leased.end()
+    assert all(s.get(("held", "teacher")) == 0.25 and ("held", "init") not in s for s in seen[1:]), seen
     assert ("plain", "teacher") not in seen[-1] and ("plain", "teacher") not in seen[-2], seen
+    assert seen[1].get(("leased", "teacher")) == 0.75, seen  # still there 4 s on: re-sent until its lease ran out
+    assert ("leased", "teacher") not in seen[-1] and ("leased", "teacher") not in seen[-2], seen
     after = []
     for _ in range(6):  # 12 s
         time.sleep(2)
         after.append([v for labels, v in _exported(ray_session, "ray_raykd_reference") if labels["trial_id"] == tag])
-    # the line ends: its last value does not linger (a NaN never reaches the export; a finite value would stay 4 s)
-    assert after[1:] == [[]] * 5, after
+    # the line ends within two report intervals of the last re-send: no stale flat line (and no NaN in the export)
+    assert after[2:] == [[]] * 4, after
