@@ -55,9 +55,10 @@ def reference_tuner(cfg: C.Config, plan: StudyPlan, storage: str, name: str, clu
 
 def reference_lines(cfg: C.Config, exp_path: str, name: str):
     """The study's references as live flat lines: ``raykd_reference{reference=teacher|init|no_distill}`` (the
-    validation metric's mean over the reference rows: seeds and searched student shapes), tagged ``trial_id`` = the study's name and
-    role ``reference``, held from the end of the reference phase until ``.end()`` (the study's end); None when
-    the study has no finished reference or this driver cannot export metrics (said in one line)."""
+    validation metric's mean over the reference rows: seeds and searched student shapes), tagged ``trial_id`` =
+    the study's name and role ``reference``, held from the end of the reference phase until ``.end()`` (the
+    study's end); None when the study has no finished reference or this driver cannot export metrics (said in
+    one line)."""
     from raykd.ray_layer.monitoring import HeldGauges
     from raykd.results.report import load_references, reference_means
 

@@ -279,12 +279,12 @@ def load_references(exp_dir: str | Path) -> list[TrialRecord]:
 def reference_means(refs: list[TrialRecord], metric: str) -> dict[str, float]:
     """{role (teacher, init, no_distill): mean of ``metric`` over its finished rows (seeds, student shapes)};
     roles without a finite value are left out."""
-    values: dict[str, list[float]] = {}
-    for r in refs:
-        v = r.metrics.get(metric)
-        if r.status == "finished" and isinstance(v, (int, float)) and math.isfinite(v):
-            values.setdefault(r.role, []).append(float(v))
-    return {role: sum(vs) / len(vs) for role, vs in values.items()}
+    out = {}
+    for role in ROLES:  # the reference table's rows and mean (mean_ci: finite values only)
+        mean, _, n = mean_ci([r.metrics.get(metric) for r in refs if r.role == role and r.status == "finished"])
+        if n:
+            out[role] = mean
+    return out
 
 
 def experiment_metric(trials: list[TrialRecord]) -> tuple[str, str]:
